@@ -1,0 +1,1 @@
+"""KV storage and the attention callables that read it."""

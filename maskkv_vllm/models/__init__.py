@@ -1,0 +1,1 @@
+"""Model definitions (pure torch) and their strict checkpoint loaders."""

@@ -1,0 +1,125 @@
+"""Strict loading of LLaDA safetensors checkpoints (single file or sharded)."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+
+from maskkv_vllm.models.llada import LLaDAModel
+from maskkv_vllm.models.llada_config import LLaDAConfig
+
+logger = logging.getLogger(__name__)
+
+SINGLE_FILE = "model.safetensors"
+INDEX_FILE = "model.safetensors.index.json"
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+
+_DTYPES = {
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+}
+
+
+def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
+    """Map "float32"/"bfloat16"/... (or a torch dtype) to a torch dtype."""
+    if isinstance(dtype, torch.dtype):
+        if dtype not in _DTYPES.values():
+            raise ValueError(f"dtype={dtype} is not supported")
+        return dtype
+    if dtype not in _DTYPES:
+        raise ValueError(f"dtype={dtype!r} is not one of {sorted(_DTYPES)}")
+    return _DTYPES[dtype]
+
+
+def weight_files(model_dir: Path) -> list[Path]:
+    """The safetensors files of a checkpoint directory, validated."""
+    index = model_dir / INDEX_FILE
+    if index.is_file():
+        weight_map = json.loads(index.read_text()).get("weight_map")
+        if not isinstance(weight_map, dict) or not weight_map:
+            raise ValueError(f"{index} has no 'weight_map'")
+        files = [model_dir / name for name in sorted(set(weight_map.values()))]
+        for f in files:
+            if f.suffix != ".safetensors":
+                raise ValueError(f"{index} names a non-safetensors weight file: {f.name}")
+            if not f.is_file():
+                raise FileNotFoundError(f"{index} names {f.name}, which is missing")
+        return files
+    if (model_dir / SINGLE_FILE).is_file():
+        return [model_dir / SINGLE_FILE]
+    pickles = sorted(p.name for p in model_dir.iterdir() if p.suffix in PICKLE_SUFFIXES)
+    if pickles:
+        raise ValueError(
+            f"{model_dir} holds only pickle weights ({', '.join(pickles)}); "
+            "pickle files can run code when loaded, so only safetensors are accepted: "
+            "convert them with safetensors.torch.save_file"
+        )
+    raise FileNotFoundError(f"no {SINGLE_FILE} or {INDEX_FILE} in {model_dir}")
+
+
+def read_tensors(files: list[Path]) -> dict[str, torch.Tensor]:
+    """All tensors of the given safetensors files; a name in two files is an error."""
+    tensors: dict[str, torch.Tensor] = {}
+    for path in files:
+        with safe_open(str(path), framework="pt") as f:
+            for name in f.keys():  # noqa: SIM118 (safe_open is not a dict)
+                if name in tensors:
+                    raise ValueError(f"tensor {name} appears twice (again in {path.name})")
+                tensors[name] = f.get_tensor(name)
+    return tensors
+
+
+def check_state_dict(
+    expected: dict[str, torch.Tensor], found: dict[str, torch.Tensor]
+) -> None:
+    """Raise naming every missing, unexpected or mis-shaped tensor."""
+    missing = sorted(expected.keys() - found.keys())
+    unexpected = sorted(found.keys() - expected.keys())
+    problems = []
+    if missing:
+        problems.append(f"missing tensors: {', '.join(missing[:8])}")
+    if unexpected:
+        problems.append(f"unexpected tensors: {', '.join(unexpected[:8])}")
+    for name in sorted(expected.keys() & found.keys()):
+        want, got = tuple(expected[name].shape), tuple(found[name].shape)
+        if want != got:
+            problems.append(f"tensor {name} has shape {got}, expected {want}")
+    if problems:
+        raise ValueError("checkpoint does not match its config: " + "; ".join(problems))
+
+
+def load_model(
+    model_dir: str | Path,
+    dtype: str | torch.dtype = "float32",
+    device: str | torch.device = "cpu",
+    rope_scaling: float = 1.0,
+) -> LLaDAModel:
+    """Load a LLaDA checkpoint directory into an eval-mode ``LLaDAModel``.
+
+    Args:
+        model_dir: directory with config.json and safetensors weights.
+        dtype: "float32" or "bfloat16" (or "float16").
+        device: "cpu", "cuda", ...
+        rope_scaling: NTK factor applied to ``rope_theta``.
+    """
+    model_dir = Path(model_dir)
+    if not model_dir.is_dir():
+        raise FileNotFoundError(f"model directory {model_dir} does not exist")
+    config = LLaDAConfig.from_file(model_dir / "config.json")
+    torch_dtype = resolve_dtype(dtype)
+    found = read_tensors(weight_files(model_dir))
+    with torch.device("meta"):
+        model = LLaDAModel(config, rope_scaling=rope_scaling)
+    check_state_dict(model.state_dict(), found)
+    found = {k: t.to(device=device, dtype=torch_dtype) for k, t in found.items()}
+    model.load_state_dict(found, strict=True, assign=True)
+    logger.info("loaded %s: %d layers on %s/%s", model_dir, config.n_layers, device, dtype)
+    return model.eval().requires_grad_(False)

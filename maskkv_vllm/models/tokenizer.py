@@ -1,0 +1,75 @@
+"""Tokenizer loaded from a checkpoint's tokenizer.json, plus LLaDA's pinned chat template."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from tokenizers import Tokenizer as HFTokenizer
+
+from maskkv_vllm.models.llada_config import LLaDAConfig
+
+BOS = "<|startoftext|>"
+EOS = "<|endoftext|>"
+HEADER_START = "<|start_header_id|>"
+HEADER_END = "<|end_header_id|>"
+EOT = "<|eot_id|>"
+MASK = "<|mdm_mask|>"
+SPECIAL_TOKENS = (BOS, EOS, HEADER_START, HEADER_END, EOT, MASK)
+CHAT_ROLES = ("system", "user", "assistant")
+
+
+class Tokenizer:
+    """Text <-> ids with the special ids the sampler needs.
+
+    Args:
+        tokenizer: a ``tokenizers.Tokenizer``.
+        config: the model config (mask, eos and pad ids come from it).
+    """
+
+    def __init__(self, tokenizer: HFTokenizer, config: LLaDAConfig) -> None:
+        self.tokenizer = tokenizer
+        self.mask_token_id = config.mask_token_id
+        self.eos_token_id = config.eos_token_id
+        self.pad_token_id = config.pad_token_id
+        self.bos_token_id = tokenizer.token_to_id(BOS)
+        self.eot_token_id = tokenizer.token_to_id(EOT)
+        self.vocab_size = tokenizer.get_vocab_size(with_added_tokens=True)
+
+    @classmethod
+    def from_dir(cls, model_dir: str | Path, config: LLaDAConfig) -> Tokenizer:
+        path = Path(model_dir) / "tokenizer.json"
+        if not path.is_file():
+            raise FileNotFoundError(f"no tokenizer.json in {model_dir}")
+        return cls(HFTokenizer.from_file(str(path)), config)
+
+    @property
+    def stop_token_ids(self) -> tuple[int, ...]:
+        """Ids that end an answer: EOS, and EOT when the vocabulary has it."""
+        ids = (self.eos_token_id, self.eot_token_id)
+        return tuple(i for i in ids if i is not None)
+
+    def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
+        if not isinstance(text, str):
+            raise TypeError(f"prompt must be a str, got {type(text).__name__}")
+        return self.tokenizer.encode(text, add_special_tokens=add_special_tokens).ids
+
+    def decode(self, ids: list[int]) -> str:
+        known = [i for i in ids if 0 <= i < self.vocab_size]
+        return self.tokenizer.decode(known, skip_special_tokens=True)
+
+    def render_chat(self, messages: list[dict[str, str]]) -> str:
+        """LLaDA-Instruct's Llama-3 style template with the assistant header opened."""
+        parts = [BOS]
+        for m in messages:
+            role, content = m.get("role"), m.get("content")
+            if role not in CHAT_ROLES:
+                raise ValueError(f"chat role {role!r} is not one of {CHAT_ROLES}")
+            if not isinstance(content, str):
+                raise ValueError(f"chat content for role {role!r} must be a string")
+            parts.append(f"{HEADER_START}{role}{HEADER_END}\n\n{content}{EOT}")
+        parts.append(f"{HEADER_START}assistant{HEADER_END}\n\n")
+        return "".join(parts)
+
+    def encode_chat(self, messages: list[dict[str, str]]) -> list[int]:
+        # The rendered template already holds BOS.
+        return self.encode(self.render_chat(messages), add_special_tokens=False)

@@ -1,0 +1,1 @@
+"""The diffusion sampler: schedules, remasking rules and the batched denoising loop."""

@@ -1,0 +1,213 @@
+"""The batched denoising loop over a LLaDA model, with the prompt KV cache modes."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+import torch
+from tqdm.auto import tqdm
+
+from maskkv_vllm.config import CacheConfig
+from maskkv_vllm.kv.prompt_kv import CachedPromptAttention, CapturingAttention, PromptKV
+from maskkv_vllm.models.attention import DenseAttention
+from maskkv_vllm.models.llada import LLaDAModel
+from maskkv_vllm.models.tokenizer import Tokenizer
+from maskkv_vllm.sampler.batch import ForwardBatch, canvas_batch, full_batch
+from maskkv_vllm.sampler.outputs import GenerationOutput
+from maskkv_vllm.sampler.sequence import Branch, DiffusionSequence
+from maskkv_vllm.sampling_params import SamplingParams
+
+logger = logging.getLogger(__name__)
+
+Prompt = str | list[int]
+
+
+class DiffusionSampler:
+    """Runs LLaDA's reverse process for a batch of prompts.
+
+    Args:
+        model: a loaded ``LLaDAModel``.
+        tokenizer: its tokenizer (needed for text prompts and output text).
+        cache_config: how the prompt KV is kept between steps.
+        max_model_len: longest prompt + canvas accepted; default is the model's
+            ``max_sequence_length``.
+        max_num_seqs: sequences denoised together in one forward batch.
+    """
+
+    def __init__(
+        self,
+        model: LLaDAModel,
+        tokenizer: Tokenizer | None = None,
+        cache_config: CacheConfig | None = None,
+        max_model_len: int | None = None,
+        max_num_seqs: int = 8,
+    ) -> None:
+        self.model = model
+        self.tokenizer = tokenizer
+        self.cache_config = cache_config or CacheConfig()
+        self.max_model_len = max_model_len or model.config.max_sequence_length
+        if self.max_model_len <= 0:
+            raise ValueError(f"max_model_len={self.max_model_len} must be positive")
+        if max_num_seqs <= 0:
+            raise ValueError(f"max_num_seqs={max_num_seqs} must be positive")
+        self.max_num_seqs = max_num_seqs
+        self.device = next(model.parameters()).device
+
+    def generate(
+        self,
+        prompts: Sequence[Prompt],
+        params: SamplingParams | Sequence[SamplingParams] | None = None,
+        use_tqdm: bool = False,
+    ) -> list[GenerationOutput]:
+        """Denoise every prompt; outputs come back in prompt order."""
+        if isinstance(prompts, str) or not prompts:
+            raise ValueError("prompts must be a non-empty list of str or token-id lists")
+        params_list = self._params_list(params, len(prompts))
+        seqs = [
+            self.make_sequence(i, p, sp)
+            for i, (p, sp) in enumerate(zip(prompts, params_list))
+        ]
+        outputs = []
+        for start in range(0, len(seqs), self.max_num_seqs):
+            wave = seqs[start : start + self.max_num_seqs]
+            try:
+                self._run_to_completion(wave, use_tqdm)
+            finally:
+                for s in wave:
+                    s.release()
+            outputs.extend(self.make_output(s) for s in wave)
+        return outputs
+
+    def make_sequence(
+        self, request_id: int, prompt: Prompt, params: SamplingParams
+    ) -> DiffusionSequence:
+        """Tokenize and validate one prompt."""
+        ids = self._tokenize(prompt)
+        if len(ids) + params.gen_length > self.max_model_len:
+            raise ValueError(
+                f"prompt of {len(ids)} tokens + gen_length {params.gen_length} exceeds "
+                f"max_model_len={self.max_model_len}"
+            )
+        cfg = self.model.config
+        return DiffusionSequence(
+            request_id, ids, params, cfg.mask_token_id, cfg.eos_token_id, self.device
+        )
+
+    @torch.inference_mode()
+    def step(self, seqs: list[DiffusionSequence]) -> None:
+        """Run one denoising step for every unfinished sequence."""
+        live = [s for s in seqs if not s.is_finished]
+        full = [s for s in live if self._needs_full_forward(s)]
+        cached = [s for s in live if not self._needs_full_forward(s)]
+        if full:
+            self._forward_and_commit(full, full_forward=True)
+        if cached:
+            self._forward_and_commit(cached, full_forward=False)
+
+    def make_output(self, seq: DiffusionSequence) -> GenerationOutput:
+        ids = seq.canvas.tolist()
+        stops = set(self.tokenizer.stop_token_ids if self.tokenizer else ())
+        stops.add(self.model.config.eos_token_id)
+        cut = next((i for i, t in enumerate(ids) if t in stops), None)
+        token_ids = ids if cut is None else ids[:cut]
+        text = self.tokenizer.decode(token_ids) if self.tokenizer else ""
+        return GenerationOutput(
+            request_id=seq.request_id,
+            prompt_token_ids=seq.prompt_token_ids,
+            token_ids=token_ids,
+            text=text,
+            finish_reason="length" if cut is None else "stop",
+            num_steps=seq.num_steps,
+            prompt_kv_bytes=seq.peak_prompt_kv_bytes,
+        )
+
+    def _run_to_completion(self, seqs: list[DiffusionSequence], use_tqdm: bool) -> None:
+        total = max(s.params.steps for s in seqs)
+        with tqdm(total=total, disable=not use_tqdm, desc="denoising steps") as bar:
+            while not all(s.is_finished for s in seqs):
+                self.step(seqs)
+                bar.update(1)
+
+    def _needs_full_forward(self, seq: DiffusionSequence) -> bool:
+        if self.cache_config.cache_mode == "none":
+            return True
+        if seq.branches[0].prompt_kv is None:
+            return True
+        interval = self.cache_config.prompt_refresh_interval
+        return interval is not None and seq.num_steps % interval == 0
+
+    def _forward_and_commit(self, seqs: list[DiffusionSequence], full_forward: bool):
+        rows = [(s, br) for s in seqs for br in s.branches]
+        if full_forward:
+            batch, attn = self._full_inputs(rows)
+        else:
+            batch = canvas_batch(
+                [s.prompt_len for s, _ in rows],
+                [s.canvas for s, _ in rows],
+                self.model.config.pad_token_id,
+            )
+            attn = CachedPromptAttention([br.prompt_kv for _, br in rows], batch.key_mask)
+        hidden = self.model(batch.input_ids, batch.positions, attn)
+        blocks = []
+        for row, (s, _) in enumerate(rows):
+            start = batch.canvas_start + s.block_start
+            blocks.append(hidden[row, start : start + s.params.block_length])
+        # Mask-only projection: the LM head runs on the current block's slots alone.
+        logits = self.model.logits(torch.cat(blocks)).split([b.shape[0] for b in blocks])
+        i = 0
+        for s in seqs:
+            n = len(s.branches)
+            s.apply_step(s.combine_logits(list(logits[i : i + n])))
+            i += n
+
+    def _full_inputs(
+        self, rows: list[tuple[DiffusionSequence, Branch]]
+    ) -> tuple[ForwardBatch, object]:
+        batch = full_batch(
+            [br.prompt_ids for _, br in rows],
+            [s.canvas for s, _ in rows],
+            self.model.config.pad_token_id,
+        )
+        if self.cache_config.cache_mode == "none":
+            mask = None if bool(batch.key_mask.all()) else batch.key_mask
+            return batch, DenseAttention(mask)
+        for _, br in rows:
+            br.prompt_kv = PromptKV()
+        stores = [br.prompt_kv for _, br in rows]
+        return batch, CapturingAttention(batch.key_mask, batch.prompt_spans, stores)
+
+    def _tokenize(self, prompt: Prompt) -> list[int]:
+        if isinstance(prompt, str):
+            if self.tokenizer is None:
+                raise ValueError("text prompts need a tokenizer; pass token ids instead")
+            ids = self.tokenizer.encode(prompt)
+        elif isinstance(prompt, list | tuple) and all(
+            isinstance(t, int) and not isinstance(t, bool) for t in prompt
+        ):
+            ids = list(prompt)
+        else:
+            raise TypeError(f"prompt must be a str or a list of ints, got {prompt!r:.80}")
+        if not ids:
+            raise ValueError("prompt is empty (0 tokens)")
+        size = self.model.config.embedding_size
+        bad = [t for t in ids if not 0 <= t < size]
+        if bad:
+            raise ValueError(f"prompt token id {bad[0]} is outside [0, {size})")
+        return ids
+
+    @staticmethod
+    def _params_list(
+        params: SamplingParams | Sequence[SamplingParams] | None, n: int
+    ) -> list[SamplingParams]:
+        if params is None:
+            return [SamplingParams()] * n
+        if isinstance(params, SamplingParams):
+            return [params] * n
+        params = list(params)
+        if len(params) != n:
+            raise ValueError(f"got {len(params)} SamplingParams for {n} prompts")
+        for p in params:
+            if not isinstance(p, SamplingParams):
+                raise TypeError(f"expected SamplingParams, got {type(p).__name__}")
+        return params

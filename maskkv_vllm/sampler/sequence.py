@@ -1,0 +1,129 @@
+"""One request's denoising state: its canvas, block pointer and random stream."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from maskkv_vllm.kv.prompt_kv import PromptKV
+from maskkv_vllm.sampler.remasking import (
+    confidences,
+    gumbel_candidates,
+    select_transfer,
+)
+from maskkv_vllm.sampler.schedule import num_transfer_tokens
+from maskkv_vllm.sampling_params import SamplingParams
+
+
+@dataclass
+class Branch:
+    """One forward row of a sequence: the conditional prompt, or CFG's masked copy."""
+
+    prompt_ids: torch.Tensor
+    """(M,) prompt ids as this branch sees them."""
+    prompt_kv: PromptKV | None = None
+    """Cached prompt KV (``prefix`` mode) once the first step has run."""
+
+
+class DiffusionSequence:
+    """State of one request across denoising steps.
+
+    Args:
+        request_id: caller's id.
+        prompt_ids: prompt token ids (M,).
+        params: validated sampling parameters.
+        mask_token_id: id of ``[MASK]``.
+        eos_token_id: id forbidden when ``params.logits_eos_inf``.
+        device: where the canvas and the random stream live.
+    """
+
+    def __init__(
+        self,
+        request_id: int,
+        prompt_ids: list[int],
+        params: SamplingParams,
+        mask_token_id: int,
+        eos_token_id: int,
+        device: torch.device,
+    ) -> None:
+        self.request_id = request_id
+        self.prompt_token_ids = list(prompt_ids)
+        self.params = params
+        self.mask_token_id = mask_token_id
+        self.eos_token_id = eos_token_id
+        prompt = torch.tensor(prompt_ids, dtype=torch.long, device=device)
+        self.branches = [Branch(prompt)]
+        if params.cfg_scale > 0:
+            self.branches.append(Branch(torch.full_like(prompt, mask_token_id)))
+        self.canvas = torch.full(
+            (params.gen_length,), mask_token_id, dtype=torch.long, device=device
+        )
+        self.generator = torch.Generator(device=device).manual_seed(params.seed)
+        self.schedule = num_transfer_tokens(params.block_length, params.steps_per_block)
+        self.block = 0
+        self.step_in_block = 0
+        self.num_steps = 0
+        self.peak_prompt_kv_bytes = 0
+
+    @property
+    def prompt_len(self) -> int:
+        return len(self.prompt_token_ids)
+
+    @property
+    def is_finished(self) -> bool:
+        return self.block >= self.params.num_blocks
+
+    @property
+    def block_start(self) -> int:
+        """Canvas offset of the current block."""
+        return self.block * self.params.block_length
+
+    @property
+    def prompt_kv_bytes(self) -> int:
+        return sum(b.prompt_kv.nbytes for b in self.branches if b.prompt_kv is not None)
+
+    def combine_logits(self, branch_logits: list[torch.Tensor]) -> torch.Tensor:
+        """CFG: ``uncond + (s + 1) * (cond - uncond)``; (block, V) fp32."""
+        if len(branch_logits) == 1:
+            return branch_logits[0]
+        cond, uncond = branch_logits
+        return uncond + (self.params.cfg_scale + 1) * (cond - uncond)
+
+    def apply_step(self, logits: torch.Tensor) -> None:
+        """Commit this step's tokens of the current block.
+
+        Args:
+            logits: (block_length, V) fp32 logits of the current block's slots.
+        """
+        p = self.params
+        blk = slice(self.block_start, self.block_start + p.block_length)
+        masked = self.canvas[blk] == self.mask_token_id
+        if p.logits_eos_inf:
+            logits = logits.clone()
+            logits[:, self.eos_token_id] = -torch.inf
+        cand = gumbel_candidates(logits, p.temperature, self.generator)
+        conf = confidences(logits, cand, p.remasking, self.generator)
+        k = self.schedule[self.step_in_block] if self.step_in_block < len(
+            self.schedule
+        ) else 0
+        idx = select_transfer(conf, masked, k, p.threshold)
+        self.canvas[blk][idx] = cand[idx]
+        self.num_steps += 1
+        self.step_in_block += 1
+        self.peak_prompt_kv_bytes = max(self.peak_prompt_kv_bytes, self.prompt_kv_bytes)
+        self._maybe_next_block()
+
+    def _maybe_next_block(self) -> None:
+        p = self.params
+        blk = self.canvas[self.block_start : self.block_start + p.block_length]
+        no_masks_left = not bool((blk == self.mask_token_id).any())
+        steps_done = p.threshold is None and self.step_in_block >= p.steps_per_block
+        if no_masks_left or steps_done:
+            self.block += 1
+            self.step_in_block = 0
+
+    def release(self) -> None:
+        """Drop cached KV (a finished, failed or cancelled request holds nothing)."""
+        for b in self.branches:
+            b.prompt_kv = None

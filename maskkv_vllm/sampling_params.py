@@ -1,0 +1,67 @@
+"""Per-request diffusion sampling parameters (frozen, validated at construction)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+REMASKING = ("low_confidence", "random")
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """How one request is denoised (LLaDA ``generate.py`` semantics)."""
+
+    gen_length: int = 128
+    """Canvas length: number of ``[MASK]`` slots after the prompt."""
+    block_length: int = 32
+    """Semi-autoregressive block size; ``gen_length`` must be a multiple of it."""
+    steps: int = 128
+    """Denoising steps over the whole canvas, split evenly over the blocks."""
+    temperature: float = 0.0
+    """0 is greedy; > 0 samples with float64 Gumbel noise."""
+    cfg_scale: float = 0.0
+    """Classifier-free guidance scale; > 0 runs a prompt-masked branch too."""
+    remasking: str = "low_confidence"
+    """Confidence that ranks positions: "low_confidence" (model probability) or "random"."""
+    threshold: float | None = None
+    """Fast-dLLM parallel decoding: commit every masked block position whose confidence
+    exceeds this (at least one per step); the step schedule is then not used."""
+    logits_eos_inf: bool = False
+    """Forbid EOS as a candidate (upstream's HumanEval setting)."""
+    seed: int = 0
+    """Seed of this request's own random stream (Gumbel noise, random remasking)."""
+
+    def __post_init__(self) -> None:
+        for name in ("gen_length", "block_length", "steps"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise ValueError(f"{name}={value!r} must be a positive integer")
+        if self.gen_length % self.block_length:
+            raise ValueError(
+                f"gen_length={self.gen_length} is not a multiple of "
+                f"block_length={self.block_length}"
+            )
+        if self.steps % self.num_blocks:
+            raise ValueError(
+                f"steps={self.steps} is not divisible by the number of blocks "
+                f"({self.num_blocks} = gen_length {self.gen_length} / block_length "
+                f"{self.block_length})"
+            )
+        if not self.temperature >= 0:
+            raise ValueError(f"temperature={self.temperature} must be >= 0")
+        if not self.cfg_scale >= 0:
+            raise ValueError(f"cfg_scale={self.cfg_scale} must be >= 0")
+        if self.remasking not in REMASKING:
+            raise ValueError(f"remasking={self.remasking!r} is not one of {REMASKING}")
+        if self.threshold is not None and not 0 < self.threshold <= 1:
+            raise ValueError(f"threshold={self.threshold} must be in (0, 1]")
+        if not isinstance(self.seed, int) or isinstance(self.seed, bool):
+            raise ValueError(f"seed={self.seed!r} must be an integer")
+
+    @property
+    def num_blocks(self) -> int:
+        return self.gen_length // self.block_length
+
+    @property
+    def steps_per_block(self) -> int:
+        return self.steps // self.num_blocks
