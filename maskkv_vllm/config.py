@@ -21,9 +21,11 @@ class CacheConfig:
 
     def __post_init__(self) -> None:
         if self.cache_mode not in CACHE_MODES:
-            raise ValueError(f"cache_mode={self.cache_mode!r} is not one of {CACHE_MODES}")
+            raise ValueError(
+                f"cache_mode={self.cache_mode!r} is not one of {CACHE_MODES}"
+            )
         interval = self.prompt_refresh_interval
         if interval is not None and (not isinstance(interval, int) or interval <= 0):
             raise ValueError(
-                f"prompt_refresh_interval={interval!r} must be a positive integer or None"
+                f"prompt_refresh_interval={interval!r} must be a positive int or None"
             )

@@ -22,7 +22,7 @@ class SamplingParams:
     cfg_scale: float = 0.0
     """Classifier-free guidance scale; > 0 runs a prompt-masked branch too."""
     remasking: str = "low_confidence"
-    """Confidence that ranks positions: "low_confidence" (model probability) or "random"."""
+    """What ranks positions: "low_confidence" (model probability) or "random"."""
     threshold: float | None = None
     """Fast-dLLM parallel decoding: commit every masked block position whose confidence
     exceeds this (at least one per step); the step schedule is then not used."""

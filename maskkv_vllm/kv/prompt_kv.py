@@ -1,4 +1,4 @@
-"""Dense per-sequence prompt KV (the ``prefix`` cache) and the attention that uses it."""
+"""Dense per-sequence prompt KV (the ``prefix`` cache) and the attention over it."""
 
 from __future__ import annotations
 
@@ -53,7 +53,8 @@ class CapturingAttention:
     def __call__(
         self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
     ) -> torch.Tensor:
-        for row, (span, store) in enumerate(zip(self.prompt_spans, self.stores)):
+        pairs = zip(self.prompt_spans, self.stores, strict=True)
+        for row, (span, store) in enumerate(pairs):
             if span is None or store is None:
                 continue
             start, end = span

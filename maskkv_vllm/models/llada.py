@@ -36,7 +36,11 @@ class LLaDABlock(nn.Module):
         super().__init__()
         c = config
         self.layer = layer
-        self.n_heads, self.n_kv_heads, self.head_dim = c.n_heads, c.n_kv_heads, c.head_dim
+        self.n_heads, self.n_kv_heads, self.head_dim = (
+            c.n_heads,
+            c.n_kv_heads,
+            c.head_dim,
+        )
         kv_dim = c.n_kv_heads * c.head_dim
         bias, qkv_bias = c.include_bias, c.include_bias or c.include_qkv_bias
         self.attn_norm = RMSNorm(c.d_model, c.rms_norm_eps)
@@ -45,7 +49,7 @@ class LLaDABlock(nn.Module):
         self.v_proj = nn.Linear(c.d_model, kv_dim, bias=qkv_bias)
         self.attn_out = nn.Linear(c.d_model, c.d_model, bias=bias)
         self.ff_norm = RMSNorm(c.d_model, c.rms_norm_eps)
-        # Naming trap kept from upstream: ff_proj is the gate, ff_out the down projection.
+        # Upstream naming trap: ff_proj is the gate, ff_out the down projection.
         self.ff_proj = nn.Linear(c.d_model, c.mlp_hidden_size, bias=bias)
         self.up_proj = nn.Linear(c.d_model, c.mlp_hidden_size, bias=bias)
         self.ff_out = nn.Linear(c.mlp_hidden_size, c.d_model, bias=bias)
@@ -140,7 +144,7 @@ class LLaDAModel(nn.Module):
         return x
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        """Final norm and LM head; hidden (..., d_model) -> fp32 (..., embedding_size)."""
+        """Final norm and LM head: (..., d_model) -> fp32 (..., embedding_size)."""
         t = self.model.transformer
         h = t.ln_f(hidden)
         head = t.wte.weight if self.config.weight_tying else t.ff_out.weight

@@ -38,7 +38,7 @@ class LLaDAConfig:
     n_heads: int
     """Query heads per layer."""
     n_kv_heads: int
-    """Key/value heads per layer; fewer than ``n_heads`` means grouped-query attention."""
+    """Key/value heads per layer; fewer than ``n_heads`` is grouped-query attention."""
     n_layers: int
     """Transformer blocks."""
     mlp_hidden_size: int
@@ -86,14 +86,15 @@ class LLaDAConfig:
             raise ValueError(
                 f"embedding_size={self.embedding_size} < vocab_size={self.vocab_size}"
             )
+        size = self.embedding_size
         for name in ("mask_token_id", "eos_token_id", "pad_token_id"):
             value = getattr(self, name)
-            if not 0 <= value < self.embedding_size:
-                raise ValueError(
-                    f"{name}={value} is outside the embedding [0, {self.embedding_size})"
-                )
+            if not 0 <= value < size:
+                raise ValueError(f"{name}={value} is outside [0, {size})")
         if self.mask_token_id == self.pad_token_id:
-            raise ValueError(f"mask_token_id and pad_token_id are both {self.pad_token_id}")
+            raise ValueError(
+                f"mask_token_id and pad_token_id are both {self.pad_token_id}"
+            )
         if self.rope_theta <= 0 or self.rms_norm_eps <= 0:
             raise ValueError(
                 f"rope_theta={self.rope_theta} and rms_norm_eps={self.rms_norm_eps} "

@@ -49,7 +49,9 @@ def weight_files(model_dir: Path) -> list[Path]:
         files = [model_dir / name for name in sorted(set(weight_map.values()))]
         for f in files:
             if f.suffix != ".safetensors":
-                raise ValueError(f"{index} names a non-safetensors weight file: {f.name}")
+                raise ValueError(
+                    f"{index} names a non-safetensors weight file: {f.name}"
+                )
             if not f.is_file():
                 raise FileNotFoundError(f"{index} names {f.name}, which is missing")
         return files
@@ -72,7 +74,9 @@ def read_tensors(files: list[Path]) -> dict[str, torch.Tensor]:
         with safe_open(str(path), framework="pt") as f:
             for name in f.keys():  # noqa: SIM118 (safe_open is not a dict)
                 if name in tensors:
-                    raise ValueError(f"tensor {name} appears twice (again in {path.name})")
+                    raise ValueError(
+                        f"tensor {name} appears twice (again in {path.name})"
+                    )
                 tensors[name] = f.get_tensor(name)
     return tensors
 
@@ -121,5 +125,20 @@ def load_model(
     check_state_dict(model.state_dict(), found)
     found = {k: t.to(device=device, dtype=torch_dtype) for k, t in found.items()}
     model.load_state_dict(found, strict=True, assign=True)
-    logger.info("loaded %s: %d layers on %s/%s", model_dir, config.n_layers, device, dtype)
+    logger.info(
+        "loaded %s: %d layers on %s/%s", model_dir, config.n_layers, device, dtype
+    )
     return model.eval().requires_grad_(False)
+
+
+def load_checkpoint(
+    model_dir: str | Path,
+    dtype: str | torch.dtype = "float32",
+    device: str | torch.device = "cpu",
+    rope_scaling: float = 1.0,
+):
+    """Model and tokenizer of a checkpoint directory: ``(LLaDAModel, Tokenizer)``."""
+    from maskkv_vllm.models.tokenizer import Tokenizer
+
+    model = load_model(model_dir, dtype=dtype, device=device, rope_scaling=rope_scaling)
+    return model, Tokenizer.from_dir(model_dir, model.config)

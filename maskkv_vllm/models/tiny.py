@@ -18,9 +18,11 @@ from maskkv_vllm.models.tokenizer import BOS, SPECIAL_TOKENS
 
 
 def byte_tokenizer() -> HFTokenizer:
-    """Byte-level tokenizer: 256 byte tokens, then the LLaDA special tokens (256..261)."""
+    """Byte-level tokenizer: 256 byte tokens, then LLaDA's special tokens (256..261)."""
     alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
-    tok = HFTokenizer(models.BPE(vocab={c: i for i, c in enumerate(alphabet)}, merges=[]))
+    tok = HFTokenizer(
+        models.BPE(vocab={c: i for i, c in enumerate(alphabet)}, merges=[])
+    )
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     tok.add_special_tokens(list(SPECIAL_TOKENS))
@@ -59,8 +61,15 @@ def tiny_config(
     )
 
 
-def random_state_dict(config: LLaDAConfig, seed: int) -> dict[str, torch.Tensor]:
-    """Seeded random weights under the official tensor names (fp32, contiguous)."""
+def random_state_dict(
+    config: LLaDAConfig, seed: int, scale: float = 2.0
+) -> dict[str, torch.Tensor]:
+    """Seeded random weights under the official tensor names (fp32, contiguous).
+
+    Linear weights have std ``scale / sqrt(fan_in)``. The default of twice the usual
+    scale lets context move the logits enough that a random model's answers vary by
+    prompt and position.
+    """
     gen = torch.Generator().manual_seed(seed)
     model = LLaDAModel(config)
     out = {}
@@ -70,10 +79,8 @@ def random_state_dict(config: LLaDAConfig, seed: int) -> dict[str, torch.Tensor]
         elif name.endswith("wte.weight"):
             t = 0.5 * torch.randn(p.shape, generator=gen)
         else:
-            # Twice the usual 1/sqrt(fan_in) scale: context then moves the logits enough
-            # that a random model's answers vary by prompt and position.
             fan_in = p.shape[-1]
-            t = 2.0 * torch.randn(p.shape, generator=gen) / math.sqrt(fan_in)
+            t = scale * torch.randn(p.shape, generator=gen) / math.sqrt(fan_in)
         out[name] = t.contiguous()
     return out
 

@@ -1,4 +1,4 @@
-"""Tokenizer loaded from a checkpoint's tokenizer.json, plus LLaDA's pinned chat template."""
+"""Tokenizer from a checkpoint's tokenizer.json, plus LLaDA's pinned chat template."""
 
 from __future__ import annotations
 

@@ -43,7 +43,7 @@ def full_batch(
     pos = torch.zeros_like(ids)
     mask = torch.zeros_like(ids, dtype=torch.bool)
     spans = []
-    for row, (p, c) in enumerate(zip(prompts, canvases)):
+    for row, (p, c) in enumerate(zip(prompts, canvases, strict=True)):
         m, n = p.shape[0], c.shape[0]
         start = width_p - m
         ids[row, start:width_p] = p
@@ -63,7 +63,7 @@ def canvas_batch(
     ids = torch.full((b, width), pad_id, dtype=torch.long, device=device)
     pos = torch.zeros_like(ids)
     mask = torch.zeros_like(ids, dtype=torch.bool)
-    for row, (m, c) in enumerate(zip(prompt_lens, canvases)):
+    for row, (m, c) in enumerate(zip(prompt_lens, canvases, strict=True)):
         n = c.shape[0]
         ids[row, :n] = c
         pos[row, :n] = torch.arange(m, m + n, device=device)

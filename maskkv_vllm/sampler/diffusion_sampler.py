@@ -62,11 +62,13 @@ class DiffusionSampler:
     ) -> list[GenerationOutput]:
         """Denoise every prompt; outputs come back in prompt order."""
         if isinstance(prompts, str) or not prompts:
-            raise ValueError("prompts must be a non-empty list of str or token-id lists")
+            raise ValueError(
+                "prompts must be a non-empty list of str or token-id lists"
+            )
         params_list = self._params_list(params, len(prompts))
         seqs = [
             self.make_sequence(i, p, sp)
-            for i, (p, sp) in enumerate(zip(prompts, params_list))
+            for i, (p, sp) in enumerate(zip(prompts, params_list, strict=True))
         ]
         outputs = []
         for start in range(0, len(seqs), self.max_num_seqs):
@@ -147,14 +149,18 @@ class DiffusionSampler:
                 [s.canvas for s, _ in rows],
                 self.model.config.pad_token_id,
             )
-            attn = CachedPromptAttention([br.prompt_kv for _, br in rows], batch.key_mask)
+            attn = CachedPromptAttention(
+                [br.prompt_kv for _, br in rows], batch.key_mask
+            )
         hidden = self.model(batch.input_ids, batch.positions, attn)
         blocks = []
         for row, (s, _) in enumerate(rows):
             start = batch.canvas_start + s.block_start
             blocks.append(hidden[row, start : start + s.params.block_length])
         # Mask-only projection: the LM head runs on the current block's slots alone.
-        logits = self.model.logits(torch.cat(blocks)).split([b.shape[0] for b in blocks])
+        logits = self.model.logits(torch.cat(blocks)).split(
+            [b.shape[0] for b in blocks]
+        )
         i = 0
         for s in seqs:
             n = len(s.branches)
@@ -180,14 +186,18 @@ class DiffusionSampler:
     def _tokenize(self, prompt: Prompt) -> list[int]:
         if isinstance(prompt, str):
             if self.tokenizer is None:
-                raise ValueError("text prompts need a tokenizer; pass token ids instead")
+                raise ValueError(
+                    "text prompts need a tokenizer; pass token ids instead"
+                )
             ids = self.tokenizer.encode(prompt)
         elif isinstance(prompt, list | tuple) and all(
             isinstance(t, int) and not isinstance(t, bool) for t in prompt
         ):
             ids = list(prompt)
         else:
-            raise TypeError(f"prompt must be a str or a list of ints, got {prompt!r:.80}")
+            raise TypeError(
+                f"prompt must be a str or a list of ints, got {prompt!r:.80}"
+            )
         if not ids:
             raise ValueError("prompt is empty (0 tokens)")
         size = self.model.config.embedding_size

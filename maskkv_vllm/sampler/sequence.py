@@ -104,9 +104,11 @@ class DiffusionSequence:
             logits[:, self.eos_token_id] = -torch.inf
         cand = gumbel_candidates(logits, p.temperature, self.generator)
         conf = confidences(logits, cand, p.remasking, self.generator)
-        k = self.schedule[self.step_in_block] if self.step_in_block < len(
-            self.schedule
-        ) else 0
+        k = (
+            self.schedule[self.step_in_block]
+            if self.step_in_block < len(self.schedule)
+            else 0
+        )
         idx = select_transfer(conf, masked, k, p.threshold)
         self.canvas[blk][idx] = cand[idx]
         self.num_steps += 1

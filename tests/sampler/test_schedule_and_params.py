@@ -1,0 +1,71 @@
+from __future__ import annotations
+
+import pytest
+
+from maskkv_vllm.config import CacheConfig
+from maskkv_vllm.sampler.schedule import num_transfer_tokens
+from maskkv_vllm.sampling_params import SamplingParams
+
+
+@pytest.mark.parametrize(
+    "masked, steps, expected",
+    [
+        (10, 4, [3, 3, 2, 2]),
+        (8, 8, [1] * 8),
+        (32, 4, [8, 8, 8, 8]),
+        (3, 5, [1, 1, 1, 0, 0]),
+        (0, 2, [0, 0]),
+    ],
+)
+def test_num_transfer_tokens(masked, steps, expected):
+    assert num_transfer_tokens(masked, steps) == expected
+    assert sum(expected) == masked
+
+
+def test_schedule_rejects_bad_counts():
+    with pytest.raises(ValueError, match="steps=0"):
+        num_transfer_tokens(4, 0)
+    with pytest.raises(ValueError, match="num_masked=-1"):
+        num_transfer_tokens(-1, 2)
+
+
+def test_params_derived_counts():
+    p = SamplingParams(gen_length=64, block_length=16, steps=32)
+    assert (p.num_blocks, p.steps_per_block) == (4, 8)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"gen_length": 30, "block_length": 8}, r"gen_length=30 is not a multiple of "),
+        (
+            {"gen_length": 32, "block_length": 8, "steps": 6},
+            r"steps=6 is not divisible",
+        ),
+        ({"gen_length": 0}, r"gen_length=0 must be a positive integer"),
+        ({"block_length": -8}, r"block_length=-8 must be a positive integer"),
+        ({"steps": 0}, r"steps=0 must be a positive integer"),
+        ({"steps": 2.5}, r"steps=2.5 must be a positive integer"),
+        ({"temperature": -1.0}, r"temperature=-1.0 must be >= 0"),
+        ({"cfg_scale": -0.5}, r"cfg_scale=-0.5 must be >= 0"),
+        ({"remasking": "entropy"}, r"remasking='entropy' is not one of"),
+        ({"threshold": 1.5}, r"threshold=1.5 must be in \(0, 1\]"),
+        ({"threshold": 0.0}, r"threshold=0.0 must be in"),
+        ({"seed": "7"}, r"seed='7' must be an integer"),
+    ],
+)
+def test_params_validation(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        SamplingParams(**kwargs)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"cache_mode": "dual"}, r"cache_mode='dual' is not one of"),
+        ({"prompt_refresh_interval": 0}, r"prompt_refresh_interval=0 must be"),
+    ],
+)
+def test_cache_config_validation(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        CacheConfig(**kwargs)

@@ -1,0 +1,67 @@
+from __future__ import annotations
+
+import json
+
+from maskkv_vllm.cli import main
+
+
+def test_make_tiny_then_generate(tmp_path, capsys):
+    out = tmp_path / "m"
+    assert main(["make-tiny", str(out), "--seed", "2", "--n-kv-heads", "2"]) == 0
+    assert (out / "config.json").is_file()
+    capsys.readouterr()
+    rc = main(
+        [
+            "generate",
+            "hello",
+            "world",
+            "--model",
+            str(out),
+            "--gen-length",
+            "8",
+            "--block-length",
+            "4",
+            "--steps",
+            "8",
+            "--json",
+        ]
+    )
+    assert rc == 0
+    lines = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
+    assert [x["request_id"] for x in lines] == [0, 1]
+    assert all(x["num_steps"] == 8 and x["prompt_kv_bytes"] > 0 for x in lines)
+
+
+def test_generate_builtin_prints_kv_bytes(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("MASKKV_CACHE", str(tmp_path))
+    rc = main(
+        [
+            "generate",
+            "hi",
+            "--gen-length",
+            "8",
+            "--block-length",
+            "8",
+            "--steps",
+            "8",
+            "--cache-mode",
+            "none",
+            "--chat",
+        ]
+    )
+    assert rc == 0
+    out = capsys.readouterr().out
+    assert "prompt KV held: 0 bytes (none)" in out
+    assert "8 denoising steps" in out
+
+
+def test_bad_option_is_a_clear_error(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("MASKKV_CACHE", str(tmp_path))
+    rc = main(["generate", "hi", "--gen-length", "30"])
+    assert rc == 2
+    assert (
+        "gen_length=30 is not a multiple of block_length=32" in capsys.readouterr().err
+    )
+    rc = main(["generate", "hi", "--model", str(tmp_path / "missing")])
+    assert rc == 2
+    assert "missing" in capsys.readouterr().err
