@@ -2,9 +2,39 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
-CACHE_MODES = ("none", "prefix")
+CACHE_MODES = ("none", "prefix", "paged")
+_UNITS = {
+    "": 1,
+    "b": 1,
+    "kb": 10**3,
+    "mb": 10**6,
+    "gb": 10**9,
+    "tb": 10**12,
+    "kib": 2**10,
+    "mib": 2**20,
+    "gib": 2**30,
+    "tib": 2**40,
+}
+
+
+def parse_size(value: int | str) -> int:
+    """Bytes from an int or a string such as "4GiB", "512MiB", "1.5GB", "1000000"."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        size = value
+    elif isinstance(value, str):
+        match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([a-zA-Z]*)\s*", value)
+        unit = match.group(2).lower() if match else None
+        if match is None or unit not in _UNITS:
+            raise ValueError(f"memory size {value!r} is not like '4GiB' or '512MB'")
+        size = int(float(match.group(1)) * _UNITS[unit])
+    else:
+        raise ValueError(f"memory size {value!r} must be an int or a string")
+    if size <= 0:
+        raise ValueError(f"memory size {value!r} must be positive")
+    return size
 
 
 @dataclass(frozen=True)
@@ -13,11 +43,18 @@ class CacheConfig:
 
     cache_mode: str = "prefix"
     """"none": the whole sequence is recomputed every step (vanilla LLaDA);
-    "prefix": the prompt's post-RoPE KV from the first step is reused and only
-    the canvas is recomputed."""
+    "prefix": the prompt's post-RoPE KV from the first step is kept in dense
+    per-request tensors and only the canvas is recomputed;
+    "paged": like "prefix", with the prompt KV in the head-granular page pool."""
     prompt_refresh_interval: int | None = None
-    """With "prefix": recompute the prompt KV every this many denoising steps
+    """With "prefix"/"paged": recompute the prompt KV every this many denoising steps
     (1 = every step, which reproduces "none" exactly); None never refreshes."""
+    block_size: int = 16
+    """"paged": token slots per page (one page holds one KV head of one layer)."""
+    kv_cache_memory: int | str | None = None
+    """"paged": pool size in bytes or as "4GiB"; default 512MiB unless num_blocks."""
+    num_blocks: int | None = None
+    """"paged": pool size in pages (the null page included), instead of bytes."""
 
     def __post_init__(self) -> None:
         if self.cache_mode not in CACHE_MODES:
@@ -29,3 +66,17 @@ class CacheConfig:
             raise ValueError(
                 f"prompt_refresh_interval={interval!r} must be a positive int or None"
             )
+        if not isinstance(self.block_size, int) or self.block_size <= 0:
+            raise ValueError(f"block_size={self.block_size!r} must be a positive int")
+        if self.kv_cache_memory is not None and self.num_blocks is not None:
+            raise ValueError("give kv_cache_memory or num_blocks, not both")
+        if self.kv_cache_memory is not None:
+            parse_size(self.kv_cache_memory)
+        if self.num_blocks is not None and (
+            not isinstance(self.num_blocks, int) or self.num_blocks < 2
+        ):
+            raise ValueError(f"num_blocks={self.num_blocks!r} must be an int >= 2")
+
+    @property
+    def kv_cache_bytes(self) -> int:
+        return parse_size(self.kv_cache_memory or "512MiB")

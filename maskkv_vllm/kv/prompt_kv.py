@@ -1,4 +1,4 @@
-"""Dense per-sequence prompt KV (the ``prefix`` cache) and the attention over it."""
+"""The dense ``prefix`` cache: per-row prompt KV tensors and the attention over them."""
 
 from __future__ import annotations
 
@@ -6,12 +6,13 @@ from dataclasses import dataclass, field
 
 import torch
 
+from maskkv_vllm.kv.prompt_cache import CacheKey
 from maskkv_vllm.models.attention import dense_attention
 
 
 @dataclass
 class PromptKV:
-    """Post-RoPE keys and values of one sequence's prompt, per layer.
+    """Post-RoPE keys and values of one row's prompt, per layer.
 
     Keys are stored after RoPE at their absolute positions, so dropping tokens later
     never shifts the position a key was rotated for.
@@ -32,19 +33,19 @@ class PromptKV:
 
 
 class CapturingAttention:
-    """Dense attention over whole rows that also stores chosen rows' prompt KV.
+    """Dense attention over whole rows that also stores each row's prompt KV.
 
     Args:
         key_mask: (B, T) bool, True for real tokens.
-        prompt_spans: per row, (start, end) columns of its prompt, or None to skip.
-        stores: per row, the ``PromptKV`` that receives it (ignored where span is None).
+        prompt_spans: per row, (start, end) columns of its prompt.
+        stores: per row, the ``PromptKV`` that receives it.
     """
 
     def __init__(
         self,
         key_mask: torch.Tensor,
-        prompt_spans: list[tuple[int, int] | None],
-        stores: list[PromptKV | None],
+        prompt_spans: list[tuple[int, int]],
+        stores: list[PromptKV],
     ) -> None:
         self.key_mask = key_mask
         self.prompt_spans = prompt_spans
@@ -54,10 +55,7 @@ class CapturingAttention:
         self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
     ) -> torch.Tensor:
         pairs = zip(self.prompt_spans, self.stores, strict=True)
-        for row, (span, store) in enumerate(pairs):
-            if span is None or store is None:
-                continue
-            start, end = span
+        for row, ((start, end), store) in enumerate(pairs):
             del store.keys[layer:], store.values[layer:]
             store.keys.append(k[row, :, start:end].clone())
             store.values.append(v[row, :, start:end].clone())
@@ -100,3 +98,29 @@ class CachedPromptAttention:
         keys = torch.cat([pk, k], dim=2)
         values = torch.cat([pv, v], dim=2)
         return dense_attention(q, keys, values, self.key_mask)
+
+
+class DensePromptCache:
+    """``prefix`` mode: one ``PromptKV`` per row, in ordinary tensors."""
+
+    def __init__(self) -> None:
+        self.entries: dict[CacheKey, PromptKV] = {}
+
+    def capturing_attention(self, keys, key_mask, prompt_spans, positions):
+        for key in keys:
+            self.entries[key] = PromptKV()
+        stores = [self.entries[k] for k in keys]
+        return CapturingAttention(key_mask, prompt_spans, stores)
+
+    def cached_attention(self, keys, canvas_mask):
+        return CachedPromptAttention([self.entries[k] for k in keys], canvas_mask)
+
+    def has(self, key: CacheKey) -> bool:
+        return key in self.entries
+
+    def free(self, key: CacheKey) -> None:
+        self.entries.pop(key, None)
+
+    def nbytes(self, key: CacheKey) -> int:
+        entry = self.entries.get(key)
+        return entry.nbytes if entry else 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import logging
 from collections.abc import Sequence
 
@@ -9,13 +10,13 @@ import torch
 from tqdm.auto import tqdm
 
 from maskkv_vllm.config import CacheConfig
-from maskkv_vllm.kv.prompt_kv import CachedPromptAttention, CapturingAttention, PromptKV
-from maskkv_vllm.models.attention import DenseAttention
+from maskkv_vllm.kv.prompt_cache import make_prompt_cache
+from maskkv_vllm.models.attention import Attention, DenseAttention
 from maskkv_vllm.models.llada import LLaDAModel
 from maskkv_vllm.models.tokenizer import Tokenizer
-from maskkv_vllm.sampler.batch import ForwardBatch, canvas_batch, full_batch
+from maskkv_vllm.sampler.batch import canvas_batch, full_batch
 from maskkv_vllm.sampler.outputs import GenerationOutput
-from maskkv_vllm.sampler.sequence import Branch, DiffusionSequence
+from maskkv_vllm.sampler.sequence import DiffusionSequence
 from maskkv_vllm.sampling_params import SamplingParams
 
 logger = logging.getLogger(__name__)
@@ -52,7 +53,18 @@ class DiffusionSampler:
         if max_num_seqs <= 0:
             raise ValueError(f"max_num_seqs={max_num_seqs} must be positive")
         self.max_num_seqs = max_num_seqs
-        self.device = next(model.parameters()).device
+        param = next(model.parameters())
+        self.device = param.device
+        c = model.config
+        self.prompt_cache = make_prompt_cache(
+            self.cache_config,
+            c.n_layers,
+            c.n_kv_heads,
+            c.head_dim,
+            param.dtype,
+            self.device,
+        )
+        self._uids = itertools.count()
 
     def generate(
         self,
@@ -77,7 +89,7 @@ class DiffusionSampler:
                 self._run_to_completion(wave, use_tqdm)
             finally:
                 for s in wave:
-                    s.release()
+                    self.free(s)
             outputs.extend(self.make_output(s) for s in wave)
         return outputs
 
@@ -93,8 +105,20 @@ class DiffusionSampler:
             )
         cfg = self.model.config
         return DiffusionSequence(
-            request_id, ids, params, cfg.mask_token_id, cfg.eos_token_id, self.device
+            next(self._uids),
+            request_id,
+            ids,
+            params,
+            cfg.mask_token_id,
+            cfg.eos_token_id,
+            self.device,
         )
+
+    def free(self, seq: DiffusionSequence) -> None:
+        """Drop a sequence's prompt KV (finished, failed or cancelled); idempotent."""
+        if self.prompt_cache is not None:
+            for key in seq.cache_keys:
+                self.prompt_cache.free(key)
 
     @torch.inference_mode()
     def step(self, seqs: list[DiffusionSequence]) -> None:
@@ -134,54 +158,52 @@ class DiffusionSampler:
     def _needs_full_forward(self, seq: DiffusionSequence) -> bool:
         if self.cache_config.cache_mode == "none":
             return True
-        if seq.branches[0].prompt_kv is None:
+        if not self.prompt_cache.has(seq.cache_keys[0]):
             return True
         interval = self.cache_config.prompt_refresh_interval
         return interval is not None and seq.num_steps % interval == 0
 
     def _forward_and_commit(self, seqs: list[DiffusionSequence], full_forward: bool):
         rows = [(s, br) for s in seqs for br in s.branches]
+        keys = [br.cache_key for _, br in rows]
+        canvases = [s.canvas for s, _ in rows]
+        pad = self.model.config.pad_token_id
         if full_forward:
-            batch, attn = self._full_inputs(rows)
+            batch = full_batch([br.prompt_ids for _, br in rows], canvases, pad)
+            attn = self._full_attention(keys, batch)
         else:
-            batch = canvas_batch(
-                [s.prompt_len for s, _ in rows],
-                [s.canvas for s, _ in rows],
-                self.model.config.pad_token_id,
-            )
-            attn = CachedPromptAttention(
-                [br.prompt_kv for _, br in rows], batch.key_mask
-            )
+            batch = canvas_batch([s.prompt_len for s, _ in rows], canvases, pad)
+            attn = self.prompt_cache.cached_attention(keys, batch.key_mask)
         hidden = self.model(batch.input_ids, batch.positions, attn)
         blocks = []
         for row, (s, _) in enumerate(rows):
             start = batch.canvas_start + s.block_start
             blocks.append(hidden[row, start : start + s.params.block_length])
         # Mask-only projection: the LM head runs on the current block's slots alone.
-        logits = self.model.logits(torch.cat(blocks)).split(
-            [b.shape[0] for b in blocks]
-        )
+        sizes = [b.shape[0] for b in blocks]
+        logits = self.model.logits(torch.cat(blocks)).split(sizes)
         i = 0
         for s in seqs:
             n = len(s.branches)
             s.apply_step(s.combine_logits(list(logits[i : i + n])))
             i += n
+            self._after_step(s)
 
-    def _full_inputs(
-        self, rows: list[tuple[DiffusionSequence, Branch]]
-    ) -> tuple[ForwardBatch, object]:
-        batch = full_batch(
-            [br.prompt_ids for _, br in rows],
-            [s.canvas for s, _ in rows],
-            self.model.config.pad_token_id,
-        )
-        if self.cache_config.cache_mode == "none":
+    def _after_step(self, seq: DiffusionSequence) -> None:
+        if self.prompt_cache is None:
+            return
+        held = sum(self.prompt_cache.nbytes(k) for k in seq.cache_keys)
+        seq.peak_prompt_kv_bytes = max(seq.peak_prompt_kv_bytes, held)
+        if seq.is_finished:
+            self.free(seq)
+
+    def _full_attention(self, keys, batch) -> Attention:
+        if self.prompt_cache is None:
             mask = None if bool(batch.key_mask.all()) else batch.key_mask
-            return batch, DenseAttention(mask)
-        for _, br in rows:
-            br.prompt_kv = PromptKV()
-        stores = [br.prompt_kv for _, br in rows]
-        return batch, CapturingAttention(batch.key_mask, batch.prompt_spans, stores)
+            return DenseAttention(mask)
+        return self.prompt_cache.capturing_attention(
+            keys, batch.key_mask, batch.prompt_spans, batch.positions
+        )
 
     def _tokenize(self, prompt: Prompt) -> list[int]:
         if isinstance(prompt, str):

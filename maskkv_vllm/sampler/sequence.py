@@ -6,7 +6,6 @@ from dataclasses import dataclass
 
 import torch
 
-from maskkv_vllm.kv.prompt_kv import PromptKV
 from maskkv_vllm.sampler.remasking import (
     confidences,
     gumbel_candidates,
@@ -22,14 +21,15 @@ class Branch:
 
     prompt_ids: torch.Tensor
     """(M,) prompt ids as this branch sees them."""
-    prompt_kv: PromptKV | None = None
-    """Cached prompt KV (``prefix`` mode) once the first step has run."""
+    cache_key: tuple[int, int]
+    """(sequence uid, branch index): this row's entry in the prompt cache."""
 
 
 class DiffusionSequence:
     """State of one request across denoising steps.
 
     Args:
+        uid: unique id of this sequence (keys its prompt-cache rows).
         request_id: caller's id.
         prompt_ids: prompt token ids (M,).
         params: validated sampling parameters.
@@ -40,6 +40,7 @@ class DiffusionSequence:
 
     def __init__(
         self,
+        uid: int,
         request_id: int,
         prompt_ids: list[int],
         params: SamplingParams,
@@ -47,15 +48,17 @@ class DiffusionSequence:
         eos_token_id: int,
         device: torch.device,
     ) -> None:
+        self.uid = uid
         self.request_id = request_id
         self.prompt_token_ids = list(prompt_ids)
         self.params = params
         self.mask_token_id = mask_token_id
         self.eos_token_id = eos_token_id
         prompt = torch.tensor(prompt_ids, dtype=torch.long, device=device)
-        self.branches = [Branch(prompt)]
+        self.branches = [Branch(prompt, (uid, 0))]
         if params.cfg_scale > 0:
-            self.branches.append(Branch(torch.full_like(prompt, mask_token_id)))
+            masked = torch.full_like(prompt, mask_token_id)
+            self.branches.append(Branch(masked, (uid, 1)))
         self.canvas = torch.full(
             (params.gen_length,), mask_token_id, dtype=torch.long, device=device
         )
@@ -80,8 +83,8 @@ class DiffusionSequence:
         return self.block * self.params.block_length
 
     @property
-    def prompt_kv_bytes(self) -> int:
-        return sum(b.prompt_kv.nbytes for b in self.branches if b.prompt_kv is not None)
+    def cache_keys(self) -> list[tuple[int, int]]:
+        return [b.cache_key for b in self.branches]
 
     def combine_logits(self, branch_logits: list[torch.Tensor]) -> torch.Tensor:
         """CFG: ``uncond + (s + 1) * (cond - uncond)``; (block, V) fp32."""
@@ -113,7 +116,6 @@ class DiffusionSequence:
         self.canvas[blk][idx] = cand[idx]
         self.num_steps += 1
         self.step_in_block += 1
-        self.peak_prompt_kv_bytes = max(self.peak_prompt_kv_bytes, self.prompt_kv_bytes)
         self._maybe_next_block()
 
     def _maybe_next_block(self) -> None:
@@ -124,8 +126,3 @@ class DiffusionSequence:
         if no_masks_left or steps_done:
             self.block += 1
             self.step_in_block = 0
-
-    def release(self) -> None:
-        """Drop cached KV (a finished, failed or cancelled request holds nothing)."""
-        for b in self.branches:
-            b.prompt_kv = None

@@ -171,7 +171,7 @@ def test_cfg_combines_branches():
     from maskkv_vllm.sampler.sequence import DiffusionSequence
 
     params = SamplingParams(gen_length=2, block_length=2, steps=2, cfg_scale=1.5)
-    seq = DiffusionSequence(0, [0, 1], params, MASK, EOS, torch.device("cpu"))
+    seq = DiffusionSequence(0, 0, [0, 1], params, MASK, EOS, torch.device("cpu"))
     assert [b.prompt_ids.tolist() for b in seq.branches] == [[0, 1], [MASK, MASK]]
     cond = torch.tensor([[2.0, 0.0]])
     uncond = torch.tensor([[1.0, 1.0]])

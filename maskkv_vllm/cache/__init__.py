@@ -1,0 +1,1 @@
+"""Page and request bookkeeping: plain Python, no torch, no vLLM."""

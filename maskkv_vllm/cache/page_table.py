@@ -1,0 +1,41 @@
+"""Which pages each request holds per (layer, KV head), and how many tokens."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass
+class HeadBlocks:
+    """The pages of one (request, layer, KV head); tokens fill them in order."""
+
+    block_ids: list[int] = field(default_factory=list)
+    num_tokens: int = 0
+
+
+class RequestPageTable:
+    """Per-(layer, KV head) page lists of one request.
+
+    Args:
+        num_layers: model layers.
+        num_kv_heads: KV heads per layer.
+    """
+
+    def __init__(self, num_layers: int, num_kv_heads: int) -> None:
+        self.heads = [
+            [HeadBlocks() for _ in range(num_kv_heads)] for _ in range(num_layers)
+        ]
+
+    def layer(self, layer: int) -> list[HeadBlocks]:
+        return self.heads[layer]
+
+    def all_block_ids(self) -> list[int]:
+        return [b for row in self.heads for h in row for b in h.block_ids]
+
+    @property
+    def num_blocks(self) -> int:
+        return sum(len(h.block_ids) for row in self.heads for h in row)
+
+    def tokens_per_head(self) -> list[list[int]]:
+        """(num_layers, num_kv_heads) token counts."""
+        return [[h.num_tokens for h in row] for row in self.heads]
