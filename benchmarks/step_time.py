@@ -1,9 +1,10 @@
-"""Time per denoising step, ``none`` vs ``prefix``, at several prompt lengths, one run.
+"""Time per denoising step for ``none``, ``prefix`` and ``paged``, side by side.
 
     python benchmarks/step_time.py --prompt-lens 64 512 1024 2048
 
-Prints, per prompt length, the mean time of the first step (which computes the prompt
-KV in both modes) and of the later steps, and the ratio none/prefix for later steps.
+Prints, per prompt length, the median time of the steps after the first (the first
+computes the prompt KV in every mode) and the ratios none/prefix and paged/prefix,
+plus the bytes of one page.
 A small random LLaDA-shaped model is written to a temp dir and loaded like a real
 checkpoint; the numbers measure the engine, not answer quality.
 """
@@ -37,7 +38,7 @@ def time_steps(sampler, prompt_ids, params, device):
         if device.startswith("cuda"):
             torch.cuda.synchronize()
         times.append(time.perf_counter() - start)
-    seq.release()
+    sampler.free(seq)
     return times
 
 
@@ -49,6 +50,7 @@ def main() -> None:
     ap.add_argument("--layers", type=int, default=4)
     ap.add_argument("--heads", type=int, default=8)
     ap.add_argument("--head-dim", type=int, default=64)
+    ap.add_argument("--block-size", type=int, default=16, help="paged: slots/page")
     ap.add_argument("--dtype", default="float32")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--json", help="also write the rows to this file")
@@ -77,8 +79,8 @@ def main() -> None:
         f"gen_length {args.gen_length}, block {args.block_length}, one token per step"
     )
     header = (
-        f"{'prompt':>7} | {'none step ms':>12} | {'prefix step ms':>14} | "
-        f"{'first step ms':>13} | {'none/prefix':>11}"
+        f"{'prompt':>7} | {'none ms':>8} | {'prefix ms':>9} | {'paged ms':>8} | "
+        f"{'first ms':>8} | {'none/prefix':>11} | {'paged/prefix':>12}"
     )
     print(header)
     print("-" * len(header))
@@ -87,19 +89,31 @@ def main() -> None:
     for m in args.prompt_lens:
         prompt = torch.randint(0, 256, (m,), generator=gen).tolist()
         result = {"prompt_len": m}
-        for mode in ("none", "prefix"):
-            sampler = DiffusionSampler(model, cache_config=CacheConfig(mode))
+        for mode in ("none", "prefix", "paged"):
+            cache = CacheConfig(
+                mode, block_size=args.block_size, kv_cache_memory="1GiB"
+            )
+            sampler = DiffusionSampler(model, cache_config=cache)
             time_steps(sampler, prompt[: min(m, 16)], params, args.device)  # warm-up
             times = time_steps(sampler, prompt, params, args.device)
             result[f"{mode}_first_ms"] = 1e3 * times[0]
             result[f"{mode}_step_ms"] = 1e3 * statistics.median(times[1:])
-        result["speedup"] = result["none_step_ms"] / result["prefix_step_ms"]
+            if mode == "paged":
+                page_bytes = sampler.prompt_cache.cache.store.page_bytes
+        result["none_over_prefix"] = result["none_step_ms"] / result["prefix_step_ms"]
+        result["paged_over_prefix"] = result["paged_step_ms"] / result["prefix_step_ms"]
         rows.append(result)
         print(
-            f"{m:>7} | {result['none_step_ms']:>12.2f} | "
-            f"{result['prefix_step_ms']:>14.2f} | {result['prefix_first_ms']:>13.2f} | "
-            f"{result['speedup']:>10.1f}x"
+            f"{m:>7} | {result['none_step_ms']:>8.2f} | "
+            f"{result['prefix_step_ms']:>9.2f} | {result['paged_step_ms']:>8.2f} | "
+            f"{result['prefix_first_ms']:>8.2f} | "
+            f"{result['none_over_prefix']:>10.1f}x | "
+            f"{result['paged_over_prefix']:>11.2f}x"
         )
+    print(
+        f"page: {args.block_size} slots x 1 KV head x {c.head_dim} dims = "
+        f"{page_bytes} bytes (K, V and int32 positions)"
+    )
     if args.json:
         with open(args.json, "w") as f:
             json.dump(rows, f, indent=2)

@@ -49,7 +49,12 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from maskkv_vllm.sampler.diffusion_sampler import DiffusionSampler
 
     params = sampling_params(args)
-    cache = CacheConfig(args.cache_mode, args.prompt_refresh_interval)
+    cache = CacheConfig(
+        args.cache_mode,
+        args.prompt_refresh_interval,
+        block_size=args.block_size,
+        kv_cache_memory=args.kv_cache_memory,
+    )
     model_dir = resolve_model(args.model)
     model, tok = load_checkpoint(model_dir, args.dtype, args.device, args.rope_scaling)
     sampler = DiffusionSampler(model, tok, cache, args.max_model_len, args.max_num_seqs)
@@ -57,6 +62,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     if args.chat:
         prompts = [tok.encode_chat([{"role": "user", "content": p}]) for p in prompts]
     outputs = sampler.generate(prompts, params, use_tqdm=len(prompts) > 1)
+    pool = getattr(sampler.prompt_cache, "cache", None)
     for o in outputs:
         if args.json:
             print(json.dumps(o.__dict__))
@@ -66,6 +72,13 @@ def cmd_generate(args: argparse.Namespace) -> int:
         print(
             f"[{o.finish_reason}; {o.num_steps} denoising steps; "
             f"prompt KV held: {o.prompt_kv_bytes} bytes ({args.cache_mode})]"
+        )
+    if pool is not None and not args.json:
+        stats = pool.pool_stats()
+        print(
+            f"[page pool: {stats['num_blocks']} pages of {stats['bytes_per_block']} "
+            f"bytes, peak {stats['max_used_blocks']} used, "
+            f"{stats['num_free_blocks']} free now]"
         )
     return 0
 
@@ -98,6 +111,8 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--chat", action="store_true", help="wrap in the chat template")
     gen.add_argument("--cache-mode", choices=CACHE_MODES, default="prefix")
     gen.add_argument("--prompt-refresh-interval", type=int, default=None)
+    gen.add_argument("--block-size", type=int, default=16, help="paged: slots/page")
+    gen.add_argument("--kv-cache-memory", default=None, help="paged: pool, e.g. 1GiB")
     gen.add_argument("--max-num-seqs", type=int, default=8)
     gen.add_argument("--json", action="store_true", help="one JSON object per output")
     gen.set_defaults(func=cmd_generate)

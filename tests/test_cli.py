@@ -65,3 +65,26 @@ def test_bad_option_is_a_clear_error(tmp_path, monkeypatch, capsys):
     rc = main(["generate", "hi", "--model", str(tmp_path / "missing")])
     assert rc == 2
     assert "missing" in capsys.readouterr().err
+
+
+def test_generate_paged_reports_the_pool(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("MASKKV_CACHE", str(tmp_path))
+    argv = [
+        "generate",
+        "hi",
+        "--gen-length",
+        "8",
+        "--block-length",
+        "8",
+        "--steps",
+        "8",
+    ]
+    rc = main([*argv, "--cache-mode", "paged", "--kv-cache-memory", "1MiB"])
+    assert rc == 0
+    out = capsys.readouterr().out
+    # 3 prompt tokens -> one 16-slot page per (layer, head): 8 pages of 4160 bytes;
+    # 1 MiB holds 252 pages, one of them the null page.
+    assert "prompt KV held: 33280 bytes (paged)" in out
+    assert "251 pages of 4160 bytes, peak 8 used, 251 free now" in out
+    rc = main([*argv, "--cache-mode", "paged", "--kv-cache-memory", "lots"])
+    assert rc == 2 and "memory size 'lots'" in capsys.readouterr().err

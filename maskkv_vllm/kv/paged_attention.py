@@ -7,33 +7,81 @@ available, is selected automatically behind the same signature.
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 
 
-def gather_paged(
-    cache: torch.Tensor, block_tables: torch.Tensor, seq_lens: torch.Tensor
+class Workspace:
+    """Scratch buffers reused across calls.
+
+    On the CPU, allocating fresh multi-MB tensors every layer of every step costs more
+    than the gather itself (the pages are faulted in anew each time), so the gathered
+    keys and values land in buffers that grow once and are then reused. One workspace
+    serves one thread.
+    """
+
+    def __init__(self) -> None:
+        self.buffers: dict[str, torch.Tensor] = {}
+
+    def get(
+        self, name: str, shape: tuple[int, ...], like: torch.Tensor
+    ) -> torch.Tensor:
+        """A tensor of ``shape``, dtype and device of ``like``; contents undefined."""
+        n = math.prod(shape)
+        buf = self.buffers.get(name)
+        if (
+            buf is None
+            or buf.numel() < n
+            or buf.dtype != like.dtype
+            or buf.device != like.device
+        ):
+            buf = self.buffers[name] = torch.empty(
+                n, dtype=like.dtype, device=like.device
+            )
+        return buf[:n].view(shape)
+
+
+def paged_slots(
+    block_tables: torch.Tensor, seq_lens: torch.Tensor, block_size: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Dense copy of ragged paged tokens.
+    """Flat slot ids of every held token, padded to the longest head.
 
     Args:
-        cache: (num_blocks, block_size, d) page tensor.
         block_tables: (B, H, max_blocks) int page ids, padded with the null page.
         seq_lens: (B, H) tokens held per head.
 
     Returns:
-        tokens: (B, H, N, d) with N = max(seq_lens); padding rows are garbage.
+        slots: (B, H, N) int64 slot ids, N = max(seq_lens); padding points at slot 0
+            of the null page.
         valid: (B, H, N) bool.
     """
     b, h, _ = block_tables.shape
-    block_size, d = cache.shape[1], cache.shape[2]
     n = int(seq_lens.max()) if seq_lens.numel() else 0
-    j = torch.arange(n, device=cache.device)
+    j = torch.arange(n, device=block_tables.device)
     page = block_tables.long().gather(-1, (j // block_size).expand(b, h, n))
-    slots = page * block_size + j % block_size  # (B, H, N)
     valid = j < seq_lens[..., None]
-    tokens = cache.view(-1, d)[torch.where(valid, slots, 0)]
-    return tokens, valid
+    slots = torch.where(valid, page * block_size + j % block_size, 0)
+    return slots, valid
+
+
+def _with_canvas(
+    cache: torch.Tensor,
+    slots: torch.Tensor,
+    canvas: torch.Tensor,
+    name: str,
+    workspace: Workspace,
+) -> torch.Tensor:
+    """(B, H, N + Lc, d): the gathered prompt tokens followed by the canvas tokens."""
+    b, h, n = slots.shape
+    d = cache.shape[-1]
+    gathered = workspace.get(name + "_pages", (b * h * n, d), canvas)
+    torch.index_select(
+        cache.view(-1, d).to(canvas.dtype), 0, slots.flatten(), out=gathered
+    )
+    out = workspace.get(name, (b, h, n + canvas.shape[2], d), canvas)
+    return torch.cat([gathered.view(b, h, n, d), canvas], dim=2, out=out)
 
 
 def paged_attention_torch(
@@ -45,17 +93,22 @@ def paged_attention_torch(
     v_cache: torch.Tensor,
     block_tables: torch.Tensor,
     seq_lens: torch.Tensor,
+    workspace: Workspace | None = None,
 ) -> torch.Tensor:
     """Reference: gather the pages, append the canvas KV, one masked SDPA in fp32."""
-    pk, valid = gather_paged(k_cache, block_tables, seq_lens)
-    pv, _ = gather_paged(v_cache, block_tables, seq_lens)
+    workspace = workspace or Workspace()
+    slots, valid = paged_slots(block_tables, seq_lens, k_cache.shape[1])
     b, hkv, lq, _ = k.shape
-    keys = torch.cat([pk, k], dim=2).float()
-    values = torch.cat([pv, v], dim=2).float()
+    keys = _with_canvas(k_cache, slots, k.to(k_cache.dtype), "keys", workspace)
+    values = _with_canvas(v_cache, slots, v.to(v_cache.dtype), "values", workspace)
     mask = torch.cat([valid, canvas_mask[:, None, :].expand(b, hkv, lq)], dim=-1)
     mask = mask.repeat_interleave(q.shape[1] // hkv, dim=1)[:, :, None, :]
     out = F.scaled_dot_product_attention(
-        q.float(), keys, values, attn_mask=mask, enable_gqa=q.shape[1] != hkv
+        q.float(),
+        keys.float(),
+        values.float(),
+        attn_mask=mask,
+        enable_gqa=q.shape[1] != hkv,
     )
     return out.to(q.dtype)
 
@@ -69,6 +122,7 @@ def paged_attention(
     v_cache: torch.Tensor,
     block_tables: torch.Tensor,
     seq_lens: torch.Tensor,
+    workspace: Workspace | None = None,
 ) -> torch.Tensor:
     """Canvas queries over paged prompt KV (ragged per head) and fresh canvas KV.
 
@@ -79,10 +133,11 @@ def paged_attention(
         k_cache, v_cache: (num_blocks, block_size, d) page tensors.
         block_tables: (B, Hkv, max_blocks) int32 page ids per (request, KV head).
         seq_lens: (B, Hkv) int32 prompt tokens held per (request, KV head).
+        workspace: scratch buffers to reuse across calls (one per thread).
 
     Returns:
         (B, Hq, Lc, d) attention output; softmax in fp32.
     """
     return paged_attention_torch(
-        q, k, v, canvas_mask, k_cache, v_cache, block_tables, seq_lens
+        q, k, v, canvas_mask, k_cache, v_cache, block_tables, seq_lens, workspace
     )

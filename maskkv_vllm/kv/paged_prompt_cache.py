@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from maskkv_vllm.kv.paged_attention import paged_attention
+from maskkv_vllm.kv.paged_attention import Workspace, paged_attention
 from maskkv_vllm.kv.paged_kv_cache import PagedKVCache
 from maskkv_vllm.kv.prompt_cache import CacheKey
 from maskkv_vllm.models.attention import dense_attention
@@ -44,9 +44,14 @@ class PagedPromptAttention:
     """Canvas rows attend to their paged prompt KV plus the canvas's fresh KV."""
 
     def __init__(
-        self, cache: PagedKVCache, keys: list[CacheKey], canvas_mask: torch.Tensor
+        self,
+        cache: PagedKVCache,
+        keys: list[CacheKey],
+        canvas_mask: torch.Tensor,
+        workspace: Workspace,
     ) -> None:
         self.cache, self.keys, self.canvas_mask = cache, keys, canvas_mask
+        self.workspace = workspace
 
     def __call__(
         self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
@@ -70,6 +75,7 @@ class PagedPromptCache:
 
     def __init__(self, cache: PagedKVCache) -> None:
         self.cache = cache
+        self.workspace = Workspace()
 
     def capturing_attention(self, keys, key_mask, prompt_spans, positions):
         return PagedCapturingAttention(
@@ -77,7 +83,7 @@ class PagedPromptCache:
         )
 
     def cached_attention(self, keys, canvas_mask):
-        return PagedPromptAttention(self.cache, keys, canvas_mask)
+        return PagedPromptAttention(self.cache, keys, canvas_mask, self.workspace)
 
     def has(self, key: CacheKey) -> bool:
         return self.cache.has(key)
