@@ -1,13 +1,18 @@
 """Canvas queries over a request's paged prompt KV plus the canvas's own KV.
 
-One entry point, ``paged_attention``; the torch path below (gather the pages, then one
-SDPA with a per-head key mask) is the reference and the CPU path. A GPU kernel, when
-available, is selected automatically behind the same signature.
+One entry point, ``paged_attention``. The torch path below (gather the pages, then one
+SDPA with a per-head key mask) is the reference and the CPU path; on CUDA the Triton
+kernel (``triton_paged_attention.py``), which reads pages in place, is selected
+automatically when Triton is installed. ``MASKKV_PAGED_ATTENTION=torch|triton``
+forces one.
 """
 
 from __future__ import annotations
 
+import functools
+import importlib.util
 import math
+import os
 
 import torch
 import torch.nn.functional as F
@@ -138,6 +143,28 @@ def paged_attention(
     Returns:
         (B, Hq, Lc, d) attention output; softmax in fp32.
     """
+    if backend_for(q.device.type) == "triton":
+        from maskkv_vllm.kv.triton_paged_attention import paged_attention_triton
+
+        return paged_attention_triton(
+            q, k, v, canvas_mask, k_cache, v_cache, block_tables, seq_lens
+        )
     return paged_attention_torch(
         q, k, v, canvas_mask, k_cache, v_cache, block_tables, seq_lens, workspace
     )
+
+
+@functools.cache
+def backend_for(device_type: str) -> str:
+    """ "triton" on CUDA when Triton is installed, else "torch"; env overrides."""
+    forced = os.environ.get("MASKKV_PAGED_ATTENTION", "auto")
+    if forced not in ("auto", "torch", "triton"):
+        raise ValueError(
+            f"MASKKV_PAGED_ATTENTION={forced!r} is not one of auto, torch, triton"
+        )
+    has_triton = importlib.util.find_spec("triton") is not None
+    if forced == "triton" and not has_triton:
+        raise ValueError("MASKKV_PAGED_ATTENTION=triton but Triton is not installed")
+    if forced != "auto":
+        return forced
+    return "triton" if device_type == "cuda" and has_triton else "torch"

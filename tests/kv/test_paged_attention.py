@@ -82,3 +82,19 @@ def test_bf16_inputs_softmax_in_fp32():
     assert out.dtype == torch.bfloat16 and out.shape == (1, 2, 3, 8)
     want = dense_oracle(q, ck, ck, mask, [list(k.bfloat16())], [list(k.bfloat16())])
     torch.testing.assert_close(out.double(), want, atol=2e-2, rtol=2e-2)
+
+
+def test_backend_selection(monkeypatch):
+    from maskkv_vllm.kv.paged_attention import backend_for
+
+    backend_for.cache_clear()
+    assert backend_for("cpu") == "torch"
+    monkeypatch.setenv("MASKKV_PAGED_ATTENTION", "torch")
+    backend_for.cache_clear()
+    assert backend_for("cuda") == "torch"
+    monkeypatch.setenv("MASKKV_PAGED_ATTENTION", "fast")
+    backend_for.cache_clear()
+    with pytest.raises(ValueError, match="MASKKV_PAGED_ATTENTION='fast'"):
+        backend_for("cpu")
+    monkeypatch.delenv("MASKKV_PAGED_ATTENTION")
+    backend_for.cache_clear()
