@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 
-from maskkv_vllm.config import CACHE_MODES, CacheConfig
+from maskkv_vllm.config import CACHE_MODES, CacheConfig, MaskKVConfig
 from maskkv_vllm.sampling_params import REMASKING, SamplingParams
 
 
@@ -28,6 +28,8 @@ def add_sampling_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--remasking", choices=REMASKING, default=d.remasking)
     p.add_argument("--threshold", type=float, default=None)
     p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--kv-policy", default=d.kv_policy, help="full, maskkv, snapkv, ...")
+    p.add_argument("--kv-budget", type=int, default=None, help="B: entries/head/layer")
 
 
 def sampling_params(args: argparse.Namespace) -> SamplingParams:
@@ -40,6 +42,21 @@ def sampling_params(args: argparse.Namespace) -> SamplingParams:
         remasking=args.remasking,
         threshold=args.threshold,
         seed=args.seed,
+        kv_policy=args.kv_policy,
+        kv_budget=args.kv_budget,
+    )
+
+
+def add_maskkv_args(p: argparse.ArgumentParser) -> None:
+    d = MaskKVConfig()
+    p.add_argument("--maskkv-alpha", type=float, default=d.alpha)
+    p.add_argument("--maskkv-beta", type=float, default=d.beta)
+    p.add_argument("--maskkv-profile", default=None, help="layer profile JSON")
+
+
+def maskkv_config(args: argparse.Namespace) -> MaskKVConfig:
+    return MaskKVConfig(
+        alpha=args.maskkv_alpha, beta=args.maskkv_beta, profile=args.maskkv_profile
     )
 
 
@@ -57,7 +74,9 @@ def cmd_generate(args: argparse.Namespace) -> int:
     )
     model_dir = resolve_model(args.model)
     model, tok = load_checkpoint(model_dir, args.dtype, args.device, args.rope_scaling)
-    sampler = DiffusionSampler(model, tok, cache, args.max_model_len, args.max_num_seqs)
+    sampler = DiffusionSampler(
+        model, tok, cache, args.max_model_len, args.max_num_seqs, maskkv_config(args)
+    )
     prompts = list(args.prompts)
     if args.chat:
         prompts = [tok.encode_chat([{"role": "user", "content": p}]) for p in prompts]
@@ -71,7 +90,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
         print(o.text)
         print(
             f"[{o.finish_reason}; {o.num_steps} denoising steps; "
-            f"prompt KV held: {o.prompt_kv_bytes} bytes ({args.cache_mode})]"
+            f"prompt KV held: {o.prompt_kv_bytes} bytes, {o.prompt_kv_entries} "
+            f"entries ({args.cache_mode}, {args.kv_policy})]"
         )
     if pool is not None and not args.json:
         stats = pool.pool_stats()
@@ -100,6 +120,43 @@ def cmd_make_tiny(args: argparse.Namespace) -> int:
     return 0
 
 
+def read_calibration_texts(path: str) -> list[str]:
+    """Texts from a .jsonl ("text" or "prompt" field) or a plain file (paragraphs)."""
+    from pathlib import Path
+
+    raw = Path(path).read_text()
+    if path.endswith(".jsonl"):
+        texts = []
+        for n, line in enumerate(raw.splitlines(), 1):
+            if line.strip():
+                row = json.loads(line)
+                text = row.get("text", row.get("prompt"))
+                if not isinstance(text, str):
+                    raise ValueError(f"{path}:{n} has no 'text' or 'prompt' string")
+                texts.append(text)
+    else:
+        texts = [t.strip() for t in raw.split("\n\n") if t.strip()]
+    if not texts:
+        raise ValueError(f"{path} holds no calibration texts")
+    return texts
+
+
+def cmd_profile(args: argparse.Namespace) -> int:
+    from maskkv_vllm.eviction.profile import compute_profile
+    from maskkv_vllm.models.builtin import resolve_model
+    from maskkv_vllm.models.loader import load_checkpoint
+
+    model_dir = resolve_model(args.model)
+    model, tok = load_checkpoint(model_dir, args.dtype, args.device, args.rope_scaling)
+    texts = read_calibration_texts(args.data)[: args.max_samples]
+    prompts = [tok.encode(t)[-args.max_prompt_tokens :] for t in texts]
+    meta = {"model": str(model_dir), "data": args.data}
+    profile = compute_profile(model, prompts, args.gen_length, meta)
+    profile.save(args.output)
+    print(f"wrote {args.output}: importance per layer {list(profile.importance)}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="maskkv", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -115,7 +172,17 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--kv-cache-memory", default=None, help="paged: pool, e.g. 1GiB")
     gen.add_argument("--max-num-seqs", type=int, default=8)
     gen.add_argument("--json", action="store_true", help="one JSON object per output")
+    add_maskkv_args(gen)
     gen.set_defaults(func=cmd_generate)
+
+    prof = sub.add_parser("profile", help="calibrate MaskKV's layer-importance profile")
+    add_model_args(prof)
+    prof.add_argument("--data", required=True, help=".jsonl or text (paragraphs)")
+    prof.add_argument("-o", "--output", required=True)
+    prof.add_argument("--gen-length", type=int, default=32)
+    prof.add_argument("--max-samples", type=int, default=32)
+    prof.add_argument("--max-prompt-tokens", type=int, default=2048)
+    prof.set_defaults(func=cmd_profile)
 
     tiny = sub.add_parser("make-tiny", help="write a random tiny LLaDA checkpoint")
     tiny.add_argument("out")

@@ -30,6 +30,12 @@ class SamplingParams:
     """Forbid EOS as a candidate (upstream's HumanEval setting)."""
     seed: int = 0
     """Seed of this request's own random stream (Gumbel noise, random remasking)."""
+    kv_policy: str = "full"
+    """Prompt-KV eviction policy ("full", "maskkv", "snapkv", ...; see
+    ``maskkv_vllm.eviction.registry``); anything but "full" needs the paged cache."""
+    kv_budget: int | None = None
+    """Average prompt KV entries kept per head per layer (the paper's B); required
+    by every evicting policy."""
 
     def __post_init__(self) -> None:
         for name in ("gen_length", "block_length", "steps"):
@@ -57,6 +63,19 @@ class SamplingParams:
             raise ValueError(f"threshold={self.threshold} must be in (0, 1]")
         if not isinstance(self.seed, int) or isinstance(self.seed, bool):
             raise ValueError(f"seed={self.seed!r} must be an integer")
+        self._check_kv()
+
+    def _check_kv(self) -> None:
+        from maskkv_vllm.eviction.registry import check_policy_name
+
+        check_policy_name(self.kv_policy)
+        budget = self.kv_budget
+        if budget is not None and (
+            not isinstance(budget, int) or isinstance(budget, bool) or budget <= 0
+        ):
+            raise ValueError(f"kv_budget={budget!r} must be a positive integer")
+        if self.kv_policy != "full" and budget is None:
+            raise ValueError(f"kv_policy={self.kv_policy!r} needs a kv_budget")
 
     @property
     def num_blocks(self) -> int:

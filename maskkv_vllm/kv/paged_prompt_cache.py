@@ -1,43 +1,66 @@
-"""The ``paged`` mode: prompt KV in the head-granular page pool."""
+"""The ``paged`` mode: prompt KV in the head-granular page pool, evicted per head."""
 
 from __future__ import annotations
 
 import torch
 
+from maskkv_vllm.eviction.evictor import Eviction, evict_layer
 from maskkv_vllm.kv.paged_attention import Workspace, paged_attention
 from maskkv_vllm.kv.paged_kv_cache import PagedKVCache
 from maskkv_vllm.kv.prompt_cache import CacheKey
 from maskkv_vllm.models.attention import dense_attention
+from maskkv_vllm.sampler.batch import ForwardBatch
 
 
 class PagedCapturingAttention:
-    """Dense attention over whole rows that writes each row's prompt KV into pages."""
+    """Step-0 attention over whole rows (the full context, so the first step's own
+    output is exact) that writes each row's prompt KV into pages, layer by layer.
+
+    With an eviction, the layer is scored right here and only the kept entries are
+    written: the full prompt KV of a layer exists only as this call's activations
+    and never occupies the pool.
+    """
 
     def __init__(
         self,
         cache: PagedKVCache,
         keys: list[CacheKey],
-        key_mask: torch.Tensor,
-        prompt_spans: list[tuple[int, int]],
-        positions: torch.Tensor,
+        batch: ForwardBatch,
+        evictions: list[Eviction | None],
     ) -> None:
-        self.cache, self.keys, self.key_mask = cache, keys, key_mask
-        self.prompt_spans, self.positions = prompt_spans, positions
+        self.cache, self.keys, self.batch, self.evictions = (
+            cache,
+            keys,
+            batch,
+            evictions,
+        )
 
     def __call__(
         self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
     ) -> torch.Tensor:
-        for row, (key, (start, end)) in enumerate(
-            zip(self.keys, self.prompt_spans, strict=True)
-        ):
-            self.cache.write_layer(
-                key,
+        b = self.batch
+        for row, key in enumerate(self.keys):
+            start, prompt_end = b.prompt_spans[row]
+            pos = b.positions[row, start : b.row_ends[row]]
+            eviction = self.evictions[row]
+            if eviction is None:
+                kp, vp = k[row, :, start:prompt_end], v[row, :, start:prompt_end]
+                self.cache.write_layer(key, layer, kp, vp, pos[: prompt_end - start])
+                continue
+            kept = evict_layer(
+                eviction,
                 layer,
-                k[row, :, start:end],
-                v[row, :, start:end],
-                self.positions[row, start:end],
+                self.cache.manager.num_layers,
+                q[row, :, start : b.row_ends[row]],
+                k[row, :, start : b.row_ends[row]],
+                v[row, :, start : b.row_ends[row]],
+                pos,
+                prompt_end - start,
             )
-        return dense_attention(q, k, v, self.key_mask)
+            self.cache.write_layer(
+                key, layer, kept.k, kept.v, kept.positions, kept.lengths
+            )
+        return dense_attention(q, k, v, b.key_mask)
 
 
 class PagedPromptAttention:
@@ -59,28 +82,22 @@ class PagedPromptAttention:
         block_tables, seq_lens = self.cache.block_tables(self.keys, layer)
         store = self.cache.store
         return paged_attention(
-            q,
-            k,
-            v,
-            self.canvas_mask,
-            store.k_cache,
-            store.v_cache,
-            block_tables,
-            seq_lens,
-        )
+            q, k, v, self.canvas_mask, store.k_cache, store.v_cache,
+            block_tables, seq_lens, self.workspace,
+        )  # fmt: skip
 
 
 class PagedPromptCache:
     """``PromptCache`` over a ``PagedKVCache``; freeing a row returns its pages."""
 
+    supports_eviction = True
+
     def __init__(self, cache: PagedKVCache) -> None:
         self.cache = cache
         self.workspace = Workspace()
 
-    def capturing_attention(self, keys, key_mask, prompt_spans, positions):
-        return PagedCapturingAttention(
-            self.cache, keys, key_mask, prompt_spans, positions
-        )
+    def capturing_attention(self, keys, batch, evictions):
+        return PagedCapturingAttention(self.cache, keys, batch, evictions)
 
     def cached_attention(self, keys, canvas_mask):
         return PagedPromptAttention(self.cache, keys, canvas_mask, self.workspace)
@@ -93,3 +110,7 @@ class PagedPromptCache:
 
     def nbytes(self, key: CacheKey) -> int:
         return self.cache.request_stats(key)["bytes"]
+
+    def num_entries(self, key: CacheKey) -> int:
+        table = self.cache.manager.tables.get(key)
+        return sum(map(sum, table.tokens_per_head())) if table else 0

@@ -8,7 +8,9 @@ from typing import Protocol
 import torch
 
 from maskkv_vllm.config import CacheConfig
+from maskkv_vllm.eviction.evictor import Eviction
 from maskkv_vllm.models.attention import Attention
+from maskkv_vllm.sampler.batch import ForwardBatch
 
 CacheKey = Hashable
 """One forward row of a request: (sequence uid, branch index)."""
@@ -17,20 +19,21 @@ CacheKey = Hashable
 class PromptCache(Protocol):
     """Keeps each row's prompt KV between denoising steps."""
 
+    supports_eviction: bool
+    """Whether rows may keep a different token set per KV head."""
+
     def capturing_attention(
         self,
         keys: list[CacheKey],
-        key_mask: torch.Tensor,
-        prompt_spans: list[tuple[int, int]],
-        positions: torch.Tensor,
+        batch: ForwardBatch,
+        evictions: list[Eviction | None],
     ) -> Attention:
         """Dense attention over full rows that stores each row's prompt KV.
 
         Args:
             keys: per row, its cache key.
-            key_mask: (B, T) bool, True for real tokens.
-            prompt_spans: per row, (start, end) columns of its prompt.
-            positions: (B, T) absolute positions.
+            batch: the padded full rows.
+            evictions: per row, what to keep (None keeps the whole prompt).
         """
         ...
 
@@ -48,6 +51,10 @@ class PromptCache(Protocol):
 
     def nbytes(self, key: CacheKey) -> int:
         """Bytes of prompt KV the row holds."""
+        ...
+
+    def num_entries(self, key: CacheKey) -> int:
+        """Prompt (layer, KV head, token) entries the row holds."""
         ...
 
 

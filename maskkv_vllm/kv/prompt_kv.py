@@ -103,14 +103,17 @@ class CachedPromptAttention:
 class DensePromptCache:
     """``prefix`` mode: one ``PromptKV`` per row, in ordinary tensors."""
 
+    supports_eviction = False
+
     def __init__(self) -> None:
         self.entries: dict[CacheKey, PromptKV] = {}
 
-    def capturing_attention(self, keys, key_mask, prompt_spans, positions):
+    def capturing_attention(self, keys, batch, evictions):
+        assert not any(evictions), "the dense prefix cache does not evict"
         for key in keys:
             self.entries[key] = PromptKV()
         stores = [self.entries[k] for k in keys]
-        return CapturingAttention(key_mask, prompt_spans, stores)
+        return CapturingAttention(batch.key_mask, batch.prompt_spans, stores)
 
     def cached_attention(self, keys, canvas_mask):
         return CachedPromptAttention([self.entries[k] for k in keys], canvas_mask)
@@ -124,3 +127,9 @@ class DensePromptCache:
     def nbytes(self, key: CacheKey) -> int:
         entry = self.entries.get(key)
         return entry.nbytes if entry else 0
+
+    def num_entries(self, key: CacheKey) -> int:
+        entry = self.entries.get(key)
+        if not entry or not entry.keys:
+            return 0
+        return len(entry.keys) * entry.keys[0].shape[0] * entry.num_tokens

@@ -23,6 +23,7 @@ class ForwardBatch:
         key_mask: (B, T) bool, True for real tokens.
         canvas_start: column where every row's canvas begins.
         prompt_spans: per row, (start, end) columns of its prompt.
+        row_ends: per row, the column after its last real token.
     """
 
     input_ids: torch.Tensor
@@ -30,6 +31,7 @@ class ForwardBatch:
     key_mask: torch.Tensor
     canvas_start: int
     prompt_spans: list[tuple[int, int]]
+    row_ends: list[int]
 
 
 def full_batch(
@@ -42,7 +44,7 @@ def full_batch(
     ids = torch.full((b, width_p + width_c), pad_id, dtype=torch.long, device=device)
     pos = torch.zeros_like(ids)
     mask = torch.zeros_like(ids, dtype=torch.bool)
-    spans = []
+    spans, ends = [], []
     for row, (p, c) in enumerate(zip(prompts, canvases, strict=True)):
         m, n = p.shape[0], c.shape[0]
         start = width_p - m
@@ -51,7 +53,8 @@ def full_batch(
         pos[row, start : width_p + n] = torch.arange(m + n, device=device)
         mask[row, start : width_p + n] = True
         spans.append((start, width_p))
-    return ForwardBatch(ids, pos, mask, width_p, spans)
+        ends.append(width_p + n)
+    return ForwardBatch(ids, pos, mask, width_p, spans, ends)
 
 
 def canvas_batch(
@@ -68,4 +71,5 @@ def canvas_batch(
         ids[row, :n] = c
         pos[row, :n] = torch.arange(m, m + n, device=device)
         mask[row, :n] = True
-    return ForwardBatch(ids, pos, mask, 0, [(0, 0)] * b)
+    ends = [c.shape[0] for c in canvases]
+    return ForwardBatch(ids, pos, mask, 0, [(0, 0)] * b, ends)

@@ -9,7 +9,11 @@ from collections.abc import Sequence
 import torch
 from tqdm.auto import tqdm
 
-from maskkv_vllm.config import CacheConfig
+from maskkv_vllm.config import CacheConfig, MaskKVConfig
+from maskkv_vllm.eviction.evictor import Eviction
+from maskkv_vllm.eviction.policy import Policy
+from maskkv_vllm.eviction.profile import LayerProfile
+from maskkv_vllm.eviction.registry import make_policy
 from maskkv_vllm.kv.prompt_cache import make_prompt_cache
 from maskkv_vllm.models.attention import Attention, DenseAttention
 from maskkv_vllm.models.llada import LLaDAModel
@@ -34,6 +38,8 @@ class DiffusionSampler:
         max_model_len: longest prompt + canvas accepted; default is the model's
             ``max_sequence_length``.
         max_num_seqs: sequences denoised together in one forward batch.
+        maskkv_config: hyper-parameters of the eviction policies (and the path of
+            the layer profile, validated against the model here).
     """
 
     def __init__(
@@ -43,6 +49,7 @@ class DiffusionSampler:
         cache_config: CacheConfig | None = None,
         max_model_len: int | None = None,
         max_num_seqs: int = 8,
+        maskkv_config: MaskKVConfig | None = None,
     ) -> None:
         self.model = model
         self.tokenizer = tokenizer
@@ -65,6 +72,10 @@ class DiffusionSampler:
             self.device,
         )
         self._uids = itertools.count()
+        self.maskkv_config = maskkv_config or MaskKVConfig()
+        path = self.maskkv_config.profile
+        self.profile = LayerProfile.load(path, c.n_layers) if path else None
+        self._policies: dict[str, Policy] = {}
 
     def generate(
         self,
@@ -98,6 +109,13 @@ class DiffusionSampler:
     ) -> DiffusionSequence:
         """Tokenize and validate one prompt."""
         ids = self._tokenize(prompt)
+        if params.kv_policy != "full" and not getattr(
+            self.prompt_cache, "supports_eviction", False
+        ):
+            raise ValueError(
+                f"kv_policy={params.kv_policy!r} needs cache_mode='paged' "
+                f"(got {self.cache_config.cache_mode!r})"
+            )
         if len(ids) + params.gen_length > self.max_model_len:
             raise ValueError(
                 f"prompt of {len(ids)} tokens + gen_length {params.gen_length} exceeds "
@@ -146,6 +164,7 @@ class DiffusionSampler:
             finish_reason="length" if cut is None else "stop",
             num_steps=seq.num_steps,
             prompt_kv_bytes=seq.peak_prompt_kv_bytes,
+            prompt_kv_entries=seq.prompt_kv_entries,
         )
 
     def _run_to_completion(self, seqs: list[DiffusionSequence], use_tqdm: bool) -> None:
@@ -170,11 +189,16 @@ class DiffusionSampler:
         pad = self.model.config.pad_token_id
         if full_forward:
             batch = full_batch([br.prompt_ids for _, br in rows], canvases, pad)
-            attn = self._full_attention(keys, batch)
+            attn = self._full_attention(rows, keys, batch)
         else:
             batch = canvas_batch([s.prompt_len for s, _ in rows], canvases, pad)
             attn = self.prompt_cache.cached_attention(keys, batch.key_mask)
         hidden = self.model(batch.input_ids, batch.positions, attn)
+        if full_forward and self.prompt_cache is not None:
+            for s in seqs:
+                s.prompt_kv_entries = sum(
+                    self.prompt_cache.num_entries(k) for k in s.cache_keys
+                )
         blocks = []
         for row, (s, _) in enumerate(rows):
             start = batch.canvas_start + s.block_start
@@ -197,12 +221,22 @@ class DiffusionSampler:
         if seq.is_finished:
             self.free(seq)
 
-    def _full_attention(self, keys, batch) -> Attention:
+    def _full_attention(self, rows, keys, batch) -> Attention:
         if self.prompt_cache is None:
             mask = None if bool(batch.key_mask.all()) else batch.key_mask
             return DenseAttention(mask)
-        return self.prompt_cache.capturing_attention(
-            keys, batch.key_mask, batch.prompt_spans, batch.positions
+        evictions = [self._eviction(s) for s, _ in rows]
+        return self.prompt_cache.capturing_attention(keys, batch, evictions)
+
+    def _eviction(self, seq: DiffusionSequence) -> Eviction | None:
+        name = seq.params.kv_policy
+        if name not in self._policies:
+            self._policies[name] = make_policy(name, self.maskkv_config, self.profile)
+        policy = self._policies[name]
+        if not policy.evicts:
+            return None
+        return Eviction(
+            policy, seq.params.kv_budget, seq.generator, self.maskkv_config.vote_chunk
         )
 
     def _tokenize(self, prompt: Prompt) -> list[int]:

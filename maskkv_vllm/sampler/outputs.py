@@ -23,3 +23,5 @@ class GenerationOutput:
     """Denoising steps run."""
     prompt_kv_bytes: int
     """Peak bytes of prompt KV this request held (0 with cache_mode "none")."""
+    prompt_kv_entries: int = 0
+    """Prompt (layer, KV head, token) entries kept after the first step."""

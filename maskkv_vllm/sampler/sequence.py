@@ -68,6 +68,7 @@ class DiffusionSequence:
         self.step_in_block = 0
         self.num_steps = 0
         self.peak_prompt_kv_bytes = 0
+        self.prompt_kv_entries = 0
 
     @property
     def prompt_len(self) -> int:

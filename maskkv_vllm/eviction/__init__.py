@@ -1,0 +1,1 @@
+"""KV eviction: scorers, budget allocators that wrap them, and the policy registry."""

@@ -1,0 +1,91 @@
+"""Policy names -> policies. Built-ins below; ``register_policy`` adds more."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from maskkv_vllm.config import MaskKVConfig
+from maskkv_vllm.eviction.allocators import (
+    AdaKVHeads,
+    BoundaryAwareLayers,
+    PromptPreferenceHeads,
+    PyramidLayers,
+    SqueezeLayers,
+)
+from maskkv_vllm.eviction.policy import Policy
+from maskkv_vllm.eviction.profile import LayerProfile
+from maskkv_vllm.eviction.scorers import (
+    FullCache,
+    MaskVoteScorer,
+    RandomScorer,
+    SnapKVScorer,
+    StreamingScorer,
+)
+
+Factory = Callable[[MaskKVConfig, LayerProfile | None], Policy]
+
+
+def _snapkv(c: MaskKVConfig) -> Policy:
+    return SnapKVScorer(c.window, c.pool_kernel)
+
+
+def _importance(p: LayerProfile | None) -> tuple[float, ...] | None:
+    return p.importance if p else None
+
+
+def _similarity(p: LayerProfile | None) -> tuple[float, ...] | None:
+    return p.similarity if p else None
+
+
+def _maskkv(inner: Policy, c: MaskKVConfig, p: LayerProfile | None) -> Policy:
+    layers = BoundaryAwareLayers(inner, c.beta, _importance(p), c.boundary_layers)
+    return PromptPreferenceHeads(layers, c.alpha)
+
+
+_POLICIES: dict[str, Factory] = {
+    "full": lambda c, p: FullCache(),
+    "random": lambda c, p: RandomScorer(),
+    "streaming": lambda c, p: StreamingScorer(c.sinks),
+    "snapkv": lambda c, p: _snapkv(c),
+    "pyramidkv": lambda c, p: PyramidLayers(_snapkv(c), c.pyramid_beta, c.window),
+    "adakv": lambda c, p: AdaKVHeads(_snapkv(c), c.adakv_floor),
+    "squeezeattention": lambda c, p: SqueezeLayers(
+        _snapkv(c), _similarity(p), c.squeeze_fraction
+    ),
+    "maskkv": lambda c, p: _maskkv(MaskVoteScorer(), c, p),
+    # Ablations: MaskKV's mask-vote selection under the other allocators, and the
+    # MaskKV allocators over SnapKV's selection.
+    "maskvote": lambda c, p: MaskVoteScorer(),
+    "maskvote-pyramid": lambda c, p: PyramidLayers(MaskVoteScorer(), c.pyramid_beta, 0),
+    "maskvote-adakv": lambda c, p: AdaKVHeads(MaskVoteScorer(), c.adakv_floor),
+    "maskvote-squeeze": lambda c, p: SqueezeLayers(
+        MaskVoteScorer(), _similarity(p), c.squeeze_fraction
+    ),
+    "snapkv-maskkv-budget": lambda c, p: _maskkv(_snapkv(c), c, p),
+}
+
+
+def policy_names() -> list[str]:
+    return sorted(_POLICIES)
+
+
+def check_policy_name(name: str) -> None:
+    if name not in _POLICIES:
+        raise ValueError(
+            f"kv_policy={name!r} is not one of {', '.join(policy_names())}"
+        )
+
+
+def make_policy(
+    name: str, config: MaskKVConfig | None = None, profile: LayerProfile | None = None
+) -> Policy:
+    """Build the named policy with the engine's hyper-parameters and profile."""
+    check_policy_name(name)
+    return _POLICIES[name](config or MaskKVConfig(), profile)
+
+
+def register_policy(name: str, factory: Factory) -> None:
+    """Add a policy under a new name (third-party scorers)."""
+    if name in _POLICIES:
+        raise ValueError(f"kv_policy {name!r} is already registered")
+    _POLICIES[name] = factory

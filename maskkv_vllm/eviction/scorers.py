@@ -1,0 +1,81 @@
+"""Scorers: each ranks one layer's prompt tokens per KV head (uniform budgets)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from maskkv_vllm.eviction.context import LayerContext
+from maskkv_vllm.eviction.policy import Policy
+
+
+@dataclass
+class FullCache(Policy):
+    """No eviction: every prompt token is kept."""
+
+    evicts = False
+
+    def scores(self, ctx: LayerContext) -> torch.Tensor:
+        return torch.zeros(ctx.num_kv_heads, ctx.prompt_len, device=ctx.k.device)
+
+
+@dataclass
+class MaskVoteScorer(Policy):
+    """MaskKV's mask voting: the attention every canvas mask query gives each prompt
+    token at the first step, softmax over all prompt+canvas keys, summed over the
+    mask queries (and over the query heads of a GQA group)."""
+
+    def scores(self, ctx: LayerContext) -> torch.Tensor:
+        return ctx.mask_votes
+
+
+@dataclass
+class SnapKVScorer(Policy):
+    """SnapKV: the last ``window`` prompt tokens vote (softmax over all keys), the
+    votes are max-pooled along the sequence with ``kernel``, and the window itself
+    is always kept (most recent first when the budget is smaller than it)."""
+
+    window: int = 32
+    kernel: int = 7
+
+    def scores(self, ctx: LayerContext) -> torch.Tensor:
+        m = ctx.prompt_len
+        w = min(self.window, m)
+        votes = ctx.window_votes(w)
+        if self.kernel > 1:
+            votes = F.max_pool1d(
+                votes[:, None], self.kernel, stride=1, padding=self.kernel // 2
+            )[:, 0, :m]
+        # Votes sum to at most w, so w + 1 + rank puts every window token above
+        # every other token, the most recent first.
+        recency = torch.arange(w, dtype=votes.dtype, device=votes.device)
+        votes[:, m - w :] = self.window + 1 + recency
+        return votes
+
+
+@dataclass
+class StreamingScorer(Policy):
+    """StreamingLLM: the first ``sinks`` prompt tokens plus the most recent ones."""
+
+    sinks: int = 4
+
+    def scores(self, ctx: LayerContext) -> torch.Tensor:
+        m = ctx.prompt_len
+        pos = torch.arange(m, dtype=torch.float32, device=ctx.k.device)
+        pos[: self.sinks] += m  # above every recent token
+        return pos.expand(ctx.num_kv_heads, m).clone()
+
+
+@dataclass
+class RandomScorer(Policy):
+    """Uniformly random tokens, from the request's own seeded stream."""
+
+    def scores(self, ctx: LayerContext) -> torch.Tensor:
+        return torch.rand(
+            ctx.num_kv_heads,
+            ctx.prompt_len,
+            generator=ctx.generator,
+            device=ctx.k.device,
+        )

@@ -1,0 +1,191 @@
+"""Eviction during the first step, through the sampler and the page pool."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from maskkv_vllm.cli import main
+from maskkv_vllm.config import CacheConfig, MaskKVConfig
+from maskkv_vllm.eviction.profile import LayerProfile, compute_profile
+from maskkv_vllm.sampler.diffusion_sampler import DiffusionSampler
+from maskkv_vllm.sampling_params import SamplingParams
+
+PROMPT = "Eviction keeps the prompt tokens that the mask queries vote for. " * 2
+
+
+def params(policy="maskkv", budget=16, **kw):
+    base = {"gen_length": 16, "block_length": 8, "steps": 16}
+    return SamplingParams(**{**base, **kw}, kv_policy=policy, kv_budget=budget)
+
+
+def paged(model_tok, num_blocks=2000, **maskkv):
+    model, tok = model_tok
+    cache = CacheConfig("paged", num_blocks=num_blocks, block_size=4)
+    return DiffusionSampler(model, tok, cache, maskkv_config=MaskKVConfig(**maskkv))
+
+
+def pool(s):
+    return s.prompt_cache.cache.pool
+
+
+@pytest.mark.parametrize("fixture", ["tiny", "gqa"])
+def test_uniform_maskkv_with_budget_above_the_prompt_equals_full(request, fixture):
+    model_tok = request.getfixturevalue(fixture)
+    s = paged(model_tok, alpha=1.0, beta=1.0)
+    m = len(model_tok[1].encode(PROMPT))
+    full = s.generate([PROMPT], params("full", None))[0]
+    kept = s.generate([PROMPT], params("maskkv", m + 3))[0]
+    assert kept.token_ids == full.token_ids
+    assert kept.prompt_kv_entries == full.prompt_kv_entries
+
+
+def test_default_alpha_beta_can_give_a_head_less_than_the_prompt(tiny):
+    s = paged(tiny)
+    m = len(tiny[1].encode(PROMPT))
+    seq = s.make_sequence(0, PROMPT, params("maskkv", m))
+    s.step([seq])
+    counts = s.prompt_cache.cache.request_stats(seq.cache_keys[0])["tokens_per_head"]
+    assert min(map(min, counts)) < m  # eq. 15 floors a low-preference head at alpha*k
+    s.free(seq)
+
+
+def test_kept_keys_keep_positions_and_equal_the_full_cache(gqa):
+    full_s, kv_s = paged(gqa), paged(gqa)
+    full = full_s.make_sequence(0, PROMPT, params("full", None))
+    kept = kv_s.make_sequence(0, PROMPT, params("maskkv", 6))
+    full_s.step([full])
+    kv_s.step([kept])
+    # The first step's output uses the full context: the same tokens are committed.
+    assert torch.equal(full.canvas, kept.canvas)
+    fc, kc = full_s.prompt_cache.cache, kv_s.prompt_cache.cache
+    for layer in range(2):
+        for head in range(2):
+            k_kept, v_kept, pos = kc.read_head(kept.cache_keys[0], layer, head)
+            k_all, v_all, pos_all = fc.read_head(full.cache_keys[0], layer, head)
+            assert pos_all.tolist() == list(range(len(pos_all)))
+            assert pos.tolist() == sorted(pos.tolist()) and len(pos) < len(pos_all)
+            # Bit-identical post-RoPE keys at their original positions, so every
+            # canvas query scores a kept key exactly as the full cache would.
+            assert torch.equal(k_kept, k_all[pos.long()])
+            assert torch.equal(v_kept, v_all[pos.long()])
+    full_s.free(full)
+    kv_s.free(kept)
+
+
+def test_canvas_is_never_evicted_and_heads_attend_their_kept_counts(tiny):
+    s = paged(tiny)
+    seq = s.make_sequence(0, PROMPT, params("snapkv", 8))
+    s.step([seq])
+    cache = s.prompt_cache.cache
+    for layer in range(2):
+        _, lens = cache.block_tables([seq.cache_keys[0]], layer)
+        assert lens.tolist() == [[8] * 4]
+    s.step([seq])  # later steps: kept prompt keys + all 16 canvas keys
+    assert seq.num_steps == 2 and (seq.canvas != 261).sum() == 2
+    s.free(seq)
+
+
+def test_pool_high_water_is_the_compressed_cache_not_the_full_prompt(tiny):
+    long_prompt = "0123456789abcdef" * 24  # 385 tokens
+    s = paged(tiny, num_blocks=5000)
+    seq = s.make_sequence(0, long_prompt, params("maskkv", 16))
+    s.step([seq])
+    held = pool(s).num_used_blocks
+    m, heads, layers, page = 385, 4, 2, 4
+    one_layer_full = heads * -(-m // page)
+    assert pool(s).max_used_blocks == held
+    assert held <= layers * heads * -(-16 // page) + layers * heads + one_layer_full
+    assert held < layers * one_layer_full / 4  # far below the full prompt's pages
+    s.free(seq)
+    assert pool(s).num_free_blocks == pool(s).num_usable_blocks
+
+
+def test_mixed_policies_in_one_batch_equal_each_alone(tiny):
+    s = paged(tiny)
+    prompts = [PROMPT, "short one", PROMPT[:50], "x" * 30]
+    chosen = [
+        params("maskkv", 8),
+        params("full", None),
+        params("streaming", 6, temperature=0.5, seed=2),
+        params("adakv", 4, cfg_scale=0.5),
+    ]
+    batched = s.generate(prompts, chosen)
+    alone = [s.generate([p], sp)[0] for p, sp in zip(prompts, chosen, strict=True)]
+    assert [o.token_ids for o in batched] == [o.token_ids for o in alone]
+    assert [o.prompt_kv_entries for o in batched] == [
+        o.prompt_kv_entries for o in alone
+    ]
+    assert pool(s).num_free_blocks == pool(s).num_usable_blocks
+
+
+def test_cfg_branches_evict_on_their_own(tiny):
+    s = paged(tiny)
+    out = s.generate([PROMPT], params("snapkv", 5, cfg_scale=1.0))[0]
+    assert out.prompt_kv_entries == 2 * 2 * 4 * 5  # 2 branches x 2 layers x 4 heads
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"kv_policy": "h3o", "kv_budget": 8}, "kv_policy='h3o' is not one of"),
+        ({"kv_policy": "maskkv"}, "kv_policy='maskkv' needs a kv_budget"),
+        ({"kv_policy": "maskkv", "kv_budget": 0}, "kv_budget=0 must be a positive"),
+        ({"kv_policy": "snapkv", "kv_budget": -4}, "kv_budget=-4 must be a positive"),
+    ],
+)
+def test_bad_kv_params(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        SamplingParams(**kwargs)
+
+
+def test_eviction_needs_the_paged_cache(tiny):
+    model, tok = tiny
+    s = DiffusionSampler(model, tok, CacheConfig("prefix"))
+    with pytest.raises(ValueError, match="needs cache_mode='paged' \\(got 'prefix'\\)"):
+        s.generate(["hi"], params("maskkv", 4))
+
+
+def test_profile_round_trip_and_layer_check(tiny, tmp_path):
+    model, tok = tiny
+    prompts = [tok.encode("calibration text number one"), tok.encode("and two")]
+    profile = compute_profile(model, prompts, gen_length=8)
+    assert profile.num_layers == 2
+    assert all(0 <= x <= 2 for x in profile.importance)
+    assert profile.meta["num_samples"] == 2
+    path = tmp_path / "p.json"
+    profile.save(path)
+    assert LayerProfile.load(path, 2).importance == profile.importance
+    with pytest.raises(ValueError, match="2 layers but the model has 32"):
+        LayerProfile.load(path, 32)
+    s = paged(tiny, profile=str(path))
+    assert s.profile.importance == profile.importance
+    bad = tmp_path / "bad.json"
+    LayerProfile((0.1, 0.2, 0.3)).save(bad)
+    with pytest.raises(ValueError, match="3 layers but the model has 2"):
+        paged(tiny, profile=str(bad))
+    (tmp_path / "junk.json").write_text("{}")
+    with pytest.raises(ValueError, match="is not a layer profile"):
+        LayerProfile.load(tmp_path / "junk.json")
+
+
+def test_profile_cli(tiny_dir, tmp_path, capsys):
+    data = tmp_path / "cal.jsonl"
+    data.write_text(
+        "\n".join(json.dumps({"text": f"sample {i} " * 5}) for i in range(3))
+    )
+    out = tmp_path / "profile.json"
+    argv = ["profile", "--model", str(tiny_dir), "--data", str(data), "-o", str(out)]
+    assert main(argv) == 0
+    profile = LayerProfile.load(out, 2)
+    assert profile.meta["num_samples"] == 3
+    rc = main(
+        ["generate", "hello", "--model", str(tiny_dir), "--cache-mode", "paged",
+         "--kv-cache-memory", "8MiB", "--kv-policy", "maskkv", "--kv-budget", "2",
+         "--maskkv-profile", str(out), "--gen-length", "8", "--block-length", "8",
+         "--steps", "8"]
+    )  # fmt: skip
+    assert rc == 0
+    assert "(paged, maskkv)" in capsys.readouterr().out

@@ -1,0 +1,180 @@
+"""Each policy's defining property, on hand-made layer contexts."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from maskkv_vllm.config import MaskKVConfig
+from maskkv_vllm.eviction.allocators import (
+    AdaKVHeads,
+    PromptPreferenceHeads,
+    PyramidLayers,
+    SqueezeLayers,
+)
+from maskkv_vllm.eviction.context import LayerContext
+from maskkv_vllm.eviction.policy import Policy, select_kept
+from maskkv_vllm.eviction.registry import make_policy, policy_names, register_policy
+from maskkv_vllm.eviction.scorers import (
+    FullCache,
+    MaskVoteScorer,
+    RandomScorer,
+    SnapKVScorer,
+    StreamingScorer,
+)
+
+
+def make_ctx(m=40, length=8, hq=4, hkv=2, d=16, layer=0, layers=4, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    q = torch.randn(hq, m + length, d, generator=g)
+    k = torch.randn(hkv, m + length, d, generator=g)
+    gen = torch.Generator().manual_seed(seed)
+    return LayerContext(layer, layers, q, k, m, length, gen, chunk=16)
+
+
+class Fixed(Policy):
+    """Hand-written scores."""
+
+    def __init__(self, scores):
+        self.fixed = torch.tensor(scores, dtype=torch.float32)
+
+    def scores(self, ctx):
+        return self.fixed
+
+
+def test_select_kept_top_k_ties_low_ascending():
+    scores = torch.tensor([0.5, 0.9, 0.5, 0.1, 0.9])
+    assert select_kept(scores, 3).tolist() == [0, 1, 4]
+    assert select_kept(scores, 0).tolist() == []
+
+
+SCORERS = [MaskVoteScorer(), SnapKVScorer(8, 3), StreamingScorer(4), RandomScorer()]
+
+
+@pytest.mark.parametrize("policy", SCORERS, ids=lambda p: type(p).__name__)
+@pytest.mark.parametrize("budget", [1, 7, 40, 100])
+def test_kept_are_the_top_scores_and_counts_are_clipped(policy, budget):
+    ctx = make_ctx(seed=budget)
+    scores = policy.scores(make_ctx(seed=budget))
+    kept = policy.select(ctx, budget)
+    assert len(kept) == 2
+    for h, idx in enumerate(kept):
+        assert idx.numel() == min(budget, ctx.prompt_len)
+        assert idx.tolist() == sorted(idx.tolist())
+        evicted = torch.ones(ctx.prompt_len, dtype=torch.bool)
+        evicted[idx] = False
+        if evicted.any():
+            assert scores[h][idx].min() >= scores[h][evicted].max()
+
+
+def test_streaming_keeps_sinks_and_the_recent_window():
+    kept = StreamingScorer(sinks=4).select(make_ctx(m=40), 10)
+    for idx in kept:
+        assert idx.tolist() == [0, 1, 2, 3, 34, 35, 36, 37, 38, 39]
+
+
+def test_snapkv_always_keeps_its_window():
+    ctx = make_ctx(m=40)
+    for idx in SnapKVScorer(window=8, kernel=7).select(ctx, 12):
+        assert set(range(32, 40)) <= set(idx.tolist())
+    # A budget below the window keeps the most recent window tokens.
+    for idx in SnapKVScorer(window=8, kernel=1).select(ctx, 3):
+        assert idx.tolist() == [37, 38, 39]
+
+
+def test_snapkv_pooling_spreads_a_peak_to_its_neighbours():
+    ctx = make_ctx(m=40)
+    raw = ctx.window_votes(8)[:, :32]
+    pooled = SnapKVScorer(window=8, kernel=3).scores(ctx)[:, :32]
+    peak = raw[0].argmax().item()
+    for j in (peak - 1, peak, peak + 1):
+        if 0 <= j < 32:
+            assert pooled[0, j] == raw[0, peak]
+
+
+def test_random_is_seeded_per_request():
+    a = RandomScorer().select(make_ctx(seed=3), 5)
+    b = RandomScorer().select(make_ctx(seed=3), 5)
+    c = RandomScorer().select(make_ctx(seed=4), 5)
+    assert [x.tolist() for x in a] == [x.tolist() for x in b] != [x.tolist() for x in c]
+
+
+def test_full_cache_does_not_evict():
+    assert FullCache().evicts is False
+    assert PromptPreferenceHeads(FullCache()).evicts is False
+    assert MaskVoteScorer().evicts is True
+
+
+def test_prompt_preference_heads_follow_eq_15():
+    ctx = make_ctx(hkv=2)
+    policy = PromptPreferenceHeads(MaskVoteScorer(), alpha=0.1)
+    p = ctx.prompt_preference.tolist()
+    share = [x / sum(p) for x in p]
+    want = [int(0.1 * 10 + 0.9 * 2 * 10 * s + 1e-9) for s in share]
+    kept = policy.select(ctx, 10)
+    assert [i.numel() for i in kept] == want
+    assert policy.head_budgets(ctx, None, 10) == want
+
+
+def test_adakv_floor_and_total():
+    scores = [[9.0, 8.0, 7.0, 6.0, 5.0, 4.0], [0.1, 0.2, 0.3, 0.0, 0.0, 0.0]]
+    policy = AdaKVHeads(Fixed(scores), floor=0.2)
+    ctx = make_ctx(m=6, hkv=2)
+    # k_l = 5: floor(0.2 * 5) = 1 each; the other 8 go to the best remaining
+    # scores: head 0's five and head 1's three (0.3 > 0.2 > 0.1 > 0.0...)
+    counts = policy.head_budgets(ctx, policy.scores(ctx), 5)
+    assert counts == [6, 4] and sum(counts) == 10
+    kept = policy.select(ctx, 5)
+    assert kept[1].tolist() == [0, 1, 2, 3]  # the ties at 0.0 go to the lower position
+
+
+def test_pyramid_wrapper_budgets_fall_across_layers():
+    policy = PyramidLayers(SnapKVScorer(8, 1), beta=20, window=8)
+    budgets = policy.layer_budgets(4, 24, prompt_len=1000)
+    assert budgets == sorted(budgets, reverse=True) and budgets[0] > budgets[-1]
+    ctx = make_ctx(m=100, layer=3, layers=4)
+    assert [i.numel() for i in policy.select(ctx, 24)] == [budgets[3]] * 2
+
+
+def test_squeeze_wrapper_uses_the_profile():
+    policy = SqueezeLayers(MaskVoteScorer(), similarity=(0.1, 0.12, 0.9, 0.92, 0.5))
+    # Groups {0.1, 0.12}, {0.5}, {0.9, 0.92}: the last keeps 4 of 10 and the 12 it
+    # frees go to the other three layers.
+    assert policy.layer_budgets(5, 10, 100) == [14, 14, 4, 4, 14]
+    with pytest.raises(ValueError, match="profile has 5 layers, the model 2"):
+        policy.layer_budgets(2, 10, 100)
+
+
+def test_registry_builds_every_policy_and_rejects_unknown_names():
+    ctx = make_ctx()
+    for name in policy_names():
+        policy = make_policy(name, MaskKVConfig(window=8))
+        if policy.evicts:
+            assert len(policy.select(ctx, 8)) == 2
+    with pytest.raises(ValueError, match="kv_policy='h3o' is not one of .*maskkv"):
+        make_policy("h3o")
+    with pytest.raises(ValueError, match="already registered"):
+        register_policy("maskkv", lambda c, p: MaskVoteScorer())
+
+
+def test_maskkv_composition():
+    policy = make_policy("maskkv", MaskKVConfig(alpha=0.2, beta=0.5))
+    assert isinstance(policy, PromptPreferenceHeads) and policy.alpha == 0.2
+    assert policy.inner.beta == 0.5 and isinstance(policy.inner.inner, MaskVoteScorer)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"alpha": 1.5}, r"alpha=1.5 must lie in \[0, 1\]"),
+        ({"beta": -0.1}, r"beta=-0.1 must lie in \[0, 1\]"),
+        ({"adakv_floor": 2}, "adakv_floor=2"),
+        ({"window": -1}, "window=-1"),
+        ({"pool_kernel": 4}, "pool_kernel=4 must be odd"),
+        ({"pyramid_beta": 0}, "pyramid_beta=0"),
+        ({"boundary_layers": ()}, "boundary_layers=()"),
+    ],
+)
+def test_bad_maskkv_config(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        MaskKVConfig(**kwargs)
