@@ -51,7 +51,7 @@ def test_generate_builtin_prints_kv_bytes(tmp_path, monkeypatch, capsys):
     )
     assert rc == 0
     out = capsys.readouterr().out
-    assert "prompt KV held: 0 bytes (none)" in out
+    assert "prompt KV held: 0 bytes, 0 entries (none, full)" in out
     assert "8 denoising steps" in out
 
 
@@ -84,7 +84,7 @@ def test_generate_paged_reports_the_pool(tmp_path, monkeypatch, capsys):
     out = capsys.readouterr().out
     # 3 prompt tokens -> one 16-slot page per (layer, head): 8 pages of 4160 bytes;
     # 1 MiB holds 252 pages, one of them the null page.
-    assert "prompt KV held: 33280 bytes (paged)" in out
+    assert "prompt KV held: 33280 bytes, 24 entries (paged, full)" in out
     assert "251 pages of 4160 bytes, peak 8 used, 251 free now" in out
     rc = main([*argv, "--cache-mode", "paged", "--kv-cache-memory", "lots"])
     assert rc == 2 and "memory size 'lots'" in capsys.readouterr().err
