@@ -28,7 +28,7 @@ def add_sampling_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--remasking", choices=REMASKING, default=d.remasking)
     p.add_argument("--threshold", type=float, default=None)
     p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument("--kv-policy", default=d.kv_policy, help="full, maskkv, snapkv, ...")
+    p.add_argument("--kv-policy", default="full", help="full, maskkv, snapkv, ...")
     p.add_argument("--kv-budget", type=int, default=None, help="B: entries/head/layer")
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 REMASKING = ("low_confidence", "random")
@@ -30,12 +31,13 @@ class SamplingParams:
     """Forbid EOS as a candidate (upstream's HumanEval setting)."""
     seed: int = 0
     """Seed of this request's own random stream (Gumbel noise, random remasking)."""
-    kv_policy: str = "full"
+    kv_policy: str | None = None
     """Prompt-KV eviction policy ("full", "maskkv", "snapkv", ...; see
-    ``maskkv_vllm.eviction.registry``); anything but "full" needs the paged cache."""
+    ``maskkv_vllm.eviction.registry``); None takes the engine's default ("full" in
+    the bare sampler). Anything but "full" needs the paged cache."""
     kv_budget: int | None = None
-    """Average prompt KV entries kept per head per layer (the paper's B); required
-    by every evicting policy."""
+    """Average prompt KV entries kept per head per layer (the paper's B); every
+    evicting policy needs one (None takes the engine's default)."""
 
     def __post_init__(self) -> None:
         for name in ("gen_length", "block_length", "steps"):
@@ -68,14 +70,27 @@ class SamplingParams:
     def _check_kv(self) -> None:
         from maskkv_vllm.eviction.registry import check_policy_name
 
-        check_policy_name(self.kv_policy)
+        if self.kv_policy is not None:
+            check_policy_name(self.kv_policy)
         budget = self.kv_budget
         if budget is not None and (
             not isinstance(budget, int) or isinstance(budget, bool) or budget <= 0
         ):
             raise ValueError(f"kv_budget={budget!r} must be a positive integer")
-        if self.kv_policy != "full" and budget is None:
-            raise ValueError(f"kv_policy={self.kv_policy!r} needs a kv_budget")
+
+    def with_kv_defaults(
+        self, policy: str | None, budget: int | None
+    ) -> SamplingParams:
+        """These params with the engine's policy/budget where they leave them unset."""
+        return dataclasses.replace(
+            self,
+            kv_policy=self.kv_policy or policy,
+            kv_budget=self.kv_budget if self.kv_budget is not None else budget,
+        )
+
+    @property
+    def evicts(self) -> bool:
+        return self.kv_policy not in (None, "full")
 
     @property
     def num_blocks(self) -> int:

@@ -40,6 +40,8 @@ class DiffusionSampler:
         max_num_seqs: sequences denoised together in one forward batch.
         maskkv_config: hyper-parameters of the eviction policies (and the path of
             the layer profile, validated against the model here).
+        early_stop: finish a request after the block holding its first stop token
+            (the output is the same; later blocks are not computed).
     """
 
     def __init__(
@@ -50,6 +52,7 @@ class DiffusionSampler:
         max_model_len: int | None = None,
         max_num_seqs: int = 8,
         maskkv_config: MaskKVConfig | None = None,
+        early_stop: bool = True,
     ) -> None:
         self.model = model
         self.tokenizer = tokenizer
@@ -76,6 +79,7 @@ class DiffusionSampler:
         path = self.maskkv_config.profile
         self.profile = LayerProfile.load(path, c.n_layers) if path else None
         self._policies: dict[str, Policy] = {}
+        self.early_stop = early_stop
 
     def generate(
         self,
@@ -109,9 +113,9 @@ class DiffusionSampler:
     ) -> DiffusionSequence:
         """Tokenize and validate one prompt."""
         ids = self._tokenize(prompt)
-        if params.kv_policy != "full" and not getattr(
-            self.prompt_cache, "supports_eviction", False
-        ):
+        if params.evicts and params.kv_budget is None:
+            raise ValueError(f"kv_policy={params.kv_policy!r} needs a kv_budget")
+        if params.evicts and not getattr(self.prompt_cache, "supports_eviction", False):
             raise ValueError(
                 f"kv_policy={params.kv_policy!r} needs cache_mode='paged' "
                 f"(got {self.cache_config.cache_mode!r})"
@@ -130,7 +134,14 @@ class DiffusionSampler:
             cfg.mask_token_id,
             cfg.eos_token_id,
             self.device,
+            self.stop_token_ids if self.early_stop else (),
         )
+
+    @property
+    def stop_token_ids(self) -> tuple[int, ...]:
+        stops = set(self.tokenizer.stop_token_ids if self.tokenizer else ())
+        stops.add(self.model.config.eos_token_id)
+        return tuple(sorted(stops))
 
     def free(self, seq: DiffusionSequence) -> None:
         """Drop a sequence's prompt KV (finished, failed or cancelled); idempotent."""
@@ -142,8 +153,8 @@ class DiffusionSampler:
     def step(self, seqs: list[DiffusionSequence]) -> None:
         """Run one denoising step for every unfinished sequence."""
         live = [s for s in seqs if not s.is_finished]
-        full = [s for s in live if self._needs_full_forward(s)]
-        cached = [s for s in live if not self._needs_full_forward(s)]
+        full = [s for s in live if self.needs_full_forward(s)]
+        cached = [s for s in live if not self.needs_full_forward(s)]
         if full:
             self._forward_and_commit(full, full_forward=True)
         if cached:
@@ -151,8 +162,7 @@ class DiffusionSampler:
 
     def make_output(self, seq: DiffusionSequence) -> GenerationOutput:
         ids = seq.canvas.tolist()
-        stops = set(self.tokenizer.stop_token_ids if self.tokenizer else ())
-        stops.add(self.model.config.eos_token_id)
+        stops = set(self.stop_token_ids)
         cut = next((i for i, t in enumerate(ids) if t in stops), None)
         token_ids = ids if cut is None else ids[:cut]
         text = self.tokenizer.decode(token_ids) if self.tokenizer else ""
@@ -174,7 +184,8 @@ class DiffusionSampler:
                 self.step(seqs)
                 bar.update(1)
 
-    def _needs_full_forward(self, seq: DiffusionSequence) -> bool:
+    def needs_full_forward(self, seq: DiffusionSequence) -> bool:
+        """Whether this step recomputes (and re-stores) the sequence's prompt KV."""
         if self.cache_config.cache_mode == "none":
             return True
         if not self.prompt_cache.has(seq.cache_keys[0]):
@@ -229,7 +240,7 @@ class DiffusionSampler:
         return self.prompt_cache.capturing_attention(keys, batch, evictions)
 
     def _eviction(self, seq: DiffusionSequence) -> Eviction | None:
-        name = seq.params.kv_policy
+        name = seq.params.kv_policy or "full"
         if name not in self._policies:
             self._policies[name] = make_policy(name, self.maskkv_config, self.profile)
         policy = self._policies[name]

@@ -36,6 +36,10 @@ class DiffusionSequence:
         mask_token_id: id of ``[MASK]``.
         eos_token_id: id forbidden when ``params.logits_eos_inf``.
         device: where the canvas and the random stream live.
+        stop_token_ids: ids that end the answer; once a completed block holds one,
+            later blocks cannot change the output (committed tokens are never
+            remasked and the answer is cut at the first stop), so the sequence
+            finishes there.
     """
 
     def __init__(
@@ -47,6 +51,7 @@ class DiffusionSequence:
         mask_token_id: int,
         eos_token_id: int,
         device: torch.device,
+        stop_token_ids: tuple[int, ...] = (),
     ) -> None:
         self.uid = uid
         self.request_id = request_id
@@ -54,6 +59,7 @@ class DiffusionSequence:
         self.params = params
         self.mask_token_id = mask_token_id
         self.eos_token_id = eos_token_id
+        self.stop_token_ids = stop_token_ids
         prompt = torch.tensor(prompt_ids, dtype=torch.long, device=device)
         self.branches = [Branch(prompt, (uid, 0))]
         if params.cfg_scale > 0:
@@ -127,3 +133,13 @@ class DiffusionSequence:
         if no_masks_left or steps_done:
             self.block += 1
             self.step_in_block = 0
+            if self.stop_token_ids and bool(torch.isin(blk, self._stop_ids()).any()):
+                self.block = p.num_blocks
+
+    def _stop_ids(self) -> torch.Tensor:
+        return torch.tensor(self.stop_token_ids, device=self.canvas.device)
+
+    @property
+    def num_committed_tokens(self) -> int:
+        """Canvas slots of the completed blocks."""
+        return min(self.block, self.params.num_blocks) * self.params.block_length

@@ -131,7 +131,6 @@ def test_cfg_branches_evict_on_their_own(tiny):
     "kwargs, message",
     [
         ({"kv_policy": "h3o", "kv_budget": 8}, "kv_policy='h3o' is not one of"),
-        ({"kv_policy": "maskkv"}, "kv_policy='maskkv' needs a kv_budget"),
         ({"kv_policy": "maskkv", "kv_budget": 0}, "kv_budget=0 must be a positive"),
         ({"kv_policy": "snapkv", "kv_budget": -4}, "kv_budget=-4 must be a positive"),
     ],
@@ -139,6 +138,17 @@ def test_cfg_branches_evict_on_their_own(tiny):
 def test_bad_kv_params(kwargs, message):
     with pytest.raises(ValueError, match=message):
         SamplingParams(**kwargs)
+
+
+def test_evicting_policy_needs_a_budget(tiny):
+    s = paged(tiny)
+    with pytest.raises(ValueError, match="kv_policy='maskkv' needs a kv_budget"):
+        s.generate(
+            ["hi"],
+            SamplingParams(gen_length=8, block_length=8, steps=8, kv_policy="maskkv"),
+        )
+    defaults = SamplingParams(kv_budget=4).with_kv_defaults("snapkv", 99)
+    assert (defaults.kv_policy, defaults.kv_budget) == ("snapkv", 4)
 
 
 def test_eviction_needs_the_paged_cache(tiny):
