@@ -157,6 +157,53 @@ def cmd_profile(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_engine_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--kv-policy", default="full", help="default eviction policy")
+    p.add_argument("--kv-budget", type=int, default=None, help="default budget B")
+    p.add_argument("--kv-cache-memory", default="1GiB", help="page pool, e.g. 4GiB")
+    p.add_argument("--block-size", type=int, default=16, help="token slots per page")
+    p.add_argument("--max-num-seqs", type=int, default=16)
+    p.add_argument("--max-num-batched-tokens", type=int, default=65536)
+    p.add_argument("--max-queue-len", type=int, default=1024)
+    add_maskkv_args(p)
+
+
+def engine_config(args: argparse.Namespace):
+    from maskkv_vllm.config import EngineConfig
+
+    return EngineConfig(
+        model=args.model,
+        dtype=args.dtype,
+        device=args.device,
+        rope_scaling=args.rope_scaling,
+        max_model_len=args.max_model_len,
+        max_num_seqs=args.max_num_seqs,
+        max_num_batched_tokens=args.max_num_batched_tokens,
+        max_queue_len=args.max_queue_len,
+        kv_policy=args.kv_policy,
+        kv_budget=args.kv_budget,
+        served_model_name=args.served_model_name,
+        cache=CacheConfig(
+            "paged", block_size=args.block_size, kv_cache_memory=args.kv_cache_memory
+        ),
+        maskkv=maskkv_config(args),
+    )
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from maskkv_vllm.engine.llm_engine import LLMEngine
+    from maskkv_vllm.entrypoints.openai_server import build_app
+
+    config = engine_config(args)
+    engine = LLMEngine(config)
+    name = args.served_model_name or args.model
+    app = build_app(engine, name, api_key=args.api_key)
+    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="maskkv", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -183,6 +230,20 @@ def build_parser() -> argparse.ArgumentParser:
     prof.add_argument("--max-samples", type=int, default=32)
     prof.add_argument("--max-prompt-tokens", type=int, default=2048)
     prof.set_defaults(func=cmd_profile)
+
+    serve = sub.add_parser("serve", help="OpenAI-compatible server")
+    serve.add_argument("model", nargs="?", default="tiny", help="checkpoint or 'tiny'")
+    serve.add_argument("--dtype", default="float32")
+    serve.add_argument("--device", default="cpu")
+    serve.add_argument("--rope-scaling", type=float, default=1.0)
+    serve.add_argument("--max-model-len", type=int, default=None)
+    serve.add_argument("--host", default="127.0.0.1", help="bind address")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--api-key", default=None, help="require Bearer auth on /v1")
+    serve.add_argument("--served-model-name", default=None)
+    serve.add_argument("--log-level", default="info")
+    add_engine_args(serve)
+    serve.set_defaults(func=cmd_serve)
 
     tiny = sub.add_parser("make-tiny", help="write a random tiny LLaDA checkpoint")
     tiny.add_argument("out")

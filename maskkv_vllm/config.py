@@ -135,3 +135,57 @@ class MaskKVConfig:
             raise ValueError(
                 f"boundary_layers={self.boundary_layers!r} must be non-negative ints"
             )
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """How the embedded engine loads its model and schedules requests."""
+
+    model: str = "tiny"
+    """Checkpoint directory, or "tiny" for the built-in random tiny model."""
+    dtype: str = "float32"
+    """"float32" or "bfloat16"."""
+    device: str = "cpu"
+    """"cpu", "cuda" or "cuda:N"."""
+    rope_scaling: float = 1.0
+    """NTK factor on rope_theta for prompts beyond the trained length."""
+    max_model_len: int | None = None
+    """Longest prompt + canvas; default the model's max_sequence_length."""
+    max_num_seqs: int = 16
+    """Requests denoised together at most."""
+    max_num_batched_tokens: int = 65536
+    """Tokens one engine step may forward at most (prompt rows count at step 0)."""
+    max_queue_len: int = 1024
+    """Waiting requests at most; beyond it new requests are refused (HTTP 503)."""
+    kv_policy: str = "full"
+    """Eviction policy of requests that do not choose one."""
+    kv_budget: int | None = None
+    """Budget B of requests that do not choose one."""
+    served_model_name: str | None = None
+    """Name reported by /v1/models; default the model path."""
+    cache: CacheConfig = CacheConfig(cache_mode="paged")
+    """Prompt KV cache (paged by default: admission is by free pages)."""
+    maskkv: MaskKVConfig = MaskKVConfig()
+    """Hyper-parameters of the eviction policies."""
+
+    def __post_init__(self) -> None:
+        for name in ("max_num_seqs", "max_num_batched_tokens", "max_queue_len"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value <= 0:
+                raise ValueError(f"{name}={value!r} must be a positive int")
+        if self.max_model_len is not None and self.max_model_len <= 0:
+            raise ValueError(f"max_model_len={self.max_model_len} must be positive")
+        if self.dtype not in ("float32", "bfloat16", "float16"):
+            raise ValueError(f"dtype={self.dtype!r} is not float32/bfloat16/float16")
+        from maskkv_vllm.eviction.registry import check_policy_name
+
+        check_policy_name(self.kv_policy)
+        if self.kv_budget is not None and self.kv_budget <= 0:
+            raise ValueError(f"kv_budget={self.kv_budget} must be positive")
+        if self.kv_policy != "full" and self.kv_budget is None:
+            raise ValueError(f"kv_policy={self.kv_policy!r} needs a kv_budget")
+        if self.kv_policy != "full" and self.cache.cache_mode != "paged":
+            raise ValueError(
+                f"kv_policy={self.kv_policy!r} needs cache_mode='paged' "
+                f"(got {self.cache.cache_mode!r})"
+            )

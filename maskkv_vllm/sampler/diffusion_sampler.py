@@ -239,11 +239,15 @@ class DiffusionSampler:
         evictions = [self._eviction(s) for s, _ in rows]
         return self.prompt_cache.capturing_attention(keys, batch, evictions)
 
-    def _eviction(self, seq: DiffusionSequence) -> Eviction | None:
-        name = seq.params.kv_policy or "full"
+    def policy(self, name: str | None) -> Policy:
+        """The named policy, built once with this sampler's config and profile."""
+        name = name or "full"
         if name not in self._policies:
             self._policies[name] = make_policy(name, self.maskkv_config, self.profile)
-        policy = self._policies[name]
+        return self._policies[name]
+
+    def _eviction(self, seq: DiffusionSequence) -> Eviction | None:
+        policy = self.policy(seq.params.kv_policy)
         if not policy.evicts:
             return None
         return Eviction(

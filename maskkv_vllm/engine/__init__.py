@@ -1,0 +1,1 @@
+"""The embedded serving engine: scheduler, engine loop, offline ``LLM`` and server."""

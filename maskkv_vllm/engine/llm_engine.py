@@ -1,0 +1,310 @@
+"""The engine loop: admit by free pages, denoise every running request one step per
+iteration in one batched forward, stream completed blocks, recover from page
+shortage by preempting the newest request."""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import math
+import time
+
+from maskkv_vllm.cache.block_pool import NoFreeBlocksError
+from maskkv_vllm.config import EngineConfig
+from maskkv_vllm.engine.metrics import EngineMetrics
+from maskkv_vllm.engine.request import (
+    Request,
+    RequestOutput,
+    RequestStatus,
+)
+from maskkv_vllm.engine.scheduler import Scheduler
+from maskkv_vllm.eviction.budget import reserved_pages
+from maskkv_vllm.models.builtin import resolve_model
+from maskkv_vllm.models.llada import LLaDAModel
+from maskkv_vllm.models.loader import load_checkpoint
+from maskkv_vllm.models.tokenizer import Tokenizer
+from maskkv_vllm.sampler.diffusion_sampler import DiffusionSampler, Prompt
+from maskkv_vllm.sampling_params import SamplingParams
+
+logger = logging.getLogger(__name__)
+
+
+class LLMEngine:
+    """Continuous batching of diffusion requests over one model and one page pool.
+
+    Args:
+        config: engine configuration.
+        model, tokenizer: an already loaded model (else loaded from ``config.model``).
+    """
+
+    def __init__(
+        self,
+        config: EngineConfig,
+        model: LLaDAModel | None = None,
+        tokenizer: Tokenizer | None = None,
+    ) -> None:
+        self.config = config
+        if model is None:
+            model, tokenizer = load_checkpoint(
+                resolve_model(config.model),
+                config.dtype,
+                config.device,
+                config.rope_scaling,
+            )
+        self.model, self.tokenizer = model, tokenizer
+        self.sampler = DiffusionSampler(
+            model,
+            tokenizer,
+            config.cache,
+            config.max_model_len,
+            config.max_num_seqs,
+            config.maskkv,
+        )
+        self.scheduler = Scheduler(
+            config.max_num_seqs, config.max_num_batched_tokens, config.max_queue_len
+        )
+        self.metrics = EngineMetrics()
+        self._ids = itertools.count()
+        self._ids_in_use: set[str] = set()
+
+    # -- requests ----------------------------------------------------------------
+
+    def make_request(
+        self,
+        prompt: Prompt,
+        params: SamplingParams | None = None,
+        request_id: str | None = None,
+    ) -> Request:
+        """Tokenize and validate; raises ValueError/TypeError on bad input.
+
+        Safe to call from any thread (it touches no engine state).
+        """
+        params = (params or SamplingParams()).with_kv_defaults(
+            self.config.kv_policy, self.config.kv_budget
+        )
+        probe = self.sampler.make_sequence(0, prompt, params)  # validates everything
+        ids = probe.prompt_token_ids
+        request_id = request_id or f"req-{next(self._ids)}"
+        predicted = self.predict_pages(params, len(ids), exact=False)
+        pool = self.pool
+        if pool is not None and predicted > pool.num_usable_blocks:
+            raise ValueError(
+                f"a {len(ids)}-token prompt needs {predicted} KV pages but the pool "
+                f"holds {pool.num_usable_blocks}: raise kv_cache_memory or lower "
+                "kv_budget"
+            )
+        return Request(request_id, ids, params, predicted)
+
+    def add_request(self, request: Request) -> None:
+        if request.request_id in self._ids_in_use:
+            raise ValueError(f"request_id {request.request_id!r} is already in use")
+        if not self.scheduler.can_add():
+            raise QueueFullError(
+                f"{len(self.scheduler.waiting)} requests are waiting (max_queue_len)"
+            )
+        self._ids_in_use.add(request.request_id)
+        self.scheduler.add(request)
+
+    def abort_request(self, request_id: str) -> RequestOutput | None:
+        """Stop a request and give its pages back; None if it is not in flight."""
+        request = self.scheduler.find(request_id)
+        if request is None:
+            return None
+        self._release(request)
+        self.metrics.num_requests_aborted += 1
+        return self._finish(request, RequestStatus.FINISHED_ABORTED)
+
+    @property
+    def has_unfinished(self) -> bool:
+        return self.scheduler.has_unfinished
+
+    def fail_all(self, message: str) -> list[RequestOutput]:
+        """End every request with an error (after an unexpected engine failure)."""
+        outputs = []
+        for r in [*self.scheduler.running, *self.scheduler.waiting]:
+            self._release(r)
+            r.error = message
+            self.metrics.num_requests_failed += 1
+            outputs.append(self._finish(r, RequestStatus.FINISHED_ERROR))
+        return outputs
+
+    # -- the loop ----------------------------------------------------------------
+
+    def step(self) -> list[RequestOutput]:
+        """One denoising step for every running request; outputs of the requests
+        that committed a block or finished."""
+        start = time.perf_counter()
+        for r in self.scheduler.schedule(self.num_free_pages):
+            r.seq = self.sampler.make_sequence(0, r.prompt_token_ids, r.params)
+        running = list(self.scheduler.running)
+        if not running:
+            return []
+        prefilling = [r for r in running if self.sampler.needs_full_forward(r.seq)]
+        try:
+            self.sampler.step([r.seq for r in running])
+        except NoFreeBlocksError as e:
+            return self._recover(prefilling, running, e)
+        outputs = [out for r in running if (out := self._progress(r, r in prefilling))]
+        self.metrics.record_step(time.perf_counter() - start)
+        return outputs
+
+    def _recover(
+        self, prefilling: list[Request], running: list[Request], error: Exception
+    ) -> list[RequestOutput]:
+        """A first step ran out of pages: undo the prefills, preempt the newest
+        other request, and retry next step with safe page reservations."""
+        for r in prefilling:
+            self._release(r)
+            r.predicted_pages = self.predict_pages(
+                r.params, len(r.prompt_token_ids), exact=True
+            )
+        others = [r for r in running if r not in prefilling]
+        if not others and len(prefilling) == 1:
+            (r,) = prefilling
+            r.error = f"not enough KV pages even with the pool to itself: {error}"
+            self.metrics.num_requests_failed += 1
+            return [self._finish(r, RequestStatus.FINISHED_ERROR)]
+        victims = list(prefilling)
+        newest = self.scheduler.newest_running(exclude=prefilling)
+        if newest is not None:
+            self._release(newest)
+            victims.append(newest)
+        logger.info("out of KV pages: preempting %d requests", len(victims))
+        self.metrics.num_preemptions += len(victims)
+        self.scheduler.preempt(victims)
+        return []
+
+    def _progress(self, r: Request, first_step: bool) -> RequestOutput | None:
+        seq = r.seq
+        if first_step:
+            self._record_kv(r)
+        done = seq.is_finished
+        committed = seq.num_committed_tokens
+        if not done and committed == len(r.token_ids_so_far):
+            return None
+        r.token_ids_so_far = seq.canvas[:committed].tolist() if not done else []
+        if r.stats.time_to_first_block is None and committed:
+            r.stats.time_to_first_block = time.monotonic() - r.arrival_time
+        if done:
+            out = self.sampler.make_output(seq)
+            status = (
+                RequestStatus.FINISHED_STOPPED
+                if out.finish_reason == "stop"
+                else RequestStatus.FINISHED_LENGTH
+            )
+            r.stats.num_steps = seq.num_steps
+            self.metrics.num_requests_finished += 1
+            self.metrics.generated_tokens += len(out.token_ids)
+            return self._finish(r, status, out.token_ids)
+        return self._output(r, *self._partial(r))
+
+    def _partial(self, r: Request) -> tuple[list[int], str]:
+        stops = set(self.sampler.stop_token_ids)
+        ids = r.token_ids_so_far
+        cut = next((i for i, t in enumerate(ids) if t in stops), len(ids))
+        text = self._decode(ids[:cut])
+        # A multi-byte character split across blocks decodes as U+FFFD for now.
+        return ids[:cut], text.rstrip("\ufffd")
+
+    def _record_kv(self, r: Request) -> None:
+        cache = self.sampler.prompt_cache
+        if cache is None:
+            return
+        c = self.model.config
+        kept = sum(cache.num_entries(k) for k in r.seq.cache_keys)
+        full = r.num_rows * c.n_layers * c.n_kv_heads * len(r.prompt_token_ids)
+        r.stats.kept_kv_entries = kept
+        r.stats.evicted_kv_entries = max(full - kept, 0) if r.params.evicts else 0
+        self.metrics.evicted_kv_entries += r.stats.evicted_kv_entries
+        stats = getattr(cache, "cache", None)
+        if stats is not None:
+            r.stats.num_pages = sum(
+                stats.request_stats(k)["num_blocks"] for k in r.seq.cache_keys
+            )
+
+    # -- outputs -----------------------------------------------------------------
+
+    def _output(
+        self, r: Request, token_ids: list[int], text: str, finished: bool = False
+    ) -> RequestOutput:
+        delta = text[len(r.emitted_text) :] if text.startswith(r.emitted_text) else text
+        r.emitted_text = text
+        return RequestOutput(
+            request_id=r.request_id,
+            prompt_token_ids=r.prompt_token_ids,
+            text=text,
+            token_ids=token_ids,
+            delta_text=delta,
+            finished=finished,
+            finish_reason=r.status.value if finished else None,
+            stats=r.stats,
+            error=r.error,
+        )
+
+    def _finish(
+        self, r: Request, status: RequestStatus, token_ids: list[int] | None = None
+    ) -> RequestOutput:
+        self.scheduler.finish(r, status)
+        self._ids_in_use.discard(r.request_id)
+        r.stats.prompt_tokens = len(r.prompt_token_ids)
+        r.stats.total_time = time.monotonic() - r.arrival_time
+        if token_ids is None:  # aborted or failed: what was streamed so far
+            token_ids, text = [], r.emitted_text
+        else:
+            text = self._decode(token_ids)
+        r.seq = None
+        return self._output(r, token_ids, text, finished=True)
+
+    def _release(self, r: Request) -> None:
+        """Give a request's pages back and drop its progress (a preempted request
+        restarts; being deterministic it regenerates the text already streamed)."""
+        if r.seq is not None:
+            self.sampler.free(r.seq)
+            r.seq = None
+        r.token_ids_so_far = []
+
+    def _decode(self, ids: list[int]) -> str:
+        return self.tokenizer.decode(ids) if self.tokenizer else ""
+
+    # -- pages -------------------------------------------------------------------
+
+    @property
+    def pool(self):
+        cache = getattr(self.sampler.prompt_cache, "cache", None)
+        return cache.pool if cache is not None else None
+
+    @property
+    def num_free_pages(self) -> int:
+        pool = self.pool
+        return pool.num_free_blocks if pool is not None else 1 << 62
+
+    def predict_pages(
+        self, params: SamplingParams, prompt_len: int, exact: bool
+    ) -> int:
+        """Prompt pages a request will hold after its first step.
+
+        ``exact=False`` predicts ``ceil(N * min(k_l, M) / P)`` per layer (what an
+        even head split needs); ``exact=True`` adds a partial page per head, an
+        upper bound for any split.
+        """
+        pool = self.pool
+        if pool is None:
+            return 0
+        c = self.model.config
+        n, page = c.n_kv_heads, pool.block_size
+        rows = 2 if params.cfg_scale > 0 else 1
+        full_layer = n * math.ceil(prompt_len / page)
+        if not params.evicts:
+            return rows * c.n_layers * full_layer
+        policy = self.sampler.policy(params.kv_policy)
+        budgets = policy.layer_budgets(c.n_layers, params.kv_budget, prompt_len)
+        if exact:
+            return rows * reserved_pages(budgets, prompt_len, n, page)
+        need = sum(
+            min(full_layer, math.ceil(n * min(k, prompt_len) / page)) for k in budgets
+        )
+        return rows * need
+
+
+class QueueFullError(RuntimeError):
+    """The waiting queue is at max_queue_len."""

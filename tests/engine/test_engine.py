@@ -1,0 +1,186 @@
+"""The engine: scheduling by free pages, preemption, aborts, LLM.generate."""
+
+from __future__ import annotations
+
+import pytest
+
+from maskkv_vllm.config import CacheConfig, EngineConfig
+from maskkv_vllm.engine.llm import LLM
+from maskkv_vllm.engine.llm_engine import LLMEngine, QueueFullError
+from maskkv_vllm.engine.request import Request
+from maskkv_vllm.engine.scheduler import Scheduler
+from maskkv_vllm.sampler.diffusion_sampler import DiffusionSampler
+from maskkv_vllm.sampling_params import SamplingParams
+
+P = SamplingParams(gen_length=16, block_length=8, steps=16)
+PROMPTS = [f"request number {i}: " + "abc " * i for i in range(10)]
+
+
+def engine(tiny, num_blocks=4000, **kw):
+    model, tok = tiny
+    cache = CacheConfig("paged", block_size=16, num_blocks=num_blocks)
+    return LLMEngine(EngineConfig(cache=cache, **kw), model, tok)
+
+
+def run_all(eng, prompts, params):
+    reqs = [eng.make_request(p, params) for p in prompts]
+    for r in reqs:
+        eng.add_request(r)
+    done = {}
+    while eng.has_unfinished:
+        for out in eng.step():
+            if out.finished:
+                done[out.request_id] = out
+    return [done[r.request_id] for r in reqs]
+
+
+def make(rid, pages, m=10, gen=16):
+    return Request(
+        rid, [1] * m, SamplingParams(gen_length=gen, block_length=gen, steps=gen), pages
+    )
+
+
+def test_scheduler_admits_fcfs_by_pages_and_limits():
+    s = Scheduler(max_num_seqs=3, max_num_batched_tokens=100, max_queue_len=10)
+    for rid, pages in [("a", 4), ("b", 5), ("c", 1), ("d", 1)]:
+        s.add(make(rid, pages))
+    # 8 free pages: a (4) fits, b (5) does not, and c may not jump the queue.
+    assert [r.request_id for r in s.schedule(8)] == ["a"]
+    assert [r.request_id for r in s.waiting] == ["b", "c", "d"]
+    # Tokens: a steps with 16; b's first step is 10 + 16 = 26 more -> 42.
+    assert [r.request_id for r in s.schedule(20)] == ["b", "c"]
+    assert len(s.running) == 3  # max_num_seqs stops d
+    assert s.schedule(100) == []
+
+
+def test_scheduler_token_limit_and_lone_request():
+    s = Scheduler(max_num_seqs=8, max_num_batched_tokens=30, max_queue_len=10)
+    s.add(make("big", 1, m=50))
+    s.add(make("small", 1, m=2))
+    # Alone, a request above the token limit still runs (else it never would).
+    assert [r.request_id for r in s.schedule(10)] == ["big"]
+    assert s.schedule(10) == []  # 16 + 18 > 30
+
+
+def test_scheduler_preempts_back_to_the_front_in_arrival_order():
+    s = Scheduler(max_num_seqs=8, max_num_batched_tokens=1000, max_queue_len=10)
+    for rid in "abcd":
+        s.add(make(rid, 1))
+    s.schedule(3)
+    assert [r.request_id for r in s.running] == ["a", "b", "c"]
+    assert s.newest_running(exclude=[]).request_id == "c"
+    s.preempt([s.running[2], s.running[1]])
+    assert [r.request_id for r in s.waiting] == ["b", "c", "d"]
+    assert s.waiting[0].stats.num_preemptions == 1
+
+
+def test_scheduler_bad_limits():
+    with pytest.raises(ValueError, match="max_num_seqs=0"):
+        Scheduler(0, 10, 10)
+
+
+@pytest.mark.parametrize("policy, budget", [("full", None), ("maskkv", 8)])
+def test_engine_matches_the_sampler(tiny, policy, budget):
+    params = SamplingParams(**{**P.__dict__, "kv_policy": policy, "kv_budget": budget})
+    model, tok = tiny
+    ref = DiffusionSampler(model, tok, CacheConfig("paged", num_blocks=4000))
+    want = [o.token_ids for o in ref.generate(PROMPTS, params)]
+    got = run_all(engine(tiny, max_num_seqs=3), PROMPTS, params)
+    assert [o.token_ids for o in got] == want
+    assert all(o.finished and o.finish_reason in ("stop", "length") for o in got)
+
+
+def test_small_pool_queues_and_finishes_everything_with_the_same_outputs(tiny):
+    big = engine(tiny)
+    want = run_all(big, PROMPTS, P)
+    # Each prompt needs 8 pages (2 layers x 4 heads, < 16 tokens per head)
+    # or 16; 40 pages hold only a few at a time.
+    small = engine(tiny, num_blocks=41)
+    got = run_all(small, PROMPTS, P)
+    assert [o.text for o in got] == [o.text for o in want]
+    assert small.scheduler.max_running < len(PROMPTS)
+    assert small.pool.num_free_blocks == small.pool.num_usable_blocks
+
+
+def test_preemption_when_pages_run_out_gives_the_same_outputs(tiny, monkeypatch):
+    want = run_all(engine(tiny), PROMPTS, P)
+    small = engine(tiny, num_blocks=41)
+    # Predict too few pages so that admission overshoots and prefill runs short.
+    real = small.predict_pages
+    monkeypatch.setattr(
+        small,
+        "predict_pages",
+        lambda p, m, exact: 1 if not exact else real(p, m, exact),
+    )
+    got = run_all(small, PROMPTS, P)
+    assert [o.text for o in got] == [o.text for o in want]
+    assert small.metrics.num_preemptions > 0
+    assert small.pool.num_free_blocks == small.pool.num_usable_blocks
+
+
+def test_request_larger_than_the_pool_is_refused(tiny):
+    eng = engine(tiny, num_blocks=5)
+    with pytest.raises(ValueError, match="needs 8 KV pages but the pool holds 4"):
+        eng.make_request("hello", P)
+
+
+def test_abort_frees_pages_and_reports(tiny):
+    eng = engine(tiny)
+    r = eng.make_request("abort me please", P)
+    eng.add_request(r)
+    eng.step()
+    eng.step()
+    assert eng.pool.num_used_blocks == 8
+    out = eng.abort_request(r.request_id)
+    assert out.finished and out.finish_reason == "abort"
+    assert eng.pool.num_used_blocks == 0 and not eng.has_unfinished
+    assert eng.abort_request(r.request_id) is None
+
+
+def test_queue_limit_and_duplicate_ids(tiny):
+    eng = engine(tiny, max_queue_len=2)
+    eng.add_request(eng.make_request("a", P, request_id="x"))
+    with pytest.raises(ValueError, match="'x' is already in use"):
+        eng.add_request(eng.make_request("b", P, request_id="x"))
+    eng.add_request(eng.make_request("c", P))
+    with pytest.raises(QueueFullError, match="2 requests are waiting"):
+        eng.add_request(eng.make_request("d", P))
+
+
+def test_stream_outputs_grow_block_by_block(tiny):
+    eng = engine(tiny)
+    r = eng.make_request(
+        "stream", SamplingParams(gen_length=32, block_length=8, steps=32)
+    )
+    eng.add_request(r)
+    texts, deltas = [], []
+    while eng.has_unfinished:
+        for out in eng.step():
+            texts.append(out.text)
+            deltas.append(out.delta_text)
+    assert "".join(deltas) == texts[-1]
+    assert len(texts) >= 2 and all(
+        b.startswith(a) for a, b in zip(texts, texts[1:], strict=False)
+    )
+    stats = out.stats
+    assert stats.time_to_first_block <= stats.total_time
+    assert stats.prompt_tokens == len(r.prompt_token_ids) and stats.num_pages == 8
+
+
+def test_llm_generate_api(tiny_dir):
+    llm = LLM(str(tiny_dir), kv_policy="maskkv", kv_budget=4, kv_cache_memory="8MiB")
+    outs = llm.generate(PROMPTS[:4], P, use_tqdm=False)
+    assert [o.request_id for o in outs] == ["req-0", "req-1", "req-2", "req-3"]
+    for o in outs:
+        assert o.finished and o.finish_reason in ("stop", "length")
+        assert o.stats.kept_kv_entries <= 2 * 4 * 4 + 2 * 4  # ~B per head per layer
+        assert o.stats.evicted_kv_entries > 0
+    full = llm.generate("one prompt", SamplingParams(gen_length=8, block_length=8,
+                                                     steps=8, kv_policy="full"),
+                        use_tqdm=False)  # fmt: skip
+    assert full[0].stats.evicted_kv_entries == 0
+    chat = llm.chat([{"role": "user", "content": "hi"}], P, use_tqdm=False)
+    assert chat[0].finished
+    with pytest.raises(ValueError, match="got 1 SamplingParams for 2 prompts"):
+        llm.generate(["a", "b"], [P])
+    assert llm.engine.pool.num_free_blocks == llm.engine.pool.num_usable_blocks
