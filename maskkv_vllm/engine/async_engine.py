@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import queue
 import threading
@@ -127,7 +128,5 @@ class AsyncLLMEngine:
         if target is None:
             return
         loop, stream = target
-        try:
+        with contextlib.suppress(RuntimeError):  # the loop is already closed
             loop.call_soon_threadsafe(stream.put_nowait, item)
-        except RuntimeError:  # the loop is closed
-            pass
