@@ -62,3 +62,11 @@ def test_core_imports_without_vllm():
         "import maskkv_vllm.models.loader"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_vllm_plugin_entry_point_installed():
+    plugins = metadata.entry_points(group="vllm.general_plugins")
+    assert any(
+        ep.name == "maskkv" and ep.value == "maskkv_vllm.vllm_adapter.plugin:register"
+        for ep in plugins
+    )
