@@ -204,6 +204,39 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_eval(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from tqdm.auto import tqdm
+
+    from maskkv_vllm.engine.llm import LLM
+    from maskkv_vllm.evaluation import harness
+
+    llm = LLM(
+        args.model,
+        kv_cache_memory=args.kv_cache_memory,
+        dtype=args.dtype,
+        device=args.device,
+        max_num_seqs=args.max_num_seqs,
+        maskkv=maskkv_config(args),
+    )
+    total = len(args.policies) * len(args.fractions)
+    with tqdm(total=total, desc="policy x budget") as bar:
+        result = harness.evaluate(
+            llm,
+            args.samples,
+            args.prompt_tokens,
+            tuple(args.policies),
+            tuple(args.fractions),
+            progress=bar,
+        )
+    print(harness.format_table(result))
+    title = f"{args.model}: {args.samples} samples, ~{args.prompt_tokens}-token prompts"
+    harness.write_outputs(result, Path(args.out_dir), title)
+    print(f"wrote {args.out_dir}/eval.json, eval.txt, eval.png")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="maskkv", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -244,6 +277,34 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--log-level", default="info")
     add_engine_args(serve)
     serve.set_defaults(func=cmd_serve)
+
+    ev = sub.add_parser("eval", help="accuracy of every policy vs budget")
+    ev.add_argument("--model", default="retrieval", help="checkpoint dir or name")
+    ev.add_argument("--dtype", default="float32")
+    ev.add_argument("--device", default="cpu")
+    ev.add_argument("--samples", type=int, default=64)
+    ev.add_argument("--prompt-tokens", type=int, default=1024)
+    ev.add_argument(
+        "--fractions", type=float, nargs="+", default=[0.01, 0.02, 0.05, 0.1, 0.25]
+    )
+    ev.add_argument(
+        "--policies",
+        nargs="+",
+        default=[
+            "maskkv",
+            "snapkv",
+            "pyramidkv",
+            "adakv",
+            "squeezeattention",
+            "streaming",
+            "random",
+        ],
+    )
+    ev.add_argument("--kv-cache-memory", default="2GiB")
+    ev.add_argument("--max-num-seqs", type=int, default=16)
+    ev.add_argument("--out-dir", default="benchmarks/results/eval")
+    add_maskkv_args(ev)
+    ev.set_defaults(func=cmd_eval)
 
     tiny = sub.add_parser("make-tiny", help="write a random tiny LLaDA checkpoint")
     tiny.add_argument("out")

@@ -11,6 +11,11 @@ from maskkv_vllm.models.tiny import write_tiny_checkpoint
 
 BUILTIN_NAME = "tiny"
 """``--model tiny`` selects the built-in random tiny LLaDA (seed 0)."""
+SHIPPED = {
+    "retrieval": Path(__file__).resolve().parents[1] / "assets" / "llada-retrieval"
+}
+"""Checkpoints shipped with the package: ``retrieval`` is the small LLaDA trained on
+the synthetic retrieval tasks (``benchmarks/train_model.py``)."""
 
 
 def cache_dir() -> Path:
@@ -20,13 +25,18 @@ def cache_dir() -> Path:
 
 
 def resolve_model(model: str | Path) -> Path:
-    """Return a checkpoint directory for a path or the built-in name."""
+    """Return a checkpoint directory for a path or a built-in name."""
+    if str(model) in SHIPPED:
+        path = SHIPPED[str(model)]
+        if not (path / "config.json").is_file():
+            raise FileNotFoundError(f"the shipped checkpoint {path} is missing")
+        return path
     if str(model) != BUILTIN_NAME:
         path = Path(model)
         if not path.is_dir():
             raise FileNotFoundError(
-                f"model {str(model)!r} is neither a checkpoint directory nor "
-                f"{BUILTIN_NAME!r} (the built-in tiny model)"
+                f"model {str(model)!r} is neither a checkpoint directory nor one "
+                f"of {BUILTIN_NAME!r}, {', '.join(map(repr, SHIPPED))}"
             )
         return path
     target = cache_dir() / "tiny-llada-seed0"

@@ -1,0 +1,1 @@
+"""Evaluation: synthetic long-context tasks, LongBench scoring, the eval harness."""

@@ -1,0 +1,70 @@
+"""The eval harness and the synthetic tasks."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from maskkv_vllm.cli import main
+from maskkv_vllm.engine.llm import LLM
+from maskkv_vllm.evaluation import harness
+from maskkv_vllm.evaluation.synthetic import (
+    exact_match,
+    make_sample,
+    make_samples,
+    word_tokenizer,
+)
+
+
+def test_synthetic_tasks_are_answerable_from_the_prompt():
+    tok = word_tokenizer()
+    for s in make_samples(seed=5, count=20, num_tokens=300):
+        words = s.prompt.split()
+        query = words[-1]
+        if s.task == "kv":
+            i = words.index(query)  # the record of the queried key
+            assert " ".join(words[i + 2 : i + 5]) == s.answer
+        else:
+            # Follow the chain back from the queried variable to its digit.
+            value = query
+            while not value.isdigit():
+                value = words[words.index(value, 0, len(words) - 1) + 2]
+            assert value == s.answer
+        ids = tok.encode(s.prompt).ids
+        assert 250 <= len(ids) <= 320 and tok.token_to_id("<|endoftext|>") not in ids
+    assert make_samples(5, 3, 100) == make_samples(5, 3, 100)
+    with pytest.raises(ValueError, match="task='qa' is not one of"):
+        import random
+
+        make_sample(random.Random(0), "qa", 100)
+
+
+def test_exact_match_normalises_whitespace():
+    assert exact_match(" 1  2 3", "1 2 3") and not exact_match("1 2", "1 2 3")
+
+
+def test_evaluate_writes_table_json_and_plot(tiny_dir, tmp_path):
+    llm = LLM(str(tiny_dir), kv_cache_memory="16MiB")
+    result = harness.evaluate(
+        llm, num_samples=4, prompt_tokens=96, policies=("maskkv", "streaming"),
+        fractions=(0.05, 0.25),
+    )  # fmt: skip
+    assert result.budgets == {0.05: 5, 0.25: 24}
+    assert set(result.accuracy) == {"maskkv", "streaming"}
+    assert all(0 <= a <= 1 for accs in result.accuracy.values() for a in accs.values())
+    harness.write_outputs(result, tmp_path, "test")
+    data = json.loads((tmp_path / "eval.json").read_text())
+    assert data["budgets"] == {"0.05": 5, "0.25": 24}
+    assert (tmp_path / "eval.png").stat().st_size > 1000
+    assert "maskkv" in (tmp_path / "eval.txt").read_text()
+    assert llm.engine.pool.num_free_blocks == llm.engine.pool.num_usable_blocks
+
+
+def test_eval_cli(tiny_dir, tmp_path, capsys):
+    argv = ["eval", "--model", str(tiny_dir), "--samples", "2", "--prompt-tokens",
+            "64", "--fractions", "0.1", "--policies", "snapkv", "--out-dir",
+            str(tmp_path)]  # fmt: skip
+    assert main(argv) == 0
+    assert "snapkv" in capsys.readouterr().out
+    assert (tmp_path / "eval.png").is_file()
