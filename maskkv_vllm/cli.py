@@ -237,6 +237,23 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    import dataclasses
+    from pathlib import Path
+
+    from maskkv_vllm.bench import suite
+
+    cfg = suite.QUICK if args.quick else suite.BenchConfig()
+    if args.prompt_lens:
+        cfg = dataclasses.replace(cfg, prompt_lens=tuple(args.prompt_lens))
+    cfg = dataclasses.replace(cfg, device=args.device)
+    results = suite.run(cfg)
+    print(suite.report(results))
+    suite.save(results, Path(args.out_dir))
+    print(f"wrote {args.out_dir}/bench.json, bench.txt, bench.png")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="maskkv", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -305,6 +322,13 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--out-dir", default="benchmarks/results/eval")
     add_maskkv_args(ev)
     ev.set_defaults(func=cmd_eval)
+
+    bench = sub.add_parser("bench", help="speed and memory figures, side by side")
+    bench.add_argument("--quick", action="store_true", help="tiny sizes (CI)")
+    bench.add_argument("--prompt-lens", type=int, nargs="+", default=None)
+    bench.add_argument("--device", default="cpu")
+    bench.add_argument("--out-dir", default="benchmarks/results/bench")
+    bench.set_defaults(func=cmd_bench)
 
     tiny = sub.add_parser("make-tiny", help="write a random tiny LLaDA checkpoint")
     tiny.add_argument("out")

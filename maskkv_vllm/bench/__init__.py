@@ -1,0 +1,1 @@
+"""``maskkv bench``: the performance figures, each measured side by side in one run."""

@@ -1,0 +1,76 @@
+"""A small random LLaDA-shaped model and long English prompts for the benchmarks."""
+
+from __future__ import annotations
+
+import statistics
+import tempfile
+import time
+from dataclasses import dataclass
+from pydoc_data.topics import topics
+
+import torch
+
+from maskkv_vllm.models.llada import LLaDAModel
+from maskkv_vllm.models.loader import load_checkpoint
+from maskkv_vllm.models.tiny import write_tiny_checkpoint
+from maskkv_vllm.models.tokenizer import Tokenizer
+from maskkv_vllm.sampler.diffusion_sampler import DiffusionSampler
+from maskkv_vllm.sampler.sequence import DiffusionSequence
+
+
+@dataclass(frozen=True)
+class ModelSize:
+    layers: int = 4
+    heads: int = 8
+    head_dim: int = 64
+
+
+def bench_model(
+    size: ModelSize, max_len: int, device: str = "cpu", dtype: str = "float32"
+) -> tuple[LLaDAModel, Tokenizer]:
+    """Random weights written as a real checkpoint and loaded like one."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = write_tiny_checkpoint(
+            tmp, seed=0, n_layers=size.layers, n_heads=size.heads,
+            head_dim=size.head_dim, max_sequence_length=max_len,
+        )  # fmt: skip
+        return load_checkpoint(path, dtype, device)
+
+
+_ENGLISH: dict[int, list[int]] = {}
+
+
+def english_ids(tok: Tokenizer, num_tokens: int, offset: int = 0) -> list[int]:
+    """``num_tokens`` token ids of CPython's pydoc topics (repeated if needed)."""
+    if id(tok) not in _ENGLISH:
+        _ENGLISH[id(tok)] = tok.encode(" ".join(topics.values())[:400_000])
+    ids = _ENGLISH[id(tok)]
+    while len(ids) < offset + num_tokens:
+        ids = ids + ids
+    return ids[offset : offset + num_tokens]
+
+
+def sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def step_times(
+    sampler: DiffusionSampler, seq: DiffusionSequence, device: str
+) -> list[float]:
+    """Seconds of every denoising step of one sequence, run to completion."""
+    times = []
+    try:
+        while not seq.is_finished:
+            sync(device)
+            start = time.perf_counter()
+            sampler.step([seq])
+            sync(device)
+            times.append(time.perf_counter() - start)
+    finally:
+        sampler.free(seq)
+    return times
+
+
+def median_ms(times: list[float]) -> float:
+    return 1e3 * statistics.median(times)

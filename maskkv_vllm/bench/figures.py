@@ -1,0 +1,136 @@
+"""The individual measurements of ``maskkv bench``."""
+
+from __future__ import annotations
+
+import time
+
+from maskkv_vllm.bench.common import english_ids, median_ms, step_times, sync
+from maskkv_vllm.config import CacheConfig, EngineConfig
+from maskkv_vllm.engine.llm_engine import LLMEngine
+from maskkv_vllm.sampler.diffusion_sampler import DiffusionSampler
+from maskkv_vllm.sampling_params import SamplingParams
+
+MODES = (
+    ("none", "none", "full"),
+    ("prefix", "prefix", "full"),
+    ("paged", "paged", "full"),
+    ("maskkv", "paged", "maskkv"),
+)
+"""(label, cache mode, policy) of the step-time curves."""
+
+
+def params(gen: int, policy: str = "full", budget: int | None = None) -> SamplingParams:
+    return SamplingParams(
+        gen_length=gen, block_length=min(8, gen), steps=gen,
+        kv_policy=policy, kv_budget=budget,
+    )  # fmt: skip
+
+
+def sampler_for(model, tok, mode: str, pool: str) -> DiffusionSampler:
+    cache = CacheConfig(mode, kv_cache_memory=pool if mode == "paged" else None)
+    # early_stop off: every run does the same number of steps.
+    return DiffusionSampler(model, tok, cache, early_stop=False)
+
+
+def step_time_curve(model, tok, lengths, gen, budget, device, pool, bar=None):
+    """Median ms of a denoising step after the first, per prompt length and mode;
+    also the first step (prefill) and the end-to-end time of the generation."""
+    rows = []
+    samplers = {label: sampler_for(model, tok, mode, pool) for label, mode, _ in MODES}
+    for m in lengths:
+        prompt = english_ids(tok, m)
+        row = {"prompt_len": m}
+        for label, _, policy in MODES:
+            s = samplers[label]
+            sp = params(gen, policy, budget if policy != "full" else None)
+            step_times(s, s.make_sequence(0, prompt[:16], sp), device)  # warm-up
+            times = step_times(s, s.make_sequence(0, prompt, sp), device)
+            row[f"{label}_step_ms"] = median_ms(times[1:])
+            row[f"{label}_first_ms"] = 1e3 * times[0]
+            row[f"{label}_total_ms"] = 1e3 * sum(times)
+            if bar is not None:
+                bar.update(1)
+        rows.append(row)
+    return rows
+
+
+def capacity(model, tok, prompt_len, gen, budget, pool, limit=512):
+    """How many long-prompt requests one pool holds at once, full vs MaskKV:
+    requests are added one per engine step (each step prefills the newcomer) until
+    one has to wait for pages; the canvas is long enough that none finishes."""
+    out = {}
+    for policy, b in (("full", None), ("maskkv", budget)):
+        config = EngineConfig(
+            max_num_seqs=limit, max_num_batched_tokens=1 << 30,
+            cache=CacheConfig("paged", kv_cache_memory=pool),
+        )  # fmt: skip
+        engine = LLMEngine(config, model, tok)
+        sp = params(gen, policy, b)
+        for i in range(limit):
+            engine.add_request(engine.make_request(english_ids(tok, prompt_len, i), sp))
+            engine.step()
+            if engine.scheduler.waiting:
+                break
+        pool_ = engine.pool
+        out[policy] = {
+            "running": len(engine.scheduler.running),
+            "pages_used": pool_.num_used_blocks,
+            "pages_total": pool_.num_usable_blocks,
+        }
+        for r in list(engine.scheduler.running) + list(engine.scheduler.waiting):
+            engine.abort_request(r.request_id)
+        assert pool_.num_free_blocks == pool_.num_usable_blocks
+    return out
+
+
+def prefill_peak(model, tok, prompt_len, gen, budget, pool):
+    """Pool high-water mark while one long prompt is prefilled with MaskKV, against
+    its compressed size and the bound compressed + one layer of full prompt KV."""
+    s = sampler_for(model, tok, "paged", pool)
+    cache = s.prompt_cache.cache
+    seq = s.make_sequence(
+        0, english_ids(tok, prompt_len), params(gen, "maskkv", budget)
+    )
+    s.step([seq])
+    compressed = cache.pool.num_used_blocks
+    peak = cache.pool.max_used_blocks
+    c = model.config
+    one_layer = c.n_kv_heads * -(-prompt_len // cache.block_size)
+    s.free(seq)
+    return {
+        "peak_pages": peak,
+        "compressed_pages": compressed,
+        "one_layer_full_pages": one_layer,
+        "bound_pages": compressed + one_layer,
+        "full_prompt_pages": c.n_layers * one_layer,
+    }
+
+
+def throughput(model, tok, num_requests, prompt_len, gen, budget, pool):
+    """Requests/s and tokens/s of the engine on the same concurrent workload."""
+    out = {}
+    for policy, b in (("full", None), ("maskkv", budget)):
+        config = EngineConfig(
+            max_num_seqs=64, cache=CacheConfig("paged", kv_cache_memory=pool)
+        )
+        engine = LLMEngine(config, model, tok)
+        sp = params(gen, policy, b)
+        start = time.perf_counter()
+        for i in range(num_requests):
+            prompt = english_ids(tok, prompt_len - (i % 4) * prompt_len // 16, 97 * i)
+            engine.add_request(engine.make_request(prompt, sp))
+        tokens = done = 0
+        while engine.has_unfinished:
+            for o in engine.step():
+                if o.finished:
+                    done += 1
+                    tokens += len(o.token_ids)
+        sync("cpu")
+        seconds = time.perf_counter() - start
+        out[policy] = {
+            "seconds": seconds,
+            "requests_per_s": done / seconds,
+            "tokens_per_s": tokens / seconds,
+            "peak_running": engine.scheduler.max_running,
+        }
+    return out
