@@ -61,40 +61,45 @@ def maskkv_config(args: argparse.Namespace) -> MaskKVConfig:
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    from maskkv_vllm.models.builtin import resolve_model
-    from maskkv_vllm.models.loader import load_checkpoint
-    from maskkv_vllm.sampler.diffusion_sampler import DiffusionSampler
+    import dataclasses
+
+    from maskkv_vllm.engine.llm import LLM
 
     params = sampling_params(args)
-    cache = CacheConfig(
-        args.cache_mode,
-        args.prompt_refresh_interval,
+    llm = LLM(
+        args.model,
+        kv_cache_memory=args.kv_cache_memory if args.cache_mode == "paged" else None,
         block_size=args.block_size,
-        kv_cache_memory=args.kv_cache_memory,
-    )
-    model_dir = resolve_model(args.model)
-    model, tok = load_checkpoint(model_dir, args.dtype, args.device, args.rope_scaling)
-    sampler = DiffusionSampler(
-        model, tok, cache, args.max_model_len, args.max_num_seqs, maskkv_config(args)
+        dtype=args.dtype,
+        device=args.device,
+        rope_scaling=args.rope_scaling,
+        max_model_len=args.max_model_len,
+        max_num_seqs=args.max_num_seqs,
+        max_num_batched_tokens=args.max_num_batched_tokens,
+        cache_mode=args.cache_mode,
+        prompt_refresh_interval=args.prompt_refresh_interval,
+        maskkv=maskkv_config(args),
     )
     prompts = list(args.prompts)
     if args.chat:
+        tok = llm.tokenizer
         prompts = [tok.encode_chat([{"role": "user", "content": p}]) for p in prompts]
-    outputs = sampler.generate(prompts, params, use_tqdm=len(prompts) > 1)
-    pool = getattr(sampler.prompt_cache, "cache", None)
+    outputs = llm.generate(prompts, params, use_tqdm=len(prompts) > 1)
     for o in outputs:
         if args.json:
-            print(json.dumps(o.__dict__))
+            print(json.dumps(dataclasses.asdict(o)))
             continue
-        print(f"--- request {o.request_id} ({len(o.prompt_token_ids)} prompt tokens)")
+        st = o.stats
+        print(f"--- {o.request_id} ({st.prompt_tokens} prompt tokens)")
         print(o.text)
         print(
-            f"[{o.finish_reason}; {o.num_steps} denoising steps; "
-            f"prompt KV held: {o.prompt_kv_bytes} bytes, {o.prompt_kv_entries} "
-            f"entries ({args.cache_mode}, {args.kv_policy})]"
+            f"[{o.finish_reason}; {st.num_steps} denoising steps; prompt KV: "
+            f"{st.num_pages} pages, {st.kept_kv_entries} entries kept, "
+            f"{st.evicted_kv_entries} evicted ({args.cache_mode}, {args.kv_policy})]"
         )
-    if pool is not None and not args.json:
-        stats = pool.pool_stats()
+    cache = getattr(llm.engine.sampler.prompt_cache, "cache", None)
+    if cache is not None and not args.json:
+        stats = cache.pool_stats()
         print(
             f"[page pool: {stats['num_blocks']} pages of {stats['bytes_per_block']} "
             f"bytes, peak {stats['max_used_blocks']} used, "
@@ -263,11 +268,12 @@ def build_parser() -> argparse.ArgumentParser:
     add_model_args(gen)
     add_sampling_args(gen)
     gen.add_argument("--chat", action="store_true", help="wrap in the chat template")
-    gen.add_argument("--cache-mode", choices=CACHE_MODES, default="prefix")
+    gen.add_argument("--cache-mode", choices=CACHE_MODES, default="paged")
     gen.add_argument("--prompt-refresh-interval", type=int, default=None)
     gen.add_argument("--block-size", type=int, default=16, help="paged: slots/page")
-    gen.add_argument("--kv-cache-memory", default=None, help="paged: pool, e.g. 1GiB")
-    gen.add_argument("--max-num-seqs", type=int, default=8)
+    gen.add_argument("--kv-cache-memory", default="1GiB", help="paged: pool size")
+    gen.add_argument("--max-num-seqs", type=int, default=16)
+    gen.add_argument("--max-num-batched-tokens", type=int, default=65536)
     gen.add_argument("--json", action="store_true", help="one JSON object per output")
     add_maskkv_args(gen)
     gen.set_defaults(func=cmd_generate)

@@ -28,8 +28,9 @@ def test_make_tiny_then_generate(tmp_path, capsys):
     )
     assert rc == 0
     lines = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
-    assert [x["request_id"] for x in lines] == [0, 1]
-    assert all(x["num_steps"] == 8 and x["prompt_kv_bytes"] > 0 for x in lines)
+    assert [x["request_id"] for x in lines] == ["req-0", "req-1"]
+    assert all(x["stats"]["num_steps"] == 8 for x in lines)
+    assert all(x["stats"]["num_pages"] == 4 for x in lines)  # 2 layers x 2 KV heads
 
 
 def test_generate_builtin_prints_kv_bytes(tmp_path, monkeypatch, capsys):
@@ -51,7 +52,7 @@ def test_generate_builtin_prints_kv_bytes(tmp_path, monkeypatch, capsys):
     )
     assert rc == 0
     out = capsys.readouterr().out
-    assert "prompt KV held: 0 bytes, 0 entries (none, full)" in out
+    assert "prompt KV: 0 pages, 0 entries kept, 0 evicted (none, full)" in out
     assert "8 denoising steps" in out
 
 
@@ -84,7 +85,7 @@ def test_generate_paged_reports_the_pool(tmp_path, monkeypatch, capsys):
     out = capsys.readouterr().out
     # 3 prompt tokens -> one 16-slot page per (layer, head): 8 pages of 4160 bytes;
     # 1 MiB holds 252 pages, one of them the null page.
-    assert "prompt KV held: 33280 bytes, 24 entries (paged, full)" in out
+    assert "prompt KV: 8 pages, 24 entries kept, 0 evicted (paged, full)" in out
     assert "251 pages of 4160 bytes, peak 8 used, 251 free now" in out
     rc = main([*argv, "--cache-mode", "paged", "--kv-cache-memory", "lots"])
     assert rc == 2 and "memory size 'lots'" in capsys.readouterr().err

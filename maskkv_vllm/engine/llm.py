@@ -24,6 +24,8 @@ class LLM:
         dtype, device, rope_scaling, max_model_len: how the model runs.
         max_num_seqs, max_num_batched_tokens: scheduling limits.
         cache_mode: "paged" (default), or "prefix"/"none" without a pool.
+        prompt_refresh_interval: recompute (and re-vote) the prompt KV every this
+            many steps; None never.
         maskkv: MaskKV and baseline hyper-parameters (alpha, beta, profile, ...).
     """
 
@@ -43,10 +45,12 @@ class LLM:
         max_num_seqs: int = 16,
         max_num_batched_tokens: int = 65536,
         cache_mode: str = "paged",
+        prompt_refresh_interval: int | None = None,
         maskkv: MaskKVConfig | None = None,
     ) -> None:
         cache = CacheConfig(
             cache_mode,
+            prompt_refresh_interval,
             block_size=block_size,
             kv_cache_memory=None if num_blocks else kv_cache_memory,
             num_blocks=num_blocks,
