@@ -336,6 +336,12 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--out-dir", default="benchmarks/results/bench")
     bench.set_defaults(func=cmd_bench)
 
+    from maskkv_vllm.evaluation import longbench
+
+    lb = sub.add_parser("longbench", help="LongBench on local data and a checkpoint")
+    longbench.add_arguments(lb)
+    lb.set_defaults(func=longbench.run_from_args)
+
     tiny = sub.add_parser("make-tiny", help="write a random tiny LLaDA checkpoint")
     tiny.add_argument("out")
     tiny.add_argument("--seed", type=int, default=0)
