@@ -202,8 +202,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from maskkv_vllm.entrypoints.openai_server import build_app
 
     config = engine_config(args)
-    engine = LLMEngine(config)
     name = args.served_model_name or args.model
+    if args.replicas or args.ray_address or args.autoscaling:
+        return serve_on_ray(args, config, name)
+    engine = LLMEngine(config)
     app = build_app(engine, name, api_key=args.api_key)
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
     return 0
@@ -259,6 +261,23 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def serve_on_ray(args: argparse.Namespace, config, name: str) -> int:
+    from maskkv_vllm.distributed.ray_serve import RayServeConfig, run
+
+    autoscaling = json.loads(args.autoscaling) if args.autoscaling else None
+    cfg = RayServeConfig(
+        num_replicas=args.replicas or 1,
+        autoscaling=autoscaling,
+        max_ongoing_requests=args.max_ongoing_requests,
+        host=args.host,
+        port=args.port,
+        api_key=args.api_key,
+        model_name=name,
+    )
+    run(config, cfg, address=args.ray_address)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="maskkv", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -298,6 +317,10 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--api-key", default=None, help="require Bearer auth on /v1")
     serve.add_argument("--served-model-name", default=None)
     serve.add_argument("--log-level", default="info")
+    serve.add_argument("--replicas", type=int, default=0, help="Ray Serve replicas")
+    serve.add_argument("--ray-address", default=None, help="join this Ray cluster")
+    serve.add_argument("--autoscaling", default=None, help="Ray autoscaling JSON")
+    serve.add_argument("--max-ongoing-requests", type=int, default=64)
     add_engine_args(serve)
     serve.set_defaults(func=cmd_serve)
 

@@ -35,7 +35,10 @@ class AsyncLLMEngine:
         self._lock = threading.Lock()
 
     def start(self) -> None:
-        self._thread.start()
+        """Start the engine thread (a second call does nothing)."""
+        with self._lock:
+            if not self._thread.is_alive() and not self._stop.is_set():
+                self._thread.start()
 
     def shutdown(self) -> None:
         self._stop.set()

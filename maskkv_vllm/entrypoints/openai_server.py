@@ -33,9 +33,15 @@ from maskkv_vllm.entrypoints.protocol import (
 
 
 def build_app(
-    engine: LLMEngine, model_name: str, api_key: str | None = None
+    engine: LLMEngine,
+    model_name: str,
+    api_key: str | None = None,
+    replica_id: str | None = None,
 ) -> FastAPI:
-    """The FastAPI app; the engine thread starts and stops with the app."""
+    """The FastAPI app; the engine thread starts and stops with the app.
+
+    ``replica_id`` (Ray Serve) is returned in an ``x-maskkv-replica`` header.
+    """
     runner = AsyncLLMEngine(engine)
     registry = CollectorRegistry()
     registry.register(_EngineCollector(engine))
@@ -60,7 +66,10 @@ def build_app(
             if not secrets.compare_digest(given.encode(), f"Bearer {api_key}".encode()):
                 err = APIError(401, "invalid or missing API key")
                 return JSONResponse(err.body(), status_code=401)
-        return await call_next(request)
+        response = await call_next(request)
+        if replica_id:
+            response.headers["x-maskkv-replica"] = replica_id
+        return response
 
     @app.get("/health")
     async def health() -> PlainTextResponse:

@@ -1,0 +1,1 @@
+"""Ray deployments (the only subpackage that imports ray, and only lazily)."""
