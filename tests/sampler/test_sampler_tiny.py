@@ -170,3 +170,16 @@ def test_bad_sampler_sizes(tiny):
         sampler(tiny, max_num_seqs=0)
     with pytest.raises(ValueError, match="max_model_len=-1"):
         sampler(tiny, max_model_len=-1)
+
+
+@pytest.mark.parametrize("params", ALL_PARAMS, ids=PARAM_IDS)
+def test_early_stop_changes_no_output(tiny, params):
+    model, tok = tiny
+    eos_prompt = "x"  # a prompt whose answer holds an EOS on the tiny model
+    prompts = [*PROMPTS, eos_prompt]
+    early = DiffusionSampler(model, tok, CacheConfig("prefix")).generate(prompts, params)
+    full = DiffusionSampler(model, tok, CacheConfig("prefix"), early_stop=False)
+    late = full.generate(prompts, params)
+    assert [o.token_ids for o in early] == [o.token_ids for o in late]
+    assert [o.finish_reason for o in early] == [o.finish_reason for o in late]
+    assert sum(o.num_steps for o in early) <= sum(o.num_steps for o in late)
