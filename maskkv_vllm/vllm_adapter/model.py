@@ -17,7 +17,7 @@ process. The denoising loop belongs to a custom scheduler and runner.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -52,12 +52,16 @@ class _VllmAttention:
 
     def __init__(self, layers: list[nn.Module]) -> None:
         self.layers = layers
+        self.after_attention: Callable[..., torch.Tensor] | None = None
+        """Set by the MaskKV runner for one step (``evicting_attention``)."""
 
     def __call__(
         self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
     ) -> torch.Tensor:
         _, n_heads, t, head_dim = q.shape
         out = self.layers[layer](_flat(q), _flat(k), _flat(v))  # (T, Hq * d)
+        if self.after_attention is not None:
+            out = self.after_attention(layer, self.layers[layer], q, k, v, out)
         return out.view(1, t, n_heads, head_dim).transpose(1, 2)
 
 
@@ -100,6 +104,14 @@ class LLaDAForDiffusionLM(LLaDAModel):
             )
             attn_layers.append(block.attn)
         self._vllm_attention = _VllmAttention(attn_layers)
+
+    def set_after_attention(self, hook: Callable[..., torch.Tensor] | None) -> None:
+        """Install (or clear, with None) a per-layer hook for the next forwards.
+
+        ``hook(layer, attn_layer, q, k, v, out) -> out`` runs after vLLM's
+        attention of each layer; ``out`` is the flat (T, Hq * d) result.
+        """
+        self._vllm_attention.after_attention = hook
 
     def embed_input_ids(self, input_ids: torch.Tensor) -> torch.Tensor:
         """(T,) ids -> (T, d_model) embeddings (LLaDA does not scale them)."""

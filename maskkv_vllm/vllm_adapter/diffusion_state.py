@@ -1,0 +1,65 @@
+"""The runner's per-request denoising state and the stop ids both sides agree on."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from maskkv_vllm.eviction.evictor import Eviction
+from maskkv_vllm.sampler.sequence import DiffusionSequence
+
+
+def stop_token_ids(sampling_params: Any, eos_token_id: int | None) -> tuple[int, ...]:
+    """Ids that end an answer: the request's stop ids, its EOS and the model's EOS.
+
+    Args:
+        sampling_params: the vLLM ``SamplingParams`` of the request.
+        eos_token_id: ``eos_token_id`` of the model's config.
+    """
+    stops = set(sampling_params.all_stop_token_ids or ())
+    if eos_token_id is not None:
+        stops.add(eos_token_id)
+    return tuple(sorted(stops))
+
+
+@dataclass
+class DiffusionState:
+    """One request's denoising state inside the model runner.
+
+    Attributes:
+        seq: canvas, block pointer and random stream (our embedded engine's).
+        eviction: the request's step-0 eviction, or None (full cache).
+        kept_lengths: per layer, kept prompt entries per KV head (after step 0).
+        computed: vLLM's ``num_computed_tokens`` at the current step (0 at the
+            prefill, the prompt length M while denoising).
+    """
+
+    seq: DiffusionSequence
+    eviction: Eviction | None = None
+    kept_lengths: dict[int, list[int]] = field(default_factory=dict)
+    computed: int = 0
+
+    @property
+    def prompt_len(self) -> int:
+        return self.seq.prompt_len
+
+    @property
+    def is_full_forward(self) -> bool:
+        """Whether this step computes the prompt too (the prefill, step 0)."""
+        return self.computed == 0
+
+    @property
+    def kept_slots(self) -> int:
+        """K_max: leading prompt slots some (layer, head) still uses."""
+        return max((max(n) for n in self.kept_lengths.values()), default=0)
+
+    def block_offset(self) -> int:
+        """Offset of the current block's first slot among this step's tokens."""
+        return self.prompt_len - self.computed + self.seq.block_start
+
+    def answer(self) -> list[int]:
+        """The committed canvas up to and including the first stop id."""
+        ids = self.seq.canvas.tolist()
+        stops = set(self.seq.stop_token_ids)
+        cut = next((i for i, t in enumerate(ids) if t in stops), None)
+        return ids if cut is None else ids[: cut + 1]

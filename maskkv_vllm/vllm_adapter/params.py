@@ -1,0 +1,116 @@
+"""Engine and per-request MaskKV settings inside vLLM, validated into our types.
+
+Engine-wide: ``--additional-config '{"maskkv": {...}}'`` (``LLM(additional_config=
+...)``) becomes an ``AdapterConfig``: the ``MaskKVConfig`` fields (alpha, beta, ...)
+plus the default ``kv_policy``/``kv_budget`` and ``free_blocks``. Per request:
+``SamplingParams.extra_args["maskkv"]`` (a dict, Python API) or flat
+``extra_args["maskkv_<field>"]`` keys (the HTTP ``vllm_xargs`` form, which allows
+no nested dicts) becomes our ``maskkv_vllm.sampling_params.SamplingParams``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+from maskkv_vllm.config import MaskKVConfig
+from maskkv_vllm.eviction.registry import check_policy_name
+from maskkv_vllm.sampling_params import SamplingParams
+
+CONFIG_KEY = "maskkv"
+"""Key of our settings in ``additional_config`` and in ``extra_args``."""
+FLAT_PREFIX = "maskkv_"
+"""Prefix of the flat per-request keys (``vllm_xargs``)."""
+
+_MASKKV_FIELDS = {f.name for f in dataclasses.fields(MaskKVConfig)}
+_PARAM_FIELDS = {f.name for f in dataclasses.fields(SamplingParams)}
+
+
+@dataclass(frozen=True)
+class AdapterConfig:
+    """Engine-wide MaskKV settings of a vLLM engine."""
+
+    maskkv: MaskKVConfig = MaskKVConfig()
+    """Hyper-parameters of the eviction policies."""
+    kv_policy: str = "full"
+    """Policy of requests that do not choose one."""
+    kv_budget: int | None = None
+    """Budget B of requests that do not choose one."""
+    free_blocks: bool = True
+    """Return whole vLLM blocks of the dead prompt range after eviction."""
+
+    def __post_init__(self) -> None:
+        check_policy_name(self.kv_policy)
+        budget = self.kv_budget
+        if budget is not None and (not isinstance(budget, int) or budget <= 0):
+            raise ValueError(f"kv_budget={budget!r} must be a positive int")
+        if self.kv_policy != "full" and budget is None:
+            raise ValueError(f"kv_policy={self.kv_policy!r} needs a kv_budget")
+        if not isinstance(self.free_blocks, bool):
+            raise ValueError(f"free_blocks={self.free_blocks!r} must be a bool")
+
+    @classmethod
+    def from_additional_config(cls, additional: dict[str, Any] | None) -> AdapterConfig:
+        """Parse ``additional_config["maskkv"]``; unknown keys raise ``ValueError``."""
+        raw = dict((additional or {}).get(CONFIG_KEY) or {})
+        if not isinstance(raw, dict):
+            raise ValueError(f"additional_config[{CONFIG_KEY!r}]={raw!r} is not a dict")
+        own = {
+            k: raw.pop(k) for k in ("kv_policy", "kv_budget", "free_blocks") if k in raw
+        }
+        unknown = set(raw) - _MASKKV_FIELDS
+        if unknown:
+            raise ValueError(
+                f"unknown additional_config[{CONFIG_KEY!r}] keys {sorted(unknown)}"
+            )
+        if "boundary_layers" in raw and raw["boundary_layers"] is not None:
+            raw["boundary_layers"] = tuple(raw["boundary_layers"])
+        return cls(maskkv=MaskKVConfig(**raw), **own)
+
+
+def request_params(
+    extra_args: dict[str, Any] | None, max_tokens: int | None, config: AdapterConfig
+) -> SamplingParams:
+    """Our validated ``SamplingParams`` for one vLLM request.
+
+    Missing fields: ``gen_length`` = the request's ``max_tokens``; ``block_length``
+    = 32 when it divides ``gen_length``, else ``gen_length``; ``steps`` =
+    ``gen_length`` (one token per step); policy and budget from ``config``.
+
+    Args:
+        extra_args: the vLLM ``SamplingParams.extra_args``.
+        max_tokens: the vLLM ``SamplingParams.max_tokens``.
+        config: the engine's defaults.
+
+    Raises:
+        ValueError: an unknown key, an invalid value, or CFG (``cfg_scale > 0``),
+            which the vLLM path does not run.
+    """
+    raw = _raw_request_args(extra_args or {})
+    unknown = set(raw) - _PARAM_FIELDS
+    if unknown:
+        raise ValueError(f"unknown maskkv request keys {sorted(unknown)}")
+    gen = raw.setdefault("gen_length", max_tokens)
+    if gen is None:
+        raise ValueError("maskkv gen_length is missing and max_tokens is None")
+    if isinstance(gen, int) and gen > 0:
+        raw.setdefault("block_length", 32 if gen % 32 == 0 else gen)
+        raw.setdefault("steps", gen)
+    params = SamplingParams(**raw).with_kv_defaults(config.kv_policy, config.kv_budget)
+    if params.cfg_scale > 0:
+        raise ValueError(f"cfg_scale={params.cfg_scale}: CFG is not supported in vLLM")
+    if params.evicts and params.kv_budget is None:
+        raise ValueError(f"kv_policy={params.kv_policy!r} needs a kv_budget")
+    return params
+
+
+def _raw_request_args(extra_args: dict[str, Any]) -> dict[str, Any]:
+    nested = extra_args.get(CONFIG_KEY)
+    if nested is not None and not isinstance(nested, dict):
+        raise ValueError(f"extra_args[{CONFIG_KEY!r}]={nested!r} is not a dict")
+    raw = dict(nested or {})
+    for key, value in extra_args.items():
+        if key.startswith(FLAT_PREFIX):
+            raw[key.removeprefix(FLAT_PREFIX)] = value
+    return raw

@@ -1,0 +1,36 @@
+"""``MaskKVCPUWorker``: vLLM's CPU worker with our denoising model runner.
+
+Selected with ``--worker-cls maskkv_vllm.vllm_adapter.worker.MaskKVCPUWorker``
+(``LLM(worker_cls=...)``); ``api.make_llm`` and ``serve.main`` set it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from vllm.v1.worker.cpu_worker import CPUWorker
+
+from maskkv_vllm.vllm_adapter.plugin import require_vllm_version
+
+WORKER_CLS = "maskkv_vllm.vllm_adapter.worker.MaskKVCPUWorker"
+"""The qualified name vLLM's ``worker_cls`` takes."""
+
+
+class MaskKVCPUWorker(CPUWorker):
+    """``CPUWorker`` whose ``model_runner`` is a ``MaskKVCPUModelRunner``."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        require_vllm_version(type(self).__name__)
+        super().__init__(*args, **kwargs)
+
+    def init_device(self) -> None:
+        """vLLM's device setup, then our runner in place of ``CPUModelRunner``.
+
+        ``CPUWorker.init_device`` builds the stock runner itself (no factory
+        hook); it holds only host buffers at this point, so it is replaced.
+        """
+        from maskkv_vllm.vllm_adapter.runner import MaskKVCPUModelRunner
+
+        super().init_device()
+        self.model_runner = MaskKVCPUModelRunner(self.vllm_config, torch.device("cpu"))

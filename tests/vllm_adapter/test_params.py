@@ -1,0 +1,90 @@
+"""Settings parsing, the dead-block arithmetic and the version pin (no engine)."""
+
+from __future__ import annotations
+
+import pytest
+
+pytest.importorskip("vllm")
+
+from maskkv_vllm.config import MaskKVConfig  # noqa: E402
+from maskkv_vllm.sampling_params import SamplingParams  # noqa: E402
+from maskkv_vllm.vllm_adapter.params import (  # noqa: E402
+    AdapterConfig,
+    request_params,
+)
+from maskkv_vllm.vllm_adapter.scheduler import dead_block_range  # noqa: E402
+
+pytestmark = pytest.mark.vllm
+
+
+def test_additional_config_is_parsed_into_frozen_configs():
+    cfg = AdapterConfig.from_additional_config(
+        {"maskkv": {"alpha": 0.2, "boundary_layers": [0], "kv_policy": "maskkv",
+                    "kv_budget": 64, "free_blocks": False}}
+    )  # fmt: skip
+    assert cfg.maskkv == MaskKVConfig(alpha=0.2, boundary_layers=(0,))
+    assert (cfg.kv_policy, cfg.kv_budget, cfg.free_blocks) == ("maskkv", 64, False)
+    assert AdapterConfig.from_additional_config(None) == AdapterConfig()
+
+
+@pytest.mark.parametrize(
+    ("raw", "match"),
+    [
+        ({"alhpa": 0.1}, "alhpa"),
+        ({"alpha": 2.0}, "alpha=2.0"),
+        ({"kv_policy": "maskkv"}, "needs a kv_budget"),
+        ({"kv_policy": "nope", "kv_budget": 1}, "'nope'"),
+    ],
+)
+def test_bad_additional_config_names_the_value(raw, match):
+    with pytest.raises(ValueError, match=match):
+        AdapterConfig.from_additional_config({"maskkv": raw})
+
+
+def test_request_params_nested_flat_and_defaults():
+    cfg = AdapterConfig(kv_policy="snapkv", kv_budget=16)
+    nested = request_params({"maskkv": {"gen_length": 64, "steps": 32}}, 99, cfg)
+    assert nested == SamplingParams(
+        gen_length=64, block_length=32, steps=32, kv_policy="snapkv", kv_budget=16
+    )
+    flat = request_params({"maskkv_steps": 8, "maskkv_kv_policy": "full"}, 24, cfg)
+    assert (flat.gen_length, flat.block_length, flat.steps) == (24, 24, 8)
+    assert flat.kv_policy == "full"
+
+
+@pytest.mark.parametrize(
+    ("extra", "match"),
+    [
+        ({"maskkv": {"gen_lenght": 8}}, "gen_lenght"),
+        ({"maskkv_steps": 5, "maskkv_block_length": 8}, "steps=5"),
+        ({"maskkv_cfg_scale": 1.0}, "cfg_scale=1.0"),
+        ({"maskkv": 3}, "is not a dict"),
+    ],
+)
+def test_bad_request_params_name_the_value(extra, match):
+    with pytest.raises(ValueError, match=match):
+        request_params(extra, 16, AdapterConfig())
+
+
+@pytest.mark.parametrize(
+    ("kept", "prompt", "blocks"),
+    [(64, 200, range(2, 6)), (65, 200, range(3, 6)), (0, 64, range(0, 2)),
+     (200, 200, range(7, 6)), (10, 20, range(1, 0))],
+)  # fmt: skip
+def test_dead_block_range_is_whole_blocks_inside_the_gap(kept, prompt, blocks):
+    assert dead_block_range(kept, prompt, 32) == blocks
+
+
+def test_hooks_refuse_an_unpinned_vllm(monkeypatch):
+    import vllm
+
+    from maskkv_vllm.vllm_adapter.plugin import require_vllm_version
+    from maskkv_vllm.vllm_adapter.runner import MaskKVCPUModelRunner
+    from maskkv_vllm.vllm_adapter.scheduler import MaskKVDiffusionScheduler
+    from maskkv_vllm.vllm_adapter.worker import MaskKVCPUWorker
+
+    require_vllm_version("x")
+    monkeypatch.setattr(vllm, "__version__", "0.33.0")
+    for cls in (MaskKVDiffusionScheduler, MaskKVCPUWorker, MaskKVCPUModelRunner):
+        with pytest.raises(RuntimeError, match="vLLM 0.33.0 is installed"):
+            cls(None, None)
