@@ -14,15 +14,12 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import tempfile
 import time
-from pydoc_data.topics import topics
 
 import torch
 
+from maskkv_vllm.bench.common import ModelSize, bench_model, english_ids
 from maskkv_vllm.config import CacheConfig
-from maskkv_vllm.models.loader import load_checkpoint
-from maskkv_vllm.models.tiny import write_tiny_checkpoint
 from maskkv_vllm.sampler.diffusion_sampler import DiffusionSampler
 from maskkv_vllm.sampling_params import SamplingParams
 
@@ -56,18 +53,9 @@ def main() -> None:
     ap.add_argument("--json", help="also write the rows to this file")
     args = ap.parse_args()
 
-    with tempfile.TemporaryDirectory() as tmp:
-        path = write_tiny_checkpoint(
-            tmp,
-            seed=0,
-            n_layers=args.layers,
-            n_heads=args.heads,
-            head_dim=args.head_dim,
-            max_sequence_length=args.prompt_len + args.gen_length,
-        )
-        model, tok = load_checkpoint(path)
-    text = " ".join(topics.values())
-    prompt = tok.encode(text)[: args.prompt_len]
+    size = ModelSize(args.layers, args.heads, args.head_dim)
+    model, tok = bench_model(size, args.prompt_len + args.gen_length)
+    prompt = english_ids(tok, args.prompt_len)
     cache = CacheConfig("paged", block_size=args.block_size, kv_cache_memory="2GiB")
     sampler = DiffusionSampler(model, tok, cache)
     page_bytes = sampler.prompt_cache.cache.store.page_bytes

@@ -324,28 +324,16 @@ def build_parser() -> argparse.ArgumentParser:
     add_engine_args(serve)
     serve.set_defaults(func=cmd_serve)
 
+    from maskkv_vllm.evaluation.harness import FRACTIONS, POLICIES
+
     ev = sub.add_parser("eval", help="accuracy of every policy vs budget")
     ev.add_argument("--model", default="retrieval", help="checkpoint dir or name")
     ev.add_argument("--dtype", default="float32")
     ev.add_argument("--device", default="cpu")
     ev.add_argument("--samples", type=int, default=64)
     ev.add_argument("--prompt-tokens", type=int, default=1024)
-    ev.add_argument(
-        "--fractions", type=float, nargs="+", default=[0.01, 0.02, 0.05, 0.1, 0.25]
-    )
-    ev.add_argument(
-        "--policies",
-        nargs="+",
-        default=[
-            "maskkv",
-            "snapkv",
-            "pyramidkv",
-            "adakv",
-            "squeezeattention",
-            "streaming",
-            "random",
-        ],
-    )
+    ev.add_argument("--fractions", type=float, nargs="+", default=list(FRACTIONS))
+    ev.add_argument("--policies", nargs="+", default=list(POLICIES))
     ev.add_argument("--kv-cache-memory", default="2GiB")
     ev.add_argument("--max-num-seqs", type=int, default=16)
     ev.add_argument("--out-dir", default="benchmarks/results/eval")

@@ -32,6 +32,14 @@ def sampler_for(model, tok, mode: str, pool: str) -> DiffusionSampler:
     return DiffusionSampler(model, tok, cache, early_stop=False)
 
 
+def page_bytes(model) -> int:
+    """Bytes of one 16-slot page of this model (K, V and positions)."""
+    from maskkv_vllm.kv.kv_store import PagedKVStore
+
+    dtype = next(model.parameters()).dtype
+    return PagedKVStore.bytes_per_block(16, model.config.head_dim, dtype)
+
+
 def step_time_curve(model, tok, lengths, gen, budget, device, pool, bar=None):
     """Median ms of a denoising step after the first, per prompt length and mode;
     also the first step (prefill) and the end-to-end time of the generation."""

@@ -60,6 +60,7 @@ def run(cfg: BenchConfig) -> dict:
     }
     total = len(cfg.prompt_lens) * len(figures.MODES) + 3
     with tqdm(total=total, desc="maskkv bench") as bar:
+        results["page_bytes"] = figures.page_bytes(model)
         results["step_time"] = figures.step_time_curve(
             model, tok, cfg.prompt_lens, cfg.gen_length, cfg.budget, cfg.device,
             cfg.pool, bar,
@@ -88,6 +89,7 @@ def report(r: dict) -> str:
         f"{c['model']['layers']}x{c['model']['heads']}x{c['model']['head_dim']}, "
         f"gen {c['gen_length']} (block 8, one token per step), MaskKV B={c['budget']}",
         "",
+        f"one page = 16 slots of one (layer, KV head) = {r['page_bytes']} bytes",
         "step time (median ms of the steps after the first) and end-to-end time:",
         f"{'prompt':>7} | {'none':>8} | {'prefix':>8} | {'paged':>8} | {'maskkv':>8}"
         f" | {'none/maskkv':>11} | {'paged/prefix':>12} | {'e2e none/maskkv':>15}",
