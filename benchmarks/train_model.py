@@ -29,7 +29,7 @@ from maskkv_vllm.models.llada_config import LLaDAConfig
 from maskkv_vllm.models.tiny import save_checkpoint
 
 GEN_LENGTH = 8
-TOKENS_PER_STEP = 8192
+TOKENS_PER_STEP = 4096
 
 
 def make_config(args: argparse.Namespace, vocab: int, tok) -> LLaDAConfig:
@@ -49,11 +49,14 @@ def make_config(args: argparse.Namespace, vocab: int, tok) -> LLaDAConfig:
 
 
 def curriculum(progress: float, rng: random.Random) -> int:
-    """Prompt length for this step: short haystacks first, then long ones."""
-    if progress < 0.35:
-        return rng.randint(48, 256)
-    if progress < 0.7:
-        return rng.randint(192, 768)
+    """Prompt length for this step: a few records first (the retrieval circuit
+    forms on dense, cheap examples), then longer and longer haystacks."""
+    if progress < 0.3:
+        return rng.randint(16, 64)
+    if progress < 0.55:
+        return rng.randint(64, 384)
+    if progress < 0.8:
+        return rng.randint(256, 1024)
     return rng.randint(512, 2048)
 
 

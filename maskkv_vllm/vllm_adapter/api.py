@@ -110,11 +110,25 @@ def generate(
     params = params or SamplingParams()
     stops = _tokenizer_stop_ids(llm)
     vllm_params = vllm_sampling_params(params, stops)
-    inputs = [
-        {"prompt_token_ids": list(p)} if not isinstance(p, str) else p for p in prompts
-    ]
+    tokenizer = llm.get_tokenizer()
+    ids = [list(p) if not isinstance(p, str) else tokenizer.encode(p) for p in prompts]
+    check_lengths([len(p) for p in ids], params.gen_length, llm)
+    inputs = [{"prompt_token_ids": p} for p in ids]
     outs = llm.generate(inputs, vllm_params, use_tqdm=use_tqdm)
     return [_to_output(o, stops, llm) for o in outs]
+
+
+def check_lengths(prompt_lens: Sequence[int], gen_length: int, llm: Any) -> None:
+    """Refuse prompts whose canvas would not fit: vLLM schedules at most
+    ``max_model_len - num_computed - 1`` tokens of a running request, so a denoising
+    step needs ``M + L + 1 <= max_model_len``."""
+    max_len = llm.llm_engine.model_config.max_model_len
+    for m in prompt_lens:
+        if m + gen_length + 1 > max_len:
+            raise ValueError(
+                f"prompt of {m} tokens + gen_length {gen_length} + 1 exceeds "
+                f"max_model_len={max_len} (vLLM needs one spare slot)"
+            )
 
 
 def _tokenizer_stop_ids(llm: Any) -> tuple[int, ...]:

@@ -175,3 +175,9 @@ def test_mixed_batch_of_evicting_and_full_requests(llm, embedded):
         ids = list(out.outputs[0].token_ids)
         (ref,) = embedded.generate([prompt], params, use_tqdm=False)
         assert ids[: len(ref.token_ids)] == ref.token_ids
+
+
+def test_canvas_that_would_not_fit_is_refused(llm):
+    params = SamplingParams(gen_length=16, block_length=8, steps=16)
+    with pytest.raises(ValueError, match=r"\+ 1 exceeds max_model_len=512"):
+        generate(llm, [[5] * 496], params)
