@@ -73,7 +73,7 @@ def make_sample(rng: random.Random, task: str, num_tokens: int) -> Sample:
         start = rng.choice(DIGITS)
         chain = [f"{names[0]} = {start} ;"]
         chain += [f"{names[j + 1]} = {names[j]} ;" for j in range(hops)]
-        slots = sorted(rng.sample(range(len(parts) + 1), len(chain)))
+        slots = sorted(rng.choices(range(len(parts) + 1), k=len(chain)))
         for offset, (slot, stmt) in enumerate(zip(slots, chain, strict=True)):
             parts.insert(slot + offset, stmt)
         query, answer = names[-1], start
