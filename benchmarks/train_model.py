@@ -3,8 +3,9 @@
     python benchmarks/train_model.py --minutes 40
 
 LLaDA's SFT objective: the prompt stays visible, each answer slot (the answer padded
-with EOS to the canvas length) is masked with probability t ~ U(0, 1), and the
-cross-entropy of the masked slots is weighted by 1/t. A length curriculum trains the
+with EOS to the canvas length) is masked with probability t ~ U(0.2, 1) (LLaDA: U(0, 1);
+bounded here for small batches), and the cross-entropy of the masked slots is weighted
+by 1/t. A length curriculum trains the
 retrieval circuit on short haystacks first (cheap), then on 1-2k-token ones. Seeded;
 the checkpoint is written with the official LLaDA tensor names, loadable like any
 LLaDA checkpoint, and rewritten every ``--save-every`` steps.
@@ -30,6 +31,7 @@ from maskkv_vllm.models.tiny import save_checkpoint
 
 GEN_LENGTH = 8
 TOKENS_PER_STEP = 4096
+T_MIN = 0.2
 
 
 def make_config(args: argparse.Namespace, vocab: int, tok) -> LLaDAConfig:
@@ -83,7 +85,10 @@ def make_batch(rng, tok, length, config):
     positions = (col - offset).clamp_min(0)
     key_mask = col >= offset
     target = ids.clone()
-    t = torch.rand(batch, 1).clamp_min(1e-3)
+    # t ~ U(T_MIN, 1): the 1/t weight of LLaDA's objective, bounded. With t near 0
+    # a single (usually EOS) slot with weight ~1000 dominates a small batch's
+    # gradient and the retrieval signal of the digits is drowned.
+    t = T_MIN + (1 - T_MIN) * torch.rand(batch, 1)
     answer = torch.zeros_like(ids, dtype=torch.bool)
     answer[:, width:] = True
     masked = answer & (torch.rand(ids.shape) < t)
