@@ -27,6 +27,7 @@ from maskkv_vllm.evaluation.synthetic import make_sample, word_tokenizer
 from maskkv_vllm.models.attention import DenseAttention
 from maskkv_vllm.models.llada import LLaDAModel
 from maskkv_vllm.models.llada_config import LLaDAConfig
+from maskkv_vllm.models.loader import load_model
 from maskkv_vllm.models.tiny import save_checkpoint
 
 GEN_LENGTH = 8
@@ -150,6 +151,7 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--save-every", type=int, default=200)
+    ap.add_argument("--init", default=None, help="continue from this checkpoint")
     args = ap.parse_args()
 
     torch.manual_seed(args.seed)
@@ -160,9 +162,14 @@ def main() -> None:
     for p in model.parameters():
         if p.dim() == 2:
             torch.nn.init.normal_(p, std=0.02)
-    model.train()
+    if args.init:
+        model.load_state_dict(load_model(args.init).state_dict())
+    model.requires_grad_(True).train()
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.01)
     out = Path(args.out)
+    prior = None
+    if args.init:
+        prior = json.loads((Path(args.init) / "training.json").read_text())
     start = time.monotonic()
     history = []
     for step in range(1, args.steps + 1):
@@ -190,6 +197,8 @@ def main() -> None:
             history.append({"step": step, "minutes": elapsed, "accuracy": acc})
             print(f"step {step}: quick accuracy {acc}", flush=True)
             meta = {"args": vars(args), "history": history, "objective": "LLaDA SFT"}
+            if args.init:
+                meta["continued_from"] = prior
             save(model, config, tok, out, meta)
         if done:
             break
