@@ -82,8 +82,7 @@ class LLMEngine:
         params = (params or SamplingParams()).with_kv_defaults(
             self.config.kv_policy, self.config.kv_budget
         )
-        probe = self.sampler.make_sequence(0, prompt, params)  # validates everything
-        ids = probe.prompt_token_ids
+        ids = self.sampler.validate(prompt, params)
         request_id = request_id or f"req-{next(self._ids)}"
         predicted = self.predict_pages(params, len(ids), exact=False)
         pool = self.pool

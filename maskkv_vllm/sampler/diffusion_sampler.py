@@ -111,7 +111,22 @@ class DiffusionSampler:
     def make_sequence(
         self, request_id: int, prompt: Prompt, params: SamplingParams
     ) -> DiffusionSequence:
-        """Tokenize and validate one prompt."""
+        """Tokenize and validate one prompt into a fresh sequence."""
+        ids = self.validate(prompt, params)
+        cfg = self.model.config
+        return DiffusionSequence(
+            next(self._uids),
+            request_id,
+            ids,
+            params,
+            cfg.mask_token_id,
+            cfg.eos_token_id,
+            self.device,
+            self.stop_token_ids if self.early_stop else (),
+        )
+
+    def validate(self, prompt: Prompt, params: SamplingParams) -> list[int]:
+        """Prompt token ids, or ValueError/TypeError naming what is wrong."""
         ids = self._tokenize(prompt)
         if params.evicts and params.kv_budget is None:
             raise ValueError(f"kv_policy={params.kv_policy!r} needs a kv_budget")
@@ -125,17 +140,7 @@ class DiffusionSampler:
                 f"prompt of {len(ids)} tokens + gen_length {params.gen_length} exceeds "
                 f"max_model_len={self.max_model_len}"
             )
-        cfg = self.model.config
-        return DiffusionSequence(
-            next(self._uids),
-            request_id,
-            ids,
-            params,
-            cfg.mask_token_id,
-            cfg.eos_token_id,
-            self.device,
-            self.stop_token_ids if self.early_stop else (),
-        )
+        return ids
 
     @property
     def stop_token_ids(self) -> tuple[int, ...]:
