@@ -1,176 +1,27 @@
 """``MaskKVCPUModelRunner``: LLaDA's denoising steps inside vLLM's V1 CPU runner.
 
-Per step, after vLLM's ``_update_states``: each request's current canvas is
-written into the persistent batch (``token_ids_cpu[row, M:M+L]``) so the forward
-sees it; the forward runs as usual (prefill of prompt + canvas at step 0, the L
-canvas slots afterwards, the scheduler having rewound ``num_computed_tokens``
-to M); ``sample_tokens`` replaces vLLM's one-token sampler with our reference
-sampler (``DiffusionSequence.apply_step``: float64 Gumbel, low-confidence /
-random remasking, per-block transfer schedule) over the current block's slots.
-A request reports no tokens until its canvas is done, then its answer up to
-and including the first stop id.
+The denoising logic is ``diffusion_runner.DiffusionRunnerMixin`` (shared with
+the CUDA runner in ``gpu_runner.py``); this runner adds the CPU backend's
+packed KV layout, probed once with the backend's own write op
+(``kv_layout.CacheLayout``).
 """
 
 from __future__ import annotations
 
-import itertools
-import logging
-from dataclasses import dataclass, field
-from typing import Any
-
-import torch
-from vllm.v1.outputs import ModelRunnerOutput
+from torch import nn
 from vllm.v1.worker.cpu_model_runner import CPUModelRunner
 
-from maskkv_vllm.eviction.evictor import Eviction
-from maskkv_vllm.eviction.policy import Policy
-from maskkv_vllm.eviction.profile import LayerProfile
-from maskkv_vllm.eviction.registry import make_policy
-from maskkv_vllm.sampler.sequence import DiffusionSequence
-from maskkv_vllm.vllm_adapter.diffusion_state import DiffusionState, stop_token_ids
-from maskkv_vllm.vllm_adapter.evicting_attention import EvictionPlan, RowPlan
+from maskkv_vllm.vllm_adapter.diffusion_runner import (
+    DiffusionRunnerMixin,
+    MaskKVRunnerOutput,
+)
 from maskkv_vllm.vllm_adapter.kv_layout import CacheLayout
-from maskkv_vllm.vllm_adapter.params import AdapterConfig, request_params
-from maskkv_vllm.vllm_adapter.plugin import require_vllm_version
 
-logger = logging.getLogger(__name__)
+__all__ = ["MaskKVCPUModelRunner", "MaskKVRunnerOutput"]
 
 
-@dataclass
-class MaskKVRunnerOutput(ModelRunnerOutput):
-    """``ModelRunnerOutput`` plus what the scheduler needs to free blocks."""
+class MaskKVCPUModelRunner(DiffusionRunnerMixin, CPUModelRunner):
+    """V1 CPU model runner that denoises LLaDA canvases."""
 
-    maskkv_kept_slots: dict[str, int] = field(default_factory=dict)
-    """req_id -> K_max, for requests whose step-0 compaction ran in this step."""
-
-
-class MaskKVCPUModelRunner(CPUModelRunner):
-    """V1 CPU model runner that denoises LLaDA canvases (see module docstring)."""
-
-    def __init__(self, vllm_config: Any, device: torch.device) -> None:
-        require_vllm_version(type(self).__name__)
-        super().__init__(vllm_config, device)
-        self.adapter_config = AdapterConfig.from_additional_config(
-            vllm_config.additional_config
-        )
-        hf = vllm_config.model_config.hf_config
-        self.mask_token_id: int = hf.mask_token_id
-        self.eos_token_id: int | None = hf.eos_token_id
-        self.num_layers: int = hf.num_hidden_layers
-        path = self.adapter_config.maskkv.profile
-        self.profile = LayerProfile.load(path, self.num_layers) if path else None
-        self.diffusion: dict[str, DiffusionState] = {}
-        self._policies: dict[str, Policy] = {}
-        self._uids = itertools.count()
-        self._rows: list[tuple[str, int, int]] = []  # (req_id, start, n) this step
-        self._layout: CacheLayout | None = None
-
-    # -- per-step state -----------------------------------------------------
-
-    def _update_states(self, scheduler_output: Any) -> Any:
-        for req_id in scheduler_output.finished_req_ids:
-            self.diffusion.pop(req_id, None)
-        fn = super()._update_states(scheduler_output)
-        for new in scheduler_output.scheduled_new_reqs:
-            self.diffusion[new.req_id] = self._new_state(new)
-        self._rows = self._write_canvases(scheduler_output)
-        self._install_plan()
-        return fn
-
-    def _new_state(self, new: Any) -> DiffusionState:
-        sp = new.sampling_params
-        params = request_params(sp.extra_args, sp.max_tokens, self.adapter_config)
-        prompt = list(new.prompt_token_ids[: -params.gen_length])
-        seq = DiffusionSequence(
-            next(self._uids), new.req_id, prompt, params, self.mask_token_id,
-            self.eos_token_id, torch.device("cpu"),
-            stop_token_ids(sp, self.eos_token_id),
-        )  # fmt: skip
-        policy = self._policy(params.kv_policy)
-        eviction = None
-        if policy.evicts:
-            chunk = self.adapter_config.maskkv.vote_chunk
-            eviction = Eviction(policy, params.kv_budget, seq.generator, chunk)
-        return DiffusionState(seq, eviction)
-
-    def _policy(self, name: str | None) -> Policy:
-        name = name or "full"
-        if name not in self._policies:
-            config = self.adapter_config.maskkv
-            self._policies[name] = make_policy(name, config, self.profile)
-        return self._policies[name]
-
-    def _write_canvases(self, scheduler_output: Any) -> list[tuple[str, int, int]]:
-        """Put each canvas into the batch; (req_id, first token, count) per row."""
-        batch, rows, start = self.input_batch, [], 0
-        for row, req_id in enumerate(batch.req_ids):
-            n = scheduler_output.num_scheduled_tokens[req_id]
-            st = self.diffusion[req_id]
-            m = st.prompt_len
-            canvas = st.seq.canvas.numpy()
-            batch.token_ids_cpu[row, m : m + canvas.shape[0]] = canvas
-            st.computed = int(batch.num_computed_tokens_cpu[row])
-            rows.append((req_id, start, n))
-            start += n
-        return rows
-
-    def _install_plan(self) -> None:
-        plans = []
-        for req_id, start, n in self._rows:
-            st = self.diffusion[req_id]
-            if st.eviction is None:
-                continue
-            ids = torch.tensor(self.requests[req_id].block_ids[0], dtype=torch.long)
-            plans.append(RowPlan(st, start, n, ids))
-        model = self.get_model()
-        if not plans:
-            model.set_after_attention(None)
-            return
-        if self._layout is None:
-            self._layout = CacheLayout.probe(model.blocks[0].attn)
-        model.set_after_attention(EvictionPlan(plans, self._layout, self.num_layers))
-
-    # -- sampling -----------------------------------------------------------
-
-    def sample_tokens(self, grammar_output: Any) -> Any:
-        state = self.execute_model_state
-        if state is None or not self._rows:
-            return super().sample_tokens(grammar_output)
-        self.execute_model_state = None
-        self.get_model().set_after_attention(None)
-        with torch.inference_mode():
-            sampled, kept = self._denoise(state.hidden_states)
-        connector_output, self.kv_connector_output = self.kv_connector_output, None
-        return MaskKVRunnerOutput(
-            req_ids=list(self.input_batch.req_ids),
-            req_id_to_index=dict(self.input_batch.req_id_to_index),
-            sampled_token_ids=sampled,
-            kv_connector_output=connector_output,
-            maskkv_kept_slots=kept,
-        )
-
-    def _denoise(self, hidden: torch.Tensor) -> tuple[list[list[int]], dict]:
-        """One reference-sampler step per request.
-
-        Args:
-            hidden: (T, d_model) hidden states of every scheduled token.
-
-        Returns:
-            Per row the tokens to report ([] until the canvas is done), and
-            req_id -> K_max for the rows that evicted in this step.
-        """
-        states = [self.diffusion[req_id] for req_id, _, _ in self._rows]
-        blocks = []
-        for st, (_, start, _) in zip(states, self._rows, strict=True):
-            first = start + st.block_offset()
-            blocks.append(hidden[first : first + st.seq.params.block_length])
-        logits = self.get_model().compute_logits(torch.cat(blocks))
-        sizes = [b.shape[0] for b in blocks]
-        sampled, kept = [], {}
-        for st, block_logits in zip(states, logits.split(sizes), strict=True):
-            evicted_now = st.is_full_forward and st.eviction is not None
-            st.seq.apply_step(block_logits)
-            if evicted_now:
-                kept[st.seq.request_id] = st.kept_slots
-            sampled.append(st.answer() if st.seq.is_finished else [])
-        return sampled, kept
+    def make_cache_layout(self, attn_layer: nn.Module) -> CacheLayout:
+        return CacheLayout.probe(attn_layer)

@@ -1,7 +1,8 @@
 """``MaskKVCPUWorker``: vLLM's CPU worker with our denoising model runner.
 
 Selected with ``--worker-cls maskkv_vllm.vllm_adapter.worker.MaskKVCPUWorker``
-(``LLM(worker_cls=...)``); ``api.make_llm`` and ``serve.main`` set it.
+(``LLM(worker_cls=...)``); ``api.make_llm`` and ``serve.main`` set it on the
+CPU platform (``workers.worker_cls_for``).
 """
 
 from __future__ import annotations
@@ -12,9 +13,10 @@ import torch
 from vllm.v1.worker.cpu_worker import CPUWorker
 
 from maskkv_vllm.vllm_adapter.plugin import require_vllm_version
+from maskkv_vllm.vllm_adapter.workers import CPU_WORKER_CLS
 
-WORKER_CLS = "maskkv_vllm.vllm_adapter.worker.MaskKVCPUWorker"
-"""The qualified name vLLM's ``worker_cls`` takes."""
+WORKER_CLS = CPU_WORKER_CLS
+"""The qualified name vLLM's ``worker_cls`` takes (CUDA: ``gpu_worker.py``)."""
 
 
 class MaskKVCPUWorker(CPUWorker):

