@@ -7,8 +7,10 @@
     outs = generate(llm, ["Hello"], SamplingParams(gen_length=64, steps=64))
     print(outs[0].text)
 
-``make_llm`` builds ``vllm.LLM`` with our scheduler and worker classes (and calls
-``register()``, which the entry point also does in every vLLM process);
+``make_llm`` builds ``vllm.LLM`` with our scheduler, the worker for the current
+platform (CPU or CUDA, ``workers.worker_cls_for``) and the front-end params
+check (``validation.MaskKVParamsValidator``), and calls ``register()``, which
+the entry point also does in every vLLM process;
 ``generate`` turns prompts + our ``SamplingParams`` into vLLM requests
 (``extra_args["maskkv"]``) and returns our-style outputs (token ids without the
 stop id, as the embedded engine reports them).
@@ -17,6 +19,7 @@ stop id, as the embedded engine reports them).
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -61,14 +64,19 @@ def make_llm(model: str, maskkv: dict[str, Any] | None = None, **kwargs: Any) ->
             ``kv_policy``, ``kv_budget`` (engine defaults) and ``free_blocks``.
         **kwargs: any other ``vllm.LLM`` argument (overrides ``LLM_DEFAULTS``).
 
+    On CUDA it sets ``VLLM_USE_V2_MODEL_RUNNER=0`` unless the environment sets
+    it (our runner subclasses the V1 runner; ``workers.CUDA_ENV_DEFAULTS``).
+
     Raises:
         ValueError: invalid ``maskkv`` settings (checked before vLLM starts).
+        NotImplementedError: a platform other than CPU or CUDA.
     """
     from vllm import LLM
+    from vllm.platforms import current_platform
 
     from maskkv_vllm.vllm_adapter.plugin import register
     from maskkv_vllm.vllm_adapter.scheduler import SCHEDULER_CLS
-    from maskkv_vllm.vllm_adapter.worker import WORKER_CLS
+    from maskkv_vllm.vllm_adapter.workers import env_defaults_for, worker_cls_for
 
     register()
     additional = dict(kwargs.pop("additional_config", None) or {})
@@ -76,8 +84,19 @@ def make_llm(model: str, maskkv: dict[str, Any] | None = None, **kwargs: Any) ->
     AdapterConfig.from_additional_config(additional)
     args = {**LLM_DEFAULTS, **kwargs}
     args.setdefault("scheduler_cls", SCHEDULER_CLS)
-    args.setdefault("worker_cls", WORKER_CLS)
+    args.setdefault("worker_cls", worker_cls_for(current_platform))
+    args["logits_processors"] = _with_validator(args.get("logits_processors"))
+    for key, value in env_defaults_for(current_platform).items():
+        os.environ.setdefault(key, value)  # read by vLLM when it builds its config
     return LLM(model=model, additional_config=additional, **args)
+
+
+def _with_validator(processors: Sequence[Any] | None) -> list[Any]:
+    """``logits_processors`` plus our front-end params check (once)."""
+    from maskkv_vllm.vllm_adapter.validation import VALIDATOR_CLS
+
+    processors = list(processors or [])
+    return processors if VALIDATOR_CLS in processors else [*processors, VALIDATOR_CLS]
 
 
 def vllm_sampling_params(params: SamplingParams, stop_token_ids: Sequence[int] = ()):

@@ -87,6 +87,22 @@ def request_params(
         ValueError: an unknown key, an invalid value, or CFG (``cfg_scale > 0``),
             which the vLLM path does not run.
     """
+    own = request_only_params(extra_args, max_tokens)
+    params = own.with_kv_defaults(config.kv_policy, config.kv_budget)
+    if params.evicts and params.kv_budget is None:
+        raise ValueError(f"kv_policy={params.kv_policy!r} needs a kv_budget")
+    return params
+
+
+def request_only_params(
+    extra_args: dict[str, Any] | None, max_tokens: int | None
+) -> SamplingParams:
+    """``request_params`` without the engine's defaults (policy and budget unset
+    stay None): everything a front end can check without the engine config.
+
+    Raises:
+        ValueError: an unknown key, an invalid value, or CFG.
+    """
     raw = _raw_request_args(extra_args or {})
     unknown = set(raw) - _PARAM_FIELDS
     if unknown:
@@ -97,11 +113,9 @@ def request_params(
     if isinstance(gen, int) and gen > 0:
         raw.setdefault("block_length", 32 if gen % 32 == 0 else gen)
         raw.setdefault("steps", gen)
-    params = SamplingParams(**raw).with_kv_defaults(config.kv_policy, config.kv_budget)
+    params = SamplingParams(**raw)
     if params.cfg_scale > 0:
         raise ValueError(f"cfg_scale={params.cfg_scale}: CFG is not supported in vLLM")
-    if params.evicts and params.kv_budget is None:
-        raise ValueError(f"kv_policy={params.kv_policy!r} needs a kv_budget")
     return params
 
 

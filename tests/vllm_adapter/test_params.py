@@ -78,6 +78,8 @@ def test_dead_block_range_is_whole_blocks_inside_the_gap(kept, prompt, blocks):
 def test_hooks_refuse_an_unpinned_vllm(monkeypatch):
     import vllm
 
+    from maskkv_vllm.vllm_adapter.gpu_runner import MaskKVGPUModelRunner
+    from maskkv_vllm.vllm_adapter.gpu_worker import MaskKVGPUWorker
     from maskkv_vllm.vllm_adapter.plugin import require_vllm_version
     from maskkv_vllm.vllm_adapter.runner import MaskKVCPUModelRunner
     from maskkv_vllm.vllm_adapter.scheduler import MaskKVDiffusionScheduler
@@ -85,6 +87,43 @@ def test_hooks_refuse_an_unpinned_vllm(monkeypatch):
 
     require_vllm_version("x")
     monkeypatch.setattr(vllm, "__version__", "0.33.0")
-    for cls in (MaskKVDiffusionScheduler, MaskKVCPUWorker, MaskKVCPUModelRunner):
+    hooks = (MaskKVDiffusionScheduler, MaskKVCPUWorker, MaskKVCPUModelRunner,
+             MaskKVGPUWorker, MaskKVGPUModelRunner)  # fmt: skip
+    for cls in hooks:
         with pytest.raises(RuntimeError, match="vLLM 0.33.0 is installed"):
             cls(None, None)
+
+
+@pytest.mark.parametrize(
+    ("xargs", "match"),
+    [
+        ({"maskkv_block_length": 5}, "block_length=5"),
+        ({"maskkv_kv_policy": "nope"}, "'nope'"),
+        ({"maskkv_stpes": 8}, "stpes"),
+        ({"maskkv_temperature": "hot"}, "hot"),
+    ],
+)
+def test_front_end_check_names_the_bad_value(xargs, match):
+    from vllm import SamplingParams as VllmParams
+    from vllm.exceptions import VLLMValidationError
+
+    from maskkv_vllm.vllm_adapter.validation import MaskKVParamsValidator
+
+    params = VllmParams(max_tokens=16, extra_args=xargs)
+    with pytest.raises(VLLMValidationError, match=match) as err:
+        MaskKVParamsValidator.validate_params(params)
+    assert err.value.parameter == "vllm_xargs"
+
+
+def test_front_end_check_passes_good_params_and_leaves_engine_defaults():
+    from vllm import SamplingParams as VllmParams
+
+    from maskkv_vllm.vllm_adapter.validation import MaskKVParamsValidator
+
+    for extra in (None, {"maskkv_block_length": 8, "maskkv_steps": 8},
+                  {"maskkv": {"gen_length": 16, "kv_policy": "snapkv"}}):  # fmt: skip
+        # An evicting policy without a budget may take the engine's default
+        # budget, which the front end cannot see: accepted here.
+        MaskKVParamsValidator.validate_params(
+            VllmParams(max_tokens=16, extra_args=extra)
+        )

@@ -79,10 +79,39 @@ def server(vllm_tiny_dir, tmp_path_factory):
 
 
 def test_serve_args_add_our_hooks_only_when_absent():
+    from maskkv_vllm.vllm_adapter.validation import VALIDATOR_CLS
+
     args = serve_args(["m", "--worker-cls=x.Y"])
     assert args[:2] == ["m", "--worker-cls=x.Y"]
     assert "--scheduler-cls" in args and args.count("--worker-cls") == 0
     assert "--enforce-eager" in args
+    assert args[args.index("--logits-processors") + 1] == VALIDATOR_CLS
+
+
+@pytest.mark.parametrize(
+    ("xargs", "named"),
+    [
+        # gen_length = max_tokens = 16; 5 does not divide it.
+        ({"maskkv_block_length": 5}, ["maskkv_block_length=5", "block_length=5"]),
+        ({"maskkv_kv_policy": "nope"}, ["maskkv_kv_policy='nope'"]),
+        ({"maskkv_steps": 0}, ["steps=0 must be a positive integer"]),
+    ],
+)
+def test_bad_params_get_http_400_naming_the_value(server, xargs, named):
+    import urllib.request
+
+    client = openai.OpenAI(base_url=f"http://127.0.0.1:{server}/v1", api_key="none")
+    with pytest.raises(openai.BadRequestError) as err:
+        client.completions.create(
+            model="tiny", prompt="Hello", max_tokens=16,
+            extra_body={"vllm_xargs": xargs},
+        )  # fmt: skip
+    assert err.value.status_code == 400
+    for text in named:
+        assert text in err.value.message
+    # Refused in the front end: the engine core is still alive.
+    with urllib.request.urlopen(f"http://127.0.0.1:{server}/health", timeout=5) as r:
+        assert r.status == 200
 
 
 def test_completions_through_the_openai_client(server, vllm_tiny_dir):
