@@ -10,13 +10,16 @@ Oracles as on the CPU (``tests/vllm_adapter``), on the same device:
 engine ``maskkv_vllm.engine.llm.LLM(dir, kv_policy=..., device="cuda")`` (cache
 mode "paged") for the denoising loop. One in-process vLLM ``LLM`` per module.
 
-Status: the phase-1 test (our model inside vLLM's stock CUDA worker) is
-expected to pass. The denoising tests are ``xfail`` until the adapter has a
-CUDA worker: ``make_llm`` selects ``MaskKVCPUWorker`` (a ``CPUWorker`` whose
-runner subclasses ``CPUModelRunner``), and ``kv_layout.py`` reads and writes
-the CPU backend's packed KV layout; a CUDA run needs a worker/runner over
-``GPUModelRunner`` and a cache reader for the CUDA backend's layout. When they
-exist these tests should XPASS; then drop the marks.
+Status: written, never run (no GPU was lent). ``make_llm`` picks
+``MaskKVGPUWorker`` on CUDA (vLLM's ``Worker`` building ``MaskKVGPUModelRunner``,
+the CPU runner's denoising mixin over ``GPUModelRunner``), sets
+``VLLM_USE_V2_MODEL_RUNNER=0`` and reads the CUDA backends' ``(B, H, N, 2d)``
+KV view through ``kv_layout.PagedCacheLayout``; the pure parts are tested on
+the CPU in ``tests/vllm_adapter/test_gpu_path.py``. In fp32 vLLM 0.32.0 on
+SM90 selects TRITON_ATTN (FlashAttention and FlashInfer take fp16/bf16 only)
+[read, ``platforms/cuda.py``]. The eviction tests also need
+``evicting_attention.py`` to build its padding and attention masks on the
+query's device (today they are CPU tensors; ``docs/vllm_notes.md`` §9).
 """
 
 from __future__ import annotations
@@ -52,13 +55,6 @@ ENGINE_ARGS = {
     "gpu_memory_utilization": 0.3,
     "seed": 0,
 }
-
-needs_cuda_worker = pytest.mark.xfail(
-    strict=False,
-    reason="no CUDA worker in the adapter: make_llm selects MaskKVCPUWorker "
-    "(CPUWorker + CPUModelRunner) and kv_layout.py reads the CPU backend's "
-    "packed KV layout",
-)
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -173,7 +169,34 @@ def test_prefill_logprobs_match_our_model_on_cuda(plain_llm, ckpt):
     assert out.outputs[0].token_ids == [int(ref[-1].argmax())]
 
 
-@needs_cuda_worker
+def _cuda_probe(worker):
+    """Classes in the worker, and a KV write (backend op) / read (our view) trip."""
+    from maskkv_vllm.vllm_adapter.kv_layout import write_slots
+
+    runner = worker.model_runner
+    layer = runner.get_model().blocks[1].attn
+    layout = runner.make_cache_layout(layer)
+    ids = layout.kernel_block_ids(torch.tensor([5, 2, 9]))
+    heads, d = layer.kv_cache.shape[1], layout.head_dim
+    gen = torch.Generator().manual_seed(0)
+    k = torch.randn(70, heads, d, generator=gen).to(layer.kv_cache)
+    v = torch.randn(70, heads, d, generator=gen).to(layer.kv_cache)
+    write_slots(layer, k, v, ids, torch.arange(70))
+    rk, rv = layout.read(layer.kv_cache, ids, 70)  # (H, 70, d)
+    return (
+        type(worker).__name__,
+        type(runner).__name__,
+        torch.equal(rk, k.transpose(0, 1)),
+        torch.equal(rv, v.transpose(0, 1)),
+    )
+
+
+def test_cuda_worker_runner_and_kv_layout_round_trip(llm):
+    assert llm.collective_rpc(_cuda_probe) == [
+        ("MaskKVGPUWorker", "MaskKVGPUModelRunner", True, True)
+    ]
+
+
 @pytest.mark.parametrize(
     "params",
     [
@@ -187,7 +210,6 @@ def test_greedy_full_cache_matches_the_embedded_engine(llm, embedded, params):
     assert _ours(llm, prompts, params) == _reference(embedded, prompts, params)
 
 
-@needs_cuda_worker
 @pytest.mark.parametrize(
     ("policy", "budget", "kept_slots"),
     [("snapkv", 64, 64), ("maskkv", 48, None), ("maskkv", 32, None)],
@@ -212,7 +234,6 @@ def test_eviction_matches_the_embedded_engine_and_frees_blocks(
     assert frees[-1] == NUM_BLOCKS - 1
 
 
-@needs_cuda_worker
 def test_budget_above_the_prompt_frees_nothing_and_equals_full(llm, scheduler):
     full = SamplingParams(gen_length=32, block_length=16, steps=16)
     evicting = SamplingParams(
