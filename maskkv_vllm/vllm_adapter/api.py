@@ -19,7 +19,6 @@ stop id, as the embedded engine reports them).
 from __future__ import annotations
 
 import dataclasses
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -65,18 +64,24 @@ def make_llm(model: str, maskkv: dict[str, Any] | None = None, **kwargs: Any) ->
         **kwargs: any other ``vllm.LLM`` argument (overrides ``LLM_DEFAULTS``).
 
     On CUDA it sets ``VLLM_USE_V2_MODEL_RUNNER=0`` unless the environment sets
-    it (our runner subclasses the V1 runner; ``workers.CUDA_ENV_DEFAULTS``).
+    it (our runner subclasses the V1 runner; ``workers.apply_env_defaults``).
 
     Raises:
         ValueError: invalid ``maskkv`` settings (checked before vLLM starts).
         NotImplementedError: a platform other than CPU or CUDA.
+        RuntimeError: vLLM cached another ``VLLM_USE_V2_MODEL_RUNNER`` (an
+            earlier engine in this process).
     """
-    from vllm import LLM
+    from vllm import LLM, envs
     from vllm.platforms import current_platform
 
     from maskkv_vllm.vllm_adapter.plugin import register
     from maskkv_vllm.vllm_adapter.scheduler import SCHEDULER_CLS
-    from maskkv_vllm.vllm_adapter.workers import env_defaults_for, worker_cls_for
+    from maskkv_vllm.vllm_adapter.workers import (
+        apply_env_defaults,
+        env_defaults_for,
+        worker_cls_for,
+    )
 
     register()
     additional = dict(kwargs.pop("additional_config", None) or {})
@@ -86,8 +91,7 @@ def make_llm(model: str, maskkv: dict[str, Any] | None = None, **kwargs: Any) ->
     args.setdefault("scheduler_cls", SCHEDULER_CLS)
     args.setdefault("worker_cls", worker_cls_for(current_platform))
     args["logits_processors"] = _with_validator(args.get("logits_processors"))
-    for key, value in env_defaults_for(current_platform).items():
-        os.environ.setdefault(key, value)  # read by vLLM when it builds its config
+    apply_env_defaults(env_defaults_for(current_platform), envs)
     return LLM(model=model, additional_config=additional, **args)
 
 

@@ -6,6 +6,7 @@ Pure logic (no vLLM import here): ``worker_cls_for(current_platform)`` in
 
 from __future__ import annotations
 
+import os
 from importlib import metadata
 from typing import Any
 
@@ -41,6 +42,31 @@ def worker_cls_for(platform: Any) -> str:
 def env_defaults_for(platform: Any) -> dict[str, str]:
     """Environment variables our worker on ``platform`` needs (set unless set)."""
     return dict(CUDA_ENV_DEFAULTS) if platform.is_cuda() else {}
+
+
+def apply_env_defaults(defaults: dict[str, str], envs: Any) -> None:
+    """Set each variable unless the environment sets it, and check vLLM sees it.
+
+    vLLM caches every ``VLLM_*`` variable once an engine core has started in
+    this process (``vllm.envs.enable_envs_cache``); a later change of
+    ``os.environ`` is then invisible to it.
+
+    Args:
+        defaults: variable -> value (e.g. ``env_defaults_for(platform)``).
+        envs: the ``vllm.envs`` module.
+
+    Raises:
+        RuntimeError: vLLM holds a cached value other than the environment's.
+    """
+    for key, value in defaults.items():
+        os.environ.setdefault(key, value)
+        fresh, seen = envs.environment_variables[key](), getattr(envs, key)
+        if fresh != seen:
+            raise RuntimeError(
+                f"{key}={os.environ[key]!r} is set, but vLLM cached {seen!r} when an "
+                "earlier engine of this process started; set it before the first "
+                "vLLM engine (our CUDA runner needs VLLM_USE_V2_MODEL_RUNNER=0)"
+            )
 
 
 def is_cpu_wheel(distribution: Any = metadata.distribution) -> bool:

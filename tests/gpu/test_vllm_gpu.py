@@ -59,12 +59,15 @@ ENGINE_ARGS = {
 
 @pytest.fixture(scope="module", autouse=True)
 def vllm_cuda_env(tmp_path_factory):
-    """Offline, in-process engine; no ``VLLM_TARGET_DEVICE=cpu`` left over."""
+    """Offline, in-process engine, V1 runner; no ``VLLM_TARGET_DEVICE=cpu``."""
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("HF_HUB_OFFLINE", "1")
         mp.setenv("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
         mp.setenv("VLLM_CACHE_ROOT", str(tmp_path_factory.mktemp("vllm_cache")))
         mp.delenv("VLLM_TARGET_DEVICE", raising=False)
+        # Before the first engine (plain_llm): vLLM then caches every VLLM_*
+        # variable, and our CUDA runner needs the V1 runner.
+        mp.setenv("VLLM_USE_V2_MODEL_RUNNER", "0")
         yield
 
 

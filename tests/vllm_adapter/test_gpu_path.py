@@ -8,6 +8,9 @@ reads it (``kv_cache.transpose(1, 2).split(head_size, dim=-1)``, then
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from types import SimpleNamespace
 
 import pytest
@@ -189,3 +192,55 @@ def test_cuda_runner_describes_the_cache_of_its_config():
     runner._layout = runner.make_cache_layout(_layer(_flash_cache()))
     assert runner._layout == PagedCacheLayout(BLOCK, D, 2)
     assert runner.map_block_ids(torch.tensor([1])).tolist() == [2, 3]
+
+
+def test_env_defaults_are_set_and_a_stale_vllm_cache_is_refused(monkeypatch):
+    from maskkv_vllm.vllm_adapter.workers import apply_env_defaults
+
+    key = "VLLM_USE_V2_MODEL_RUNNER"
+    monkeypatch.delenv(key, raising=False)
+    fresh = SimpleNamespace(
+        environment_variables={key: lambda: os.environ.get(key) == "1"},
+        VLLM_USE_V2_MODEL_RUNNER=False,
+    )
+    apply_env_defaults({key: "0"}, fresh)
+    assert os.environ[key] == "0"
+    # An engine started earlier cached True (vLLM's envs cache): refused.
+    monkeypatch.delenv(key)
+    stale = SimpleNamespace(
+        environment_variables=fresh.environment_variables,
+        VLLM_USE_V2_MODEL_RUNNER=True,
+    )
+    with pytest.raises(RuntimeError, match="vLLM cached True"):
+        apply_env_defaults({key: "0"}, stale)
+
+
+CONSTRUCT_WORKER = """
+import os, sys
+from vllm.engine.arg_utils import EngineArgs
+from maskkv_vllm.vllm_adapter.gpu_worker import MaskKVGPUWorker
+from maskkv_vllm.vllm_adapter.plugin import register
+register()
+cfg = EngineArgs(model=sys.argv[1], dtype="float32", enforce_eager=True,
+                 block_size=32).create_engine_config()
+kw = dict(vllm_config=cfg, local_rank=0, rank=0,
+          distributed_init_method="tcp://127.0.0.1:1")
+worker = MaskKVGPUWorker(**kw)  # Worker.__init__ touches no device
+print("built", worker.use_v2_model_runner)
+os.environ["VLLM_USE_V2_MODEL_RUNNER"] = "1"
+try:
+    MaskKVGPUWorker(**kw)
+except RuntimeError as err:
+    print("refused", "VLLM_USE_V2_MODEL_RUNNER=0" in str(err))
+"""
+
+
+def test_cuda_worker_constructs_on_the_cpu_wheel_and_refuses_runner_v2(
+    vllm_tiny_dir,
+):
+    # A fresh process: vLLM caches VLLM_* variables once an engine has started.
+    out = subprocess.run(
+        [sys.executable, "-c", CONSTRUCT_WORKER, str(vllm_tiny_dir)],
+        capture_output=True, text=True, timeout=180, check=True,
+    ).stdout.split("\n")  # fmt: skip
+    assert "built False" in out and "refused True" in out
