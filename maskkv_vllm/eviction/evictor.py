@@ -61,6 +61,25 @@ def evict_layer(
         eviction.generator, eviction.chunk,
     )  # fmt: skip
     kept = eviction.policy.select(ctx, eviction.budget)
+    return gather_kept(kept, k, v, positions, prompt_len)
+
+
+def gather_kept(
+    kept: list[torch.Tensor],
+    k: torch.Tensor,
+    v: torch.Tensor,
+    positions: torch.Tensor,
+    prompt_len: int,
+) -> KeptKV:
+    """Gather each head's kept prompt entries, left-aligned and zero-index padded.
+
+    Args:
+        kept: per KV head, its kept prompt indices (ascending), as
+            ``Policy.select`` returns them.
+        k, v: (Hkv, M + L, d) post-RoPE keys and values of the row.
+        positions: (M + L,) absolute positions.
+        prompt_len: M.
+    """
     lengths = [int(i.numel()) for i in kept]
     width = max(lengths)
     index = torch.zeros(len(kept), width, dtype=torch.long, device=k.device)
