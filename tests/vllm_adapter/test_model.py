@@ -8,14 +8,18 @@ position.
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 
 pytest.importorskip("vllm")
 
 from maskkv_vllm.models.loader import load_model  # noqa: E402
-from maskkv_vllm.models.tiny import random_state_dict, tiny_config  # noqa: E402
-from maskkv_vllm.vllm_adapter.model import LLaDAForDiffusionLM  # noqa: E402
+from maskkv_vllm.vllm_adapter.model import (  # noqa: E402
+    checkpoint_shapes,
+    param_for_checkpoint,
+)
 from maskkv_vllm.vllm_adapter.plugin import register  # noqa: E402
 
 pytestmark = pytest.mark.vllm
@@ -87,21 +91,54 @@ def test_plain_generate_decodes_autoregressively(llm):
     assert first == again
 
 
-def test_load_weights_is_strict():
-    # load_weights only needs named_parameters(), so a bare LLaDAModel stands in
-    # for the vLLM-constructed module.
-    from maskkv_vllm.models.llada import LLaDAModel
+def test_checkpoint_names_map_to_fused_params():
+    blk = "model.transformer.blocks.0"
+    qkv = f"{blk}.qkv_proj"
+    assert param_for_checkpoint(f"{blk}.k_proj.weight") == (f"{qkv}.weight", "k")
+    assert param_for_checkpoint(f"{blk}.q_proj.bias") == (f"{qkv}.bias", "q")
+    assert param_for_checkpoint(f"{blk}.ff_proj.weight") == (
+        f"{blk}.gate_up_proj.weight",
+        0,
+    )
+    assert param_for_checkpoint(f"{blk}.up_proj.weight")[1] == 1
+    # The block's down projection and the LM head keep their names.
+    for name in [f"{blk}.ff_out.weight", "model.transformer.ff_out.weight"]:
+        assert param_for_checkpoint(name) == (name, None)
 
-    config = tiny_config()
-    model = LLaDAModel(config)
-    weights = random_state_dict(config, seed=0)
-    loaded = LLaDAForDiffusionLM.load_weights(model, weights.items())
-    assert loaded == set(model.state_dict())
+
+def test_every_checkpoint_tensor_has_a_parameter(llm):
+    def names(model):
+        official = checkpoint_shapes(model.config)
+        targets = {param_for_checkpoint(n)[0] for n in official}
+        return sorted(targets), sorted(dict(model.named_parameters()))
+
+    ((targets, params),) = llm.apply_model(names)
+    assert targets == params
+    assert "model.transformer.blocks.1.qkv_proj.weight" in params
+
+
+def test_load_weights_is_strict(llm):
     name = "model.transformer.ln_f.weight"
-    assert torch.equal(model.state_dict()[name], weights[name])
-    with pytest.raises(ValueError, match="unexpected tensor model.layers.0"):
-        LLaDAForDiffusionLM.load_weights(
-            model, [("model.layers.0.self_attn.q_proj.weight", torch.zeros(1))]
-        )
-    with pytest.raises(ValueError, match=r"shape \(3,\)"):
-        LLaDAForDiffusionLM.load_weights(model, [(name, torch.zeros(3))])
+    bad = {
+        "unexpected tensor model.layers.0": [
+            ("model.layers.0.self_attn.q_proj.weight", torch.zeros(1))
+        ],
+        r"shape \(3,\)": [(name, torch.zeros(3))],
+    }
+
+    def errors(model):
+        # The current weight, loaded twice: strictness without changing the model.
+        same = model.model.transformer.ln_f.weight.detach().clone()
+        cases = {**bad, "appears twice": [(name, same)] * 2}
+        found = {}
+        for match, weights in cases.items():
+            try:
+                model.load_weights(weights)
+            except ValueError as e:
+                found[match] = str(e)
+        return found
+
+    (found,) = llm.apply_model(errors)
+    assert sorted(found) == sorted([*bad, "appears twice"])
+    for match, message in found.items():
+        assert re.search(match, message), message
