@@ -29,7 +29,8 @@ class DiffusionState:
     Attributes:
         seq: canvas, block pointer and random stream (our embedded engine's).
         eviction: the request's step-0 eviction, or None (full cache).
-        kept_lengths: per layer, kept prompt entries per KV head (after step 0).
+        kept_lengths: per layer, kept prompt entries of every KV head of the
+            layer, all tensor-parallel ranks' heads (after step 0).
         computed: vLLM's ``num_computed_tokens`` at the current step (0 at the
             prefill, the prompt length M while denoising).
     """
