@@ -155,7 +155,9 @@ class EvictionPlan:
             selection[self.shard.heads(local_heads)], k, v, positions, st.prompt_len
         )
         width = mine.k.shape[1]
-        pad = torch.arange(width)[None, :] >= torch.tensor(mine.lengths)[:, None]
+        dev = q.device
+        lens = torch.tensor(mine.lengths, device=dev)
+        pad = torch.arange(width, device=dev)[None, :] >= lens[:, None]
         kk = mine.k.masked_fill(pad[..., None], 0.0)  # (Hkv/N, K, d)
         vv = mine.v.masked_fill(pad[..., None], 0.0)
         slots = torch.arange(width)
@@ -189,12 +191,12 @@ class EvictionPlan:
     def _masked(self, layer, attn_layer, row: RowPlan, q, k, v) -> torch.Tensor:
         """(Hq/N, L, d) attention of the canvas over kept prompt + canvas K/V."""
         counts = row.state.kept_lengths[layer][self.shard.heads(k.shape[0])]
-        lengths = torch.tensor(counts)
+        lengths = torch.tensor(counts, device=q.device)
         width = int(lengths.max())
         pk, pv = self.layout.read(attn_layer.kv_cache, row.block_ids, width)
         keys = torch.cat([pk.to(k.dtype), k], dim=1)  # (Hkv, K + L, d)
         values = torch.cat([pv.to(v.dtype), v], dim=1)
-        live = torch.arange(width)[None, :] < lengths[:, None]  # (Hkv, K)
+        live = torch.arange(width, device=q.device)[None, :] < lengths[:, None]
         live = torch.cat([live, live.new_ones(len(lengths), k.shape[1])], dim=1)
         group = q.shape[0] // k.shape[0]
         mask = live.repeat_interleave(group, dim=0)[:, None, :]  # (Hq, 1, K + L)
