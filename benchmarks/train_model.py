@@ -23,7 +23,11 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from maskkv_vllm.evaluation.synthetic import make_sample, word_tokenizer
+from maskkv_vllm.evaluation.synthetic import (
+    make_sample,
+    with_recall_queries,
+    word_tokenizer,
+)
 from maskkv_vllm.models.attention import DenseAttention
 from maskkv_vllm.models.llada import LLaDAModel
 from maskkv_vllm.models.llada_config import LLaDAConfig
@@ -51,9 +55,13 @@ def make_config(args: argparse.Namespace, vocab: int, tok) -> LLaDAConfig:
     )
 
 
-def curriculum(progress: float, rng: random.Random) -> int:
+def curriculum(progress: float, rng: random.Random, short: float = 0.3) -> int:
     """Prompt length for this step: a few records first (the retrieval circuit
-    forms on dense, cheap examples), then longer and longer haystacks."""
+    forms on dense, cheap examples, for the first ``short`` of the run), then
+    longer and longer haystacks over the rest."""
+    if progress < short:
+        return rng.randint(16, 64)
+    progress = 0.3 + 0.7 * (progress - short) / (1 - short) if short < 1 else 0
     if progress < 0.3:
         return rng.randint(16, 64)
     if progress < 0.55:
@@ -63,18 +71,21 @@ def curriculum(progress: float, rng: random.Random) -> int:
     return rng.randint(512, 2048)
 
 
-def make_batch(rng, tok, length, config):
-    """Prompt + EOS-padded answer rows, and the answer-slot mask."""
+def make_batch(rng, tok, length, config, tokens_per_step=TOKENS_PER_STEP):
+    """Prompt + EOS-padded answer rows, and the slots to mask (answer + recall)."""
     eos, mask_id = config.eos_token_id, config.mask_token_id
-    batch = max(1, TOKENS_PER_STEP // (length + GEN_LENGTH))
-    rows, targets = [], []
+    batch = max(1, tokens_per_step // (length + GEN_LENGTH))
+    rows, targets, recall = [], [], []
     for i in range(batch):
         s = make_sample(rng, ("kv", "vt")[i % 2], length)
-        prompt = tok.encode(s.prompt).ids
+        count = rng.choice([0, 0, 2, 4, 8])
+        words, slots = with_recall_queries(rng, s.prompt, count)
+        prompt = tok.encode(" ".join(words)).ids
         answer = tok.encode(s.answer, add_special_tokens=False).ids
         answer = (answer + [eos] * GEN_LENGTH)[:GEN_LENGTH]
         rows.append(prompt)
         targets.append(answer)
+        recall.append([1 + j for j in slots])  # +1: BOS
     width = max(map(len, rows))
     pad = [config.pad_token_id]
     ids = torch.tensor(
@@ -92,6 +103,8 @@ def make_batch(rng, tok, length, config):
     t = T_MIN + (1 - T_MIN) * torch.rand(batch, 1)
     answer = torch.zeros_like(ids, dtype=torch.bool)
     answer[:, width:] = True
+    for row, slots in enumerate(recall):
+        answer[row, [width - lens[row].item() + j for j in slots]] = True
     masked = answer & (torch.rand(ids.shape) < t)
     masked[:, width] |= ~masked.any(dim=1)  # at least one masked slot per row
     ids = torch.where(masked, torch.full_like(ids, mask_id), ids)
@@ -107,10 +120,10 @@ def loss_fn(model, ids, positions, key_mask, target, masked, t):
 
 
 @torch.no_grad()
-def quick_accuracy(model, tok, config, seed: int, length: int, n: int = 32) -> float:
-    """All answer slots masked, one parallel argmax: a cheap training signal."""
+def quick_accuracy(model, tok, config, seed: int, length: int, n: int = 32) -> dict:
+    """Per task, all answer slots masked, one parallel argmax: a cheap signal."""
     rng = random.Random(seed)
-    hits = 0
+    hits = {"kv": 0, "vt": 0}
     model.eval()
     for i in range(n):
         s = make_sample(rng, ("kv", "vt")[i % 2], length)
@@ -119,9 +132,10 @@ def quick_accuracy(model, tok, config, seed: int, length: int, n: int = 32) -> f
         hidden = model(ids, torch.arange(ids.shape[1])[None])
         pred = model.logits(hidden[0, len(prompt) :]).argmax(-1).tolist()
         want = tok.encode(s.answer, add_special_tokens=False).ids
-        hits += pred[: len(want)] == want and pred[len(want)] == config.eos_token_id
+        ok = pred[: len(want)] == want and pred[len(want)] == config.eos_token_id
+        hits[s.task] += ok
     model.train()
-    return hits / n
+    return {task: 2 * h / n for task, h in hits.items()}
 
 
 def save(model, config, tok, out: Path, meta: dict) -> None:
@@ -152,6 +166,13 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--save-every", type=int, default=200)
     ap.add_argument("--init", default=None, help="continue from this checkpoint")
+    ap.add_argument(
+        "--short",
+        type=float,
+        default=0.3,
+        help="fraction of the run on 16-64-token prompts",
+    )
+    ap.add_argument("--tokens-per-step", type=int, default=TOKENS_PER_STEP)
     args = ap.parse_args()
 
     torch.manual_seed(args.seed)
@@ -181,8 +202,9 @@ def main() -> None:
         lr = args.lr * warm * 0.5 * (1 + math.cos(math.pi * progress))
         for g in opt.param_groups:
             g["lr"] = lr
-        length = curriculum(progress, rng)
-        loss = loss_fn(model, *make_batch(rng, tok, length, config))
+        length = curriculum(progress, rng, args.short)
+        batch = make_batch(rng, tok, length, config, args.tokens_per_step)
+        loss = loss_fn(model, *batch)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -193,7 +215,7 @@ def main() -> None:
         done = progress >= 1.0
         if step % args.save_every == 0 or done:
             acc = {n: quick_accuracy(model, tok, config, 10_000 + step, n)
-                   for n in (256, 1024)}  # fmt: skip
+                   for n in (64, 256, 1024)}  # fmt: skip
             history.append({"step": step, "minutes": elapsed, "accuracy": acc})
             print(f"step {step}: quick accuracy {acc}", flush=True)
             meta = {"args": vars(args), "history": history, "objective": "LLaDA SFT"}

@@ -4,9 +4,11 @@ Two tasks over one small word vocabulary:
 
 - ``kv``: a haystack of ``kNNN : d d d ;`` records, then ``? kNNN``; the answer is
   that key's three digits.
-- ``vt`` (variable tracking, multi-hop): the same haystack with a chain
-  ``xA = d ; ... xB = xA ; ... xC = xB ;`` hidden in it, then ``? xC``; the answer is
-  the digit the chain started from.
+- ``vt`` (variable tracking, multi-hop): the same haystack with ``NUM_CHAINS`` chains
+  ``xA = d ; ... xB = xA ; ... xC = xB ;`` hidden in it, each from its own digit, then
+  ``? xC`` naming the end of one; the answer is the digit that chain started from. The
+  distractor chains make the hops necessary: the first ``= d`` in the prompt is the
+  right digit only by chance.
 
 Answers are padded with EOS to the canvas length, as LLaDA's SFT data is.
 """
@@ -23,6 +25,7 @@ from maskkv_vllm.models.tokenizer import BOS, SPECIAL_TOKENS
 
 NUM_KEYS = 512
 NUM_VARS = 64
+NUM_CHAINS = 2
 PUNCT = [":", ";", "?", "="]
 DIGITS = [str(d) for d in range(10)]
 KEYS = [f"k{i:03d}" for i in range(NUM_KEYS)]
@@ -56,6 +59,21 @@ def _record(rng: random.Random, key: str) -> tuple[str, str]:
     return f"{key} : {digits} ;", digits
 
 
+def _chain(rng: random.Random, names: list[str], start: str) -> list[str]:
+    """``xA = d ;`` then 2 or 3 hops ``xB = xA ;`` over ``names``."""
+    hops = rng.choice([2, 3])
+    chain = [f"{names[0]} = {start} ;"]
+    return chain + [f"{names[j + 1]} = {names[j]} ;" for j in range(hops)]
+
+
+def _hide(rng: random.Random, parts: list[str], chains: list[list[str]]) -> None:
+    """Insert every chain's statements into ``parts`` in order, at random places."""
+    for chain in chains:
+        slots = sorted(rng.choices(range(len(parts) + 1), k=len(chain)))
+        for offset, (slot, stmt) in enumerate(zip(slots, chain, strict=True)):
+            parts.insert(slot + offset, stmt)
+
+
 def make_sample(rng: random.Random, task: str, num_tokens: int) -> Sample:
     """One sample whose prompt is about ``num_tokens`` tokens long."""
     if task not in TASKS:
@@ -68,15 +86,15 @@ def make_sample(rng: random.Random, task: str, num_tokens: int) -> Sample:
         i = rng.randrange(n)
         query, answer = keys[i], records[i][1]
     else:
-        hops = rng.choice([2, 3])
-        names = rng.sample(VARS, hops + 1)
-        start = rng.choice(DIGITS)
-        chain = [f"{names[0]} = {start} ;"]
-        chain += [f"{names[j + 1]} = {names[j]} ;" for j in range(hops)]
-        slots = sorted(rng.choices(range(len(parts) + 1), k=len(chain)))
-        for offset, (slot, stmt) in enumerate(zip(slots, chain, strict=True)):
-            parts.insert(slot + offset, stmt)
-        query, answer = names[-1], start
+        names = rng.sample(VARS, 4 * NUM_CHAINS)
+        starts = rng.sample(DIGITS, NUM_CHAINS)
+        chains = [
+            _chain(rng, names[4 * c : 4 * c + 4], starts[c]) for c in range(NUM_CHAINS)
+        ]
+        # Drop the records the statements' tokens (4 each) displace, keeping at least 1.
+        del parts[max(1, n - 4 * sum(map(len, chains)) // 6) :]
+        _hide(rng, parts, chains)
+        query, answer = chains[0][-1].split()[0], starts[0]
     return Sample(task, " ".join(parts) + f" ? {query}", answer)
 
 
@@ -86,6 +104,39 @@ def make_samples(
     """``count`` samples alternating over ``tasks``; seeded and reproducible."""
     rng = random.Random(seed)
     return [make_sample(rng, tasks[i % len(tasks)], num_tokens) for i in range(count)]
+
+
+def facts(words: list[str]) -> dict[str, list[str]]:
+    """Every key's digits and every variable's resolved digit stated in ``words``."""
+    out = {}
+    for i, w in enumerate(words[:-2]):
+        if words[i + 1] == ":":
+            out[w] = words[i + 2 : i + 5]
+        elif words[i + 1] == "=":
+            out[w] = out.get(words[i + 2], [words[i + 2]])
+    return out
+
+
+def with_recall_queries(
+    rng: random.Random, prompt: str, count: int
+) -> tuple[list[str], list[int]]:
+    """Insert ``count`` answered ``? name value ;`` queries before the final query.
+
+    Dense training signal for the retrieval circuit (many lookups per haystack,
+    like multi-query associative recall); the value words are returned as targets
+    to be masked, so the prompt's own answers are learned with LLaDA's objective.
+    """
+    words = prompt.split()
+    known = facts(words)
+    known.pop(words[-1])  # never give away the final query's answer
+    names = rng.sample(sorted(known), min(count, len(known)))
+    extra, targets = [], []
+    start = len(words) - 2  # before the final "? name"
+    for name in names:
+        extra += ["?", name]
+        targets += range(start + len(extra), start + len(extra) + len(known[name]))
+        extra += known[name] + [";"]
+    return words[:start] + extra + words[start:], targets
 
 
 def exact_match(predicted: str, answer: str) -> bool:

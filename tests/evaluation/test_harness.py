@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import random
 
 import pytest
 
@@ -11,8 +12,10 @@ from maskkv_vllm.engine.llm import LLM
 from maskkv_vllm.evaluation import harness
 from maskkv_vllm.evaluation.synthetic import (
     exact_match,
+    facts,
     make_sample,
     make_samples,
+    with_recall_queries,
     word_tokenizer,
 )
 
@@ -35,9 +38,28 @@ def test_synthetic_tasks_are_answerable_from_the_prompt():
         assert 250 <= len(ids) <= 320 and tok.token_to_id("<|endoftext|>") not in ids
     assert make_samples(5, 3, 100) == make_samples(5, 3, 100)
     with pytest.raises(ValueError, match="task='qa' is not one of"):
-        import random
-
         make_sample(random.Random(0), "qa", 100)
+
+
+def test_vt_distractor_chain_starts_from_another_digit():
+    for s in make_samples(seed=3, count=20, num_tokens=200, tasks=("vt",)):
+        words = s.prompt.split()
+        starts = [words[i + 2] for i, w in enumerate(words[:-2])
+                  if words[i + 1] == "=" and words[i + 2].isdigit()]  # fmt: skip
+        assert len(starts) == 2 and len(set(starts)) == 2 and s.answer in starts
+
+
+def test_recall_queries_are_answered_from_the_prompt():
+    prompt = "k001 : 1 2 3 ; x01 = 4 ; x02 = x01 ; k002 : 5 6 7 ; ? k002"
+    known = facts(prompt.split())
+    assert known == {"k001": ["1", "2", "3"], "x01": ["4"], "x02": ["4"],
+                     "k002": ["5", "6", "7"]}  # fmt: skip
+    words, targets = with_recall_queries(random.Random(0), prompt, 2)
+    # Two answered queries before the final one, whose answer is never given away.
+    assert " ".join(words[20:]) == "? x01 4 ; ? x02 4 ; ? k002"
+    assert targets == [22, 26] and [words[i] for i in targets] == ["4", "4"]
+    words, targets = with_recall_queries(random.Random(0), prompt, 10)
+    assert len(targets) == 1 + 1 + 3 and "k002 5" not in " ".join(words[20:])
 
 
 def test_exact_match_normalises_whitespace():
