@@ -62,11 +62,10 @@ def curriculum(progress: float, rng: random.Random, short: float = 0.3) -> int:
     """Prompt length for this step: a few records first (the retrieval circuit
     forms on dense, cheap examples, for the first ``short`` of the run), then
     longer and longer haystacks over the rest."""
-    if progress < short:
+    if progress < short or short >= 1:
         return rng.randint(16, 64)
-    progress = 0.3 + 0.7 * (progress - short) / (1 - short) if short < 1 else 0
-    if progress < 0.3:
-        return rng.randint(16, 64)
+    # The rest of the run walks the default schedule's later phases (0.3 .. 1).
+    progress = 0.3 + 0.7 * (progress - short) / (1 - short)
     if progress < 0.55:
         return rng.randint(64, 384)
     if progress < 0.8:
@@ -78,7 +77,7 @@ def make_batch(rng, tok, length, config, tokens_per_step=TOKENS_PER_STEP, recall
     """Prompt + EOS-padded answer rows, and the slots to mask (answer + recall)."""
     eos, mask_id = config.eos_token_id, config.mask_token_id
     batch = max(1, tokens_per_step // (length + GEN_LENGTH))
-    rows, targets, recall = [], [], []
+    rows, targets, recall_slots = [], [], []
     for i in range(batch):
         s = make_sample(rng, ("kv", "vt")[i % 2], length)
         count = rng.choice([0, 0, 2, 4, 8]) if recall else 0
@@ -88,7 +87,7 @@ def make_batch(rng, tok, length, config, tokens_per_step=TOKENS_PER_STEP, recall
         answer = (answer + [eos] * GEN_LENGTH)[:GEN_LENGTH]
         rows.append(prompt)
         targets.append(answer)
-        recall.append([1 + j for j in slots])  # +1: BOS
+        recall_slots.append([1 + j for j in slots])  # +1: BOS
     width = max(map(len, rows))
     pad = [config.pad_token_id]
     ids = torch.tensor(
@@ -106,7 +105,7 @@ def make_batch(rng, tok, length, config, tokens_per_step=TOKENS_PER_STEP, recall
     t = T_MIN + (1 - T_MIN) * torch.rand(batch, 1)
     answer = torch.zeros_like(ids, dtype=torch.bool)
     answer[:, width:] = True
-    for row, slots in enumerate(recall):
+    for row, slots in enumerate(recall_slots):
         answer[row, [width - lens[row].item() + j for j in slots]] = True
     masked = answer & (torch.rand(ids.shape) < t)
     masked[:, width] |= ~masked.any(dim=1)  # at least one masked slot per row
