@@ -11,7 +11,7 @@ the checkpoint is written with the official LLaDA tensor names, loadable like an
 LLaDA checkpoint, and rewritten every ``--save-every`` steps. ``--recall-queries``
 adds answered ``? name value ;`` lookups inside the prompt as extra masked targets
 (a denser retrieval signal; measured 2026-12-02, it did not make the key-value task
-learnable in 30-40 CPU minutes).
+learnable in 25-40 CPU minutes).
 """
 
 from __future__ import annotations
