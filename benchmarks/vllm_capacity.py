@@ -1,26 +1,28 @@
-"""Concurrent long-prompt requests in a fixed vLLM KV pool, with and without MaskKV.
+"""Long-prompt requests in one KV budget: vLLM (our plugin) vs the embedded engine.
 
     HF_HUB_OFFLINE=1 VLLM_TARGET_DEVICE=cpu VLLM_CPU_KVCACHE_SPACE=1 \\
-    VLLM_ENABLE_V1_MULTIPROCESSING=0 OMP_NUM_THREADS=1 \\
+    VLLM_ENABLE_V1_MULTIPROCESSING=0 \\
       .venv-vllm/bin/python benchmarks/vllm_capacity.py --json out.json
+    # CI: --quick (tiny model only, short prompts; no targets asserted)
 
-One in-process vLLM engine (vllm-cpu, our scheduler/worker, a tiny random LLaDA)
-with a fixed KV pool (``num_gpu_blocks_override``): by default enough blocks for
-two whole requests (prompt M + canvas L). The same workload, N requests of M
-random printable bytes, is submitted at once for each policy (eviction off, then
-per-request ``kv_policy``/``kv_budget``); a scheduler subclass records, after
-every ``schedule()``, the number of running and waiting requests and the free
-blocks, and after every ``update_from_output`` the free blocks and the blocks
-each request returned after its step-0 eviction.
+For each model (a random tiny LLaDA and the shipped trained ``retrieval`` model),
+one in-process vLLM engine (vllm-cpu, our scheduler/worker) gets a fixed pool of
+``--fit`` full-cache requests (``num_gpu_blocks_override``), and the embedded
+engine gets the same number of bytes (``kv_cache_memory``). The same N prompts of
+M tokens (the ``kv`` retrieval task for the trained model, random printable bytes
+for the tiny one) are submitted at once, for the full cache and for SnapKV and
+MaskKV at each budget B. Per run it prints:
 
-vLLM admits a waiting request only if its whole M + L footprint fits in the
-free blocks (``allocate_slots(full_sequence_must_fit=True)``); MaskKV frees the
-dead prompt blocks after that request's step 0. So an evicted request costs
-its kept blocks while it runs, but every admission needs a transient full
-footprint. The printout gives the measured peak of running requests, the two
-bounds that follow from those facts (admission by full footprint vs. by kept
-footprint) and the ratio to eviction off. A random model says nothing about
-answer quality; this measures memory and scheduling only.
+- peak running requests in vLLM and in the embedded engine, and their ratio;
+- bytes each request holds after step 0 (vLLM: its blocks x block bytes;
+  embedded: its pages x page bytes), mean over requests, and the slack vLLM may
+  take: one vLLM block per layer (one block = one layer's KV heads);
+- the prefill peak: the blocks a request holds during step 0 (its admission
+  bound), against its compressed footprint plus one layer's full prompt KV.
+
+Targets (issue 12): vLLM peak running >= 0.9 x embedded; bytes held per
+request <= 1.1 x embedded + one block per layer; prefill peak <= compressed +
+one layer's full prompt KV. Each is printed as met or not, from this run.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import platform
 import random
 import statistics
 import sys
@@ -44,7 +47,7 @@ for _key, _value in {
 
 
 def tracing_scheduler_cls():
-    """``MaskKVDiffusionScheduler`` recording running/waiting/free per step."""
+    """``MaskKVDiffusionScheduler`` recording running requests and blocks held."""
     from maskkv_vllm.vllm_adapter.scheduler import MaskKVDiffusionScheduler
 
     class CapacityScheduler(MaskKVDiffusionScheduler):
@@ -53,37 +56,20 @@ def tracing_scheduler_cls():
             self.reset_trace()
 
         def reset_trace(self):
-            self.steps: list[dict] = []
-            self.freed: dict[str, int] = {}
-            self.kept: dict[str, int] = {}
+            self.running_per_step: list[int] = []
+            self.held: dict[str, int] = {}
+            self.reserved_at_step0: dict[str, int] = {}
             self.preempted = 0
-
-        def _free_count(self):
-            return self.kv_cache_manager.block_pool.get_num_free_blocks()
 
         def schedule(self, *args, **kwargs):
             out = super().schedule(*args, **kwargs)
-            self.steps.append(
-                {
-                    "running": len(self.running),
-                    "waiting": len(self.waiting),
-                    "admitted": len(out.scheduled_new_reqs),
-                    "tokens": out.total_num_scheduled_tokens,
-                    "free_after_schedule": self._free_count(),
-                }
-            )
+            self.running_per_step.append(len(self.running))
             return out
 
-        def update_from_output(self, scheduler_output, model_runner_output):
-            out = super().update_from_output(scheduler_output, model_runner_output)
-            if self.steps:
-                self.steps[-1]["free_after_step"] = self._free_count()
-            return out
-
-        def free_dead_prompt_blocks(self, req_id, kept_slots):
-            freed = super().free_dead_prompt_blocks(req_id, kept_slots)
-            self.freed[req_id] = freed
-            self.kept[req_id] = kept_slots
+        def release_unused_blocks(self, req_id, kept_lengths):
+            self.reserved_at_step0[req_id] = self.block_manager.num_held(req_id)
+            freed = super().release_unused_blocks(req_id, kept_lengths)
+            self.held[req_id] = self.block_manager.num_held(req_id)
             return freed
 
         def _preempt_request(self, *args, **kwargs):
@@ -93,7 +79,7 @@ def tracing_scheduler_cls():
     return CapacityScheduler
 
 
-def prompts(n: int, length: int) -> list[list[int]]:
+def random_prompts(n: int, length: int) -> list[list[int]]:
     """n distinct prompts: <bos> + random printable bytes (byte tokenizer ids)."""
     rng = random.Random(0)
     return [
@@ -101,67 +87,147 @@ def prompts(n: int, length: int) -> list[list[int]]:
     ]
 
 
-def run_policy(llm, scheduler, batch, params) -> dict:
+def task_prompts(model_dir, n: int, length: int) -> list[list[int]]:
+    """n ``kv`` retrieval prompts of about ``length`` tokens, tokenized."""
+    from maskkv_vllm.evaluation.synthetic import make_samples
+    from maskkv_vllm.models.llada_config import LLaDAConfig
+    from maskkv_vllm.models.tokenizer import Tokenizer
+
+    with open(os.path.join(model_dir, "config.json")) as f:
+        tok = Tokenizer.from_dir(model_dir, LLaDAConfig.from_dict(json.load(f)))
+    samples = make_samples(0, n, length, tasks=("kv",))
+    return [tok.encode(s.prompt) for s in samples]
+
+
+def run_vllm(llm, scheduler, prompts, params) -> dict:
     from maskkv_vllm.vllm_adapter.api import generate
 
     scheduler.reset_trace()
-    start = time.perf_counter()
-    outs = generate(llm, batch, params)
-    wall = time.perf_counter() - start
-    steps = scheduler.steps
-    running = [s["running"] for s in steps]
+    t0 = time.perf_counter()
+    outs = generate(llm, prompts, params)
     return {
-        "policy": params.kv_policy,
-        "budget": params.kv_budget if params.kv_policy != "full" else None,
-        "peak_running": max(running),
-        "mean_running": round(statistics.mean(running), 2),
-        "engine_steps": len(steps),
-        "wall_s": round(wall, 2),
-        "min_free_after_schedule": min(s["free_after_schedule"] for s in steps),
-        "free_after_step0": steps[0].get("free_after_step"),
-        "running_per_step": running,
-        "waiting_per_step": [s["waiting"] for s in steps],
-        # a request waited although blocks were free: fewer than its whole M + L
-        "max_free_while_blocked": max(
-            (
-                s["free_after_schedule"]
-                for s in steps
-                if s["waiting"] and not s["admitted"]
-            ),
-            default=None,
-        ),
-        "admitted_per_step": [s["admitted"] for s in steps],
-        "free_after_step_per_step": [s.get("free_after_step") for s in steps],
-        "blocks_freed_per_request": sorted(scheduler.freed.values()),
-        "kept_slots_per_request": sorted(scheduler.kept.values()),
+        "peak_running": max(scheduler.running_per_step),
+        "steps": len(scheduler.running_per_step),
+        "wall_s": round(time.perf_counter() - t0, 1),
+        "held_blocks": list(scheduler.held.values()),
+        "reserved_blocks": list(scheduler.reserved_at_step0.values()),
         "preemptions": scheduler.preempted,
         "finished": len(outs),
-        "generated_tokens": sum(len(o.token_ids) for o in outs),
+        "token_ids": [o.token_ids for o in outs],
     }
 
 
-def rle(values: list) -> str:
-    """Run-length form of a per-step list: ``2x31 3 4x2``."""
-    runs: list[list] = []
-    for v in values:
-        if runs and runs[-1][0] == v:
-            runs[-1][1] += 1
-        else:
-            runs.append([v, 1])
-    return " ".join(f"{v}x{n}" if n > 1 else f"{v}" for v, n in runs)
-
-
-def bounds(usable: int, full_blocks: int, kept_blocks: int) -> dict:
-    """Capacity with admission by full footprint vs. by post-eviction footprint."""
-    if usable < full_blocks:
-        return {"by_full_footprint": 0, "by_kept_footprint": 0}
+def run_embedded(engine, prompts, params) -> dict:
+    engine.engine.scheduler.max_running = 0
+    t0 = time.perf_counter()
+    outs = engine.generate(prompts, params, use_tqdm=False)
     return {
-        # the newest request holds M + L, every earlier one only its kept blocks
-        # (kept_blocks: the largest per-request kept footprint, so a lower bound)
-        "by_full_footprint": 1 + (usable - full_blocks) // kept_blocks,
-        # admission by kept footprint (needs prefill in a scratch area; see docs)
-        "by_kept_footprint": usable // kept_blocks,
+        "peak_running": engine.engine.scheduler.max_running,
+        "wall_s": round(time.perf_counter() - t0, 1),
+        "pages": [o.stats.num_pages for o in outs],
+        "finished": len(outs),
+        "token_ids": [o.token_ids for o in outs],
     }
+
+
+def measure_model(name: str, path: str, args, prompts) -> list[dict]:
+    from maskkv_vllm.engine.llm import LLM as EmbeddedLLM
+    from maskkv_vllm.kv.kv_store import PagedKVStore
+    from maskkv_vllm.models.llada_config import LLaDAConfig
+    from maskkv_vllm.sampling_params import SamplingParams
+    from maskkv_vllm.vllm_adapter.api import make_llm
+
+    with open(os.path.join(path, "config.json")) as f:
+        cfg = LLaDAConfig.from_dict(json.load(f))
+    bs, d, heads, layers = args.block_size, cfg.head_dim, cfg.n_kv_heads, cfg.n_layers
+    m = max(len(p) for p in prompts)
+    full_blocks = layers * -(-m // bs)  # a full-cache request, every layer
+    num_blocks = args.fit * full_blocks + 1  # + vLLM's null block
+    block_bytes = heads * bs * 2 * d * 4  # fp32
+    pool_bytes = (num_blocks - 1) * block_bytes
+    page_bytes = PagedKVStore.bytes_per_block(bs, d, __import__("torch").float32)
+    llm = make_llm(
+        path,
+        max_model_len=m + args.gen_length + bs,
+        block_size=bs,
+        num_gpu_blocks_override=num_blocks,
+        max_num_seqs=256,
+        max_num_batched_tokens=max(8192, 2 * (m + args.gen_length)),
+        scheduler_cls=tracing_scheduler_cls(),
+    )
+    scheduler = llm.llm_engine.engine_core.engine_core.scheduler
+    embedded = EmbeddedLLM(
+        path,
+        kv_cache_memory=pool_bytes,
+        block_size=bs,
+        max_num_seqs=256,
+        max_model_len=m + args.gen_length + bs,
+    )
+    runs = [("full", None)] + [
+        (policy, b) for b in args.budgets for policy in args.policies
+    ]
+    rows = []
+    for policy, budget in runs:
+        params = SamplingParams(
+            gen_length=args.gen_length,
+            block_length=args.gen_length,
+            steps=args.steps,
+            kv_policy=policy,
+            kv_budget=budget,
+        )
+        v = run_vllm(llm, scheduler, prompts, params)
+        e = run_embedded(embedded, prompts, params)
+        held = statistics.mean(v["held_blocks"]) * block_bytes
+        emb = statistics.mean(e["pages"]) * page_bytes
+        compressed = statistics.mean(v["held_blocks"])
+        prefill_peak = max(v["reserved_blocks"])
+        one_layer = -(-m // bs)  # one layer's full prompt: Hkv pages x ceil(M/P)
+        row = {
+            "model": name,
+            "policy": policy,
+            "budget": budget,
+            "prompt_tokens": m,
+            "requests": len(prompts),
+            "vllm_peak_running": v["peak_running"],
+            "embedded_peak_running": e["peak_running"],
+            "running_ratio": round(v["peak_running"] / e["peak_running"], 3),
+            "vllm_bytes_per_request": round(held),
+            "embedded_bytes_per_request": round(emb),
+            "bytes_ratio": round(held / emb, 3),
+            "bytes_target": round(1.1 * emb + layers * block_bytes),
+            "prefill_peak_blocks": prefill_peak,
+            "compressed_blocks_mean": round(compressed, 2),
+            "compressed_blocks_max": max(v["held_blocks"]),
+            "prefill_target_blocks": max(v["held_blocks"]) + one_layer,
+            "vllm_preemptions": v["preemptions"],
+            "tokens_equal": v["token_ids"] == e["token_ids"],
+            "vllm_wall_s": v["wall_s"],
+            "embedded_wall_s": e["wall_s"],
+        }
+        row["met_running"] = row["running_ratio"] >= 0.9
+        row["met_bytes"] = held <= row["bytes_target"]
+        row["met_prefill"] = prefill_peak <= row["prefill_target_blocks"]
+        rows.append(row)
+        print(
+            f"  {name} {policy:<7} B={budget or '-':>4}: vLLM {v['peak_running']:>3} "
+            f"/ embedded {e['peak_running']:>3} running; "
+            f"{held / 2**10:8.0f} / {emb / 2**10:8.0f} KiB per request",
+            file=sys.stderr,
+            flush=True,
+        )
+    pool = {
+        "model": name,
+        "vllm_blocks": num_blocks - 1,
+        "block_bytes": block_bytes,
+        "pool_bytes": pool_bytes,
+        "embedded_page_bytes": page_bytes,
+        "layers": layers,
+        "kv_heads": heads,
+        "head_dim": d,
+    }
+    llm.llm_engine.engine_core.shutdown()
+    del llm
+    return rows, pool
 
 
 def main() -> None:
@@ -170,141 +236,102 @@ def main() -> None:
     ap.add_argument("--gen-length", type=int, default=32)
     ap.add_argument("--steps", type=int, default=32)
     ap.add_argument("--requests", type=int, default=48)
-    ap.add_argument("--budget", type=int, default=64)
-    ap.add_argument("--policies", nargs="+", default=["full", "snapkv", "maskkv"])
-    ap.add_argument("--fit", type=int, default=2, help="whole requests the pool holds")
+    ap.add_argument("--budgets", type=int, nargs="+", default=[32, 64, 256])
+    ap.add_argument("--policies", nargs="+", default=["snapkv", "maskkv"])
+    ap.add_argument(
+        "--fit", type=int, default=2, help="full-cache requests the pool holds"
+    )
     ap.add_argument("--block-size", type=int, default=32)
-    ap.add_argument("--layers", type=int, default=2)
+    ap.add_argument("--models", nargs="+", default=["tiny", "retrieval"])
+    ap.add_argument(
+        "--quick", action="store_true", help="CI: tiny model, short prompts"
+    )
     ap.add_argument("--json", help="also write the results to this file")
     args = ap.parse_args()
+    if args.quick:
+        args.prompt_len, args.requests, args.budgets = 256, 8, [32]
+        args.models, args.steps, args.gen_length = ["tiny"], 8, 16
 
     import torch
     import vllm
 
+    from maskkv_vllm.models.builtin import resolve_model
     from maskkv_vllm.models.tiny import write_tiny_checkpoint
-    from maskkv_vllm.sampling_params import SamplingParams
-    from maskkv_vllm.vllm_adapter.api import make_llm
 
-    bs = args.block_size
-    full_blocks = -(-(args.prompt_len + args.gen_length) // bs)
-    num_blocks = args.fit * full_blocks + 1  # + vLLM's null block
-    batch = prompts(args.requests, args.prompt_len)
     t0 = time.perf_counter()
+    rows, pools = [], []
     with tempfile.TemporaryDirectory() as tmp:
-        path = write_tiny_checkpoint(
-            tmp, seed=0, head_dim=32, n_layers=args.layers, max_sequence_length=4096
-        )
-        llm = make_llm(
-            str(path),
-            # M + L + 1 at least: vLLM caps a running request's step at
-            # max_model_len - num_computed_tokens - 1 (scheduler.py:716)
-            max_model_len=args.prompt_len + args.gen_length + bs,
-            block_size=bs,
-            num_gpu_blocks_override=num_blocks,
-            max_num_seqs=256,
-            max_num_batched_tokens=max(8192, 2 * (args.prompt_len + args.gen_length)),
-            scheduler_cls=tracing_scheduler_cls(),
-        )
-        init_s = time.perf_counter() - t0
-        scheduler = llm.llm_engine.engine_core.engine_core.scheduler
-        usable = scheduler.kv_cache_manager.block_pool.get_num_free_blocks()
-        # warm-up (first generate of a process is slow), short prompt
-        generate_warmup = SamplingParams(gen_length=8, block_length=8, steps=2)
-        from maskkv_vllm.vllm_adapter.api import generate
-
-        generate(llm, [batch[0][:64]], generate_warmup)
-        rows = []
-        for policy in args.policies:
-            params = SamplingParams(
-                gen_length=args.gen_length,
-                block_length=args.gen_length,
-                steps=args.steps,
-                kv_policy=policy,
-                kv_budget=args.budget,
-            )
-            row = run_policy(llm, scheduler, batch, params)
-            kept = row["kept_slots_per_request"]
-            if kept:
-                kmax = max(kept)
-                kept_blocks = full_blocks - min(row["blocks_freed_per_request"])
-                row["kept_blocks_per_request_max"] = kept_blocks
-                row["k_max_max"] = kmax
-                row.update(bounds(usable, full_blocks, kept_blocks))
+        for name in args.models:
+            if name == "tiny":
+                path = str(
+                    write_tiny_checkpoint(
+                        tmp, seed=0, head_dim=64, n_layers=4, n_heads=4, n_kv_heads=4,
+                        max_sequence_length=args.prompt_len + args.gen_length + 64,
+                    )
+                )  # fmt: skip
+                prompts = random_prompts(args.requests, args.prompt_len)
             else:
-                row.update(bounds(usable, full_blocks, full_blocks))
-            rows.append(row)
-
-    base = next((r for r in rows if r["policy"] == "full"), rows[0])
-    for row in rows:
-        row["ratio_peak_running_vs_full"] = round(
-            row["peak_running"] / base["peak_running"], 2
-        )
+                path = str(resolve_model(name))
+                prompts = task_prompts(path, args.requests, args.prompt_len)
+            r, p = measure_model(name, path, args, prompts)
+            rows += r
+            pools.append(p)
 
     out = sys.stdout
     print(
-        f"vllm {vllm.__version__}, torch {torch.__version__}, "
-        f"threads {torch.get_num_threads()}, OMP_NUM_THREADS="
-        f"{os.environ.get('OMP_NUM_THREADS')}; tiny LLaDA {args.layers} layers x 4 "
-        f"heads x 32, engine init {init_s:.1f} s",
+        f"vllm {vllm.__version__}, torch {torch.__version__}, {platform.machine()} "
+        f"{os.cpu_count()} cores, threads {torch.get_num_threads()}; "
+        f"total {time.perf_counter() - t0:.0f} s",
         file=out,
     )
     print(
-        f"workload: {args.requests} requests submitted at once, prompt M = "
-        f"{args.prompt_len}, canvas L = {args.gen_length} (one block, "
-        f"{args.steps} steps), budget B = {args.budget}",
+        f"workload: {args.requests} requests at once, M ~ {args.prompt_len}, "
+        f"canvas L = {args.gen_length} ({args.steps} steps), fp32",
         file=out,
     )
-    print(
-        f"KV pool: {num_blocks} blocks of {bs} slots (num_gpu_blocks_override; "
-        f"{usable} usable + null block) = {args.fit} x {full_blocks} blocks "
-        f"per whole request",
-        file=out,
-    )
+    for p in pools:
+        print(
+            f"pool ({p['model']}: {p['layers']} layers x {p['kv_heads']} KV heads x "
+            f"{p['head_dim']}): {p['vllm_blocks']} vLLM blocks of "
+            f"{p['block_bytes']} B = {p['pool_bytes'] / 2**20:.2f} MiB "
+            f"({args.fit} full requests); the embedded engine gets the same bytes "
+            f"in {p['embedded_page_bytes']} B pages",
+            file=out,
+        )
     print(file=out)
     head = (
-        f"{'policy':<8} {'B':>4} {'peak run':>8} {'mean run':>8} {'steps':>5} "
-        f"{'wall s':>6} {'free@0':>6} {'freed/req':>9} {'K_max':>5} "
-        f"{'bound full':>10} {'bound kept':>10} {'ratio':>5} {'preempt':>7}"
+        f"{'model':<9} {'policy':<7} {'B':>4} {'run vLLM':>8} {'run emb':>7} "
+        f"{'ratio':>5} {'KiB/req vLLM':>12} {'KiB/req emb':>11} {'ratio':>5} "
+        f"{'prefill blk':>11} {'cmp+layer':>9} {'same tok':>8} {'targets':>7}"
     )
     print(head, file=out)
     for r in rows:
-        freed = r["blocks_freed_per_request"]
-        freed_s = f"{min(freed)}-{max(freed)}" if freed else "0"
-        print(
-            f"{r['policy']:<8} {r['budget'] or '-':>4} {r['peak_running']:>8} "
-            f"{r['mean_running']:>8} {r['engine_steps']:>5} {r['wall_s']:>6} "
-            f"{r['free_after_step0']:>6} {freed_s:>9} {r.get('k_max_max', '-'):>5} "
-            f"{r['by_full_footprint']:>10} {r['by_kept_footprint']:>10} "
-            f"{r['ratio_peak_running_vs_full']:>5} {r['preemptions']:>7}",
-            file=out,
+        met = "".join(
+            "y" if r[k] else "n" for k in ("met_running", "met_bytes", "met_prefill")
         )
-    print(file=out)
-    for r in rows:
-        print(f"{r['policy']} (per engine step, value x repeats):", file=out)
-        for key in ("running", "admitted", "free_after_step"):
-            print(f"  {key:<16} {rle(r[key + '_per_step'])}", file=out)
-    print(file=out)
-    for r in rows:
         print(
-            f"{r['policy']}: peak {r['peak_running']} running (x"
-            f"{r['ratio_peak_running_vs_full']} vs eviction off); a waiting request "
-            f"was refused with up to {r['max_free_while_blocked']} blocks free "
-            f"(whole request = {full_blocks} blocks)",
+            f"{r['model']:<9} {r['policy']:<7} {r['budget'] or '-':>4} "
+            f"{r['vllm_peak_running']:>8} {r['embedded_peak_running']:>7} "
+            f"{r['running_ratio']:>5.2f} {r['vllm_bytes_per_request'] / 2**10:>12.0f} "
+            f"{r['embedded_bytes_per_request'] / 2**10:>11.0f} "
+            f"{r['bytes_ratio']:>5.2f} "
+            f"{r['prefill_peak_blocks']:>11} {r['prefill_target_blocks']:>9} "
+            f"{str(r['tokens_equal']):>8} {met:>7}",
             file=out,
         )
     print(
-        "\ncolumns: peak/mean run = len(scheduler.running) after each schedule(); "
-        "free@0 = free blocks after the first step; freed/req = blocks returned "
-        "after each request's step-0 eviction; bound full = 1 + (usable - whole) "
-        "// kept (admission by whole M + L footprint, what vLLM does; kept = the "
-        "largest per-request kept footprint); bound kept "
-        "= usable // kept (admission by post-eviction footprint); ratio = peak "
-        "run / peak run with eviction off",
+        "\ncolumns: run = peak running requests (vLLM: len(scheduler.running) after "
+        "each schedule(); embedded: its scheduler's max_running); KiB/req = mean "
+        "bytes a request holds after step 0; prefill blk = most blocks a request "
+        "held during step 0 (its admission bound); cmp+layer = its compressed "
+        "blocks + one layer's full prompt KV; same tok = vLLM and embedded tokens "
+        "equal; targets = running >= 0.9 x embedded, bytes <= 1.1 x embedded + one "
+        "block per layer, prefill <= compressed + one layer (y = met)",
         file=out,
     )
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"args": vars(args), "usable_blocks": usable, "rows": rows}, f)
+            json.dump({"args": vars(args), "pools": pools, "rows": rows}, f, indent=1)
 
 
 if __name__ == "__main__":

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Hashable
 
 from maskkv_vllm.cache.block_pool import BlockPool
-from maskkv_vllm.cache.page_table import HeadBlocks, RequestPageTable
+from maskkv_vllm.cache.page_table import HeadBlocks, RequestPageTable, pages_for
 
 RequestId = Hashable
 
@@ -26,7 +26,7 @@ class KVCacheManager:
         self.tables: dict[RequestId, RequestPageTable] = {}
 
     def blocks_needed(self, tokens_per_head: list[int]) -> int:
-        return sum(self.pool.blocks_for(n) for n in tokens_per_head)
+        return pages_for(tokens_per_head, self.pool.block_size)
 
     def can_allocate_layer(self, tokens_per_head: list[int]) -> bool:
         return self.pool.can_allocate(self.blocks_needed(tokens_per_head))

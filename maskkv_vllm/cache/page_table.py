@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 
@@ -39,3 +40,18 @@ class RequestPageTable:
     def tokens_per_head(self) -> list[list[int]]:
         """(num_layers, num_kv_heads) token counts."""
         return [[h.num_tokens for h in row] for row in self.heads]
+
+
+def pages_for(tokens_per_head: Iterable[int], block_size: int) -> int:
+    """Head-pages that hold the given token counts, one head's tokens per page.
+
+    Example: tokens (70, 3, 0) with 32-slot pages -> 3 + 1 + 0 = 4 pages.
+    """
+    return sum(-(-n // block_size) for n in tokens_per_head)
+
+
+def blocks_for_pages(num_pages: int, pages_per_block: int) -> int:
+    """Blocks that hold ``num_pages`` head-pages when one block holds
+    ``pages_per_block`` (vLLM: one block is one layer's KV heads, so
+    ``pages_per_block`` = its KV heads). Example: 10 pages, 4 per block -> 3."""
+    return -(-num_pages // pages_per_block)

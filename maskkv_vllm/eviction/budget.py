@@ -130,14 +130,29 @@ def squeeze_layer_budgets(
 
 
 def reserved_pages(
-    layer_budgets: Sequence[int], prompt_len: int, num_kv_heads: int, block_size: int
+    layer_budgets: Sequence[int],
+    prompt_len: int,
+    num_kv_heads: int,
+    block_size: int,
+    budget_heads: int | None = None,
 ) -> int:
     """Upper bound on pages a request's prompt needs after eviction, whatever the
-    head split: per layer ``ceil(N * min(k_l, M) / P) + N``, and never more than
-    the full prompt (``N * ceil(M / P)``)."""
+    head split: per layer ``ceil(min(N * M, H * min(k_l, M)) / P) + N``, and never
+    more than the full prompt (``N * ceil(M / P)``).
+
+    Args:
+        layer_budgets: k_l per layer (a layer's heads keep at most ``H * k_l``).
+        prompt_len: M.
+        num_kv_heads: N, the KV heads whose pages are counted.
+        block_size: P, token slots per page.
+        budget_heads: H, the heads that share the layer budget; default N. Under
+            tensor parallelism a rank counts its own N heads, but MaskKV may give
+            the layer's whole budget to them, so H is every head of the layer.
+    """
+    heads = num_kv_heads if budget_heads is None else budget_heads
     full = num_kv_heads * math.ceil(prompt_len / block_size)
     pages = 0
     for k in layer_budgets:
-        kept = num_kv_heads * min(k, prompt_len)
+        kept = min(num_kv_heads * prompt_len, heads * min(k, prompt_len))
         pages += min(full, math.ceil(kept / block_size) + num_kv_heads)
     return pages

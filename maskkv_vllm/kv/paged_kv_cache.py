@@ -12,6 +12,7 @@ from maskkv_vllm.cache.kv_cache_manager import KVCacheManager
 from maskkv_vllm.cache.page_table import HeadBlocks
 from maskkv_vllm.config import CacheConfig
 from maskkv_vllm.kv.kv_store import PagedKVStore
+from maskkv_vllm.kv.page_tables import head_slots, layer_table, stack_tables
 
 RequestId = Hashable
 
@@ -170,21 +171,7 @@ class PagedKVCache:
             block_tables: (B, n_kv_heads, max_blocks) int32, padded with the null page.
             seq_lens: (B, n_kv_heads) int32 tokens held per head.
         """
-        tables = [self._request_table(r, layer) for r in request_ids]
-        if len(tables) == 1:
-            bt, lens = tables[0]
-            return bt[None], lens[None]
-        width = max(bt.shape[1] for bt, _ in tables)
-        out = torch.zeros(
-            len(tables),
-            self.manager.num_kv_heads,
-            width,
-            dtype=torch.int32,
-            device=self.device,
-        )
-        for row, (bt, _) in enumerate(tables):
-            out[row, :, : bt.shape[1]] = bt
-        return out, torch.stack([lens for _, lens in tables])
+        return stack_tables([self._request_table(r, layer) for r in request_ids])
 
     def read_head(
         self, request_id: RequestId, layer: int, kv_head: int
@@ -222,8 +209,7 @@ class PagedKVCache:
     def _slots(self, head: HeadBlocks, num_tokens: int) -> torch.Tensor:
         """(num_tokens,) flat slot ids of a head's first tokens."""
         ids = torch.tensor(head.block_ids, dtype=torch.long, device=self.device)
-        offsets = torch.arange(self.block_size, device=self.device)
-        return (ids[:, None] * self.block_size + offsets).flatten()[:num_tokens]
+        return head_slots(ids, num_tokens, self.block_size)
 
     def _request_table(
         self, request_id: RequestId, layer: int
@@ -234,11 +220,5 @@ class PagedKVCache:
                 self.manager.head(request_id, layer, h)
                 for h in range(self.manager.num_kv_heads)
             ]
-            width = max(1, max(len(h.block_ids) for h in heads))
-            rows = [h.block_ids + [0] * (width - len(h.block_ids)) for h in heads]
-            bt = torch.tensor(rows, dtype=torch.int32, device=self.device)
-            lens = torch.tensor(
-                [h.num_tokens for h in heads], dtype=torch.int32, device=self.device
-            )
-            self._tables[key] = (bt, lens)
+            self._tables[key] = layer_table(heads, self.device)
         return self._tables[key]

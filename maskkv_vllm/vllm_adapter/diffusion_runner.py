@@ -2,18 +2,19 @@
 
 ``DiffusionRunnerMixin`` goes in front of a vLLM runner class
 (``CPUModelRunner`` in ``runner.py``, ``GPUModelRunner`` in ``gpu_runner.py``);
-the concrete runner only says how to read its backend's KV cache
-(``make_cache_layout``) and how to map the scheduler's block ids onto it.
+the KV cache is read and written only by our attention
+(``diffusion_attention``), so the mixin is the same on every device.
 
 Per step, after vLLM's ``_update_states``: each request's current canvas is
 written into the persistent batch (``token_ids_cpu[row, M:M+L]``) so the forward
-sees it; the forward runs as usual (prefill of prompt + canvas at step 0, the L
-canvas slots afterwards, the scheduler having rewound ``num_computed_tokens``
-to M); ``sample_tokens`` replaces vLLM's one-token sampler with our reference
-sampler (``DiffusionSequence.apply_step``: float64 Gumbel, low-confidence /
-random remasking, per-block transfer schedule) over the current block's slots.
-A request reports no tokens until its canvas is done, then its answer up to
-and including the first stop id.
+sees it; the forward runs with our step attention installed (prefill of prompt +
+canvas at step 0, whose kept prompt KV goes into the request's head-pages;
+the L canvas slots afterwards, the scheduler having rewound
+``num_computed_tokens`` to M); ``sample_tokens`` replaces vLLM's one-token
+sampler with our reference sampler (``DiffusionSequence.apply_step``: float64
+Gumbel, low-confidence / random remasking, per-block transfer schedule) over
+the current block's slots. A request reports no tokens until its canvas is
+done, then its answer up to and including the first stop id.
 """
 
 from __future__ import annotations
@@ -23,16 +24,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from torch import nn
 from vllm.v1.outputs import ModelRunnerOutput
 
 from maskkv_vllm.eviction.evictor import Eviction
-from maskkv_vllm.eviction.policy import Policy
-from maskkv_vllm.eviction.profile import LayerProfile
-from maskkv_vllm.eviction.registry import make_policy
+from maskkv_vllm.kv.paged_attention import Workspace
 from maskkv_vllm.sampler.sequence import DiffusionSequence
+from maskkv_vllm.vllm_adapter.diffusion_attention import DiffusionAttention, RowPlan
 from maskkv_vllm.vllm_adapter.diffusion_state import DiffusionState, stop_token_ids
-from maskkv_vllm.vllm_adapter.evicting_attention import EvictionPlan, RowPlan
+from maskkv_vllm.vllm_adapter.footprint import Policies
+from maskkv_vllm.vllm_adapter.page_pool import PagePool, RequestPages
 from maskkv_vllm.vllm_adapter.params import AdapterConfig, request_params
 from maskkv_vllm.vllm_adapter.plugin import require_vllm_version
 
@@ -41,8 +41,9 @@ from maskkv_vllm.vllm_adapter.plugin import require_vllm_version
 class MaskKVRunnerOutput(ModelRunnerOutput):
     """``ModelRunnerOutput`` plus what the scheduler needs to free blocks."""
 
-    maskkv_kept_slots: dict[str, int] = field(default_factory=dict)
-    """req_id -> K_max, for requests whose step-0 compaction ran in this step."""
+    maskkv_kept_lengths: dict[str, dict[int, list[int]]] = field(default_factory=dict)
+    """req_id -> layer -> kept prompt entries of every KV head, for the
+    requests whose step 0 ran in this step (the scheduler sizes their blocks)."""
 
 
 class DiffusionRunnerMixin:
@@ -63,23 +64,12 @@ class DiffusionRunnerMixin:
         self.mask_token_id: int = hf.mask_token_id
         self.eos_token_id: int | None = hf.eos_token_id
         self.num_layers: int = hf.num_hidden_layers
-        path = self.adapter_config.maskkv.profile
-        self.profile = LayerProfile.load(path, self.num_layers) if path else None
+        self.policies = Policies(self.adapter_config, self.num_layers)
         self.diffusion: dict[str, DiffusionState] = {}
-        self._policies: dict[str, Policy] = {}
         self._uids = itertools.count()
         self._rows: list[tuple[str, int, int]] = []  # (req_id, start, n) this step
-        self._layout: Any = None
-
-    # -- what a concrete runner provides -------------------------------------
-
-    def make_cache_layout(self, attn_layer: nn.Module) -> Any:
-        """The reader of ``attn_layer.kv_cache`` (``read(kv_cache, ids, n)``)."""
-        raise NotImplementedError(f"{type(self).__name__} has no KV cache layout")
-
-    def map_block_ids(self, block_ids: torch.Tensor) -> torch.Tensor:
-        """The scheduler's block ids of a request as the cache view's block ids."""
-        return block_ids
+        self._pool: PagePool | None = None
+        self._workspace = Workspace()
 
     # -- per-step state -----------------------------------------------------
 
@@ -88,33 +78,36 @@ class DiffusionRunnerMixin:
             self.diffusion.pop(req_id, None)
         fn = super()._update_states(scheduler_output)
         for new in scheduler_output.scheduled_new_reqs:
-            self.diffusion[new.req_id] = self._new_state(new)
+            self.diffusion[new.req_id] = self._new_state(
+                new.req_id, new.sampling_params, new.prompt_token_ids
+            )
+        for req_id in scheduler_output.scheduled_cached_reqs.resumed_req_ids:
+            # Preempted, so its blocks are gone: denoise again from the start
+            # (same seed, same tokens; nothing was reported yet).
+            req = self.requests[req_id]
+            self.diffusion[req_id] = self._new_state(
+                req_id, req.sampling_params, req.prompt_token_ids
+            )
         self._rows = self._write_canvases(scheduler_output)
         self._install_plan()
         return fn
 
-    def _new_state(self, new: Any) -> DiffusionState:
-        sp = new.sampling_params
+    def _new_state(
+        self, req_id: str, sp: Any, prompt_token_ids: list[int]
+    ) -> DiffusionState:
         params = request_params(sp.extra_args, sp.max_tokens, self.adapter_config)
-        prompt = list(new.prompt_token_ids[: -params.gen_length])
+        prompt = list(prompt_token_ids[: -params.gen_length])
         seq = DiffusionSequence(
-            next(self._uids), new.req_id, prompt, params, self.mask_token_id,
+            next(self._uids), req_id, prompt, params, self.mask_token_id,
             self.eos_token_id, self.device,
             stop_token_ids(sp, self.eos_token_id),
         )  # fmt: skip
-        policy = self._policy(params.kv_policy)
+        policy = self.policies.get(params.kv_policy)
         eviction = None
         if policy.evicts:
             chunk = self.adapter_config.maskkv.vote_chunk
             eviction = Eviction(policy, params.kv_budget, seq.generator, chunk)
         return DiffusionState(seq, eviction)
-
-    def _policy(self, name: str | None) -> Policy:
-        name = name or "full"
-        if name not in self._policies:
-            config = self.adapter_config.maskkv
-            self._policies[name] = make_policy(name, config, self.profile)
-        return self._policies[name]
 
     def _write_canvases(self, scheduler_output: Any) -> list[tuple[str, int, int]]:
         """Put each canvas into the batch; (req_id, first token, count) per row."""
@@ -132,19 +125,30 @@ class DiffusionRunnerMixin:
 
     def _install_plan(self) -> None:
         model = self.get_model()
-        evicting = [r for r in self._rows if self.diffusion[r[0]].eviction is not None]
-        if not evicting:
-            model.set_after_attention(None)
+        if not self._rows:
+            model.set_step_attention(None)
             return
-        if self._layout is None:
-            self._layout = self.make_cache_layout(model.blocks[0].attn)
+        if self._pool is None:
+            self._pool = PagePool(
+                model.kv_pool.kv_cache, model.num_local_kv_heads,
+                self.cache_config.block_size, model.config.head_dim,
+            )  # fmt: skip
         plans = []
-        for req_id, start, n in evicting:
-            ids = torch.tensor(self.requests[req_id].block_ids[0], dtype=torch.long)
-            plans.append(
-                RowPlan(self.diffusion[req_id], start, n, self.map_block_ids(ids))
+        for req_id, start, n in self._rows:
+            st = self.diffusion[req_id]
+            if st.is_full_forward:
+                st.pages = RequestPages(
+                    list(self.requests[req_id].block_ids[0]), self.num_layers,
+                    model.num_local_kv_heads, self.cache_config.block_size,
+                    self.device,
+                )  # fmt: skip
+                st.kept_lengths = {}
+            plans.append(RowPlan(st, start, n))
+        model.set_step_attention(
+            DiffusionAttention(
+                plans, self._pool, self.num_layers, None, self._workspace
             )
-        model.set_after_attention(EvictionPlan(plans, self._layout, self.num_layers))
+        )
 
     # -- sampling -----------------------------------------------------------
 
@@ -153,7 +157,7 @@ class DiffusionRunnerMixin:
         if state is None or not self._rows:
             return super().sample_tokens(grammar_output)
         self.execute_model_state = None
-        self.get_model().set_after_attention(None)
+        self.get_model().set_step_attention(None)
         with torch.inference_mode():
             sampled, kept = self._denoise(state.hidden_states)
         connector_output, self.kv_connector_output = self.kv_connector_output, None
@@ -162,7 +166,7 @@ class DiffusionRunnerMixin:
             req_id_to_index=dict(self.input_batch.req_id_to_index),
             sampled_token_ids=sampled,
             kv_connector_output=connector_output,
-            maskkv_kept_slots=kept,
+            maskkv_kept_lengths=kept,
         )
 
     def _denoise(self, hidden: torch.Tensor) -> tuple[list[list[int]], dict]:
@@ -173,7 +177,7 @@ class DiffusionRunnerMixin:
 
         Returns:
             Per row the tokens to report ([] until the canvas is done), and
-            req_id -> K_max for the rows that evicted in this step.
+            req_id -> kept lengths for the rows whose step 0 ran in this step.
         """
         states = [self.diffusion[req_id] for req_id, _, _ in self._rows]
         blocks = []
@@ -184,9 +188,9 @@ class DiffusionRunnerMixin:
         sizes = [b.shape[0] for b in blocks]
         sampled, kept = [], {}
         for st, block_logits in zip(states, logits.split(sizes), strict=True):
-            evicted_now = st.is_full_forward and st.eviction is not None
+            first_step = st.is_full_forward
             st.seq.apply_step(block_logits)
-            if evicted_now:
-                kept[st.seq.request_id] = st.kept_slots
+            if first_step:
+                kept[st.seq.request_id] = dict(st.kept_lengths)
             sampled.append(st.answer() if st.seq.is_finished else [])
         return sampled, kept

@@ -7,6 +7,7 @@ from typing import Any
 
 from maskkv_vllm.eviction.evictor import Eviction
 from maskkv_vllm.sampler.sequence import DiffusionSequence
+from maskkv_vllm.vllm_adapter.page_pool import RequestPages
 
 
 def stop_token_ids(sampling_params: Any, eos_token_id: int | None) -> tuple[int, ...]:
@@ -29,6 +30,7 @@ class DiffusionState:
     Attributes:
         seq: canvas, block pointer and random stream (our embedded engine's).
         eviction: the request's step-0 eviction, or None (full cache).
+        pages: its head-pages inside its vLLM blocks (set before step 0).
         kept_lengths: per layer, kept prompt entries of every KV head of the
             layer, all tensor-parallel ranks' heads (after step 0).
         computed: vLLM's ``num_computed_tokens`` at the current step (0 at the
@@ -37,6 +39,7 @@ class DiffusionState:
 
     seq: DiffusionSequence
     eviction: Eviction | None = None
+    pages: RequestPages | None = None
     kept_lengths: dict[int, list[int]] = field(default_factory=dict)
     computed: int = 0
 
@@ -48,11 +51,6 @@ class DiffusionState:
     def is_full_forward(self) -> bool:
         """Whether this step computes the prompt too (the prefill, step 0)."""
         return self.computed == 0
-
-    @property
-    def kept_slots(self) -> int:
-        """K_max: leading prompt slots some (layer, head) still uses."""
-        return max((max(n) for n in self.kept_lengths.values()), default=0)
 
     def block_offset(self) -> int:
         """Offset of the current block's first slot among this step's tokens."""

@@ -15,22 +15,23 @@ or Ray executor). Official checkpoint tensors -> vLLM layers:
 - ``*_norm``, ``ln_f``: our ``RMSNorm``, replicated.
 
 Each rank holds ``n_heads / N`` query and ``n_kv_heads / N`` KV heads; its
-post-RoPE q/k/v (our RoPE at explicit positions) go to a vLLM
-``PrefillPrefixLMAttention`` layer, a decoder attention that always runs
-non-causally and writes the paged KV cache of the rank's heads. MaskKV's
-eviction hook (``set_after_attention``) sees the rank's heads only;
-``evicting_attention`` gathers what a policy needs across the TP group.
+post-RoPE q/k/v (our RoPE at explicit positions) go to the step attention the
+runner installs (``set_step_attention``; ``diffusion_attention``), which
+reads and writes head-pages of the one vLLM attention layer ``model.kv_pool``:
+that layer is never run, it makes vLLM allocate and account the page pool of
+all D layers (``kv_spec.DiffusionKVSpec``: a block is one layer's KV heads).
 Registered with vLLM by ``plugin.register`` as the lazy string
 ``"maskkv_vllm.vllm_adapter.model:LLaDAForDiffusionLM"``.
 
 Limits: no pipeline parallelism, no quantization, KV heads must split evenly
-over the ranks (no replicated KV heads); under plain ``LLM.generate`` vLLM
-decodes autoregressively, which is not LLaDA's reverse process (the denoising
-loop belongs to our scheduler and runner).
+over the ranks (no replicated KV heads); the engine must run our scheduler
+(``MaskKVDiffusionScheduler``, LLaDA's denoising loop): vLLM's autoregressive
+scheduler is refused at construction, since LLaDA is not autoregressive.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
@@ -40,6 +41,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from maskkv_vllm.models import llada_config
+from maskkv_vllm.models.attention import dense_attention
 from maskkv_vllm.models.llada import LLaDAModel, RMSNorm
 from maskkv_vllm.models.rope import apply_rope, rope_cos_sin, rope_inv_freq
 
@@ -93,28 +95,24 @@ def param_for_checkpoint(name: str) -> tuple[str, str | int | None]:
     return ".".join([*path, fused, leaf]), shard
 
 
-class _VllmAttention:
-    """Runs one layer's post-RoPE q/k/v through vLLM's attention layer.
+class _StepAttention:
+    """Hands one layer's post-RoPE q/k/v to the step attention the runner set.
 
-    vLLM's layers take flat ``(num_tokens, heads * head_dim)`` tensors of the
-    whole scheduled batch. Which tokens see which keys (per-request boundaries,
-    paged KV, causality) is decided by the attention metadata vLLM sets for
-    the step.
+    Without one (vLLM's dummy and profiling runs, which carry no requests) the
+    whole flat batch attends densely as one sequence.
     """
 
-    def __init__(self, layers: list[nn.Module]) -> None:
-        self.layers = layers
-        self.after_attention: Callable[..., torch.Tensor] | None = None
-        """Set by the MaskKV runner for one step (``evicting_attention``)."""
+    def __init__(self) -> None:
+        self.step: Callable[..., torch.Tensor] | None = None
+        """``DiffusionAttention`` of the current step, set by the runner."""
 
     def __call__(
         self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
     ) -> torch.Tensor:
         """q: (1, Hq, T, d), k/v: (1, Hkv, T, d) of this rank -> (T, Hq * d)."""
-        out = self.layers[layer](_flat(q), _flat(k), _flat(v))  # (T, Hq * d)
-        if self.after_attention is not None:
-            out = self.after_attention(layer, self.layers[layer], q, k, v, out)
-        return out
+        if self.step is not None:
+            return self.step(layer, q, k, v)
+        return _flat(dense_attention(q, k, v, None))
 
 
 def _flat(x: torch.Tensor) -> torch.Tensor:
@@ -148,9 +146,6 @@ class LLaDAParallelBlock(nn.Module):
         vllm_config: VllmConfig,
         prefix: str,
     ) -> None:
-        from vllm.model_executor.layers.attention.prefill_prefix_lm_attention import (  # noqa: E501
-            PrefillPrefixLMAttention,
-        )
         from vllm.model_executor.layers.linear import (
             MergedColumnParallelLinear,
             QKVParallelLinear,
@@ -185,23 +180,13 @@ class LLaDAParallelBlock(nn.Module):
             c.mlp_hidden_size, c.d_model, bias=bias, prefix=f"{prefix}.ff_out",
             return_bias=False,
         )  # fmt: skip
-        # An attribute of the block, so the module path equals the layer name
-        # vLLM binds the KV cache to.
-        self.attn = PrefillPrefixLMAttention(
-            num_heads=self.num_heads,
-            head_size=c.head_dim,
-            scale=c.head_dim**-0.5,
-            num_kv_heads=self.num_kv_heads,
-            cache_config=vllm_config.cache_config,
-            prefix=f"{prefix}.attn",
-        )
 
     def forward(
         self,
         x: torch.Tensor,
         cos: torch.Tensor,
         sin: torch.Tensor,
-        attn: _VllmAttention,
+        attn: _StepAttention,
     ) -> torch.Tensor:
         """x: (T, D) replicated on every rank; cos/sin: (1, 1, T, d) -> (T, D)."""
         qkv = self.qkv_proj(self.attn_norm(x))  # (T, (Hq + 2 Hkv) * d / N)
@@ -254,6 +239,43 @@ class _Model(nn.Module):
     ) -> None:
         super().__init__()
         self.transformer = _Transformer(config, vllm_config, f"{prefix}.transformer")
+        tp = vllm_config.parallel_config.tensor_parallel_size
+        # A list so that the layer name holds the one integer vLLM expects.
+        self.kv_pool = nn.ModuleList(
+            [_pool_layer(config, tp, vllm_config, f"{prefix}.kv_pool.0")]
+        )
+
+
+def _pool_layer(
+    config: llada_config.LLaDAConfig, tp: int, vllm_config: VllmConfig, prefix: str
+) -> nn.Module:
+    """The one vLLM attention layer whose KV cache is the page pool of all layers.
+
+    A non-causal decoder layer (so vLLM disables chunked prefill and prefix
+    caching) whose spec says one block is this rank's KV heads of ONE layer
+    and a request may hold D layers' worth (``DiffusionKVSpec``).
+    """
+    from vllm.model_executor.layers.attention.prefill_prefix_lm_attention import (
+        PrefillPrefixLMAttention,
+    )
+
+    from maskkv_vllm.vllm_adapter.kv_spec import DiffusionKVSpec
+
+    class PoolAttention(PrefillPrefixLMAttention):
+        def get_kv_cache_spec(self, vllm_config):
+            spec = super().get_kv_cache_spec(vllm_config)
+            fields = {f.name: getattr(spec, f.name) for f in dataclasses.fields(spec)}
+            fields = {k: v for k, v in fields.items() if k != "num_model_layers"}
+            return DiffusionKVSpec(**fields, num_model_layers=config.n_layers)
+
+    return PoolAttention(
+        num_heads=config.n_heads // tp,
+        head_size=config.head_dim,
+        scale=config.head_dim**-0.5,
+        num_kv_heads=config.n_kv_heads // tp,
+        cache_config=vllm_config.cache_config,
+        prefix=prefix,
+    )
 
 
 class LLaDAForDiffusionLM(nn.Module):
@@ -278,23 +300,31 @@ class LLaDAForDiffusionLM(nn.Module):
         super().__init__()
         config = llada_config_from_hf(vllm_config.model_config.hf_config)
         _check_parallel(vllm_config, config)
+        _check_scheduler(vllm_config)
         self.config = config
+        self.num_local_kv_heads = (
+            config.n_kv_heads // vllm_config.parallel_config.tensor_parallel_size
+        )
         self.model = _Model(config, vllm_config, _join(prefix, "model"))
         self.logits_processor = LogitsProcessor(config.vocab_size)
-        self._vllm_attention = _VllmAttention([b.attn for b in self.blocks])
+        self._attention = _StepAttention()
 
     @property
     def blocks(self) -> nn.ModuleList:
         return self.model.transformer.blocks
 
-    def set_after_attention(self, hook: Callable[..., torch.Tensor] | None) -> None:
-        """Install (or clear, with None) a per-layer hook for the next forwards.
+    @property
+    def kv_pool(self) -> nn.Module:
+        """The vLLM attention layer holding the KV page pool (``kv_cache``)."""
+        return self.model.kv_pool[0]
 
-        ``hook(layer, attn_layer, q, k, v, out) -> out`` runs after vLLM's
-        attention of each layer, on this rank's heads: q (1, Hq/N, T, d),
-        k/v (1, Hkv/N, T, d), ``out`` the flat (T, Hq/N * d) result.
+    def set_step_attention(self, step: Callable[..., torch.Tensor] | None) -> None:
+        """Install (or clear, with None) the attention of the next forwards.
+
+        ``step(layer, q, k, v) -> out`` gets this rank's post-RoPE heads, q
+        (1, Hq/N, T, d) and k/v (1, Hkv/N, T, d), and returns (T, Hq/N * d).
         """
-        self._vllm_attention.after_attention = hook
+        self._attention.step = step
 
     def embed_input_ids(self, input_ids: torch.Tensor) -> torch.Tensor:
         """(T,) ids -> (T, d_model) embeddings (LLaDA does not scale them)."""
@@ -329,7 +359,7 @@ class LLaDAForDiffusionLM(nn.Module):
         inv_freq = rope_inv_freq(self.config.head_dim, self.config.rope_theta, x.device)
         cos, sin = rope_cos_sin(positions[None], inv_freq)  # (1, 1, T, d)
         for block in self.blocks:
-            x = block(x, cos, sin, self._vllm_attention)
+            x = block(x, cos, sin, self._attention)
         return x
 
     def compute_logits(self, hidden_states: torch.Tensor) -> torch.Tensor:
@@ -423,6 +453,30 @@ def check_tensor_parallel(config: llada_config.LLaDAConfig, tp: int) -> None:
             raise ValueError(
                 f"tensor_parallel_size={tp} does not divide LLaDA's {field}={size}"
             )
+
+
+def _check_scheduler(vllm_config: VllmConfig) -> None:
+    """Refuse an engine that would decode LLaDA autoregressively.
+
+    Raises:
+        ValueError: ``scheduler_cls`` is not ``MaskKVDiffusionScheduler`` (or a
+            subclass), naming the one given.
+    """
+    from maskkv_vllm.vllm_adapter.scheduler import SCHEDULER_CLS
+
+    given = vllm_config.scheduler_config.scheduler_cls
+    if isinstance(given, str):
+        ok = given == SCHEDULER_CLS
+    else:
+        from maskkv_vllm.vllm_adapter.scheduler import MaskKVDiffusionScheduler
+
+        ok = isinstance(given, type) and issubclass(given, MaskKVDiffusionScheduler)
+    if not ok:
+        raise ValueError(
+            f"LLaDA is a diffusion model: scheduler_cls={given!r} would decode it "
+            f"autoregressively; run it with scheduler_cls={SCHEDULER_CLS!r} (set "
+            "by maskkv_vllm.vllm_adapter.api.make_llm and `maskkv vllm-serve`)"
+        )
 
 
 def _check_parallel(vllm_config: VllmConfig, config: llada_config.LLaDAConfig) -> None:

@@ -38,7 +38,8 @@ class AdapterConfig:
     kv_budget: int | None = None
     """Budget B of requests that do not choose one."""
     free_blocks: bool = True
-    """Return whole vLLM blocks of the dead prompt range after eviction."""
+    """Admit a request by its compressed bound and return the blocks it does
+    not fill after step 0; False (a baseline) holds the whole prompt's pages."""
 
     def __post_init__(self) -> None:
         check_policy_name(self.kv_policy)

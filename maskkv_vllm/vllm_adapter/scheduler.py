@@ -4,10 +4,17 @@
   the L ``[MASK]`` canvas slots to its prompt (so step 0, the prefill, is one
   non-causal forward over prompt + canvas and the blocks for M + L slots are
   allocated once) and sets ``max_tokens = L``.
+- admission by the compressed footprint: each request's blocks are its
+  *reservation* in vLLM's block manager (``kv_spec.MaskKVBlockManager``), set
+  in ``add_request`` to the upper bound of what its prompt keeps after step 0
+  (``footprint.reserved_blocks``, the embedded engine's page arithmetic), so
+  vLLM admits it when that bound fits, not its whole M + L.
 - ``update_from_output``: after vLLM's bookkeeping, rewinds every unfinished
   request's ``num_computed_tokens`` to M, so the next step recomputes the L
-  canvas slots in place over the cached prompt KV; after a step-0 eviction it
-  frees the whole blocks of the dead prompt range (``free_dead_prompt_blocks``).
+  canvas slots over the cached prompt KV; after step 0 it shrinks the request
+  to the blocks its kept head-pages fill (``release_unused_blocks``), which go
+  back to vLLM's ``BlockPool`` at once.
+- a preempted request gets its bound again and restarts from step 0.
 - ``_update_request_with_output``: the runner reports a request's answer once,
   when its canvas is done; it is appended whole and the request finishes
   (stopped on a stop id, else length-capped).
@@ -27,6 +34,8 @@ from vllm.v1.core.sched.scheduler import Scheduler
 from vllm.v1.request import Request, RequestStatus
 
 from maskkv_vllm.vllm_adapter.diffusion_state import stop_token_ids
+from maskkv_vllm.vllm_adapter.footprint import Policies, held_blocks, reserved_blocks
+from maskkv_vllm.vllm_adapter.kv_spec import MaskKVBlockManager, ensure_registered
 from maskkv_vllm.vllm_adapter.params import (
     CONFIG_KEY,
     FLAT_PREFIX,
@@ -41,30 +50,39 @@ SCHEDULER_CLS = "maskkv_vllm.vllm_adapter.scheduler.MaskKVDiffusionScheduler"
 """The qualified name vLLM's ``scheduler_cls`` takes."""
 
 
-def dead_block_range(kept_slots: int, prompt_len: int, block_size: int) -> range:
-    """Block indices wholly inside the dead prompt range ``[K_max, M)``.
-
-    Example: M = 200, block size 32, K_max = 64 -> blocks 2..5.
-    """
-    return range(-(-kept_slots // block_size), prompt_len // block_size)
-
-
 class MaskKVDiffusionScheduler(Scheduler):
     """vLLM's V1 scheduler driving LLaDA's denoising loop (see module docstring)."""
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, vllm_config: Any, *args: Any, **kwargs: Any) -> None:
         require_vllm_version(type(self).__name__)
-        super().__init__(*args, **kwargs)
+        ensure_registered(vllm_config)  # before vLLM builds the block manager
+        super().__init__(vllm_config, *args, **kwargs)
         self.adapter_config = AdapterConfig.from_additional_config(
             self.vllm_config.additional_config
         )
         hf = self.vllm_config.model_config.hf_config
         self.mask_token_id: int = hf.mask_token_id
         self.eos_token_id: int | None = hf.eos_token_id
+        self.num_layers: int = hf.num_hidden_layers
+        self.num_kv_heads: int = hf.num_key_value_heads
+        self.tp_size: int = self.vllm_config.parallel_config.tensor_parallel_size
+        self.policies = Policies(self.adapter_config, self.num_layers)
+        self.block_manager = self._pool_manager()
         self.prompt_lens: dict[str, int] = {}
         """req_id -> M (the prompt without its canvas)."""
+        self.reserved: dict[str, int] = {}
+        """req_id -> blocks its prompt may need after step 0 (the admission bound)."""
         self.freed_blocks: dict[str, int] = {}
-        """req_id -> blocks returned after eviction (kept until the request ends)."""
+        """req_id -> blocks returned after step 0 (kept until the request ends)."""
+
+    def _pool_manager(self) -> MaskKVBlockManager:
+        managers = self.kv_cache_manager.coordinator.single_type_managers
+        if len(managers) != 1 or not isinstance(managers[0], MaskKVBlockManager):
+            raise RuntimeError(
+                "MaskKVDiffusionScheduler needs the LLaDA page pool as the only KV "
+                f"cache group; got managers {[type(m).__name__ for m in managers]}"
+            )
+        return managers[0]
 
     def add_request(self, request: Request) -> None:
         if request.request_id not in self.requests:
@@ -79,7 +97,23 @@ class MaskKVDiffusionScheduler(Scheduler):
         extra[CONFIG_KEY] = dataclasses.asdict(params)
         sp.extra_args = extra
         canvas = [self.mask_token_id] * params.gen_length
-        self.prompt_lens[request.request_id] = request.num_prompt_tokens
+        m = request.num_prompt_tokens
+        # free_blocks off (a baseline): every request holds its whole prompt.
+        name = params.kv_policy if self.adapter_config.free_blocks else "full"
+        blocks = reserved_blocks(
+            self.policies.get(name), params, m, self.num_layers,
+            self.num_kv_heads, self.block_size, self.tp_size,
+        )  # fmt: skip
+        usable = self.kv_cache_manager.block_pool.num_gpu_blocks - 1
+        if blocks > usable:
+            raise ValueError(
+                f"a {m}-token prompt needs {blocks} KV blocks (kv_policy="
+                f"{params.kv_policy!r}, kv_budget={params.kv_budget}) but the pool "
+                f"holds {usable}: raise the KV cache size or lower the budget"
+            )
+        self.reserved[request.request_id] = blocks
+        self.block_manager.reserve(request.request_id, blocks)
+        self.prompt_lens[request.request_id] = m
         request.prompt_token_ids = list(request.prompt_token_ids) + canvas
         request._all_token_ids.extend(canvas)
         request.num_prompt_tokens += params.gen_length
@@ -88,7 +122,7 @@ class MaskKVDiffusionScheduler(Scheduler):
     def update_from_output(
         self, scheduler_output: Any, model_runner_output: Any
     ) -> dict[int, Any]:
-        kept = getattr(model_runner_output, "maskkv_kept_slots", None) or {}
+        kept = getattr(model_runner_output, "maskkv_kept_lengths", None) or {}
         outputs = super().update_from_output(scheduler_output, model_runner_output)
         for req_id in scheduler_output.num_scheduled_tokens:
             request = self.requests.get(req_id)
@@ -96,27 +130,44 @@ class MaskKVDiffusionScheduler(Scheduler):
                 continue
             request.num_computed_tokens = self.prompt_lens[req_id]
             if req_id in kept and self.adapter_config.free_blocks:
-                self.free_dead_prompt_blocks(req_id, kept[req_id])
+                self.release_unused_blocks(req_id, kept[req_id])
         return outputs
 
-    def free_dead_prompt_blocks(self, req_id: str, kept_slots: int) -> int:
-        """Return the blocks of ``[K_max, M)`` to the pool; null_block in their place.
+    def release_unused_blocks(
+        self, req_id: str, kept_lengths: dict[int, list[int]]
+    ) -> int:
+        """Shrink a request to the blocks its kept head-pages fill; free the rest.
+
+        Args:
+            kept_lengths: layer -> kept prompt entries of every KV head.
 
         Returns:
-            The number of blocks freed.
+            The number of blocks returned to vLLM's pool.
         """
-        pool = self.kv_cache_manager.block_pool
-        before = pool.get_num_free_blocks()
-        dead = dead_block_range(kept_slots, self.prompt_lens[req_id], self.block_size)
-        for manager in self.kv_cache_manager.coordinator.single_type_managers:
-            manager._remove_blocks_in_range(req_id, dead.start, dead.stop)
-        freed = pool.get_num_free_blocks() - before
+        need = held_blocks(kept_lengths, self.block_size, self.tp_size)
+        held = self.block_manager.num_held(req_id)
+        if need > held:
+            raise RuntimeError(
+                f"request {req_id} kept {need} blocks of head-pages but holds {held}"
+            )
+        freed = self.block_manager.shrink(req_id, need)
         self.freed_blocks[req_id] = freed
+        kept_total = sum(map(sum, kept_lengths.values()))
         logger.info(
-            "maskkv: request %s keeps %s prompt slots of %s; freed %s blocks",
-            req_id, kept_slots, self.prompt_lens[req_id], freed,
+            "maskkv: request %s keeps %s prompt KV entries (M = %s) in %s blocks; "
+            "freed %s of %s",
+            req_id, kept_total, self.prompt_lens[req_id], need, freed, held,
         )  # fmt: skip
         return freed
+
+    def _preempt_request(self, request: Request, *args: Any, **kwargs: Any) -> None:
+        super()._preempt_request(request, *args, **kwargs)
+        # Its blocks are gone; it restarts at step 0 with the admission bound.
+        if request.request_id in self.reserved:
+            self.block_manager.reserve(
+                request.request_id, self.reserved[request.request_id]
+            )
+        self.freed_blocks.pop(request.request_id, None)
 
     def _update_request_with_output(
         self, request: Request, new_token_ids: list[int], is_stale: bool = False
@@ -138,4 +189,7 @@ class MaskKVDiffusionScheduler(Scheduler):
     def _free_request(self, request: Request, delay_free_blocks: bool = False) -> Any:
         self.prompt_lens.pop(request.request_id, None)
         self.freed_blocks.pop(request.request_id, None)
-        return super()._free_request(request, delay_free_blocks)
+        self.reserved.pop(request.request_id, None)
+        out = super()._free_request(request, delay_free_blocks)
+        self.block_manager.release(request.request_id)
+        return out

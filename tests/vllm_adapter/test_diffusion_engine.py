@@ -21,11 +21,26 @@ from maskkv_vllm.vllm_adapter.api import generate, make_llm  # noqa: E402
 
 pytestmark = pytest.mark.vllm
 
-NUM_BLOCKS = 32  # 31 usable + the null block
+NUM_BLOCKS = 40  # 39 usable + the null block
 BLOCK = 32
 HELLO = [256, 72, 101, 108, 108, 111]
 STOPS_EARLY = [256, 12, 140, 125, 114]  # first stop id lands in block 3 of 4
 LONG = [256] + [random.Random(0).randrange(32, 127) for _ in range(199)]  # M = 200
+UNEVEN = [150, 20, 2, 20]
+"""Kept entries per KV head of the ``uneven`` test policy (sum 192 = 4 x 48)."""
+
+
+def _register_uneven_policy():
+    """snapkv's scores with head budgets fixed to ``UNEVEN`` (a test policy)."""
+    from maskkv_vllm.eviction.policy import Wrapper
+    from maskkv_vllm.eviction.registry import make_policy, policy_names, register_policy
+
+    class UnevenHeads(Wrapper):
+        def head_budgets(self, ctx, scores, layer_budget):
+            return list(UNEVEN)
+
+    if "uneven" not in policy_names():
+        register_policy("uneven", lambda c, p: UnevenHeads(make_policy("snapkv", c)))
 
 
 def _tracing_scheduler_cls():
@@ -38,6 +53,14 @@ def _tracing_scheduler_cls():
             super().__init__(*args, **kwargs)
             self.trace: list[tuple[str, int, int]] = []
             self.freed: dict[str, int] = {}
+            self.blocks: dict[str, tuple[list[int], list[int]]] = {}
+            self.kept: dict[str, dict[int, list[int]]] = {}
+            self.running_per_step: list[int] = []
+
+        def schedule(self, *args, **kwargs):
+            out = super().schedule(*args, **kwargs)
+            self.running_per_step.append(len(self.running))
+            return out
 
         def update_from_output(self, scheduler_output, model_runner_output):
             out = super().update_from_output(scheduler_output, model_runner_output)
@@ -46,9 +69,13 @@ def _tracing_scheduler_cls():
                 self.trace.append((req_id, n, free))
             return out
 
-        def free_dead_prompt_blocks(self, req_id, kept_slots):
-            freed = super().free_dead_prompt_blocks(req_id, kept_slots)
+        def release_unused_blocks(self, req_id, kept_lengths):
+            before = [b.block_id for b in self.block_manager.req_to_blocks[req_id]]
+            freed = super().release_unused_blocks(req_id, kept_lengths)
+            after = [b.block_id for b in self.block_manager.req_to_blocks[req_id]]
             self.freed[req_id] = freed
+            self.blocks[req_id] = (before, after)
+            self.kept[req_id] = kept_lengths
             return freed
 
     return TracingScheduler
@@ -56,6 +83,7 @@ def _tracing_scheduler_cls():
 
 @pytest.fixture(scope="module")
 def llm(vllm_tiny_dir):
+    _register_uneven_policy()
     return make_llm(
         str(vllm_tiny_dir),
         max_model_len=512,
@@ -74,6 +102,9 @@ def scheduler(llm):
     sched = llm.llm_engine.engine_core.engine_core.scheduler
     sched.trace.clear()
     sched.freed.clear()
+    sched.blocks.clear()
+    sched.kept.clear()
+    sched.running_per_step.clear()
     return sched
 
 
@@ -108,10 +139,19 @@ def test_greedy_and_seeded_match_the_embedded_engine(llm, embedded, params):
 def test_each_step_recomputes_only_the_canvas(llm, scheduler):
     params = SamplingParams(gen_length=16, block_length=8, steps=8)
     generate(llm, [HELLO], params)
-    # Prefill of M + L = 22 slots, then 7 canvas steps of L = 16; no new blocks.
+    # Prefill of M + L = 22 slots, then 7 canvas steps of L = 16; the full
+    # cache holds 2 layers x 4 heads x 1 page = 8 pages = 2 blocks, no canvas.
     assert [n for _, n, _ in scheduler.trace] == [22] + [16] * 7
-    assert {free for *_, free in scheduler.trace[:-1]} == {NUM_BLOCKS - 2}
-    assert scheduler.trace[-1][2] == NUM_BLOCKS - 1  # finished: its block is back
+    assert {free for *_, free in scheduler.trace[:-1]} == {NUM_BLOCKS - 1 - 2}
+    assert scheduler.trace[-1][2] == NUM_BLOCKS - 1  # finished: its blocks are back
+    assert list(scheduler.freed.values()) == [0]
+
+
+def test_the_worker_block_table_holds_every_layer_of_the_longest_prompt(llm):
+    widths = llm.collective_rpc(
+        lambda w: w.model_runner.input_batch.block_table[0].max_num_blocks_per_req
+    )
+    assert widths == [2 * 512 // BLOCK]  # D x ceil(max_model_len / block size)
 
 
 def test_early_stop_after_the_block_with_the_first_stop(llm, embedded, scheduler):
@@ -123,37 +163,70 @@ def test_early_stop_after_the_block_with_the_first_stop(llm, embedded, scheduler
     assert len(scheduler.trace) == ref.stats.num_steps == 12  # 3 of 4 blocks
 
 
+# M = 200, 2 layers x 4 KV heads, 32-slot pages, 4 pages per vLLM block.
+# reserved = sum over layers of min(4 * 7, ceil(4 * min(k_l, 200) / 32) + 4)
+# pages, in blocks; held = the kept head-pages of both layers, in blocks.
 @pytest.mark.parametrize(
-    ("policy", "budget", "kept_slots"),
-    [("snapkv", 64, 64), ("streaming", 40, 40), ("maskkv", 48, None)],
+    ("policy", "budget", "reserved", "held"),
+    [
+        # every head keeps 64 = 2 pages: 2 x 4 x 2 = 16 pages = 4 blocks;
+        # reserved 2 x 12 = 24 pages = 6 blocks
+        ("snapkv", 64, 6, 4),
+        # 40 = 2 pages per head: 16 pages = 4 blocks; reserved 2 x 9 = 5 blocks
+        ("streaming", 40, 5, 4),
+        # uneven heads (150, 20, 2, 20) in each layer: 5 + 1 + 1 + 1 = 8 pages
+        # per layer = 4 blocks; K_max = 150 would have held 5 of 7 blocks per
+        # head in vLLM's old all-heads layout
+        ("uneven", 48, 5, 4),
+        ("full", None, 14, 14),
+        # B >= M keeps everything, like the full cache
+        ("snapkv", 300, 14, 14),
+    ],
 )
-def test_eviction_matches_the_embedded_engine_and_frees_blocks(
-    llm, embedded, scheduler, policy, budget, kept_slots
+def test_blocks_reserved_held_and_freed_in_vllm_s_pool(
+    llm, embedded, scheduler, policy, budget, reserved, held
 ):
     params = SamplingParams(
         gen_length=32, block_length=16, steps=16, kv_policy=policy, kv_budget=budget
     )
     assert _ours(llm, [LONG], params) == _reference(embedded, [LONG], params)
-    # M + L = 232 slots = 8 blocks; after step 0 the blocks wholly inside
-    # [K_max, 200) go back: K_max = 64 -> blocks 2..5 (4), 40 -> 2..5 (4).
-    (req_id,) = scheduler.freed
-    freed = scheduler.freed[req_id]
-    if kept_slots is not None:
-        assert freed == 200 // BLOCK - -(-kept_slots // BLOCK) == 4
-    assert freed >= 1
+    (req_id,) = scheduler.blocks
+    before, after = scheduler.blocks[req_id]
+    assert len(before) == reserved and after == before[:held]
+    assert scheduler.freed[req_id] == reserved - held
+    if policy == "uneven":
+        assert scheduler.kept[req_id] == {0: UNEVEN, 1: UNEVEN}
     frees = [free for _, _, free in scheduler.trace]
-    assert frees[0] == NUM_BLOCKS - 1 - 8 + freed  # right after step 0
+    assert frees[0] == NUM_BLOCKS - 1 - held  # right after step 0
     assert set(frees[1:-1]) == {frees[0]}
     assert frees[-1] == NUM_BLOCKS - 1
+    # the freed blocks are free in vLLM's pool while the request still ran
+    pool = llm.llm_engine.engine_core.engine_core.scheduler.kv_cache_manager.block_pool
+    assert pool.get_num_free_blocks() == NUM_BLOCKS - 1
 
 
-def test_budget_above_the_prompt_frees_nothing_and_equals_full(llm, scheduler):
+def test_full_cache_and_a_budget_above_the_prompt_give_the_same_tokens(llm):
     full = SamplingParams(gen_length=32, block_length=16, steps=16)
     evicting = SamplingParams(
         gen_length=32, block_length=16, steps=16, kv_policy="snapkv", kv_budget=300
     )
     assert _ours(llm, [LONG], evicting) == _ours(llm, [LONG], full)
-    assert list(scheduler.freed.values()) == [0]
+
+
+def test_admission_is_by_the_compressed_bound(llm, scheduler):
+    # 39 usable blocks: a full-cache request of M = 200 reserves 14, so two
+    # run at once. snapkv B = 64 reserves 6, so six are admitted together; after
+    # their step 0 each holds 4 (24 in all), and 2 more fit in the 15 left.
+    full = SamplingParams(gen_length=32, block_length=16, steps=16)
+    generate(llm, [LONG] * 3, full)
+    assert max(scheduler.running_per_step) == 2
+    scheduler.running_per_step.clear()
+    evicting = SamplingParams(
+        gen_length=32, block_length=16, steps=16, kv_policy="snapkv", kv_budget=64
+    )
+    generate(llm, [LONG] * 8, evicting)
+    assert scheduler.running_per_step[:2] == [6, 8]
+    assert scheduler.kv_cache_manager.block_pool.get_num_free_blocks() == NUM_BLOCKS - 1
 
 
 def test_mixed_batch_of_evicting_and_full_requests(llm, embedded):

@@ -12,7 +12,6 @@ from maskkv_vllm.vllm_adapter.params import (  # noqa: E402
     AdapterConfig,
     request_params,
 )
-from maskkv_vllm.vllm_adapter.scheduler import dead_block_range  # noqa: E402
 
 pytestmark = pytest.mark.vllm
 
@@ -64,15 +63,6 @@ def test_request_params_nested_flat_and_defaults():
 def test_bad_request_params_name_the_value(extra, match):
     with pytest.raises(ValueError, match=match):
         request_params(extra, 16, AdapterConfig())
-
-
-@pytest.mark.parametrize(
-    ("kept", "prompt", "blocks"),
-    [(64, 200, range(2, 6)), (65, 200, range(3, 6)), (0, 64, range(0, 2)),
-     (200, 200, range(7, 6)), (10, 20, range(1, 0))],
-)  # fmt: skip
-def test_dead_block_range_is_whole_blocks_inside_the_gap(kept, prompt, blocks):
-    assert dead_block_range(kept, prompt, 32) == blocks
 
 
 def test_hooks_refuse_an_unpinned_vllm(monkeypatch):

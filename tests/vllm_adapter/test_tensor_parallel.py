@@ -30,14 +30,14 @@ from maskkv_vllm.vllm_adapter.api import generate, make_llm  # noqa: E402
 pytestmark = [pytest.mark.vllm, pytest.mark.timeout(600)]
 
 TP = 2
-NUM_BLOCKS = 32  # 31 usable + the null block
+NUM_BLOCKS = 40  # 39 usable + the null block
 BLOCK = 32
 HELLO = [256, 72, 101, 108, 108, 111]
 LONG = [256] + [random.Random(0).randrange(32, 127) for _ in range(199)]  # M = 200
 
 
 class Recorder:
-    """Free blocks after every step, K_max and blocks freed per request.
+    """Free blocks after every step, kept lengths and blocks freed per request.
 
     Wraps the in-process scheduler's methods on the instance: a scheduler
     subclass defined here could not be unpickled by the worker processes,
@@ -46,22 +46,24 @@ class Recorder:
 
     def __init__(self, sched, monkeypatch):
         self.frees: list[int] = []
-        self.kept: dict[str, int] = {}
+        self.kept: dict[str, dict[int, list[int]]] = {}
         self.freed: dict[str, int] = {}
-        update, free = sched.update_from_output, sched.free_dead_prompt_blocks
+        self.reserved: dict[str, int] = {}
+        update, free = sched.update_from_output, sched.release_unused_blocks
 
         def update_from_output(scheduler_output, model_runner_output):
             out = update(scheduler_output, model_runner_output)
             self.frees.append(sched.kv_cache_manager.block_pool.get_num_free_blocks())
             return out
 
-        def free_dead_prompt_blocks(req_id, kept_slots):
-            self.kept[req_id] = kept_slots
-            self.freed[req_id] = free(req_id, kept_slots)
+        def release_unused_blocks(req_id, kept_lengths):
+            self.kept[req_id] = kept_lengths
+            self.reserved[req_id] = sched.block_manager.num_held(req_id)
+            self.freed[req_id] = free(req_id, kept_lengths)
             return self.freed[req_id]
 
         monkeypatch.setattr(sched, "update_from_output", update_from_output)
-        monkeypatch.setattr(sched, "free_dead_prompt_blocks", free_dead_prompt_blocks)
+        monkeypatch.setattr(sched, "release_unused_blocks", release_unused_blocks)
 
 
 @pytest.fixture(scope="module")
@@ -139,23 +141,27 @@ def test_full_cache_matches_the_embedded_engine(tp_llm, embedded, params):
 
 
 @pytest.mark.parametrize(
-    ("policy", "budget", "kept_slots"),
-    # K_max of one rank (docs/vllm_notes.md §7.2): maskkv's unequal head
-    # budgets push it to 66 > B; they span both ranks' heads here.
-    [("maskkv", 48, 66), ("snapkv", 64, 64)],
+    ("policy", "budget"),
+    # maskkv's unequal head budgets span both ranks' heads here.
+    [("maskkv", 48), ("snapkv", 64)],
 )
 def test_eviction_keeps_what_one_rank_keeps(
-    tp_llm, embedded, scheduler, policy, budget, kept_slots
+    tp_llm, embedded, scheduler, policy, budget
 ):
+    from maskkv_vllm.vllm_adapter.footprint import held_blocks
+
     params = SamplingParams(
         gen_length=32, block_length=16, steps=16, kv_policy=policy, kv_budget=budget
     )
     got = _outputs(generate(tp_llm, [LONG], params))
     assert got == _outputs(embedded.generate([LONG], params, use_tqdm=False))
     (req_id,) = scheduler.freed
-    # Blocks wholly inside [K_max, 200) are freed: 66 -> 3..5, 64 -> 2..5.
-    assert scheduler.kept[req_id] == kept_slots
-    assert scheduler.freed[req_id] == 200 // BLOCK - -(-kept_slots // BLOCK)
-    # M + L = 232 slots = 8 blocks held until step 0 frees, all back at the end.
-    assert scheduler.frees[0] == NUM_BLOCKS - 1 - 8 + scheduler.freed[req_id]
+    kept = scheduler.kept[req_id]
+    assert sorted(kept) == [0, 1] and all(len(h) == 4 for h in kept.values())
+    # Each rank holds 2 heads = 2 pages per block. Reserved per layer and rank:
+    # min(2 * 7, ceil(4 * 48 / 32) + 2) = 8 pages (snapkv 64: 10), 2 layers.
+    assert scheduler.reserved[req_id] == {"maskkv": 8, "snapkv": 10}[policy]
+    held = held_blocks(kept, BLOCK, tp_size=TP)
+    assert scheduler.freed[req_id] == scheduler.reserved[req_id] - held > 0
+    assert scheduler.frees[0] == NUM_BLOCKS - 1 - held
     assert scheduler.frees[-1] == NUM_BLOCKS - 1

@@ -1,0 +1,145 @@
+"""vLLM's KV cache tensor as head-pages, and one request's pages inside its blocks.
+
+vLLM allocates one tensor for the pool layer (``kv_spec.DiffusionKVSpec``),
+``num_blocks * Hkv * P * 2 * d`` elements in a backend-specific layout. Only
+our attention ever reads or writes it (vLLM's kernels never run on it), so its
+memory is reinterpreted: the first half holds keys, the second values, each as
+``num_blocks * Hkv`` pages of ``(P, d)``; page ``b * Hkv + j`` belongs to vLLM
+block ``b``. Pages 0..Hkv-1 are vLLM's null block, never handed out; page 0
+pads the page tables (its reads are masked).
+
+``RequestPages`` assigns a request's head-pages layer by layer inside the
+blocks the scheduler gave it, through the torch-free ``cache.KVCacheManager``
+over a local ``BlockPool`` (local page ``i`` = the i-th page of its blocks), so
+the pages of every layer and head are packed from the first block on: the
+scheduler frees the unused tail blocks by count alone.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from maskkv_vllm.cache.block_pool import BlockPool
+from maskkv_vllm.cache.kv_cache_manager import KVCacheManager
+from maskkv_vllm.kv.page_tables import head_slots, layer_table
+
+_SELF = "request"
+"""The one request id of a per-request manager."""
+
+
+class PagePool:
+    """Key and value pages over one vLLM KV cache tensor.
+
+    Args:
+        kv_cache: the pool layer's cache, any layout, ``num_blocks * Hkv * P * 2d``
+            elements.
+        num_kv_heads: Hkv of this rank (pages per vLLM block).
+        block_size: P, slots per page (vLLM's block size).
+        head_dim: d.
+    """
+
+    def __init__(
+        self, kv_cache: torch.Tensor, num_kv_heads: int, block_size: int, head_dim: int
+    ) -> None:
+        n = kv_cache.numel()
+        page = block_size * head_dim
+        if n % (2 * page * num_kv_heads):
+            raise ValueError(
+                f"KV cache of {n} elements is not a whole number of blocks of "
+                f"{num_kv_heads} heads x {block_size} slots x 2 x {head_dim}"
+            )
+        flat = torch.as_strided(kv_cache, (n,), (1,), kv_cache.storage_offset())
+        half = n // 2
+        self.k_cache = flat[:half].view(half // page, block_size, head_dim)
+        """(num_blocks * Hkv, P, d) keys, post-RoPE."""
+        self.v_cache = flat[half:].view(half // page, block_size, head_dim)
+        """(num_blocks * Hkv, P, d) values."""
+        self.num_kv_heads, self.block_size, self.head_dim = (
+            num_kv_heads,
+            block_size,
+            head_dim,
+        )
+
+    def write(self, slots: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
+        """Scatter tokens into flat slots (page * P + offset); k, v: (N, d)."""
+        d = self.head_dim
+        self.k_cache.view(-1, d)[slots] = k.to(self.k_cache.dtype)
+        self.v_cache.view(-1, d)[slots] = v.to(self.v_cache.dtype)
+
+
+class RequestPages:
+    """One request's head-pages inside its vLLM blocks, assigned layer by layer.
+
+    Args:
+        block_ids: the request's vLLM block ids, in order.
+        num_layers: D.
+        num_kv_heads: Hkv of this rank.
+        block_size: P.
+        device: where the page tables live.
+    """
+
+    def __init__(
+        self,
+        block_ids: list[int],
+        num_layers: int,
+        num_kv_heads: int,
+        block_size: int,
+        device: torch.device | str,
+    ) -> None:
+        n = len(block_ids) * num_kv_heads
+        self.manager = KVCacheManager(
+            BlockPool(n + 1, block_size), num_layers, num_kv_heads
+        )
+        pages = [b * num_kv_heads + j for b in block_ids for j in range(num_kv_heads)]
+        self.page_map = torch.tensor([0, *pages], dtype=torch.long)
+        """local page id -> page id of the pool (local 0 is the null page)."""
+        self.block_size, self.device = block_size, device
+        self._tables: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def write_layer(
+        self,
+        pool: PagePool,
+        layer: int,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        lengths: list[int],
+    ) -> None:
+        """Store one layer's kept entries: the first ``lengths[h]`` rows of head h.
+
+        Args:
+            k, v: (Hkv, N, d).
+
+        Raises:
+            NoFreeBlocksError: the request's blocks cannot hold them (its
+                reservation was too small); nothing of the layer is stored.
+        """
+        heads = self.manager.allocate_layer(_SELF, layer, lengths)
+        self._tables.pop(layer, None)
+        rows = [(h, n) for h, n in enumerate(lengths) if n]
+        if not rows:
+            return
+        slots = torch.cat(
+            [
+                head_slots(self.page_map[heads[h].block_ids], n, self.block_size)
+                for h, n in rows
+            ]
+        )
+        slots = slots.to(pool.k_cache.device)
+        pool.write(
+            slots,
+            torch.cat([k[h, :n] for h, n in rows]),
+            torch.cat([v[h, :n] for h, n in rows]),
+        )
+
+    def table(self, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(Hkv, max_pages) int32 pool page ids and (Hkv,) int32 lengths."""
+        if layer not in self._tables:
+            heads = self.manager.tables[_SELF].layer(layer)
+            self._tables[layer] = layer_table(heads, self.device, self.page_map)
+        return self._tables[layer]
+
+    @property
+    def num_pages(self) -> int:
+        """Head-pages written so far (all layers)."""
+        table = self.manager.tables.get(_SELF)
+        return table.num_blocks if table else 0
