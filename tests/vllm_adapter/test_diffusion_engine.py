@@ -10,6 +10,7 @@ with a scheduler subclass that records the free-block count after every step.
 from __future__ import annotations
 
 import random
+import time
 
 import pytest
 
@@ -56,8 +57,15 @@ def _tracing_scheduler_cls():
             self.blocks: dict[str, tuple[list[int], list[int]]] = {}
             self.kept: dict[str, dict[int, list[int]]] = {}
             self.running_per_step: list[int] = []
+            self.preempt_at: int | None = None
+            """Preempt the newest running request before this schedule() call."""
+            self.preempted: list[str] = []
 
         def schedule(self, *args, **kwargs):
+            if self.preempt_at == len(self.running_per_step) and self.running:
+                victim = self.running.pop()
+                self._preempt_request(victim, time.monotonic())
+                self.preempted.append(victim.request_id)
             out = super().schedule(*args, **kwargs)
             self.running_per_step.append(len(self.running))
             return out
@@ -105,6 +113,8 @@ def scheduler(llm):
     sched.blocks.clear()
     sched.kept.clear()
     sched.running_per_step.clear()
+    sched.preempt_at = None
+    sched.preempted.clear()
     return sched
 
 
@@ -205,6 +215,23 @@ def test_blocks_reserved_held_and_freed_in_vllm_s_pool(
     assert pool.get_num_free_blocks() == NUM_BLOCKS - 1
 
 
+@pytest.mark.parametrize(("policy", "budget"), [("maskkv", 48), ("full", None)])
+def test_a_preempted_request_restarts_and_loses_or_repeats_nothing(
+    llm, embedded, scheduler, policy, budget
+):
+    params = SamplingParams(
+        gen_length=32, block_length=16, steps=16, kv_policy=policy, kv_budget=budget
+    )
+    scheduler.preempt_at = 5  # mid-denoising of both requests
+    prompts = [LONG, LONG[:150]]
+    assert _ours(llm, prompts, params) == _reference(embedded, prompts, params)
+    assert len(scheduler.preempted) == 1
+    # the victim ran step 0 twice (reserved again, shrunk again)
+    assert len(scheduler.blocks) == 2
+    pool = scheduler.kv_cache_manager.block_pool
+    assert pool.get_num_free_blocks() == NUM_BLOCKS - 1
+
+
 def test_full_cache_and_a_budget_above_the_prompt_give_the_same_tokens(llm):
     full = SamplingParams(gen_length=32, block_length=16, steps=16)
     evicting = SamplingParams(
@@ -252,5 +279,13 @@ def test_mixed_batch_of_evicting_and_full_requests(llm, embedded):
 
 def test_canvas_that_would_not_fit_is_refused(llm):
     params = SamplingParams(gen_length=16, block_length=8, steps=16)
-    with pytest.raises(ValueError, match=r"\+ 1 exceeds max_model_len=512"):
-        generate(llm, [[5] * 496], params)
+    with pytest.raises(ValueError, match=r"gen_length 16 exceeds max_model_len=512"):
+        generate(llm, [[5] * 497], params)
+
+
+def test_a_canvas_that_fills_max_model_len_exactly_runs(llm, embedded):
+    # M + L == max_model_len: vLLM reserved one slot for a sampled token and
+    # scheduled L - 1 canvas slots, which crashed the engine core.
+    params = SamplingParams(gen_length=16, block_length=8, steps=8)
+    prompt = [256] + [65] * 495
+    assert _ours(llm, [prompt], params) == _reference(embedded, [prompt], params)
