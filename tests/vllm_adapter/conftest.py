@@ -8,6 +8,10 @@ engine runs in-process (``VLLM_ENABLE_V1_MULTIPROCESSING=0``), offline, with a
 from __future__ import annotations
 
 import os
+import socket
+import subprocess
+import time
+import urllib.request
 
 import pytest
 
@@ -41,3 +45,71 @@ def vllm_tiny_dir(tmp_path_factory):
     return write_tiny_checkpoint(
         tmp_path_factory.mktemp("vllm_tiny"), seed=0, head_dim=32
     )
+
+
+STARTUP_S = 180
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    """An OpenAI server subprocess on 127.0.0.1; ``startup_s`` until healthy."""
+
+    def __init__(self, cmd: list[str], env: dict, log, port: int) -> None:
+        self.port, self.log = port, log
+        with open(log, "w") as out:
+            self.proc = subprocess.Popen(
+                cmd, env=env, stdout=out, stderr=subprocess.STDOUT
+            )
+        t0 = time.monotonic()
+        try:
+            self._wait_healthy()
+        except Exception:
+            print(log.read_text()[-4000:])
+            self.stop()
+            raise
+        self.startup_s = time.monotonic() - t0
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def healthy(self) -> bool:
+        try:
+            with urllib.request.urlopen(f"{self.url}/health", timeout=5) as r:
+                return r.status == 200
+        except OSError:
+            return False
+
+    def _wait_healthy(self) -> None:
+        deadline = time.monotonic() + STARTUP_S
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited with {self.proc.returncode}")
+            if self.healthy():
+                return
+            time.sleep(1)
+        raise TimeoutError(f"server not healthy after {STARTUP_S} s")
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+@pytest.fixture(scope="session")
+def start_server():
+    """``start_server(cmd_for_port, env, log) -> Server`` (the caller stops it)."""
+
+    def start(cmd_for_port, env: dict, log) -> Server:
+        port = free_port()
+        return Server(cmd_for_port(port), env, log, port)
+
+    return start

