@@ -13,8 +13,9 @@ the L canvas slots afterwards, the scheduler having rewound
 ``num_computed_tokens`` to M); ``sample_tokens`` replaces vLLM's one-token
 sampler with our reference sampler (``DiffusionSequence.apply_step``: float64
 Gumbel, low-confidence / random remasking, per-block transfer schedule) over
-the current block's slots. A request reports no tokens until its canvas is
-done, then its answer up to and including the first stop id.
+the current block's slots. A request reports each block's tokens when the
+block is committed (vLLM streams them), the last up to and including the first
+stop id.
 """
 
 from __future__ import annotations
@@ -176,7 +177,8 @@ class DiffusionRunnerMixin:
             hidden: (T, d_model) hidden states of every scheduled token.
 
         Returns:
-            Per row the tokens to report ([] until the canvas is done), and
+            Per row the tokens committed in this step ([] while a block
+            denoises), and
             req_id -> kept lengths for the rows whose step 0 ran in this step.
         """
         states = [self.diffusion[req_id] for req_id, _, _ in self._rows]
@@ -192,5 +194,5 @@ class DiffusionRunnerMixin:
             st.seq.apply_step(block_logits)
             if first_step:
                 kept[st.seq.request_id] = dict(st.kept_lengths)
-            sampled.append(st.answer() if st.seq.is_finished else [])
+            sampled.append(st.take_committed())
         return sampled, kept

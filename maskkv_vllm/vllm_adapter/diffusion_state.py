@@ -35,6 +35,7 @@ class DiffusionState:
             layer, all tensor-parallel ranks' heads (after step 0).
         computed: vLLM's ``num_computed_tokens`` at the current step (0 at the
             prefill, the prompt length M while denoising).
+        reported: see the field.
     """
 
     seq: DiffusionSequence
@@ -42,6 +43,8 @@ class DiffusionState:
     pages: RequestPages | None = None
     kept_lengths: dict[int, list[int]] = field(default_factory=dict)
     computed: int = 0
+    reported: int = 0
+    """Answer tokens already handed to the scheduler (whole committed blocks)."""
 
     @property
     def prompt_len(self) -> int:
@@ -55,6 +58,17 @@ class DiffusionState:
     def block_offset(self) -> int:
         """Offset of the current block's first slot among this step's tokens."""
         return self.prompt_len - self.computed + self.seq.block_start
+
+    def take_committed(self) -> list[int]:
+        """Answer tokens committed since the last call: each finished block once,
+        and at the end the rest up to and including the first stop id."""
+        done = self.answer() if self.seq.is_finished else self._committed()
+        new = done[self.reported :]
+        self.reported = len(done)
+        return new
+
+    def _committed(self) -> list[int]:
+        return self.seq.canvas[: self.seq.block_start].tolist()
 
     def answer(self) -> list[int]:
         """The committed canvas up to and including the first stop id."""

@@ -15,8 +15,9 @@
   to the blocks its kept head-pages fill (``release_unused_blocks``), which go
   back to vLLM's ``BlockPool`` at once.
 - a preempted request gets its bound again and restarts from step 0.
-- ``_update_request_with_output``: the runner reports a request's answer once,
-  when its canvas is done; it is appended whole and the request finishes
+- ``_update_request_with_output``: the runner reports each block's tokens when
+  the block is committed; vLLM streams them, the request's token list stays at
+  M + L until the last block, when the answer is appended whole and it finishes
   (stopped on a stop id, else length-capped).
 
 Selected with ``--scheduler-cls maskkv_vllm.vllm_adapter.scheduler.
@@ -78,6 +79,10 @@ class MaskKVDiffusionScheduler(Scheduler):
         """req_id -> blocks its prompt may need after step 0 (the admission bound)."""
         self.freed_blocks: dict[str, int] = {}
         """req_id -> blocks returned after step 0 (kept until the request ends)."""
+        self.reported: dict[str, list[int]] = {}
+        """req_id -> answer tokens streamed so far (whole committed blocks)."""
+        self.replay: dict[str, int] = {}
+        """req_id -> streamed tokens a preempted request will commit again."""
 
     def _pool_manager(self) -> MaskKVBlockManager:
         managers = self.kv_cache_manager.coordinator.single_type_managers
@@ -172,17 +177,34 @@ class MaskKVDiffusionScheduler(Scheduler):
                 request.request_id, self.reserved[request.request_id]
             )
         self.freed_blocks.pop(request.request_id, None)
+        # It denoises again from the same seed, so it commits the same blocks:
+        # those already streamed are not sent twice.
+        self.replay[request.request_id] = len(self.reported.get(request.request_id, []))
 
     def _update_request_with_output(
         self, request: Request, new_token_ids: list[int], is_stale: bool = False
     ) -> tuple[list[int], bool]:
         if request.request_id not in self.prompt_lens:
             return super()._update_request_with_output(request, new_token_ids, is_stale)
-        for token in new_token_ids:
-            request.append_output_token_ids(token)
+        rid = request.request_id
+        skip = min(self.replay.get(rid, 0), len(new_token_ids))
+        if skip:
+            self.replay[rid] -= skip
+            new_token_ids = new_token_ids[skip:]
+            if not new_token_ids:
+                return [], False
+        sent = self.reported.setdefault(rid, [])
+        sent += new_token_ids
         sp = request.sampling_params
+        stops = stop_token_ids(sp, self.eos_token_id)
         last = new_token_ids[-1]
-        if last in stop_token_ids(sp, self.eos_token_id):
+        if last not in stops and len(sent) < request.max_tokens:
+            # A committed block, streamed; the request's own token list stays
+            # at M + L so the next step still schedules exactly the canvas.
+            return new_token_ids, False
+        for token in sent:
+            request.append_output_token_ids(token)
+        if last in stops:
             request.status = RequestStatus.FINISHED_STOPPED
             if last != sp.eos_token_id:
                 request.stop_reason = last
@@ -194,6 +216,8 @@ class MaskKVDiffusionScheduler(Scheduler):
         self.prompt_lens.pop(request.request_id, None)
         self.freed_blocks.pop(request.request_id, None)
         self.reserved.pop(request.request_id, None)
+        self.reported.pop(request.request_id, None)
+        self.replay.pop(request.request_id, None)
         out = super()._free_request(request, delay_free_blocks)
         self.block_manager.release(request.request_id)
         return out

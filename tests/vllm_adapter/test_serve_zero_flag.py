@@ -106,3 +106,28 @@ def test_a_prompt_of_max_model_len_is_a_400(client, server):
     # no canvas slot is left: vLLM clamps max_tokens to 0 and refuses it
     assert "max_tokens" in err.value.message
     assert server.healthy()
+
+
+def test_streaming_sends_each_committed_block(client):
+    prompt = [256, 72, 101, 108, 108, 111]
+    xargs = {"maskkv_block_length": 8, "maskkv_steps": 16}
+    whole = client.completions.create(
+        model="tiny", prompt=prompt, max_tokens=32, temperature=0.0,
+        extra_body={"return_token_ids": True, "vllm_xargs": xargs},
+    ).choices[0].token_ids  # fmt: skip
+    chunks = [
+        c.choices[0].token_ids
+        for c in client.completions.create(
+            model="tiny",
+            prompt=prompt,
+            max_tokens=32,
+            temperature=0.0,
+            stream=True,
+            extra_body={"return_token_ids": True, "vllm_xargs": xargs},
+        )  # fmt: skip
+        if c.choices and c.choices[0].token_ids
+    ]
+    assert [t for c in chunks for t in c] == whole
+    # 4 blocks of 8: one chunk per block (fewer only if a stop id ended it early)
+    assert len(chunks) == -(-len(whole) // 8)
+    assert all(len(c) == 8 for c in chunks[:-1])
