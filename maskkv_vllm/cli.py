@@ -22,7 +22,12 @@ def add_sampling_args(p: argparse.ArgumentParser) -> None:
     d = SamplingParams()
     p.add_argument("--gen-length", type=int, default=d.gen_length)
     p.add_argument("--block-length", type=int, default=d.block_length)
-    p.add_argument("--steps", type=int, default=d.steps)
+    p.add_argument(
+        "--steps",
+        type=int,
+        default=None,
+        help="denoising steps, at most --gen-length (default: --gen-length)",
+    )
     p.add_argument("--temperature", type=float, default=d.temperature)
     p.add_argument("--cfg-scale", type=float, default=d.cfg_scale)
     p.add_argument("--remasking", choices=REMASKING, default=d.remasking)
@@ -36,7 +41,7 @@ def sampling_params(args: argparse.Namespace) -> SamplingParams:
     return SamplingParams(
         gen_length=args.gen_length,
         block_length=args.block_length,
-        steps=args.steps,
+        steps=args.gen_length if args.steps is None else args.steps,
         temperature=args.temperature,
         cfg_scale=args.cfg_scale,
         remasking=args.remasking,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 
 REMASKING = ("low_confidence", "random")
@@ -49,14 +50,19 @@ class SamplingParams:
                 f"gen_length={self.gen_length} is not a multiple of "
                 f"block_length={self.block_length}"
             )
+        if self.steps > self.gen_length:
+            raise ValueError(
+                f"steps={self.steps} exceeds gen_length={self.gen_length}: each "
+                "step unmasks at least one token"
+            )
         if self.steps % self.num_blocks:
             raise ValueError(
                 f"steps={self.steps} is not divisible by the number of blocks "
                 f"({self.num_blocks} = gen_length {self.gen_length} / block_length "
                 f"{self.block_length})"
             )
-        if not self.temperature >= 0:
-            raise ValueError(f"temperature={self.temperature} must be >= 0")
+        if not 0 <= self.temperature < math.inf:
+            raise ValueError(f"temperature={self.temperature} must be >= 0 and finite")
         if not self.cfg_scale >= 0:
             raise ValueError(f"cfg_scale={self.cfg_scale} must be >= 0")
         if self.remasking not in REMASKING:
@@ -65,6 +71,8 @@ class SamplingParams:
             raise ValueError(f"threshold={self.threshold} must be in (0, 1]")
         if not isinstance(self.seed, int) or isinstance(self.seed, bool):
             raise ValueError(f"seed={self.seed!r} must be an integer")
+        if not 0 <= self.seed < 2**64:
+            raise ValueError(f"seed={self.seed} must lie in [0, 2**64)")
         self._check_kv()
 
     def _check_kv(self) -> None:

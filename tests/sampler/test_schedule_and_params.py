@@ -69,3 +69,19 @@ def test_params_validation(kwargs, message):
 def test_cache_config_validation(kwargs, message):
     with pytest.raises(ValueError, match=message):
         CacheConfig(**kwargs)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        # 10**9 steps ran 78 s on the engine thread before (issue 14, item 6)
+        ({"gen_length": 32, "steps": 10**9}, "steps=1000000000 exceeds gen_length=32"),
+        # raised inside step() and failed every request in flight (item 3)
+        ({"seed": 2**64}, r"seed=18446744073709551616 must lie in \[0, 2\*\*64\)"),
+        ({"seed": -1}, r"seed=-1 must lie"),
+        ({"temperature": float("inf")}, "temperature=inf must be >= 0 and finite"),
+    ],
+)
+def test_unbounded_values_are_refused_naming_them(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        SamplingParams(**kwargs)

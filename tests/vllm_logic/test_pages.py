@@ -45,7 +45,7 @@ def test_held_blocks_pack_all_layers_and_take_the_largest_rank():
 
 def test_reserved_blocks_bound_what_any_split_keeps():
     params = SamplingParams(
-        gen_length=8, block_length=8, kv_policy="snapkv", kv_budget=64
+        gen_length=8, block_length=8, steps=8, kv_policy="snapkv", kv_budget=64
     )
     snapkv, full = make_policy("snapkv"), make_policy("full")
     # per layer min(4 * 7, ceil(4 * 64 / 32) + 4) = 12 pages; 2 layers; 4 per block
