@@ -152,11 +152,14 @@ class LLMEngine:
     ) -> list[RequestOutput]:
         """A first step ran out of pages: undo the prefills, preempt the newest
         other request, and retry next step with safe page reservations."""
+        usable = self.pool.num_usable_blocks
         for r in prefilling:
             self._release(r)
-            r.predicted_pages = self.predict_pages(
-                r.params, len(r.prompt_token_ids), exact=True
-            )
+            # The safe bound, but never more than the pool: a bound above it
+            # would keep the request (and, FCFS, everyone behind it) waiting
+            # forever; with the pool to itself it runs or fails with an error.
+            exact = self.predict_pages(r.params, len(r.prompt_token_ids), exact=True)
+            r.predicted_pages = min(exact, usable)
         others = [r for r in running if r not in prefilling]
         if not others and len(prefilling) == 1:
             (r,) = prefilling

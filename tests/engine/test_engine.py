@@ -184,3 +184,23 @@ def test_llm_generate_api(tiny_dir):
     with pytest.raises(ValueError, match="got 1 SamplingParams for 2 prompts"):
         llm.generate(["a", "b"], [P])
     assert llm.engine.pool.num_free_blocks == llm.engine.pool.num_usable_blocks
+
+
+def test_a_preempted_request_whose_safe_bound_exceeds_the_pool_still_runs(tiny_dir):
+    # 9 usable pages, maskkv B = 4: admitted by the optimistic prediction, the
+    # three first steps need more pages than there are; the safe bound of each
+    # (10 pages) was above the pool, so all three waited forever with 9/9 free
+    # (issue 14, item 1). Capped at the pool, each runs with the pool to itself.
+    llm = LLM(str(tiny_dir), kv_policy="maskkv", kv_budget=4, num_blocks=10)
+    eng = llm.engine
+    params = SamplingParams(gen_length=8, block_length=8, steps=8)
+    for i in range(3):
+        eng.add_request(eng.make_request("x" * (20 + 7 * i), params))
+    finished = []
+    for _ in range(200):
+        finished += [o.finish_reason for o in eng.step() if o.finished]
+        if not eng.has_unfinished:
+            break
+    assert finished == ["length"] * 3
+    assert eng.metrics.num_preemptions > 0
+    assert eng.num_free_pages == 9
