@@ -119,13 +119,10 @@ class LLMEngine:
 
     def fail_all(self, message: str) -> list[RequestOutput]:
         """End every request with an error (after an unexpected engine failure)."""
-        outputs = []
-        for r in [*self.scheduler.running, *self.scheduler.waiting]:
-            self._release(r)
-            r.error = message
-            self.metrics.num_requests_failed += 1
-            outputs.append(self._finish(r, RequestStatus.FINISHED_ERROR))
-        return outputs
+        return [
+            self._fail(r, message)
+            for r in [*self.scheduler.running, *self.scheduler.waiting]
+        ]
 
     # -- the loop ----------------------------------------------------------------
 
@@ -133,19 +130,76 @@ class LLMEngine:
         """One denoising step for every running request; outputs of the requests
         that committed a block or finished."""
         start = time.perf_counter()
-        for r in self.scheduler.schedule(self.num_free_pages):
-            r.seq = self.sampler.make_sequence(0, r.prompt_token_ids, r.params)
+        failed = [
+            out
+            for r in self.scheduler.schedule(self.num_free_pages)
+            if (out := self._start(r))
+        ]
         running = list(self.scheduler.running)
         if not running:
-            return []
+            return failed
         prefilling = [r for r in running if self.sampler.needs_full_forward(r.seq)]
+        steps_before = [r.seq.num_steps for r in running]
         try:
             self.sampler.step([r.seq for r in running])
         except NoFreeBlocksError as e:
-            return self._recover(prefilling, running, e)
+            return failed + self._recover(prefilling, running, e)
+        except Exception as e:  # noqa: BLE001 (find the request that fails)
+            return failed + self._isolate(running, prefilling, steps_before, e)
         outputs = [out for r in running if (out := self._progress(r, r in prefilling))]
         self.metrics.record_step(time.perf_counter() - start)
+        return failed + outputs
+
+    def _start(self, r: Request) -> RequestOutput | None:
+        """Give a just-admitted request its sequence; its output if that fails."""
+        try:
+            r.seq = self.sampler.make_sequence(0, r.prompt_token_ids, r.params)
+            # A restarted request keeps the blocks its client already has.
+            r.seq.pin(r.token_ids_so_far)
+        except Exception as e:  # noqa: BLE001 (one request's failure is its own)
+            logger.exception("request %s failed to start", r.request_id)
+            return self._fail(r, f"request failed to start: {e}")
+        return None
+
+    def _isolate(
+        self,
+        running: list[Request],
+        prefilling: list[Request],
+        steps_before: list[int],
+        error: Exception,
+    ) -> list[RequestOutput]:
+        """The batched step raised: step every request that did not advance on its
+        own, so that a failure ends only the request that causes it."""
+        logger.warning("batched step failed (%s); retrying one by one", error)
+        outputs = []
+        for r, before in zip(running, steps_before, strict=True):
+            first = r in prefilling
+            if r.seq.num_steps == before:
+                if first:  # its prefill may have written part of its pages
+                    self._release(r)
+                    if (out := self._start(r)) is not None:
+                        outputs.append(out)
+                        continue
+                try:
+                    self.sampler.step([r.seq])
+                except NoFreeBlocksError:
+                    self._release(r)
+                    self.metrics.num_preemptions += 1
+                    self.scheduler.preempt([r])
+                    continue
+                except Exception as e:  # noqa: BLE001
+                    logger.exception("request %s failed", r.request_id)
+                    outputs.append(self._fail(r, f"generation failed: {e}"))
+                    continue
+            if (out := self._progress(r, first)) is not None:
+                outputs.append(out)
         return outputs
+
+    def _fail(self, r: Request, message: str) -> RequestOutput:
+        self._release(r)
+        r.error = message
+        self.metrics.num_requests_failed += 1
+        return self._finish(r, RequestStatus.FINISHED_ERROR)
 
     def _recover(
         self, prefilling: list[Request], running: list[Request], error: Exception
@@ -163,9 +217,8 @@ class LLMEngine:
         others = [r for r in running if r not in prefilling]
         if not others and len(prefilling) == 1:
             (r,) = prefilling
-            r.error = f"not enough KV pages even with the pool to itself: {error}"
-            self.metrics.num_requests_failed += 1
-            return [self._finish(r, RequestStatus.FINISHED_ERROR)]
+            message = f"not enough KV pages even with the pool to itself: {error}"
+            return [self._fail(r, message)]
         victims = list(prefilling)
         newest = self.scheduler.newest_running(exclude=prefilling)
         if newest is not None:
@@ -182,9 +235,10 @@ class LLMEngine:
             self._record_kv(r)
         done = seq.is_finished
         committed = seq.num_committed_tokens
-        if not done and committed == len(r.token_ids_so_far):
-            return None
-        r.token_ids_so_far = seq.canvas[:committed].tolist() if not done else []
+        if not done and committed <= len(r.token_ids_so_far):
+            return None  # nothing new (a restarted request replays pinned blocks)
+        if not done:
+            r.token_ids_so_far = seq.canvas[:committed].tolist()
         if r.stats.time_to_first_block is None and committed:
             r.stats.time_to_first_block = time.monotonic() - r.arrival_time
         if done:
@@ -229,8 +283,12 @@ class LLMEngine:
     def _output(
         self, r: Request, token_ids: list[int], text: str, finished: bool = False
     ) -> RequestOutput:
-        delta = text[len(r.emitted_text) :] if text.startswith(r.emitted_text) else text
-        r.emitted_text = text
+        if text.startswith(r.emitted_text):
+            delta, r.emitted_text = text[len(r.emitted_text) :], text
+        elif r.emitted_text.startswith(text):
+            delta = ""  # what was sent stays sent
+        else:
+            delta, r.emitted_text = text, text
         return RequestOutput(
             request_id=r.request_id,
             prompt_token_ids=r.prompt_token_ids,
@@ -258,12 +316,12 @@ class LLMEngine:
         return self._output(r, token_ids, text, finished=True)
 
     def _release(self, r: Request) -> None:
-        """Give a request's pages back and drop its progress (a preempted request
-        restarts; being deterministic it regenerates the text already streamed)."""
+        """Give a request's pages back and drop its sequence. A preempted request
+        restarts from its prompt with the blocks already streamed pinned, so the
+        text its client has stays the text it gets."""
         if r.seq is not None:
             self.sampler.free(r.seq)
             r.seq = None
-        r.token_ids_so_far = []
 
     def _decode(self, ids: list[int]) -> str:
         return self.tokenizer.decode(ids) if self.tokenizer else ""

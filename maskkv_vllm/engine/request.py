@@ -81,7 +81,7 @@ class Request:
     """The ``DiffusionSequence`` while running; None while waiting."""
     stats: RequestStats = field(default_factory=RequestStats)
     token_ids_so_far: list[int] = field(default_factory=list)
-    """Canvas tokens of the completed blocks, as last reported."""
+    """Canvas tokens of the completed blocks, as last reported (a restart pins them)."""
     emitted_text: str = ""
     error: str | None = None
 

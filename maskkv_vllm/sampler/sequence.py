@@ -75,6 +75,18 @@ class DiffusionSequence:
         self.num_steps = 0
         self.peak_prompt_kv_bytes = 0
         self.prompt_kv_entries = 0
+        self.pinned: list[int] = []
+
+    def pin(self, token_ids: list[int]) -> None:
+        """Force the first ``len(token_ids)`` canvas slots to these tokens as their
+        blocks complete: a restarted (preempted) request keeps what a client was
+        already sent, whatever a differently batched rerun would pick."""
+        if len(token_ids) > self.params.gen_length:
+            raise ValueError(
+                f"{len(token_ids)} pinned tokens exceed gen_length "
+                f"{self.params.gen_length}"
+            )
+        self.pinned = list(token_ids)
 
     @property
     def prompt_len(self) -> int:
@@ -131,10 +143,19 @@ class DiffusionSequence:
         no_masks_left = not bool((blk == self.mask_token_id).any())
         steps_done = p.threshold is None and self.step_in_block >= p.steps_per_block
         if no_masks_left or steps_done:
+            self._apply_pins()
             self.block += 1
             self.step_in_block = 0
             if self.stop_token_ids and bool(torch.isin(blk, self._stop_ids()).any()):
                 self.block = p.num_blocks
+
+    def _apply_pins(self) -> None:
+        start, end = self.block_start, self.block_start + self.params.block_length
+        pinned = self.pinned[start:end]
+        if pinned:
+            self.canvas[start : start + len(pinned)] = torch.tensor(
+                pinned, dtype=self.canvas.dtype, device=self.canvas.device
+            )
 
     def _stop_ids(self) -> torch.Tensor:
         return torch.tensor(self.stop_token_ids, device=self.canvas.device)

@@ -9,6 +9,8 @@ from maskkv_vllm.engine.llm import LLM
 from maskkv_vllm.engine.llm_engine import LLMEngine, QueueFullError
 from maskkv_vllm.engine.request import Request
 from maskkv_vllm.engine.scheduler import Scheduler
+from maskkv_vllm.eviction import registry
+from maskkv_vllm.eviction.policy import Policy
 from maskkv_vllm.sampler.diffusion_sampler import DiffusionSampler
 from maskkv_vllm.sampling_params import SamplingParams
 
@@ -204,3 +206,75 @@ def test_a_preempted_request_whose_safe_bound_exceeds_the_pool_still_runs(tiny_d
     assert finished == ["length"] * 3
     assert eng.metrics.num_preemptions > 0
     assert eng.num_free_pages == 9
+
+
+def test_a_preempted_stream_sends_each_block_once(tiny, monkeypatch):
+    # 12 pages: a streams with 8; b is admitted on an optimistic 1-page guess, its
+    # prefill runs short and a (the newest other) is preempted mid-stream. The
+    # restart resent a's whole text as a delta (issue 14, item 4).
+    eng = engine(tiny, num_blocks=13)
+    params = SamplingParams(gen_length=32, block_length=8, steps=32)
+    a = eng.make_request("first", params)
+    eng.add_request(a)
+    outs = []
+    while len(outs) < 2:  # two blocks streamed
+        outs += [o for o in eng.step() if o.request_id == a.request_id]
+    real = eng.predict_pages
+    monkeypatch.setattr(
+        eng, "predict_pages", lambda p, m, exact: real(p, m, exact) if exact else 1
+    )
+    eng.add_request(eng.make_request("second", params))
+    while eng.has_unfinished:
+        outs += [o for o in eng.step() if o.request_id == a.request_id]
+    assert eng.metrics.num_preemptions >= 2  # b and a
+    assert outs[-1].finished and outs[-1].text
+    assert "".join(o.delta_text for o in outs) == outs[-1].text
+    assert eng.num_free_pages == 12
+
+
+class BrokenScorer(Policy):
+    def scores(self, ctx):
+        raise RuntimeError("broken scorer")
+
+
+def test_a_request_that_raises_in_the_batched_step_fails_alone(tiny, monkeypatch):
+    # A registered policy whose scorer raises ran inside the batched forward and
+    # failed every request in flight (issue 14, item 3).
+    monkeypatch.setitem(registry._POLICIES, "broken", lambda c, p: BrokenScorer())
+    want = run_all(engine(tiny), PROMPTS[:3], P)
+    eng = engine(tiny)
+    bad = SamplingParams(gen_length=16, block_length=8, steps=16,
+                         kv_policy="broken", kv_budget=4)  # fmt: skip
+    reqs = [eng.make_request(p, P) for p in PROMPTS[:3]]
+    reqs.insert(1, eng.make_request("a bad request " * 3, bad))
+    for r in reqs:
+        eng.add_request(r)
+    done = {}
+    while eng.has_unfinished:
+        done.update({o.request_id: o for o in eng.step() if o.finished})
+    outs = [done[r.request_id] for r in reqs]
+    assert outs[1].finish_reason == "error" and "broken scorer" in outs[1].error
+    assert [o.text for o in outs[:1] + outs[2:]] == [o.text for o in want]
+    assert eng.metrics.num_requests_failed == 1
+    assert eng.num_free_pages == eng.pool.num_usable_blocks
+
+
+def test_a_request_that_cannot_start_fails_alone(tiny, monkeypatch):
+    eng = engine(tiny)
+    reqs = [eng.make_request(p, P) for p in PROMPTS[:2]]
+    real = eng.sampler.make_sequence
+
+    def make_sequence(rid, ids, params):
+        if ids == reqs[0].prompt_token_ids:
+            raise RuntimeError("no canvas for you")
+        return real(rid, ids, params)
+
+    monkeypatch.setattr(eng.sampler, "make_sequence", make_sequence)
+    for r in reqs:
+        eng.add_request(r)
+    done = {}
+    while eng.has_unfinished:
+        done.update({o.request_id: o for o in eng.step() if o.finished})
+    assert done[reqs[0].request_id].finish_reason == "error"
+    assert "no canvas for you" in done[reqs[0].request_id].error
+    assert done[reqs[1].request_id].finish_reason in ("stop", "length")

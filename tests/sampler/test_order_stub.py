@@ -9,6 +9,7 @@ confidence is ``e^a / (e^a + 3)``:
 
 from __future__ import annotations
 
+import pytest
 import torch
 from torch import nn
 
@@ -177,3 +178,27 @@ def test_cfg_combines_branches():
     uncond = torch.tensor([[1.0, 1.0]])
     # uncond + (1.5 + 1) * (cond - uncond) = [1 + 2.5, 1 - 2.5]
     assert seq.combine_logits([cond, uncond]).tolist() == [[3.5, -1.5]]
+
+
+def test_pinned_tokens_replace_a_completed_block_and_only_it():
+    # The stub commits [0, 1] in block 0 and [0, 1] in block 1; pins of block 0
+    # (a restarted request's streamed tokens) win once block 0 completes.
+    p = SamplingParams(gen_length=4, block_length=2, steps=4)
+    sampler = DiffusionSampler(StubModel(FOUR), cache_config=CacheConfig("none"))
+    seq = sampler.make_sequence(0, [0], p)
+    seq.pin([1, 0])
+    sampler.step([seq])
+    assert seq.canvas.tolist() == [MASK, 1, MASK, MASK]  # block 0 still open
+    sampler.step([seq])
+    assert seq.canvas.tolist() == [1, 0, MASK, MASK]
+    while not seq.is_finished:
+        sampler.step([seq])
+    assert seq.canvas.tolist() == [1, 0, 0, 1]
+
+
+def test_pinning_more_than_the_canvas_is_refused():
+    p = SamplingParams(gen_length=2, block_length=2, steps=2)
+    sampler = DiffusionSampler(StubModel(FOUR), cache_config=CacheConfig("none"))
+    seq = sampler.make_sequence(0, [0], p)
+    with pytest.raises(ValueError, match="3 pinned tokens exceed gen_length 2"):
+        seq.pin([0, 0, 0])
