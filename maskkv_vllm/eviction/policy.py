@@ -55,7 +55,14 @@ class Policy(ABC):
         ]
 
     def select(self, ctx: LayerContext, budget: int) -> list[torch.Tensor]:
-        """Kept prompt indices per KV head (ascending); counts clipped to M."""
+        """Kept prompt indices per KV head (ascending); counts clipped to M.
+
+        A budget of at least M keeps every entry of every head: uneven head
+        or layer budgets must not evict from a prompt that already fits.
+        """
+        if budget >= ctx.prompt_len:
+            everything = torch.arange(ctx.prompt_len, device=ctx.k.device)
+            return [everything] * ctx.num_kv_heads
         scores = self.scores(ctx)
         k_l = self.layer_budget(ctx.layer, ctx.num_layers, budget, ctx.prompt_len)
         counts = self.head_budgets(ctx, scores, k_l)

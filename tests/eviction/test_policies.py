@@ -178,3 +178,13 @@ def test_maskkv_composition():
 def test_bad_maskkv_config(kwargs, message):
     with pytest.raises(ValueError, match=message):
         MaskKVConfig(**kwargs)
+
+
+@pytest.mark.parametrize("name", ["maskkv", "adakv", "pyramidkv", "snapkv"])
+def test_a_budget_of_at_least_the_prompt_keeps_everything(name):
+    # MaskKV's uneven head budgets evicted from a 3-token prompt at B = 4
+    # (7 of 24 entries lost; issue 14, item 10).
+    for m, budget in [(3, 4), (40, 40)]:
+        ctx = make_ctx(m=m)
+        kept = make_policy(name).select(ctx, budget)
+        assert [k.tolist() for k in kept] == [list(range(m))] * 2
