@@ -18,6 +18,17 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-model-len", type=int, default=None)
 
 
+def port_number(value: str) -> int:
+    """argparse type: a TCP port, 0 (any free one) to 65535."""
+    try:
+        port = int(value)
+    except ValueError:
+        port = -1
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a port in 0..65535")
+    return port
+
+
 def add_sampling_args(p: argparse.ArgumentParser) -> None:
     d = SamplingParams()
     p.add_argument("--gen-length", type=int, default=d.gen_length)
@@ -38,6 +49,12 @@ def add_sampling_args(p: argparse.ArgumentParser) -> None:
 
 
 def sampling_params(args: argparse.Namespace) -> SamplingParams:
+    if args.kv_budget is not None and args.kv_policy == "full":
+        raise ValueError(
+            f"--kv-budget {args.kv_budget} has no effect with --kv-policy full, which "
+            "keeps every prompt entry: choose an evicting policy (maskkv, snapkv, "
+            "...) or drop --kv-budget"
+        )
     return SamplingParams(
         gen_length=args.gen_length,
         block_length=args.block_length,
@@ -210,8 +227,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     name = args.served_model_name or args.model
     if args.replicas or args.ray_address or args.autoscaling:
         return serve_on_ray(args, config, name)
+    server = server_config(args, name)
     engine = LLMEngine(config)
-    app = build_app(engine, name, api_key=args.api_key)
+    app = build_app(engine, server)
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
     return 0
 
@@ -266,7 +284,32 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def server_config(args: argparse.Namespace, name: str):
+    from maskkv_vllm.entrypoints.server_config import ServerConfig
+
+    hosts = args.allowed_hosts
+    kwargs = {} if hosts is None else {"allowed_hosts": _hosts(hosts)}
+    return ServerConfig.for_bind(
+        args.host,
+        model_name=name,
+        api_key=args.api_key,
+        max_request_bytes=args.max_request_bytes,
+        **kwargs,
+    )
+
+
+def _hosts(value: str) -> tuple[str, ...]:
+    return tuple(h.strip() for h in value.split(","))
+
+
 def serve_on_ray(args: argparse.Namespace, config, name: str) -> int:
+    import importlib.util
+
+    if importlib.util.find_spec("ray") is None:
+        raise ValueError(
+            "--replicas, --ray-address and --autoscaling need Ray: "
+            "pip install 'maskkv-vllm[ray]'"
+        )
     from maskkv_vllm.distributed.ray_serve import RayServeConfig, run
 
     autoscaling = json.loads(args.autoscaling) if args.autoscaling else None
@@ -278,6 +321,10 @@ def serve_on_ray(args: argparse.Namespace, config, name: str) -> int:
         port=args.port,
         api_key=args.api_key,
         model_name=name,
+        max_request_bytes=args.max_request_bytes,
+        allowed_hosts=None
+        if args.allowed_hosts is None
+        else _hosts(args.allowed_hosts),
     )
     run(config, cfg, address=args.ray_address)
     return 0
@@ -318,8 +365,25 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--rope-scaling", type=float, default=1.0)
     serve.add_argument("--max-model-len", type=int, default=None)
     serve.add_argument("--host", default="127.0.0.1", help="bind address")
-    serve.add_argument("--port", type=int, default=8000)
-    serve.add_argument("--api-key", default=None, help="require Bearer auth on /v1")
+    serve.add_argument("--port", type=port_number, default=8000)
+    serve.add_argument(
+        "--api-key",
+        default=None,
+        help="require Bearer auth on /v1 (default: $MASKKV_API_KEY, which `ps` "
+        "does not show)",
+    )
+    serve.add_argument(
+        "--max-request-bytes",
+        type=int,
+        default=8 * 2**20,
+        help="larger request bodies get 413 (default: %(default)s)",
+    )
+    serve.add_argument(
+        "--allowed-hosts",
+        default=None,
+        help="comma-separated Host names to answer, '*' for any (default: the "
+        "loopback names on a loopback --host, else any)",
+    )
     serve.add_argument("--served-model-name", default=None)
     serve.add_argument("--log-level", default="info")
     serve.add_argument("--replicas", type=int, default=0, help="Ray Serve replicas")

@@ -160,7 +160,8 @@ class EngineConfig:
     kv_policy: str = "full"
     """Eviction policy of requests that do not choose one."""
     kv_budget: int | None = None
-    """Budget B of requests that do not choose one."""
+    """Budget B of evicting requests that do not choose one (with kv_policy "full"
+    it is the default of requests that choose an evicting policy)."""
     served_model_name: str | None = None
     """Name reported by /v1/models; default the model path."""
     cache: CacheConfig = CacheConfig(cache_mode="paged")

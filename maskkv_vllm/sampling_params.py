@@ -38,9 +38,10 @@ class SamplingParams:
     the bare sampler). Anything but "full" needs the paged cache."""
     kv_budget: int | None = None
     """Average prompt KV entries kept per head per layer (the paper's B); every
-    evicting policy needs one (None takes the engine's default)."""
+    evicting policy needs one (None takes the engine's default); "full" ignores it."""
 
     def __post_init__(self) -> None:
+        self._check_types()
         for name in ("gen_length", "block_length", "steps"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
@@ -75,6 +76,22 @@ class SamplingParams:
             raise ValueError(f"seed={self.seed} must lie in [0, 2**64)")
         self._check_kv()
 
+    def _check_types(self) -> None:
+        """A wrong type is named with its field, before any comparison trips on it."""
+        number = (int, float)
+        for name, kinds, what in (
+            ("temperature", number, "a number"),
+            ("cfg_scale", number, "a number"),
+            ("threshold", (*number, type(None)), "a number or null"),
+            ("remasking", str, "a string"),
+            ("logits_eos_inf", bool, "a boolean"),
+            ("kv_policy", (str, type(None)), "a string or null"),
+        ):
+            value = getattr(self, name)
+            is_bool = isinstance(value, bool) and kinds is not bool
+            if not isinstance(value, kinds) or is_bool:
+                raise ValueError(f"{name}={value!r:.80} must be {what}")
+
     def _check_kv(self) -> None:
         from maskkv_vllm.eviction.registry import check_policy_name
 
@@ -89,12 +106,15 @@ class SamplingParams:
     def with_kv_defaults(
         self, policy: str | None, budget: int | None
     ) -> SamplingParams:
-        """These params with the engine's policy/budget where they leave them unset."""
-        return dataclasses.replace(
-            self,
-            kv_policy=self.kv_policy or policy,
-            kv_budget=self.kv_budget if self.kv_budget is not None else budget,
-        )
+        """These params with the engine's policy/budget where they leave them unset
+        (the engine's budget only where the policy evicts: it is the default of
+        requests that choose an evicting policy)."""
+        chosen = self.kv_policy or policy
+        if self.kv_budget is not None:
+            budget = self.kv_budget
+        elif chosen in (None, "full"):
+            budget = None
+        return dataclasses.replace(self, kv_policy=chosen, kv_budget=budget)
 
     @property
     def evicts(self) -> bool:

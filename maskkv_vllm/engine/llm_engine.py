@@ -52,6 +52,7 @@ class LLMEngine:
                 config.rope_scaling,
             )
         self.model, self.tokenizer = model, tokenizer
+        _check_max_model_len(config, model.config.max_sequence_length)
         self.sampler = DiffusionSampler(
             model,
             tokenizer,
@@ -217,7 +218,11 @@ class LLMEngine:
         others = [r for r in running if r not in prefilling]
         if not others and len(prefilling) == 1:
             (r,) = prefilling
-            message = f"not enough KV pages even with the pool to itself: {error}"
+            r.error_is_request = True
+            message = (
+                f"a {len(r.prompt_token_ids)}-token prompt does not fit in the KV "
+                f"pool even alone: {error}"
+            )
             return [self._fail(r, message)]
         victims = list(prefilling)
         newest = self.scheduler.newest_running(exclude=prefilling)
@@ -299,6 +304,7 @@ class LLMEngine:
             finish_reason=r.status.value if finished else None,
             stats=r.stats,
             error=r.error,
+            error_is_request=r.error_is_request,
         )
 
     def _finish(
@@ -364,6 +370,18 @@ class LLMEngine:
             min(full_layer, math.ceil(n * min(k, prompt_len) / page)) for k in budgets
         )
         return rows * need
+
+
+def _check_max_model_len(config: EngineConfig, trained: int) -> None:
+    """Positions beyond the trained length (times the NTK factor) are untrained."""
+    limit = int(trained * config.rope_scaling)
+    if config.max_model_len is not None and config.max_model_len > limit:
+        raise ValueError(
+            f"max_model_len={config.max_model_len} exceeds the checkpoint's "
+            f"max_sequence_length={trained} x rope_scaling={config.rope_scaling} "
+            f"= {limit}: lower it, or raise rope_scaling (NTK) to "
+            f"{config.max_model_len / trained:.2f} or more"
+        )
 
 
 class QueueFullError(RuntimeError):

@@ -60,6 +60,8 @@ class RequestOutput:
     """"stop", "length", "abort" or "error" once finished."""
     stats: RequestStats
     error: str | None = None
+    error_is_request: bool = False
+    """The request itself cannot be served (a client error), not an engine fault."""
 
 
 @dataclass
@@ -84,6 +86,7 @@ class Request:
     """Canvas tokens of the completed blocks, as last reported (a restart pins them)."""
     emitted_text: str = ""
     error: str | None = None
+    error_is_request: bool = False
 
     @property
     def num_rows(self) -> int:

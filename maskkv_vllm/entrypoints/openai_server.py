@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import secrets
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -19,29 +18,26 @@ from prometheus_client.core import (
     GaugeMetricFamily,
     HistogramMetricFamily,
 )
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from maskkv_vllm.engine.async_engine import AsyncLLMEngine
 from maskkv_vllm.engine.llm_engine import LLMEngine, QueueFullError
 from maskkv_vllm.engine.metrics import STEP_BUCKETS
 from maskkv_vllm.engine.request import RequestOutput
+from maskkv_vllm.entrypoints.guard import FrontDoor
 from maskkv_vllm.entrypoints.protocol import (
     APIError,
     chat_messages,
-    completion_prompt,
+    completion_prompts,
+    named_field,
+    requested_model,
     sampling_params,
 )
+from maskkv_vllm.entrypoints.server_config import ServerConfig
 
 
-def build_app(
-    engine: LLMEngine,
-    model_name: str,
-    api_key: str | None = None,
-    replica_id: str | None = None,
-) -> FastAPI:
-    """The FastAPI app; the engine thread starts and stops with the app.
-
-    ``replica_id`` (Ray Serve) is returned in an ``x-maskkv-replica`` header.
-    """
+def build_app(engine: LLMEngine, server: ServerConfig) -> FastAPI:
+    """The FastAPI app; the engine thread starts and stops with the app."""
     runner = AsyncLLMEngine(engine)
     registry = CollectorRegistry()
     registry.register(_EngineCollector(engine))
@@ -54,22 +50,16 @@ def build_app(
 
     app = FastAPI(title="maskkv-vllm", lifespan=lifespan)
     app.state.runner = runner
+    app.add_middleware(FrontDoor, config=server)
 
     @app.exception_handler(APIError)
     async def api_error(request: Request, exc: APIError) -> JSONResponse:
         return JSONResponse(exc.body(), status_code=exc.status)
 
-    @app.middleware("http")
-    async def check_api_key(request: Request, call_next):
-        if api_key and request.url.path.startswith("/v1"):
-            given = request.headers.get("authorization", "")
-            if not secrets.compare_digest(given.encode(), f"Bearer {api_key}".encode()):
-                err = APIError(401, "invalid or missing API key")
-                return JSONResponse(err.body(), status_code=401)
-        response = await call_next(request)
-        if replica_id:
-            response.headers["x-maskkv-replica"] = replica_id
-        return response
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException):
+        err = APIError(exc.status_code, str(exc.detail))
+        return JSONResponse(err.body(), status_code=exc.status_code)
 
     @app.get("/health")
     async def health() -> PlainTextResponse:
@@ -83,87 +73,170 @@ def build_app(
 
     @app.get("/v1/models")
     async def models() -> dict[str, Any]:
-        card = {"id": model_name, "object": "model", "created": 0, "owned_by": "maskkv"}
+        card = {
+            "id": server.model_name,
+            "object": "model",
+            "created": 0,
+            "owned_by": "maskkv",
+            "max_model_len": engine.sampler.max_model_len,
+        }
         return {"object": "list", "data": [card]}
 
     @app.post("/v1/completions")
     async def completions(request: Request):
         body = await _json_body(request)
-        prompt = completion_prompt(body)
-        return await _serve(request, body, prompt, chat=False)
+        requested_model(body, server.model_name)
+        prompts = completion_prompts(body)
+        return await _serve(request, body, prompts, chat=False)
 
     @app.post("/v1/chat/completions")
     async def chat(request: Request):
         body = await _json_body(request)
-        messages = chat_messages(body)
-        try:
-            prompt = engine.tokenizer.encode_chat(messages)
-        except (ValueError, TypeError) as e:
-            raise APIError(400, str(e), "messages") from e
-        return await _serve(request, body, prompt, chat=True)
+        requested_model(body, server.model_name)
+        return await _serve(request, body, [chat_messages(body)], chat=True)
 
-    async def _serve(request: Request, body: dict, prompt, chat: bool):
+    async def _serve(request: Request, body: dict, prompts: list, chat: bool):
         params = sampling_params(body)
         rid = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24]
+        # Tokenizing a long prompt takes a while: off the event loop, so /health
+        # and every other request keep being answered.
+        reqs = await asyncio.to_thread(
+            _make_requests, engine, prompts, params, rid, chat
+        )
+        streams = []
         try:
-            req = engine.make_request(prompt, params, request_id=rid)
-        except (ValueError, TypeError) as e:
-            raise APIError(400, str(e)) from e
-        fmt = _ChatFormat(rid, model_name) if chat else _TextFormat(rid, model_name)
-        try:
-            outputs = runner.submit(req)
+            for req in reqs:
+                streams.append(runner.submit(req))
         except QueueFullError as e:
+            for stream in streams:
+                await stream.aclose()
             raise APIError(503, f"server is busy: {e}") from e
+        fmt = (_ChatFormat if chat else _TextFormat)(rid, server.model_name)
         if body.get("stream"):
-            return StreamingResponse(_sse(outputs, fmt), media_type="text/event-stream")
-        return await _until_done(request, outputs, fmt)
+            usage = bool((body.get("stream_options") or {}).get("include_usage"))
+            events = _sse(_merged(streams), fmt, len(streams), usage)
+            return StreamingResponse(events, media_type="text/event-stream")
+        return await _until_done(request, streams, fmt)
 
     return app
 
 
+def _make_requests(engine: LLMEngine, prompts: list, params, rid: str, chat: bool):
+    """Validated engine requests, one per prompt (a worker thread runs this)."""
+    reqs = []
+    for i, prompt in enumerate(prompts):
+        try:
+            if chat:
+                prompt = engine.tokenizer.encode_chat(prompt)
+            suffix = f"-{i}" if len(prompts) > 1 else ""
+            reqs.append(engine.make_request(prompt, params, request_id=rid + suffix))
+        except (ValueError, TypeError) as e:
+            raise APIError(400, str(e), named_field(str(e))) from e
+    return reqs
+
+
 async def _json_body(request: Request) -> dict[str, Any]:
+    raw = await request.body()
     try:
-        body = json.loads(await request.body())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        # NaN and Infinity are not JSON; deep nesting is refused, not a 500.
+        body = await asyncio.to_thread(json.loads, raw, parse_constant=_not_json)
+    except (json.JSONDecodeError, UnicodeDecodeError, ValueError) as e:
         raise APIError(400, f"request body is not valid JSON: {e}") from e
+    except RecursionError as e:
+        raise APIError(400, "request body is nested too deeply") from e
     if not isinstance(body, dict):
         raise APIError(400, "request body must be a JSON object")
     return body
 
 
-async def _until_done(
-    request: Request, outputs: AsyncIterator[RequestOutput], fmt
-) -> JSONResponse:
-    """Run a non-streaming request; a client that disconnects aborts it."""
+def _not_json(name: str):
+    raise ValueError(f"{name} is not a JSON value")
 
-    async def consume() -> RequestOutput:
-        last = None
-        async for out in outputs:
-            last = out
+
+async def _merged(
+    streams: list[AsyncIterator[RequestOutput]],
+) -> AsyncIterator[tuple[int, RequestOutput]]:
+    """(choice index, output) from every stream as they come; closing this closes
+    (and so aborts) every stream still running."""
+    if len(streams) == 1:
+        try:
+            async for out in streams[0]:
+                yield 0, out
+        finally:
+            await streams[0].aclose()
+        return
+    queue: asyncio.Queue = asyncio.Queue()
+
+    async def pump(i: int, stream) -> None:
+        try:
+            async for out in stream:
+                await queue.put((i, out))
+        finally:
+            await queue.put((i, None))
+
+    tasks = [asyncio.ensure_future(pump(i, s)) for i, s in enumerate(streams)]
+    try:
+        left = len(streams)
+        while left:
+            i, out = await queue.get()
+            if out is None:
+                left -= 1
+            else:
+                yield i, out
+    finally:
+        for t in tasks:
+            t.cancel()
+        for s in streams:
+            await s.aclose()
+
+
+async def _until_done(
+    request: Request, streams: list[AsyncIterator[RequestOutput]], fmt
+) -> JSONResponse:
+    """Run non-streaming requests; a client that disconnects aborts them."""
+
+    async def consume() -> list[RequestOutput]:
+        last: list[RequestOutput | None] = [None] * len(streams)
+        async for i, out in _merged(streams):
+            last[i] = out
         return last
 
     task = asyncio.ensure_future(consume())
     while not task.done():
         await asyncio.wait({task}, timeout=0.1)
         if not task.done() and await request.is_disconnected():
-            task.cancel()  # closing the stream aborts the request
+            task.cancel()  # closing the streams aborts the requests
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
             raise APIError(499, "client disconnected")
-    out = task.result()
-    if out.finish_reason == "error":
-        raise APIError(500, out.error or "generation failed")
-    return JSONResponse(fmt.final(out))
+    outs = task.result()
+    failed = next((o for o in outs if o.finish_reason == "error"), None)
+    if failed is not None:
+        status = 400 if failed.error_is_request else 500
+        raise APIError(status, failed.error or "generation failed")
+    return JSONResponse(fmt.final(outs))
 
 
-async def _sse(outputs: AsyncIterator[RequestOutput], fmt) -> AsyncIterator[str]:
-    """Server-sent events: one chunk per committed block, then the finish chunk.
-    A client that disconnects cancels this generator, which aborts the request."""
+async def _sse(
+    outputs: AsyncIterator[tuple[int, RequestOutput]], fmt, n: int, usage: bool
+) -> AsyncIterator[str]:
+    """Server-sent events: one chunk per committed block, then the finish chunk,
+    then (``include_usage``) a usage chunk. A client that disconnects cancels this
+    generator, which aborts the requests."""
+    finals: list[RequestOutput] = []
     try:
-        async for out in outputs:
+        async for i, out in outputs:
             if out.finish_reason == "error":
-                yield _event(APIError(500, out.error or "generation failed").body())
+                status = 400 if out.error_is_request else 500
+                yield _event(APIError(status, out.error or "generation failed").body())
                 break
             if out.delta_text or out.finished:
-                yield _event(fmt.chunk(out))
+                yield _event(fmt.chunk(out, i))
+            if out.finished:
+                finals.append(out)
+        else:
+            if usage:
+                yield _event(fmt.usage_chunk(finals))
         yield "data: [DONE]\n\n"
     finally:
         await outputs.aclose()
@@ -173,8 +246,9 @@ def _event(payload: dict) -> str:
     return f"data: {json.dumps(payload)}\n\n"
 
 
-def _usage(out: RequestOutput) -> dict[str, Any]:
-    prompt, completion = len(out.prompt_token_ids), len(out.token_ids)
+def _usage(outs: list[RequestOutput]) -> dict[str, Any]:
+    prompt = sum(len(o.prompt_token_ids) for o in outs)
+    completion = sum(len(o.token_ids) for o in outs)
     return {
         "prompt_tokens": prompt,
         "completion_tokens": completion,
@@ -201,70 +275,67 @@ def _maskkv_stats(out: RequestOutput) -> dict[str, Any]:
 
 
 class _TextFormat:
+    """OpenAI completion bodies: one choice per prompt, in prompt order. Each
+    choice carries its request's ``maskkv`` stats; a one-prompt body has them at
+    the top level too."""
+
+    object = "text_completion"
+    chunk_object = "text_completion"
+
     def __init__(self, rid: str, model: str) -> None:
         self.rid, self.model, self.created = rid, model, int(time.time())
 
-    def _base(self) -> dict[str, Any]:
-        return {
-            "id": self.rid,
-            "object": "text_completion",
-            "created": self.created,
-            "model": self.model,
-        }
+    def _base(self, kind: str) -> dict[str, Any]:
+        return {"id": self.rid, "object": kind, "created": self.created,
+                "model": self.model}  # fmt: skip
 
-    def final(self, out: RequestOutput) -> dict[str, Any]:
-        choice = {
-            "index": 0,
-            "text": out.text,
-            "finish_reason": _finish_reason(out),
-            "logprobs": None,
-        }
-        return {
-            **self._base(),
-            "choices": [choice],
-            "usage": _usage(out),
-            "maskkv": _maskkv_stats(out),
-        }
+    def _final_choice(self, out: RequestOutput) -> dict[str, Any]:
+        return {"text": out.text, "logprobs": None}
 
-    def chunk(self, out: RequestOutput) -> dict[str, Any]:
+    def _delta(self, out: RequestOutput, index: int) -> dict[str, Any]:
+        return {"text": out.delta_text, "logprobs": None}
+
+    def final(self, outs: list[RequestOutput]) -> dict[str, Any]:
+        choices = [
+            {"index": i, **self._final_choice(o), "finish_reason": _finish_reason(o),
+             "maskkv": _maskkv_stats(o)}
+            for i, o in enumerate(outs)
+        ]  # fmt: skip
+        body = {**self._base(self.object), "choices": choices, "usage": _usage(outs)}
+        if len(outs) == 1:
+            body["maskkv"] = _maskkv_stats(outs[0])
+        return body
+
+    def chunk(self, out: RequestOutput, index: int) -> dict[str, Any]:
         choice = {
-            "index": 0,
-            "text": out.delta_text,
+            "index": index,
+            **self._delta(out, index),
             "finish_reason": _finish_reason(out) if out.finished else None,
-            "logprobs": None,
         }
-        return {**self._base(), "choices": [choice]}
+        return {**self._base(self.chunk_object), "choices": [choice]}
+
+    def usage_chunk(self, outs: list[RequestOutput]) -> dict[str, Any]:
+        """``stream_options.include_usage``: the last chunk, no choices."""
+        return {**self._base(self.chunk_object), "choices": [], "usage": _usage(outs)}
 
 
 class _ChatFormat(_TextFormat):
+    object = "chat.completion"
+    chunk_object = "chat.completion.chunk"
+
     def __init__(self, rid: str, model: str) -> None:
         super().__init__(rid, model)
-        self.sent_role = False
+        self.sent_role: set[int] = set()
 
-    def _base(self) -> dict[str, Any]:
-        return {**super()._base(), "object": "chat.completion"}
+    def _final_choice(self, out: RequestOutput) -> dict[str, Any]:
+        return {"message": {"role": "assistant", "content": out.text}}
 
-    def final(self, out: RequestOutput) -> dict[str, Any]:
-        message = {"role": "assistant", "content": out.text}
-        choice = {"index": 0, "message": message, "finish_reason": _finish_reason(out)}
-        return {
-            **self._base(),
-            "choices": [choice],
-            "usage": _usage(out),
-            "maskkv": _maskkv_stats(out),
-        }
-
-    def chunk(self, out: RequestOutput) -> dict[str, Any]:
+    def _delta(self, out: RequestOutput, index: int) -> dict[str, Any]:
         delta: dict[str, Any] = {"content": out.delta_text}
-        if not self.sent_role:
+        if index not in self.sent_role:
             delta["role"] = "assistant"
-            self.sent_role = True
-        choice = {
-            "index": 0,
-            "delta": delta,
-            "finish_reason": _finish_reason(out) if out.finished else None,
-        }
-        return {**self._base(), "object": "chat.completion.chunk", "choices": [choice]}
+            self.sent_role.add(index)
+        return {"delta": delta}
 
 
 class _EngineCollector:

@@ -172,8 +172,12 @@ class LLaDAConfig:
             raise FileNotFoundError(f"no config.json at {path}")
         try:
             raw = json.loads(path.read_text())
-        except json.JSONDecodeError as e:
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise ValueError(f"{path} is not valid JSON: {e}") from e
+        if not isinstance(raw, dict):
+            raise ValueError(
+                f"{path} must hold a JSON object, not a {type(raw).__name__}"
+            )
         return cls.from_dict(raw)
 
     def to_dict(self) -> dict[str, Any]:

@@ -39,15 +39,45 @@ def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
     return _DTYPES[dtype]
 
 
+def resolve_device(device: str | torch.device) -> torch.device:
+    """A torch device that this machine has, or ValueError naming the value."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as e:
+        raise ValueError(f"device={device!r} is not a torch device: {e}") from e
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(
+                f"device={device!r} but this torch {torch.__version__} sees no CUDA "
+                "GPU (torch.cuda.is_available() is False): use device='cpu'"
+            )
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ValueError(
+                f"device={device!r} but there are {torch.cuda.device_count()} GPUs"
+            )
+    return dev
+
+
 def weight_files(model_dir: Path) -> list[Path]:
     """The safetensors files of a checkpoint directory, validated."""
     index = model_dir / INDEX_FILE
     if index.is_file():
-        weight_map = json.loads(index.read_text()).get("weight_map")
+        try:
+            weight_map = json.loads(index.read_text()).get("weight_map")
+        except (json.JSONDecodeError, UnicodeDecodeError, AttributeError) as e:
+            raise ValueError(f"{index} is not a JSON object: {e}") from e
         if not isinstance(weight_map, dict) or not weight_map:
             raise ValueError(f"{index} has no 'weight_map'")
+        if not all(isinstance(v, str) for v in weight_map.values()):
+            raise ValueError(f"{index}: every 'weight_map' value must be a file name")
         files = [model_dir / name for name in sorted(set(weight_map.values()))]
+        root = model_dir.resolve()
         for f in files:
+            if f.resolve().parent != root:
+                raise ValueError(
+                    f"{index} names {f.relative_to(model_dir)}, which is not a file "
+                    f"directly in {model_dir}"
+                )
             if f.suffix != ".safetensors":
                 raise ValueError(
                     f"{index} names a non-safetensors weight file: {f.name}"
@@ -71,14 +101,34 @@ def read_tensors(files: list[Path]) -> dict[str, torch.Tensor]:
     """All tensors of the given safetensors files; a name in two files is an error."""
     tensors: dict[str, torch.Tensor] = {}
     for path in files:
-        with safe_open(str(path), framework="pt") as f:
-            for name in f.keys():  # noqa: SIM118 (safe_open is not a dict)
-                if name in tensors:
-                    raise ValueError(
-                        f"tensor {name} appears twice (again in {path.name})"
-                    )
-                tensors[name] = f.get_tensor(name)
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                for name in f.keys():  # noqa: SIM118 (safe_open is not a dict)
+                    if name in tensors:
+                        raise ValueError(
+                            f"tensor {name} appears twice (again in {path.name})"
+                        )
+                    tensors[name] = f.get_tensor(name)
+        except ValueError:
+            raise
+        except Exception as e:  # SafetensorError is not exported; truncated files
+            raise ValueError(
+                f"{path} is not a readable safetensors file ({type(e).__name__}: {e})"
+            ) from e
     return tensors
+
+
+def check_layer_count(config: LLaDAConfig, found: dict[str, torch.Tensor]) -> None:
+    """Compare n_layers with the blocks the weights hold before building anything
+    (a config that says a million layers would otherwise build them)."""
+    prefix = "model.transformer.blocks."
+    blocks = {n[len(prefix) :].split(".", 1)[0] for n in found if n.startswith(prefix)}
+    count = len(blocks)
+    if count != config.n_layers:
+        raise ValueError(
+            f"config.json says n_layers={config.n_layers} but the weights hold "
+            f"{count} blocks"
+        )
 
 
 def check_state_dict(
@@ -119,7 +169,9 @@ def load_model(
         raise FileNotFoundError(f"model directory {model_dir} does not exist")
     config = LLaDAConfig.from_file(model_dir / "config.json")
     torch_dtype = resolve_dtype(dtype)
+    device = resolve_device(device)
     found = read_tensors(weight_files(model_dir))
+    check_layer_count(config, found)
     with torch.device("meta"):
         model = LLaDAModel(config, rope_scaling=rope_scaling)
     check_state_dict(model.state_dict(), found)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from tokenizers import Tokenizer as HFTokenizer
@@ -41,19 +42,31 @@ class Tokenizer:
         self.bos_token_id = tokenizer.token_to_id(BOS)
         self.eot_token_id = tokenizer.token_to_id(EOT)
         self.vocab_size = tokenizer.get_vocab_size(with_added_tokens=True)
+        self.max_token_bytes = _max_token_bytes(tokenizer)
 
     @classmethod
     def from_dir(cls, model_dir: str | Path, config: LLaDAConfig) -> Tokenizer:
         path = Path(model_dir) / "tokenizer.json"
         if not path.is_file():
             raise FileNotFoundError(f"no tokenizer.json in {model_dir}")
-        return cls(HFTokenizer.from_file(str(path)), config)
+        try:
+            tokenizer = HFTokenizer.from_file(str(path))
+        except Exception as e:  # the Rust library raises a bare Exception
+            raise ValueError(f"{path} is not a valid tokenizer.json: {e}") from e
+        return cls(tokenizer, config)
 
     @property
     def stop_token_ids(self) -> tuple[int, ...]:
         """Ids that end an answer: EOS, and EOT when the vocabulary has it."""
         ids = (self.eos_token_id, self.eot_token_id)
         return tuple(i for i in ids if i is not None)
+
+    def fewest_tokens(self, text: str) -> int:
+        """A lower bound on ``len(encode(text))`` without tokenizing (0 if unknown):
+        a byte-level BPE token covers at most ``max_token_bytes`` bytes."""
+        if not self.max_token_bytes:
+            return 0
+        return -(-len(text.encode("utf-8", "surrogatepass")) // self.max_token_bytes)
 
     def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
         if not isinstance(text, str):
@@ -80,3 +93,17 @@ class Tokenizer:
     def encode_chat(self, messages: list[dict[str, str]]) -> list[int]:
         # The rendered template already holds BOS.
         return self.encode(self.render_chat(messages), add_special_tokens=False)
+
+
+def _max_token_bytes(tokenizer: HFTokenizer) -> int | None:
+    """Bytes of the longest token of a byte-level BPE without a normalizer (whose
+    vocabulary maps each byte to one character); None for any other tokenizer,
+    where a token can stand for more (a word-level ``[UNK]``)."""
+    spec = json.loads(tokenizer.to_str())
+    if spec.get("normalizer") or (spec.get("model") or {}).get("type") != "BPE":
+        return None
+    if '"ByteLevel"' not in json.dumps(spec.get("pre_tokenizer")):
+        return None
+    vocab = tokenizer.get_vocab(with_added_tokens=False)
+    added = [t["content"] for t in spec.get("added_tokens") or []]
+    return max([len(t) for t in vocab] + [len(t.encode()) for t in added], default=0)

@@ -127,6 +127,16 @@ class DiffusionSampler:
 
     def validate(self, prompt: Prompt, params: SamplingParams) -> list[int]:
         """Prompt token ids, or ValueError/TypeError naming what is wrong."""
+        room = self.max_model_len - params.gen_length
+        if isinstance(prompt, str) and self.tokenizer is not None:
+            # Refuse a huge text before tokenizing it (seconds per MiB).
+            fewest = self.tokenizer.fewest_tokens(prompt)
+            if fewest > room:
+                raise ValueError(
+                    f"prompt of at least {fewest} tokens ({len(prompt)} characters) "
+                    f"+ gen_length {params.gen_length} exceeds "
+                    f"max_model_len={self.max_model_len}"
+                )
         ids = self._tokenize(prompt)
         if params.evicts and params.kv_budget is None:
             raise ValueError(f"kv_policy={params.kv_policy!r} needs a kv_budget")

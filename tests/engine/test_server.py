@@ -223,3 +223,58 @@ def test_full_queue_is_503(tiny_dir):
         assert "server is busy" in busy.json()["error"]["message"]
     finally:
         stop_server(proc)
+
+
+def test_load_with_cancels_loses_nothing(server):
+    # 300 requests at concurrency 48: every 5th streamed, every 6th cancelled (a
+    # stream closed after its first chunk, or a client that stops waiting).
+    wait_idle(server)
+    before = metrics(server)
+    headers = {"Authorization": f"Bearer {API_KEY}"}
+
+    async def one(c, sem, i):
+        policy = ("full", "maskkv", "snapkv")[i % 3]
+        body = {"prompt": f"load {i} " + "xy " * (i % 17), "max_tokens": 16,
+                **DIFFUSION, "kv_policy": policy}  # fmt: skip
+        if i % 3:
+            body["kv_budget"] = 4 + i % 5
+        cancel, stream = i % 6 == 0, i % 5 == 0 or i % 12 == 0
+        async with sem:
+            if stream:
+                body["stream"] = True
+                async with c.stream("POST", "/v1/completions", json=body) as r:
+                    text = ""
+                    async for line in r.aiter_lines():
+                        if line.startswith("data: {"):
+                            text += json.loads(line[6:])["choices"][0]["text"]
+                            if cancel:
+                                return "cancelled"
+                    return "ok" if r.status_code == 200 else f"status {r.status_code}"
+            try:
+                r = await c.post("/v1/completions", json=body,
+                                 timeout=0.05 if cancel else 120)  # fmt: skip
+            except httpx.TimeoutException:
+                return "cancelled"
+            return "ok" if r.status_code == 200 else f"status {r.status_code}"
+
+    async def main():
+        sem = asyncio.Semaphore(48)
+        async with httpx.AsyncClient(
+            base_url=server, headers=headers, timeout=120
+        ) as c:
+            return await asyncio.gather(*(one(c, sem, i) for i in range(300)))
+
+    results = asyncio.run(main())
+    assert not [r for r in results if r not in ("ok", "cancelled")], results
+    assert results.count("cancelled") >= 30
+    m = wait_idle(server)  # every page is back, nothing running or waiting
+    new = {k: m[k] - before[k] for k in m if k.endswith("_total")}
+    finished, aborted = (
+        new[f"maskkv_requests_{k}_total"] for k in ("finished", "aborted")
+    )
+    # A cancelled request may finish before its abort lands, or (a client that
+    # gave up before its body was read) never reach the engine.
+    cancelled = results.count("cancelled")
+    assert results.count("ok") <= finished and aborted > 0
+    assert 300 - cancelled <= finished + aborted <= 300
+    assert new["maskkv_requests_failed_total"] == 0

@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from maskkv_vllm.models.llada_config import LLaDAConfig
-from maskkv_vllm.models.loader import load_model, resolve_dtype
+from maskkv_vllm.models.loader import load_checkpoint, load_model, resolve_dtype
 from maskkv_vllm.models.tiny import write_tiny_checkpoint
 
 
@@ -220,3 +220,71 @@ def test_copy_of_checkpoint_loads(tmp_path, ckpt):
     copy = tmp_path / "copy"
     shutil.copytree(ckpt, copy)
     assert load_model(copy).config == load_model(ckpt).config
+
+
+# -- issue 14, item 7: one-line errors instead of tracebacks and hangs --------------
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        lambda data: b"",
+        lambda data: b"\x00" * 7,
+        lambda data: b"garbage that is not safetensors",
+        lambda data: data[: len(data) // 2],  # truncated
+    ],
+)
+def test_an_unreadable_safetensors_file_is_named(ckpt, damage):
+    path = ckpt / "model.safetensors"
+    path.write_bytes(damage(path.read_bytes()))
+    with pytest.raises(
+        ValueError, match=r"model\.safetensors is not a readable safetensors"
+    ):
+        load_model(ckpt)
+
+
+@pytest.mark.parametrize("content", ["not json at all", '{"model": {"type": "Nope"}}'])
+def test_a_bad_tokenizer_json_is_named(ckpt, content):
+    (ckpt / "tokenizer.json").write_text(content)
+    with pytest.raises(
+        ValueError, match=r"tokenizer\.json is not a valid tokenizer\.json"
+    ):
+        load_checkpoint(ckpt)
+
+
+def test_a_config_that_is_a_json_list_is_named(ckpt):
+    (ckpt / "config.json").write_text("[1, 2]")
+    with pytest.raises(ValueError, match="must hold a JSON object, not a list"):
+        load_model(ckpt)
+
+
+def test_a_million_layers_is_refused_before_building_them(ckpt):
+    edit_config(ckpt, n_layers=1_000_000)
+    with pytest.raises(
+        ValueError, match="n_layers=1000000 but the weights hold 1 blocks"
+    ):
+        load_model(ckpt)
+
+
+def test_an_index_naming_a_file_outside_the_model_directory_is_refused(tmp_path, ckpt):
+    shutil.copy(ckpt / "model.safetensors", tmp_path / "outside.safetensors")
+    names = load_file(str(ckpt / "model.safetensors")).keys()
+    index = {"weight_map": dict.fromkeys(names, "../outside.safetensors")}
+    (ckpt / "model.safetensors.index.json").write_text(json.dumps(index))
+    with pytest.raises(
+        ValueError, match=r"names \.\./outside\.safetensors, which is not"
+    ):
+        load_model(ckpt)
+
+
+def test_a_device_that_is_not_one_is_named(ckpt):
+    with pytest.raises(ValueError, match="device='gpu' is not a torch device"):
+        load_model(ckpt, device="gpu")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
+def test_cuda_on_a_cpu_torch_says_so(ckpt):
+    with pytest.raises(
+        ValueError, match=r"device='cuda' but this torch .* sees no CUDA"
+    ):
+        load_model(ckpt, device="cuda")

@@ -85,3 +85,21 @@ def test_cache_config_validation(kwargs, message):
 def test_unbounded_values_are_refused_naming_them(kwargs, match):
     with pytest.raises(ValueError, match=match):
         SamplingParams(**kwargs)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        # "'<=' not supported between instances of 'int' and 'str'" (issue 14, item 8)
+        ({"temperature": "hot"}, "temperature='hot' must be a number"),
+        ({"temperature": True}, "temperature=True must be a number"),
+        ({"cfg_scale": [1]}, r"cfg_scale=\[1\] must be a number"),
+        ({"threshold": "0.9"}, "threshold='0.9' must be a number or null"),
+        ({"remasking": 3}, "remasking=3 must be a string"),
+        ({"logits_eos_inf": 1}, "logits_eos_inf=1 must be a boolean"),
+        ({"kv_policy": 7}, "kv_policy=7 must be a string or null"),
+    ],
+)
+def test_wrong_types_are_refused_naming_the_field(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        SamplingParams(**kwargs)
