@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from maskkv_vllm.sampling_params import SamplingParams
@@ -142,9 +143,10 @@ def sampling_params(body: dict[str, Any]) -> SamplingParams:
 
 
 def named_field(message: str) -> str | None:
-    """SamplingParams messages start with ``field=value``."""
-    name = message.split("=", 1)[0]
-    return name if name.isidentifier() and "=" in message else None
+    """The body field an error message starts with (``steps=...``, ``prompt of``)."""
+    match = re.match(r"\w+", message)
+    name = match.group(0) if match else None
+    return name if name in (*TYPES, *EXTRA_FIELDS, "prompt", "messages") else None
 
 
 def requested_model(body: dict[str, Any], served: str) -> None:

@@ -263,3 +263,9 @@ def test_a_non_streaming_client_that_disconnects_is_aborted(tiny_dir):
         assert m["maskkv_kv_pages_free"] == m["maskkv_kv_pages_total"]
     finally:
         stop_server(proc)
+
+
+def test_a_prompt_too_long_names_the_prompt(client):
+    r = post(client, {"prompt": "x" * 20_000, **SMALL})
+    assert r.status_code == 400 and error(r)["param"] == "prompt"
+    assert "exceeds max_model_len=600" in error(r)["message"]
