@@ -37,6 +37,7 @@ from vllm.v1.request import Request, RequestStatus
 from maskkv_vllm.vllm_adapter.diffusion_state import stop_token_ids
 from maskkv_vllm.vllm_adapter.footprint import Policies, held_blocks, reserved_blocks
 from maskkv_vllm.vllm_adapter.kv_spec import MaskKVBlockManager, ensure_registered
+from maskkv_vllm.vllm_adapter.metrics import record_eviction
 from maskkv_vllm.vllm_adapter.params import (
     CONFIG_KEY,
     FLAT_PREFIX,
@@ -71,6 +72,7 @@ class MaskKVDiffusionScheduler(Scheduler):
         self.num_layers: int = hf.num_hidden_layers
         self.num_kv_heads: int = hf.num_key_value_heads
         self.tp_size: int = self.vllm_config.parallel_config.tensor_parallel_size
+        self.model_name: str = self.vllm_config.model_config.served_model_name
         self.policies = Policies(self.adapter_config, self.num_layers)
         self.block_manager = self._pool_manager()
         self.prompt_lens: dict[str, int] = {}
@@ -162,6 +164,8 @@ class MaskKVDiffusionScheduler(Scheduler):
         freed = self.block_manager.shrink(req_id, need)
         self.freed_blocks[req_id] = freed
         kept_total = sum(map(sum, kept_lengths.values()))
+        all_entries = self.prompt_lens[req_id] * sum(map(len, kept_lengths.values()))
+        record_eviction(self.model_name, freed, kept_total, all_entries)
         logger.info(
             "maskkv: request %s keeps %s prompt KV entries (M = %s) in %s blocks; "
             "freed %s of %s",

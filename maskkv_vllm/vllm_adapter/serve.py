@@ -10,8 +10,10 @@ per-request MaskKV params (``validation.py``: HTTP 400 naming the bad value).
 Before vLLM starts it refuses, in one line, a checkpoint that is not LLaDA
 and a missing vLLM; it binds 127.0.0.1 unless ``--host`` says otherwise and
 gives the front end LLaDA's pinned chat template unless ``--chat-template``
-does. The engine settings LLaDA needs (scheduler, worker, eager mode, block
-size, batched-token limit) come from the model's own config hook
+does, and points ``$PROMETHEUS_MULTIPROC_DIR`` at a fresh directory (unless set)
+so that MaskKV's eviction metrics reach vLLM's ``/metrics``. The engine
+settings LLaDA needs (scheduler, worker, eager mode, block size, batched-token
+limit) come from the model's own config hook
 (``engine_config``), as under a plain ``vllm serve``.
 
 It builds vLLM's ``serve`` subcommand itself instead of calling
@@ -115,6 +117,21 @@ def env_defaults() -> dict[str, str]:
     return {**ENV_DEFAULTS, **extra}
 
 
+def metrics_dir() -> str:
+    """``$PROMETHEUS_MULTIPROC_DIR``, made (and removed at exit) unless set, before
+    vLLM or prometheus_client is imported: MaskKV's metrics are counted in the
+    engine-core process and served by the API process (``metrics.py``)."""
+    if "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
+        import atexit
+        import shutil
+        import tempfile
+
+        path = tempfile.mkdtemp(prefix="maskkv-prometheus-")
+        atexit.register(shutil.rmtree, path, ignore_errors=True)
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = path
+    return os.environ["PROMETHEUS_MULTIPROC_DIR"]
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the OpenAI-compatible server until interrupted; 2 on a refusal.
 
@@ -134,6 +151,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     for key, value in env_defaults().items():
         os.environ.setdefault(key, value)
+    metrics_dir()
     from vllm.entrypoints.cli.serve import ServeSubcommand
     from vllm.entrypoints.serve.utils.api_utils import cli_env_setup
     from vllm.logger import configure_logging_from_args

@@ -11,6 +11,7 @@ import os
 import subprocess
 import sys
 import time
+import urllib.request
 
 import pytest
 
@@ -175,3 +176,25 @@ def test_eviction_is_logged(server_log):
     # snapkv B = 4 by --additional-config: every request evicts at step 0
     text = server_log.read_text()
     assert "maskkv: request" in text and "freed" in text
+
+
+def test_eviction_is_on_vllm_s_metrics(server):
+    # Counted in the engine-core process, served by the API process (issue 13).
+    client = openai.OpenAI(base_url=f"http://127.0.0.1:{server}/v1", api_key="none")
+    client.completions.create(
+        model="tiny", prompt="a prompt longer than four tokens", max_tokens=8,
+        extra_body={"vllm_xargs": {"maskkv_block_length": 8, "maskkv_steps": 8}},
+    )  # fmt: skip
+    with urllib.request.urlopen(f"http://127.0.0.1:{server}/metrics", timeout=5) as r:
+        text = r.read().decode()
+    values = {}
+    for line in text.splitlines():
+        if line.startswith("maskkv:") and 'model_name="tiny"' in line:
+            name, value = line.split("{", 1)[0], float(line.rsplit(" ", 1)[1])
+            values[name] = values.get(name, 0.0) + value
+    assert values["maskkv:kv_blocks_freed_total"] > 0
+    kept = values["maskkv:prompt_kv_entries_kept_total"]
+    evicted = values["maskkv:prompt_kv_entries_evicted_total"]
+    assert kept > 0 and evicted > 0
+    assert values["maskkv:prompt_kv_kept_fraction_count"] >= 1
+    assert "vllm:num_requests_running" in text  # vLLM's own metrics are still there
