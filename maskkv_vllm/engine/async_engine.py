@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator
 
 from maskkv_vllm.engine.llm_engine import LLMEngine, QueueFullError
 from maskkv_vllm.engine.request import Request, RequestOutput
+from maskkv_vllm.engine.stats_log import StatsLog, log_finished
 
 logger = logging.getLogger(__name__)
 
@@ -22,8 +23,9 @@ class AsyncLLMEngine:
     travel through a queue, outputs come back through ``call_soon_threadsafe``.
     """
 
-    def __init__(self, engine: LLMEngine) -> None:
+    def __init__(self, engine: LLMEngine, stats_interval: float = 10.0) -> None:
         self.engine = engine
+        self.stats = StatsLog(engine, stats_interval)
         self._commands: queue.Queue = queue.Queue()
         self._streams: dict[str, tuple[asyncio.AbstractEventLoop, asyncio.Queue]] = {}
         self._wake = threading.Event()
@@ -106,7 +108,10 @@ class AsyncLLMEngine:
                 logger.exception("engine step failed")
                 outputs = self.engine.fail_all(f"engine step failed: {e}")
             for out in outputs:
+                if out.finished:
+                    log_finished(out)
                 self._deliver(out.request_id, out)
+            self.stats.maybe_log()
 
     def _drain_commands(self) -> None:
         while True:

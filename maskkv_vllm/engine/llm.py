@@ -102,18 +102,41 @@ class LLM:
         for r in requests:
             self.engine.add_request(r)
         done: dict[str, RequestOutput] = {}
-        with tqdm(total=len(requests), disable=not use_tqdm, desc="requests") as bar:
+        # Steps, not requests: a single long request shows progress too.
+        total = sum(r.params.steps for r in requests)
+        bar = tqdm(total=total, disable=not use_tqdm, desc="denoising", unit="step")
+        with bar:
             try:
                 while len(done) < len(requests):
+                    before = self._steps_run(requests, done)
                     for out in self.engine.step():
                         if out.finished:
                             done[out.request_id] = out
-                            bar.update(1)
+                    bar.update(self._steps_run(requests, done) - before)
+                    bar.set_postfix(finished=f"{len(done)}/{len(requests)}")
             finally:
                 for r in requests:
                     if r.request_id not in done:
                         self.engine.abort_request(r.request_id)
         return [done[r.request_id] for r in requests]
+
+    @staticmethod
+    def _steps_run(requests, done: dict[str, RequestOutput]) -> int:
+        """Steps the bar has to show: all of a finished request's (an early stop
+        skips some), the sequence's own count for a running one."""
+        return sum(
+            r.params.steps
+            if r.request_id in done
+            else (r.seq.num_steps if r.seq is not None else 0)
+            for r in requests
+        )
+
+    @classmethod
+    def from_engine(cls, engine: LLMEngine) -> LLM:
+        """An ``LLM`` over an engine built by hand (a preloaded model, a sized pool)."""
+        llm = cls.__new__(cls)
+        llm.engine = engine
+        return llm
 
     def chat(
         self,

@@ -332,6 +332,27 @@ class LLMEngine:
     def _decode(self, ids: list[int]) -> str:
         return self.tokenizer.decode(ids) if self.tokenizer else ""
 
+    def summary(self) -> str:
+        """One line on what this engine serves with (logged at startup)."""
+        c, cfg = self.model.config, self.config
+        param = next(self.model.parameters())
+        pool = "no page pool"
+        cache = getattr(self.sampler.prompt_cache, "cache", None)
+        if cache is not None:
+            st = cache.pool_stats()
+            total = st["num_blocks"] * st["bytes_per_block"]
+            pool = (
+                f"{st['num_blocks']} KV pages of {st['block_size']} slots "
+                f"({total / 2**20:.1f} MiB)"
+            )
+        budget = f" B={cfg.kv_budget}" if cfg.kv_budget is not None else ""
+        return (
+            f"model {cfg.model} ({c.n_layers} layers x {c.n_kv_heads} KV heads x "
+            f"{c.head_dim}), {param.dtype} on {param.device}, {pool}, "
+            f"max_model_len {self.sampler.max_model_len}, default policy "
+            f"{cfg.kv_policy}{budget}, max_num_seqs {cfg.max_num_seqs}"
+        )
+
     # -- pages -------------------------------------------------------------------
 
     @property

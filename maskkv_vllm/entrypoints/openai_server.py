@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -35,15 +36,18 @@ from maskkv_vllm.entrypoints.protocol import (
 )
 from maskkv_vllm.entrypoints.server_config import ServerConfig
 
+logger = logging.getLogger("maskkv_vllm.server")
+
 
 def build_app(engine: LLMEngine, server: ServerConfig) -> FastAPI:
     """The FastAPI app; the engine thread starts and stops with the app."""
-    runner = AsyncLLMEngine(engine)
+    runner = AsyncLLMEngine(engine, server.stats_interval)
     registry = CollectorRegistry()
     registry.register(_EngineCollector(engine))
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        logger.info("serving %s: %s", server.model_name, engine.summary())
         runner.start()
         yield
         runner.shutdown()

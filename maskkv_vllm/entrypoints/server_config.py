@@ -26,6 +26,8 @@ class ServerConfig:
     server through a rebound DNS name."""
     replica_id: str | None = None
     """Returned in an ``x-maskkv-replica`` header (Ray Serve)."""
+    stats_interval: float = 10.0
+    """Seconds between the engine-state lines of the log (while busy)."""
 
     def __post_init__(self) -> None:
         if not isinstance(self.model_name, str) or not self.model_name:
@@ -35,6 +37,8 @@ class ServerConfig:
         size = self.max_request_bytes
         if not isinstance(size, int) or isinstance(size, bool) or size <= 0:
             raise ValueError(f"max_request_bytes={size!r} must be a positive integer")
+        if not self.stats_interval > 0:
+            raise ValueError(f"stats_interval={self.stats_interval} must be positive")
         if self.allowed_hosts is not None and not all(
             isinstance(h, str) and h for h in self.allowed_hosts
         ):

@@ -42,6 +42,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from maskkv_vllm import machine_defaults
 from maskkv_vllm.evaluation.longbench_config import (
     LONGBENCH_TASKS,
     PAPER_TASKS,
@@ -364,9 +365,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--limit", type=int, default=None, help="first N rows per task")
     p.add_argument("--out", default="results.json", help="results JSON path")
     p.add_argument("--rope-scaling", type=float, default=1.0, help="NTK factor")
-    p.add_argument("--dtype", default="bfloat16", help="bfloat16 | float32")
-    p.add_argument("--device", default="cuda", help="cuda | cuda:N | cpu")
-    p.add_argument("--kv-cache-memory", default="16GiB", help="page pool size")
+    machine_defaults.add_arguments(p)
+    p.add_argument(
+        "--kv-cache-memory",
+        default="auto",
+        help="page pool; auto: half the GPU's free memory, or 1GiB on the CPU",
+    )
     p.add_argument("--max-model-len", type=int, default=None)
     p.add_argument("--max-num-seqs", type=int, default=4)
     p.add_argument("--block-length", type=int, default=DEFAULT_BLOCK_LENGTH)
@@ -382,6 +386,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def build_llm(args: argparse.Namespace):
     from maskkv_vllm.config import MaskKVConfig
     from maskkv_vllm.engine.llm import LLM
+
+    args.device = machine_defaults.device(args.device)
+    args.dtype = machine_defaults.dtype(args.dtype, args.device)
+    args.kv_cache_memory = machine_defaults.pool(args.kv_cache_memory, args.device)
 
     return LLM(
         args.model,

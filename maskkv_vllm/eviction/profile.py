@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -101,8 +102,12 @@ def compute_profile(
     prompts: list[list[int]],
     gen_length: int,
     meta: dict | None = None,
+    progress: Callable[[int], object] | None = None,
 ) -> LayerProfile:
-    """Average the per-layer importance over calibration prompts at step 0."""
+    """Average the per-layer importance over calibration prompts at step 0.
+
+    ``progress(1)`` is called after each prompt (a progress bar's ``update``).
+    """
     if not prompts:
         raise ValueError("calibration needs at least one prompt")
     device = next(model.parameters()).device
@@ -111,6 +116,8 @@ def compute_profile(
     for p in prompts:
         ids = torch.tensor(p + [mask] * gen_length, device=device)
         total += layer_cosines(model, ids).cpu()
+        if progress is not None:
+            progress(1)
     mean_cos = total / len(prompts)
     info = {
         "num_samples": len(prompts),

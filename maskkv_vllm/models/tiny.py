@@ -97,6 +97,9 @@ def save_checkpoint(
         raise ValueError(f"shards={shards} must be positive")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    # Weights of an earlier checkpoint here would be loaded beside the new ones.
+    for stale in [*out.glob("*.safetensors"), out / INDEX_FILE]:
+        stale.unlink(missing_ok=True)
     (out / "config.json").write_text(json.dumps(config.to_dict(), indent=2))
     tokenizer.save(str(out / "tokenizer.json"))
     names = sorted(state_dict)
