@@ -27,7 +27,7 @@ from maskkv_vllm.sampling_params import SamplingParams
 def run(sampler, prompt_ids, params):
     """(generated ids, pages held after step 0, median later-step ms)."""
     seq = sampler.make_sequence(0, prompt_ids, params)
-    pool = sampler.prompt_cache.cache.pool
+    pool = sampler.prompt_cache.page_pool
     times, pages = [], None
     while not seq.is_finished:
         start = time.perf_counter()
@@ -58,7 +58,7 @@ def main() -> None:
     prompt = english_ids(tok, args.prompt_len)
     cache = CacheConfig("paged", block_size=args.block_size, kv_cache_memory="2GiB")
     sampler = DiffusionSampler(model, tok, cache)
-    page_bytes = sampler.prompt_cache.cache.store.page_bytes
+    page_bytes = sampler.prompt_cache.pool_stats()["bytes_per_block"]
     g = args.gen_length
     base = {"gen_length": g, "block_length": 8, "steps": g}
     c = model.config

@@ -122,11 +122,13 @@ def add_sampling_args(p: argparse.ArgumentParser) -> None:
 
 
 def sampling_params(args: argparse.Namespace) -> SamplingParams:
-    if args.kv_budget is not None and args.kv_policy == "full":
+    from maskkv_vllm.eviction.registry import policy_evicts
+
+    if args.kv_budget is not None and not policy_evicts(args.kv_policy):
         raise ValueError(
-            f"--kv-budget {args.kv_budget} has no effect with --kv-policy full, which "
-            "keeps every prompt entry: choose an evicting policy (maskkv, snapkv, "
-            "...) or drop --kv-budget"
+            f"--kv-budget {args.kv_budget} has no effect with --kv-policy "
+            f"{args.kv_policy}, which keeps every prompt entry: choose an evicting "
+            "policy (maskkv, snapkv, ...) or drop --kv-budget"
         )
     return SamplingParams(
         gen_length=args.gen_length,
@@ -188,9 +190,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
             f"{st.num_pages} pages, {st.kept_kv_entries} entries kept, "
             f"{st.evicted_kv_entries} evicted ({args.cache_mode}, {args.kv_policy})]"
         )
-    cache = getattr(llm.engine.sampler.prompt_cache, "cache", None)
-    if cache is not None and not args.json:
-        stats = cache.pool_stats()
+    stats = llm.engine.pool_stats()
+    if stats is not None and not args.json:
         print(
             f"[page pool: {stats['num_blocks']} pages of {stats['bytes_per_block']} "
             f"bytes, peak {stats['max_used_blocks']} used, "
@@ -296,7 +297,7 @@ def read_calibration_texts(path: str) -> list[str]:
 def cmd_profile(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
-    from maskkv_vllm.eviction.profile import compute_profile
+    from maskkv_vllm.calibration import compute_profile
     from maskkv_vllm.models.builtin import resolve_model
     from maskkv_vllm.models.loader import load_checkpoint
 

@@ -5,6 +5,10 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from maskkv_vllm.eviction.config import MaskKVConfig
+
+__all__ = ["CACHE_MODES", "CacheConfig", "EngineConfig", "MaskKVConfig", "parse_size"]
+
 CACHE_MODES = ("none", "prefix", "paged")
 _UNITS = {
     "": 1,
@@ -83,61 +87,6 @@ class CacheConfig:
 
 
 @dataclass(frozen=True)
-class MaskKVConfig:
-    """Hyper-parameters of MaskKV and the baseline policies (engine-wide; the policy
-    name and budget are chosen per request in ``SamplingParams``)."""
-
-    alpha: float = 0.1
-    """MaskKV head floor: every head keeps at least ``alpha * k_l`` (eq. 15)."""
-    beta: float = 0.4
-    """MaskKV layer floor: every layer keeps at least ``beta * B`` (eq. 9)."""
-    profile: str | None = None
-    """Path of the offline layer-importance profile (``maskkv profile``); None is
-    the uniform profile, which gives every layer B."""
-    boundary_layers: tuple[int, ...] | None = None
-    """MaskKV's boundary layers; None means the first and the last."""
-    window: int = 32
-    """Observation window of SnapKV and the allocators over it (last prompt tokens)."""
-    pool_kernel: int = 7
-    """SnapKV max-pooling kernel (1 disables pooling)."""
-    sinks: int = 4
-    """StreamingLLM attention sinks."""
-    pyramid_beta: float = 20.0
-    """PyramidKV: the top layer keeps A / beta of the mean A."""
-    adakv_floor: float = 0.2
-    """AdaKV: every head keeps at least this fraction of its layer budget."""
-    squeeze_fraction: float = 0.4
-    """SqueezeAttention: share of B kept by the least important layer group."""
-    vote_chunk: int = 1024
-    """Keys per chunk in the voting passes (bounds their scratch memory)."""
-
-    def __post_init__(self) -> None:
-        for name in ("alpha", "beta", "adakv_floor", "squeeze_fraction"):
-            value = getattr(self, name)
-            if not isinstance(value, int | float) or not 0 <= value <= 1:
-                raise ValueError(f"{name}={value!r} must lie in [0, 1]")
-        for name in ("window", "sinks"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value < 0:
-                raise ValueError(f"{name}={value!r} must be an int >= 0")
-        for name in ("pool_kernel", "vote_chunk"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name}={value!r} must be a positive int")
-        if self.pool_kernel % 2 == 0:
-            raise ValueError(f"pool_kernel={self.pool_kernel} must be odd")
-        if not self.pyramid_beta > 0:
-            raise ValueError(f"pyramid_beta={self.pyramid_beta} must be positive")
-        if self.boundary_layers is not None and (
-            not self.boundary_layers
-            or any(not isinstance(i, int) or i < 0 for i in self.boundary_layers)
-        ):
-            raise ValueError(
-                f"boundary_layers={self.boundary_layers!r} must be non-negative ints"
-            )
-
-
-@dataclass(frozen=True)
 class EngineConfig:
     """How the embedded engine loads its model and schedules requests."""
 
@@ -178,14 +127,17 @@ class EngineConfig:
             raise ValueError(f"max_model_len={self.max_model_len} must be positive")
         if self.dtype not in ("float32", "bfloat16", "float16"):
             raise ValueError(f"dtype={self.dtype!r} is not float32/bfloat16/float16")
-        from maskkv_vllm.eviction.registry import check_policy_name
+        from maskkv_vllm.eviction.registry import (
+            check_budget,
+            check_policy_name,
+            policy_evicts,
+        )
 
         check_policy_name(self.kv_policy)
         if self.kv_budget is not None and self.kv_budget <= 0:
             raise ValueError(f"kv_budget={self.kv_budget} must be positive")
-        if self.kv_policy != "full" and self.kv_budget is None:
-            raise ValueError(f"kv_policy={self.kv_policy!r} needs a kv_budget")
-        if self.kv_policy != "full" and self.cache.cache_mode != "paged":
+        check_budget(self.kv_policy, self.kv_budget)
+        if policy_evicts(self.kv_policy) and self.cache.cache_mode != "paged":
             raise ValueError(
                 f"kv_policy={self.kv_policy!r} needs cache_mode='paged' "
                 f"(got {self.cache.cache_mode!r})"

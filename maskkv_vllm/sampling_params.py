@@ -112,13 +112,13 @@ class SamplingParams:
         chosen = self.kv_policy or policy
         if self.kv_budget is not None:
             budget = self.kv_budget
-        elif chosen in (None, "full"):
+        elif not _evicts(chosen):
             budget = None
         return dataclasses.replace(self, kv_policy=chosen, kv_budget=budget)
 
     @property
     def evicts(self) -> bool:
-        return self.kv_policy not in (None, "full")
+        return _evicts(self.kv_policy)
 
     @property
     def num_blocks(self) -> int:
@@ -127,3 +127,10 @@ class SamplingParams:
     @property
     def steps_per_block(self) -> int:
         return self.steps // self.num_blocks
+
+
+def _evicts(name: str | None) -> bool:
+    # Lazy: the policies import torch, SamplingParams need not.
+    from maskkv_vllm.eviction.registry import policy_evicts
+
+    return policy_evicts(name)

@@ -70,3 +70,87 @@ def test_vllm_plugin_entry_point_installed():
         ep.name == "maskkv" and ep.value == "maskkv_vllm.vllm_adapter.plugin:register"
         for ep in plugins
     )
+
+
+# Bottom to top: a module may import maskkv_vllm packages of a lower rank (or its
+# own package), never a higher one; imports inside functions count too.
+RANKS = {
+    "machine_defaults": 0,
+    "cache": 0,
+    "models": 1,
+    "eviction": 2,
+    "config": 3,
+    "sampling_params": 3,
+    "kv": 4,
+    "sampler": 5,
+    "engine": 6,
+    "vllm_adapter": 6,
+    "calibration": 6,
+    "entrypoints": 7,
+    "evaluation": 7,
+    "bench": 7,
+    "distributed": 8,
+    "cli": 9,
+}
+
+
+def package_imports():
+    """(importing module, its package, imported maskkv_vllm module) for every import."""
+    for path in sorted((ROOT / "maskkv_vllm").rglob("*.py")):
+        rel = path.relative_to(ROOT / "maskkv_vllm")
+        if rel.name == "__init__.py" and len(rel.parts) == 1:
+            continue
+        package = rel.parts[0].removesuffix(".py")
+        module = "maskkv_vllm." + ".".join(rel.with_suffix("").parts)
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module and not node.level:
+                names = [node.module]
+            elif isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            else:
+                continue
+            for name in names:
+                if name.startswith("maskkv_vllm."):
+                    yield module, package, name
+
+
+def test_every_package_has_a_rank():
+    tops = {p.name.removesuffix(".py") for p in (ROOT / "maskkv_vllm").iterdir()}
+    tops -= {"__init__", "__pycache__", "assets"}
+    assert tops == set(RANKS)
+
+
+def test_imports_only_point_down():
+    up = []
+    for module, package, name in package_imports():
+        target = name.split(".")[1]
+        if target != package and RANKS[target] >= RANKS[package]:
+            up.append(f"{module} imports {name}")
+    assert not up, "\n".join(up)
+
+
+def test_no_import_cycles_inside_a_package():
+    graph: dict[str, set[str]] = {}
+    for module, _, name in package_imports():
+        graph.setdefault(module, set()).add(name)
+
+    def visit(node, path):
+        if node in path:
+            cycle = path[path.index(node) :] + [node]
+            raise AssertionError("import cycle: " + " -> ".join(cycle))
+        for nxt in graph.get(node, ()):
+            visit(nxt, [*path, node])
+
+    for start in graph:
+        visit(start, [])
+
+
+def test_bookkeeping_needs_neither_torch_nor_vllm():
+    for path in (ROOT / "maskkv_vllm" / "cache").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import | ast.ImportFrom):
+                mod = node.module if isinstance(node, ast.ImportFrom) else None
+                names = [mod] if mod else [a.name for a in node.names]
+                assert not any(
+                    n and n.split(".")[0] in ("torch", "vllm") for n in names
+                )

@@ -95,15 +95,15 @@ def prefill_peak(model, tok, prompt_len, gen, budget, pool):
     """Pool high-water mark while one long prompt is prefilled with MaskKV, against
     its compressed size and the bound compressed + one layer of full prompt KV."""
     s = sampler_for(model, tok, "paged", pool)
-    cache = s.prompt_cache.cache
+    pool = s.prompt_cache.page_pool
     seq = s.make_sequence(
         0, english_ids(tok, prompt_len), params(gen, "maskkv", budget)
     )
     s.step([seq])
-    compressed = cache.pool.num_used_blocks
-    peak = cache.pool.max_used_blocks
+    compressed = pool.num_used_blocks
+    peak = pool.max_used_blocks
     c = model.config
-    one_layer = c.n_kv_heads * -(-prompt_len // cache.block_size)
+    one_layer = c.n_kv_heads * -(-prompt_len // pool.block_size)
     s.free(seq)
     return {
         "peak_pages": peak,

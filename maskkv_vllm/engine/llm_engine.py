@@ -277,11 +277,7 @@ class LLMEngine:
         r.stats.kept_kv_entries = kept
         r.stats.evicted_kv_entries = max(full - kept, 0) if r.params.evicts else 0
         self.metrics.evicted_kv_entries += r.stats.evicted_kv_entries
-        stats = getattr(cache, "cache", None)
-        if stats is not None:
-            r.stats.num_pages = sum(
-                stats.request_stats(k)["num_blocks"] for k in r.seq.cache_keys
-            )
+        r.stats.num_pages = sum(cache.num_pages(k) for k in r.seq.cache_keys)
 
     # -- outputs -----------------------------------------------------------------
 
@@ -337,9 +333,8 @@ class LLMEngine:
         c, cfg = self.model.config, self.config
         param = next(self.model.parameters())
         pool = "no page pool"
-        cache = getattr(self.sampler.prompt_cache, "cache", None)
-        if cache is not None:
-            st = cache.pool_stats()
+        st = self.pool_stats()
+        if st is not None:
             total = st["num_blocks"] * st["bytes_per_block"]
             pool = (
                 f"{st['num_blocks']} KV pages of {st['block_size']} slots "
@@ -357,8 +352,14 @@ class LLMEngine:
 
     @property
     def pool(self):
-        cache = getattr(self.sampler.prompt_cache, "cache", None)
-        return cache.pool if cache is not None else None
+        """The page pool admission counts (None without a paged cache)."""
+        cache = self.sampler.prompt_cache
+        return cache.page_pool if cache is not None else None
+
+    def pool_stats(self) -> dict | None:
+        """Pages, page bytes, peak and free pages; None without a page pool."""
+        cache = self.sampler.prompt_cache
+        return cache.pool_stats() if cache is not None else None
 
     @property
     def num_free_pages(self) -> int:

@@ -29,6 +29,7 @@ import random
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from maskkv_vllm.eviction.registry import policy_evicts
 from maskkv_vllm.models.bert import VocabTokenizer
 from maskkv_vllm.sampling_params import SamplingParams
 
@@ -344,7 +345,7 @@ def evaluate(
     params = []
     for s in samples:
         budget = None
-        if kv_policy != "full":
+        if policy_evicts(kv_policy):
             if budget_fraction is None:
                 raise ValueError(f"kv_policy={kv_policy!r} needs a budget_fraction")
             budget = max(1, round(budget_fraction * len(s.prompt_ids)))

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from maskkv_vllm.config import MaskKVConfig
 from maskkv_vllm.eviction.allocators import (
     AdaKVHeads,
     BoundaryAwareLayers,
@@ -12,6 +11,7 @@ from maskkv_vllm.eviction.allocators import (
     PyramidLayers,
     SqueezeLayers,
 )
+from maskkv_vllm.eviction.config import MaskKVConfig
 from maskkv_vllm.eviction.policy import Policy
 from maskkv_vllm.eviction.profile import LayerProfile
 from maskkv_vllm.eviction.scorers import (
@@ -65,6 +65,10 @@ _POLICIES: dict[str, Factory] = {
 }
 
 
+_EVICTS: dict[str, bool] = {}
+"""policy_evicts answers, by name (a name is registered once)."""
+
+
 def policy_names() -> list[str]:
     return sorted(_POLICIES)
 
@@ -89,3 +93,21 @@ def register_policy(name: str, factory: Factory) -> None:
     if name in _POLICIES:
         raise ValueError(f"kv_policy {name!r} is already registered")
     _POLICIES[name] = factory
+
+
+def policy_evicts(name: str | None) -> bool:
+    """Whether the named policy evicts, asked of the policy itself (a registered
+    policy that keeps everything needs no budget, whatever its name); None, the
+    engine's default before it is applied, does not."""
+    if name is None:
+        return False
+    if name not in _EVICTS:
+        check_policy_name(name)
+        _EVICTS[name] = _POLICIES[name](MaskKVConfig(), None).evicts
+    return _EVICTS[name]
+
+
+def check_budget(name: str | None, budget: int | None) -> None:
+    """The one "an evicting policy needs a budget" rule, for every entry point."""
+    if budget is None and policy_evicts(name):
+        raise ValueError(f"kv_policy={name!r} needs a kv_budget")

@@ -5,11 +5,11 @@ from __future__ import annotations
 import torch
 
 from maskkv_vllm.eviction.evictor import Eviction, evict_layer
+from maskkv_vllm.kv.forward_batch import ForwardBatch
 from maskkv_vllm.kv.paged_attention import Workspace, paged_attention
 from maskkv_vllm.kv.paged_kv_cache import PagedKVCache
 from maskkv_vllm.kv.prompt_cache import CacheKey
 from maskkv_vllm.models.attention import dense_attention
-from maskkv_vllm.sampler.batch import ForwardBatch
 
 
 class PagedCapturingAttention:
@@ -95,6 +95,16 @@ class PagedPromptCache:
     def __init__(self, cache: PagedKVCache) -> None:
         self.cache = cache
         self.workspace = Workspace()
+
+    @property
+    def page_pool(self):
+        return self.cache.pool
+
+    def num_pages(self, key: CacheKey) -> int:
+        return self.cache.request_stats(key)["num_blocks"] if self.has(key) else 0
+
+    def pool_stats(self) -> dict:
+        return self.cache.pool_stats()
 
     def capturing_attention(self, keys, batch, evictions):
         return PagedCapturingAttention(self.cache, keys, batch, evictions)

@@ -7,10 +7,10 @@ from typing import Protocol
 
 import torch
 
-from maskkv_vllm.config import CacheConfig
+from maskkv_vllm.cache.block_pool import BlockPool
 from maskkv_vllm.eviction.evictor import Eviction
+from maskkv_vllm.kv.forward_batch import ForwardBatch
 from maskkv_vllm.models.attention import Attention
-from maskkv_vllm.sampler.batch import ForwardBatch
 
 CacheKey = Hashable
 """One forward row of a request: (sequence uid, branch index)."""
@@ -57,27 +57,15 @@ class PromptCache(Protocol):
         """Prompt (layer, KV head, token) entries the row holds."""
         ...
 
+    @property
+    def page_pool(self) -> BlockPool | None:
+        """The pool admission counts pages of; None for a cache without one."""
+        ...
 
-def make_prompt_cache(
-    config: CacheConfig,
-    num_layers: int,
-    num_kv_heads: int,
-    head_dim: int,
-    dtype: torch.dtype,
-    device: torch.device | str,
-) -> PromptCache | None:
-    """The cache for a mode; None for "none" (nothing is kept)."""
-    if config.cache_mode == "none":
-        return None
-    if config.cache_mode == "prefix":
-        from maskkv_vllm.kv.prompt_kv import DensePromptCache
+    def num_pages(self, key: CacheKey) -> int:
+        """Pages the row holds (0 without a pool)."""
+        ...
 
-        return DensePromptCache()
-    from maskkv_vllm.kv.paged_kv_cache import PagedKVCache
-    from maskkv_vllm.kv.paged_prompt_cache import PagedPromptCache
-
-    return PagedPromptCache(
-        PagedKVCache.from_config(
-            config, num_layers, num_kv_heads, head_dim, dtype, device
-        )
-    )
+    def pool_stats(self) -> dict | None:
+        """Pages, page bytes, peak and free pages; None without a pool."""
+        ...

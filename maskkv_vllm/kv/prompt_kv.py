@@ -105,8 +105,16 @@ class DensePromptCache:
 
     supports_eviction = False
 
+    page_pool = None
+
     def __init__(self) -> None:
         self.entries: dict[CacheKey, PromptKV] = {}
+
+    def num_pages(self, key: CacheKey) -> int:
+        return 0
+
+    def pool_stats(self) -> None:
+        return None
 
     def capturing_attention(self, keys, batch, evictions):
         assert not any(evictions), "the dense prefix cache does not evict"

@@ -13,12 +13,12 @@ from maskkv_vllm.config import CacheConfig, MaskKVConfig
 from maskkv_vllm.eviction.evictor import Eviction
 from maskkv_vllm.eviction.policy import Policy
 from maskkv_vllm.eviction.profile import LayerProfile
-from maskkv_vllm.eviction.registry import make_policy
-from maskkv_vllm.kv.prompt_cache import make_prompt_cache
+from maskkv_vllm.eviction.registry import check_budget, make_policy
+from maskkv_vllm.kv.factory import make_prompt_cache
+from maskkv_vllm.kv.forward_batch import canvas_batch, full_batch
 from maskkv_vllm.models.attention import Attention, DenseAttention
 from maskkv_vllm.models.llada import LLaDAModel
 from maskkv_vllm.models.tokenizer import Tokenizer
-from maskkv_vllm.sampler.batch import canvas_batch, full_batch
 from maskkv_vllm.sampler.outputs import GenerationOutput
 from maskkv_vllm.sampler.sequence import DiffusionSequence
 from maskkv_vllm.sampling_params import SamplingParams
@@ -138,8 +138,7 @@ class DiffusionSampler:
                     f"max_model_len={self.max_model_len}"
                 )
         ids = self._tokenize(prompt)
-        if params.evicts and params.kv_budget is None:
-            raise ValueError(f"kv_policy={params.kv_policy!r} needs a kv_budget")
+        check_budget(params.kv_policy, params.kv_budget)
         if params.evicts and not getattr(self.prompt_cache, "supports_eviction", False):
             raise ValueError(
                 f"kv_policy={params.kv_policy!r} needs cache_mode='paged' "

@@ -35,7 +35,7 @@ from maskkv_vllm.vllm_adapter.diffusion_state import DiffusionState, stop_token_
 from maskkv_vllm.vllm_adapter.footprint import Policies
 from maskkv_vllm.vllm_adapter.page_pool import PagePool, RequestPages
 from maskkv_vllm.vllm_adapter.params import AdapterConfig, request_params
-from maskkv_vllm.vllm_adapter.plugin import require_vllm_version
+from maskkv_vllm.vllm_adapter.version import require_vllm_version
 
 
 @dataclass

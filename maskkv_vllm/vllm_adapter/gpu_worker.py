@@ -12,7 +12,7 @@ from typing import Any
 
 from vllm.v1.worker.gpu_worker import Worker
 
-from maskkv_vllm.vllm_adapter.plugin import require_vllm_version
+from maskkv_vllm.vllm_adapter.version import require_vllm_version
 
 
 class MaskKVGPUWorker(Worker):

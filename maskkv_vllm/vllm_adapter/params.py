@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from maskkv_vllm.config import MaskKVConfig
-from maskkv_vllm.eviction.registry import check_policy_name
+from maskkv_vllm.eviction.registry import check_budget, check_policy_name
 from maskkv_vllm.sampling_params import SamplingParams
 
 CONFIG_KEY = "maskkv"
@@ -46,8 +46,7 @@ class AdapterConfig:
         budget = self.kv_budget
         if budget is not None and (not isinstance(budget, int) or budget <= 0):
             raise ValueError(f"kv_budget={budget!r} must be a positive int")
-        if self.kv_policy != "full" and budget is None:
-            raise ValueError(f"kv_policy={self.kv_policy!r} needs a kv_budget")
+        check_budget(self.kv_policy, budget)
         if not isinstance(self.free_blocks, bool):
             raise ValueError(f"free_blocks={self.free_blocks!r} must be a bool")
 
@@ -90,8 +89,7 @@ def request_params(
     """
     own = request_only_params(extra_args, max_tokens)
     params = own.with_kv_defaults(config.kv_policy, config.kv_budget)
-    if params.evicts and params.kv_budget is None:
-        raise ValueError(f"kv_policy={params.kv_policy!r} needs a kv_budget")
+    check_budget(params.kv_policy, params.kv_budget)
     return params
 
 

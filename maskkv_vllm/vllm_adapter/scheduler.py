@@ -44,7 +44,7 @@ from maskkv_vllm.vllm_adapter.params import (
     AdapterConfig,
     request_params,
 )
-from maskkv_vllm.vllm_adapter.plugin import require_vllm_version
+from maskkv_vllm.vllm_adapter.version import require_vllm_version
 
 # Under "vllm." so that vLLM's log handler and level apply to our lines too.
 logger = logging.getLogger(f"vllm.maskkv.{__name__.rsplit('.', 1)[-1]}")

@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from vllm.v1.worker.cpu_worker import CPUWorker
 
-from maskkv_vllm.vllm_adapter.plugin import require_vllm_version
+from maskkv_vllm.vllm_adapter.version import require_vllm_version
 from maskkv_vllm.vllm_adapter.workers import CPU_WORKER_CLS
 
 WORKER_CLS = CPU_WORKER_CLS

@@ -7,9 +7,10 @@ import json
 import pytest
 import torch
 
+from maskkv_vllm.calibration import compute_profile
 from maskkv_vllm.cli import main
 from maskkv_vllm.config import CacheConfig, MaskKVConfig
-from maskkv_vllm.eviction.profile import LayerProfile, compute_profile
+from maskkv_vllm.eviction.profile import LayerProfile
 from maskkv_vllm.sampler.diffusion_sampler import DiffusionSampler
 from maskkv_vllm.sampling_params import SamplingParams
 

@@ -188,3 +188,20 @@ def test_a_budget_of_at_least_the_prompt_keeps_everything(name):
         ctx = make_ctx(m=m)
         kept = make_policy(name).select(ctx, budget)
         assert [k.tolist() for k in kept] == [list(range(m))] * 2
+
+
+def test_a_registered_policy_that_keeps_everything_needs_no_budget(monkeypatch):
+    # Asked by name before ("not in (None, 'full')"), a registered non-evicting
+    # policy was taken for an evicting one and required a kv_budget (issue 16).
+    from maskkv_vllm.config import CacheConfig, EngineConfig
+    from maskkv_vllm.eviction import registry
+    from maskkv_vllm.eviction.scorers import FullCache
+    from maskkv_vllm.sampling_params import SamplingParams
+
+    monkeypatch.setitem(registry._POLICIES, "keep-all", lambda c, p: FullCache())
+    assert registry.policy_evicts("keep-all") is False
+    assert registry.policy_evicts("snapkv") is True
+    assert not SamplingParams(kv_policy="keep-all").evicts
+    EngineConfig(kv_policy="keep-all", cache=CacheConfig("prefix"))  # no budget
+    with pytest.raises(ValueError, match="kv_policy='snapkv' needs a kv_budget"):
+        EngineConfig(kv_policy="snapkv")

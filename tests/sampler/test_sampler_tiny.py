@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from maskkv_vllm.config import CacheConfig
+from maskkv_vllm.kv.forward_batch import canvas_batch, full_batch
 from maskkv_vllm.kv.prompt_kv import CachedPromptAttention, CapturingAttention, PromptKV
 from maskkv_vllm.sampler import diffusion_sampler
-from maskkv_vllm.sampler.batch import canvas_batch, full_batch
 from maskkv_vllm.sampler.diffusion_sampler import DiffusionSampler
 from maskkv_vllm.sampling_params import SamplingParams
 
