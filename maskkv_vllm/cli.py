@@ -6,54 +6,8 @@ import argparse
 import json
 import sys
 
-from maskkv_vllm.config import CACHE_MODES, CacheConfig, MaskKVConfig
+from maskkv_vllm.engine.engine_args import EngineArgs
 from maskkv_vllm.sampling_params import REMASKING, SamplingParams
-
-
-def add_device_args(p: argparse.ArgumentParser) -> None:
-    from maskkv_vllm import machine_defaults
-
-    machine_defaults.add_arguments(p)
-
-
-def add_model_args(p: argparse.ArgumentParser, model: bool = True) -> None:
-    if model:
-        p.add_argument(
-            "--model",
-            default="tiny",
-            help="checkpoint directory, or a built-in name (tiny, retrieval)",
-        )
-    add_device_args(p)
-    p.add_argument(
-        "--rope-scaling",
-        type=float,
-        default=1.0,
-        help="NTK factor on rope_theta, for prompts past the trained length",
-    )
-    p.add_argument(
-        "--max-model-len",
-        type=int,
-        default=None,
-        help="longest prompt + answer (default: the checkpoint's "
-        "max_sequence_length x --rope-scaling)",
-    )
-
-
-def resolve_machine(args: argparse.Namespace, pool: bool = True) -> None:
-    """Replace ``auto`` device, dtype (and pool) with what this machine has."""
-    from maskkv_vllm import machine_defaults
-
-    args.device = machine_defaults.device(args.device)
-    if hasattr(args, "dtype"):
-        args.dtype = machine_defaults.dtype(args.dtype, args.device)
-    if pool and getattr(args, "kv_cache_memory", None) is not None:
-        args.kv_cache_memory = machine_defaults.pool(args.kv_cache_memory, args.device)
-
-
-def policy_arg(p: argparse.ArgumentParser, help: str) -> None:
-    from maskkv_vllm.eviction.registry import policy_names
-
-    p.add_argument("--kv-policy", default="full", choices=policy_names(), help=help)
 
 
 def port_number(value: str) -> int:
@@ -112,13 +66,6 @@ def add_sampling_args(p: argparse.ArgumentParser) -> None:
         help="Fast-dLLM parallel decoding: commit every slot above this confidence",
     )
     p.add_argument("--seed", type=int, default=d.seed, help="the request's random seed")
-    policy_arg(p, "prompt-KV eviction policy")
-    p.add_argument(
-        "--kv-budget",
-        type=int,
-        default=None,
-        help="B: prompt KV entries kept per head per layer (evicting policies)",
-    )
 
 
 def sampling_params(args: argparse.Namespace) -> SamplingParams:
@@ -139,35 +86,6 @@ def sampling_params(args: argparse.Namespace) -> SamplingParams:
         remasking=args.remasking,
         threshold=args.threshold,
         seed=args.seed,
-        kv_policy=args.kv_policy,
-        kv_budget=args.kv_budget,
-    )
-
-
-def add_maskkv_args(p: argparse.ArgumentParser) -> None:
-    d = MaskKVConfig()
-    p.add_argument(
-        "--maskkv-alpha",
-        type=float,
-        default=d.alpha,
-        help="MaskKV's prompt-preference head budget weight",
-    )
-    p.add_argument(
-        "--maskkv-beta",
-        type=float,
-        default=d.beta,
-        help="MaskKV's boundary-aware layer budget weight",
-    )
-    p.add_argument(
-        "--maskkv-profile",
-        default=None,
-        help="layer-importance profile JSON (from maskkv profile)",
-    )
-
-
-def maskkv_config(args: argparse.Namespace) -> MaskKVConfig:
-    return MaskKVConfig(
-        alpha=args.maskkv_alpha, beta=args.maskkv_beta, profile=args.maskkv_profile
     )
 
 
@@ -175,7 +93,6 @@ def cmd_generate(args: argparse.Namespace) -> int:
     import dataclasses
 
     params = sampling_params(args)
-    resolve_machine(args, pool=False)  # a one-shot pool is sized to its prompts
     llm = one_shot_llm(args, params)
     outputs = llm.generate(generate_prompts(args, llm.tokenizer), params)
     for o in outputs:
@@ -209,42 +126,31 @@ def generate_prompts(args: argparse.Namespace, tok) -> list:
 def one_shot_llm(args: argparse.Namespace, params: SamplingParams):
     """The LLM of ``maskkv generate``: with ``--kv-cache-memory auto`` its pool
     holds what these prompts need with the full cache, not a server's 1 GiB."""
-    from maskkv_vllm.config import EngineConfig
+    import dataclasses
+
     from maskkv_vllm.engine.llm import LLM
     from maskkv_vllm.engine.llm_engine import LLMEngine
     from maskkv_vllm.models.builtin import resolve_model
     from maskkv_vllm.models.loader import load_checkpoint
 
+    engine_args = EngineArgs.from_cli_args(args)
+    if engine_args.cache_mode == "paged" and engine_args.kv_cache_memory == "auto":
+        engine_args.kv_cache_memory = None  # sized below, once the prompts are known
+    engine_args = engine_args.resolved()
     model, tok = load_checkpoint(
-        resolve_model(args.model), args.dtype, args.device, args.rope_scaling
+        resolve_model(engine_args.model),
+        engine_args.dtype,
+        engine_args.device,
+        engine_args.rope_scaling,
     )
-    paged = args.cache_mode == "paged"
-    memory, blocks = args.kv_cache_memory, None
-    if paged and memory == "auto":
+    if engine_args.cache_mode == "paged" and engine_args.kv_cache_memory is None:
         c, rows = model.config, 2 if params.cfg_scale > 0 else 1
         lengths = [len(p) if isinstance(p, list) else len(tok.encode(p))
                    for p in generate_prompts(args, tok)]  # fmt: skip
-        pages = sum(-(-m // args.block_size) for m in lengths)
+        pages = sum(-(-m // engine_args.block_size) for m in lengths)
         blocks = 1 + rows * c.n_layers * c.n_kv_heads * pages  # + the null page
-        memory = None
-    cache = CacheConfig(
-        args.cache_mode,
-        args.prompt_refresh_interval,
-        block_size=args.block_size,
-        kv_cache_memory=memory if paged else None,
-        num_blocks=blocks,
-    )
-    config = EngineConfig(
-        model=str(args.model),
-        dtype=args.dtype,
-        device=args.device,
-        rope_scaling=args.rope_scaling,
-        max_model_len=args.max_model_len,
-        max_num_seqs=args.max_num_seqs,
-        max_num_batched_tokens=args.max_num_batched_tokens,
-        cache=cache,
-        maskkv=maskkv_config(args),
-    )
+        engine_args = dataclasses.replace(engine_args, num_blocks=blocks)
+    config = engine_args.create_engine_config()
     return LLM.from_engine(LLMEngine(config, model, tok))
 
 
@@ -301,9 +207,9 @@ def cmd_profile(args: argparse.Namespace) -> int:
     from maskkv_vllm.models.builtin import resolve_model
     from maskkv_vllm.models.loader import load_checkpoint
 
-    resolve_machine(args)
-    model_dir = resolve_model(args.model)
-    model, tok = load_checkpoint(model_dir, args.dtype, args.device, args.rope_scaling)
+    a = EngineArgs.from_cli_args(args).resolved()
+    model_dir = resolve_model(a.model)
+    model, tok = load_checkpoint(model_dir, a.dtype, a.device, a.rope_scaling)
     texts = read_calibration_texts(args.data)[: args.max_samples]
     prompts = [tok.encode(t)[-args.max_prompt_tokens :] for t in texts]
     meta = {"model": str(model_dir), "data": args.data}
@@ -316,66 +222,6 @@ def cmd_profile(args: argparse.Namespace) -> int:
     return 0
 
 
-POOL_HELP = (
-    "KV page pool, e.g. 4GiB (host RAM on a CPU machine); auto: half the GPU's "
-    "free memory, or 1GiB on the CPU"
-)
-
-
-def add_scheduling_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--block-size", type=int, default=16, help="token slots per KV page")
-    p.add_argument(
-        "--max-num-seqs", type=int, default=16, help="requests denoised together"
-    )
-    p.add_argument(
-        "--max-num-batched-tokens",
-        type=int,
-        default=65536,
-        help="tokens one engine step forwards at most",
-    )
-
-
-def add_engine_args(p: argparse.ArgumentParser) -> None:
-    policy_arg(p, "eviction policy of requests that choose none")
-    p.add_argument(
-        "--kv-budget",
-        type=int,
-        default=None,
-        help="budget B of evicting requests that choose none",
-    )
-    p.add_argument("--kv-cache-memory", default="auto", help=POOL_HELP)
-    add_scheduling_args(p)
-    p.add_argument(
-        "--max-queue-len",
-        type=int,
-        default=1024,
-        help="waiting requests at most; more get 503",
-    )
-    add_maskkv_args(p)
-
-
-def engine_config(args: argparse.Namespace):
-    from maskkv_vllm.config import EngineConfig
-
-    return EngineConfig(
-        model=args.model,
-        dtype=args.dtype,
-        device=args.device,
-        rope_scaling=args.rope_scaling,
-        max_model_len=args.max_model_len,
-        max_num_seqs=args.max_num_seqs,
-        max_num_batched_tokens=args.max_num_batched_tokens,
-        max_queue_len=args.max_queue_len,
-        kv_policy=args.kv_policy,
-        kv_budget=args.kv_budget,
-        served_model_name=args.served_model_name,
-        cache=CacheConfig(
-            "paged", block_size=args.block_size, kv_cache_memory=args.kv_cache_memory
-        ),
-        maskkv=maskkv_config(args),
-    )
-
-
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
@@ -383,8 +229,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from maskkv_vllm.entrypoints.openai_server import build_app
 
     logging_setup(args.log_level)
-    resolve_machine(args)
-    config = engine_config(args)
+    config = EngineArgs.from_cli_args(args).create_engine_config()
     name = args.served_model_name or args.model
     if args.replicas or args.ray_address or args.autoscaling:
         return serve_on_ray(args, config, name)
@@ -412,18 +257,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
     from maskkv_vllm.engine.llm import LLM
+    from maskkv_vllm.engine.llm_engine import LLMEngine
     from maskkv_vllm.evaluation import harness
 
     out_dir = results_dir(args.out_dir, "eval", args.force)
-    resolve_machine(args)
-    llm = LLM(
-        args.model,
-        kv_cache_memory=args.kv_cache_memory,
-        dtype=args.dtype,
-        device=args.device,
-        max_num_seqs=args.max_num_seqs,
-        maskkv=maskkv_config(args),
-    )
+    config = EngineArgs.from_cli_args(args).create_engine_config()
+    llm = LLM.from_engine(LLMEngine(config))
     total = len(args.policies) * len(args.fractions)
     with tqdm(total=total, desc="policy x budget") as bar:
         result = harness.evaluate(
@@ -472,8 +311,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if args.prompt_lens:
         cfg = dataclasses.replace(cfg, prompt_lens=tuple(args.prompt_lens))
     out_dir = results_dir(args.out_dir, "bench", args.force)
-    resolve_machine(args, pool=False)
-    cfg = dataclasses.replace(cfg, device=args.device)
+    from maskkv_vllm import machine_defaults
+
+    cfg = dataclasses.replace(cfg, device=machine_defaults.device(args.device))
     results = suite.run(cfg)
     print(suite.report(results))
     suite.save(results, out_dir)
@@ -546,33 +386,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     gen = command("generate", "denoise prompts and print the answers (one shot)")
     gen.add_argument("prompts", nargs="+", help="prompt text(s)")
-    add_model_args(gen)
+    EngineArgs.add_cli_args(gen)  # --kv-cache-memory auto: what these prompts need
     add_sampling_args(gen)
     gen.add_argument("--chat", action="store_true", help="wrap in the chat template")
-    gen.add_argument(
-        "--cache-mode",
-        choices=CACHE_MODES,
-        default="paged",
-        help="prompt KV: paged pool (evicting policies need it), dense prefix, none",
-    )
-    gen.add_argument(
-        "--prompt-refresh-interval",
-        type=int,
-        default=None,
-        help="recompute the prompt KV every N steps (default: never)",
-    )
-    gen.add_argument(
-        "--kv-cache-memory",
-        default="auto",
-        help="paged pool size, e.g. 4GiB; auto: what these prompts need",
-    )
-    add_scheduling_args(gen)
     gen.add_argument("--json", action="store_true", help="one JSON object per output")
-    add_maskkv_args(gen)
     gen.set_defaults(func=cmd_generate)
 
     prof = command("profile", "calibrate MaskKV's layer-importance profile")
-    add_model_args(prof)
+    EngineArgs.add_cli_args(prof, ("model",))
     prof.add_argument("--data", required=True, help=".jsonl or text (paragraphs)")
     prof.add_argument("-o", "--output", required=True, help="profile JSON to write")
     prof.add_argument(
@@ -590,7 +411,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "model", nargs="?", default="tiny", help="checkpoint directory or built-in name"
     )
-    add_model_args(serve, model=False)
+    EngineArgs.add_cli_args(serve, model=False)
     serve.add_argument("--host", default="127.0.0.1", help="bind address")
     serve.add_argument("--port", type=port_number, default=8000, help="TCP port")
     serve.add_argument(
@@ -631,7 +452,6 @@ def build_parser() -> argparse.ArgumentParser:
         default=64,
         help="Ray Serve: requests sent to one replica at once",
     )
-    add_engine_args(serve)
     serve.set_defaults(func=cmd_serve)
 
     from maskkv_vllm.evaluation.harness import FRACTIONS, POLICIES
@@ -643,7 +463,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument(
         "--model", default="retrieval", help="checkpoint directory or built-in name"
     )
-    add_device_args(ev)
+    EngineArgs.add_cli_args(ev, ("model", "cache", "scheduler", "maskkv"), model=False)
     ev.add_argument("--samples", type=int, default=64, help="prompts per task")
     ev.add_argument(
         "--prompt-tokens", type=int, default=1024, help="about this long each"
@@ -658,12 +478,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument(
         "--policies", nargs="+", default=list(POLICIES), help="policies compared"
     )
-    ev.add_argument("--kv-cache-memory", default="auto", help=POOL_HELP)
-    ev.add_argument(
-        "--max-num-seqs", type=int, default=16, help="requests denoised together"
-    )
     add_out_dir_args(ev, "eval")
-    add_maskkv_args(ev)
     ev.set_defaults(func=cmd_eval)
 
     command(

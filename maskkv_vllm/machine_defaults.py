@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 
 AUTO = "auto"
+DTYPES = ("float32", "bfloat16", "float16")
 CPU_POOL = "1GiB"
 """Page pool on the CPU (host RAM)."""
 GPU_POOL_FRACTION = 0.5
@@ -49,7 +50,7 @@ def add_arguments(p: argparse.ArgumentParser, dtype: bool = True) -> None:
         p.add_argument(
             "--dtype",
             default=AUTO,
-            choices=(AUTO, "float32", "bfloat16", "float16"),
+            choices=(AUTO, *DTYPES),
             help="weights and KV; auto: bfloat16 on a GPU, float32 on the CPU",
         )
     p.add_argument(

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 
 from tqdm.auto import tqdm
 
-from maskkv_vllm.config import CacheConfig, EngineConfig, MaskKVConfig
+from maskkv_vllm.config import MaskKVConfig
+from maskkv_vllm.engine.engine_args import EngineArgs
 from maskkv_vllm.engine.llm_engine import LLMEngine
 from maskkv_vllm.engine.request import RequestOutput
 from maskkv_vllm.sampler.diffusion_sampler import Prompt
@@ -48,26 +50,25 @@ class LLM:
         prompt_refresh_interval: int | None = None,
         maskkv: MaskKVConfig | None = None,
     ) -> None:
-        cache = CacheConfig(
-            cache_mode,
-            prompt_refresh_interval,
-            block_size=block_size,
-            kv_cache_memory=None if num_blocks else kv_cache_memory,
-            num_blocks=num_blocks,
-        )
-        config = EngineConfig(
+        m = maskkv or MaskKVConfig()
+        config = EngineArgs(
             model=str(model),
             dtype=dtype,
             device=device,
             rope_scaling=rope_scaling,
             max_model_len=max_model_len,
-            max_num_seqs=max_num_seqs,
-            max_num_batched_tokens=max_num_batched_tokens,
             kv_policy=kv_policy,
             kv_budget=kv_budget,
-            cache=cache,
-            maskkv=maskkv or MaskKVConfig(),
-        )
+            cache_mode=cache_mode,
+            prompt_refresh_interval=prompt_refresh_interval,
+            kv_cache_memory=None if num_blocks else kv_cache_memory,
+            num_blocks=num_blocks,
+            block_size=block_size,
+            max_num_seqs=max_num_seqs,
+            max_num_batched_tokens=max_num_batched_tokens,
+        ).create_engine_config()
+        # MaskKVConfig carries more than the three CLI knobs: keep all of it.
+        config = dataclasses.replace(config, maskkv=m)
         self.engine = LLMEngine(config)
 
     @property

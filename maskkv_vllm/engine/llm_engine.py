@@ -24,6 +24,7 @@ from maskkv_vllm.models.llada import LLaDAModel
 from maskkv_vllm.models.loader import load_checkpoint
 from maskkv_vllm.models.tokenizer import Tokenizer
 from maskkv_vllm.sampler.diffusion_sampler import DiffusionSampler, Prompt
+from maskkv_vllm.sampler.stops import first_stop
 from maskkv_vllm.sampling_params import SamplingParams
 
 logger = logging.getLogger(__name__)
@@ -260,9 +261,9 @@ class LLMEngine:
         return self._output(r, *self._partial(r))
 
     def _partial(self, r: Request) -> tuple[list[int], str]:
-        stops = set(self.sampler.stop_token_ids)
         ids = r.token_ids_so_far
-        cut = next((i for i, t in enumerate(ids) if t in stops), len(ids))
+        cut = first_stop(ids, self.sampler.stop_token_ids)
+        cut = len(ids) if cut is None else cut
         text = self._decode(ids[:cut])
         # A multi-byte character split across blocks decodes as U+FFFD for now.
         return ids[:cut], text.rstrip("\ufffd")

@@ -12,15 +12,17 @@ from tqdm.auto import tqdm
 from maskkv_vllm.config import CacheConfig, MaskKVConfig
 from maskkv_vllm.eviction.evictor import Eviction
 from maskkv_vllm.eviction.policy import Policy
-from maskkv_vllm.eviction.profile import LayerProfile
-from maskkv_vllm.eviction.registry import check_budget, make_policy
+from maskkv_vllm.eviction.policy_set import PolicySet
+from maskkv_vllm.eviction.registry import check_budget
 from maskkv_vllm.kv.factory import make_prompt_cache
 from maskkv_vllm.kv.forward_batch import canvas_batch, full_batch
 from maskkv_vllm.models.attention import Attention, DenseAttention
 from maskkv_vllm.models.llada import LLaDAModel
 from maskkv_vllm.models.tokenizer import Tokenizer
+from maskkv_vllm.sampler.block_logits import block_logits
 from maskkv_vllm.sampler.outputs import GenerationOutput
 from maskkv_vllm.sampler.sequence import DiffusionSequence
+from maskkv_vllm.sampler.stops import first_stop, stop_ids
 from maskkv_vllm.sampling_params import SamplingParams
 
 logger = logging.getLogger(__name__)
@@ -76,9 +78,8 @@ class DiffusionSampler:
         )
         self._uids = itertools.count()
         self.maskkv_config = maskkv_config or MaskKVConfig()
-        path = self.maskkv_config.profile
-        self.profile = LayerProfile.load(path, c.n_layers) if path else None
-        self._policies: dict[str, Policy] = {}
+        self.policies = PolicySet(self.maskkv_config, c.n_layers)
+        self.profile = self.policies.profile
         self.early_stop = early_stop
 
     def generate(
@@ -153,9 +154,8 @@ class DiffusionSampler:
 
     @property
     def stop_token_ids(self) -> tuple[int, ...]:
-        stops = set(self.tokenizer.stop_token_ids if self.tokenizer else ())
-        stops.add(self.model.config.eos_token_id)
-        return tuple(sorted(stops))
+        own = self.tokenizer.stop_token_ids if self.tokenizer else ()
+        return stop_ids(own, [self.model.config.eos_token_id])
 
     def free(self, seq: DiffusionSequence) -> None:
         """Drop a sequence's prompt KV (finished, failed or cancelled); idempotent."""
@@ -176,8 +176,7 @@ class DiffusionSampler:
 
     def make_output(self, seq: DiffusionSequence) -> GenerationOutput:
         ids = seq.canvas.tolist()
-        stops = set(self.stop_token_ids)
-        cut = next((i for i, t in enumerate(ids) if t in stops), None)
+        cut = first_stop(ids, self.stop_token_ids)
         token_ids = ids if cut is None else ids[:cut]
         text = self.tokenizer.decode(token_ids) if self.tokenizer else ""
         return GenerationOutput(
@@ -224,13 +223,9 @@ class DiffusionSampler:
                 s.prompt_kv_entries = sum(
                     self.prompt_cache.num_entries(k) for k in s.cache_keys
                 )
-        blocks = []
-        for row, (s, _) in enumerate(rows):
-            start = batch.canvas_start + s.block_start
-            blocks.append(hidden[row, start : start + s.params.block_length])
-        # Mask-only projection: the LM head runs on the current block's slots alone.
-        sizes = [b.shape[0] for b in blocks]
-        logits = self.model.logits(torch.cat(blocks)).split(sizes)
+        seqs_of_rows = [s for s, _ in rows]
+        starts = [batch.canvas_start] * len(rows)
+        logits = block_logits(list(hidden), starts, seqs_of_rows, self.model.logits)
         i = 0
         for s in seqs:
             n = len(s.branches)
@@ -255,18 +250,11 @@ class DiffusionSampler:
 
     def policy(self, name: str | None) -> Policy:
         """The named policy, built once with this sampler's config and profile."""
-        name = name or "full"
-        if name not in self._policies:
-            self._policies[name] = make_policy(name, self.maskkv_config, self.profile)
-        return self._policies[name]
+        return self.policies.get(name)
 
     def _eviction(self, seq: DiffusionSequence) -> Eviction | None:
-        policy = self.policy(seq.params.kv_policy)
-        if not policy.evicts:
-            return None
-        return Eviction(
-            policy, seq.params.kv_budget, seq.generator, self.maskkv_config.vote_chunk
-        )
+        p = seq.params
+        return self.policies.eviction(p.kv_policy, p.kv_budget, seq.generator)
 
     def _tokenize(self, prompt: Prompt) -> list[int]:
         if isinstance(prompt, str):

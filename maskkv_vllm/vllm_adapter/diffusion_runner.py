@@ -27,12 +27,12 @@ from typing import Any
 import torch
 from vllm.v1.outputs import ModelRunnerOutput
 
-from maskkv_vllm.eviction.evictor import Eviction
+from maskkv_vllm.eviction.policy_set import PolicySet
 from maskkv_vllm.kv.paged_attention import Workspace
+from maskkv_vllm.sampler.block_logits import block_logits
 from maskkv_vllm.sampler.sequence import DiffusionSequence
 from maskkv_vllm.vllm_adapter.diffusion_attention import DiffusionAttention, RowPlan
 from maskkv_vllm.vllm_adapter.diffusion_state import DiffusionState, stop_token_ids
-from maskkv_vllm.vllm_adapter.footprint import Policies
 from maskkv_vllm.vllm_adapter.page_pool import PagePool, RequestPages
 from maskkv_vllm.vllm_adapter.params import AdapterConfig, request_params
 from maskkv_vllm.vllm_adapter.version import require_vllm_version
@@ -65,7 +65,7 @@ class DiffusionRunnerMixin:
         self.mask_token_id: int = hf.mask_token_id
         self.eos_token_id: int | None = hf.eos_token_id
         self.num_layers: int = hf.num_hidden_layers
-        self.policies = Policies(self.adapter_config, self.num_layers)
+        self.policies = PolicySet(self.adapter_config.maskkv, self.num_layers)
         self.diffusion: dict[str, DiffusionState] = {}
         self._uids = itertools.count()
         self._rows: list[tuple[str, int, int]] = []  # (req_id, start, n) this step
@@ -103,11 +103,9 @@ class DiffusionRunnerMixin:
             self.eos_token_id, self.device,
             stop_token_ids(sp, self.eos_token_id),
         )  # fmt: skip
-        policy = self.policies.get(params.kv_policy)
-        eviction = None
-        if policy.evicts:
-            chunk = self.adapter_config.maskkv.vote_chunk
-            eviction = Eviction(policy, params.kv_budget, seq.generator, chunk)
+        eviction = self.policies.eviction(
+            params.kv_policy, params.kv_budget, seq.generator
+        )
         return DiffusionState(seq, eviction)
 
     def _write_canvases(self, scheduler_output: Any) -> list[tuple[str, int, int]]:
@@ -182,16 +180,16 @@ class DiffusionRunnerMixin:
             req_id -> kept lengths for the rows whose step 0 ran in this step.
         """
         states = [self.diffusion[req_id] for req_id, _, _ in self._rows]
-        blocks = []
-        for st, (_, start, _) in zip(states, self._rows, strict=True):
-            first = start + st.block_offset()
-            blocks.append(hidden[first : first + st.seq.params.block_length])
-        logits = self.get_model().compute_logits(torch.cat(blocks))
-        sizes = [b.shape[0] for b in blocks]
+        starts = [start + st.canvas_offset() for st, (_, start, _) in
+                  zip(states, self._rows, strict=True)]  # fmt: skip
+        logits = block_logits(
+            [hidden] * len(states), starts, [st.seq for st in states],
+            self.get_model().compute_logits,
+        )  # fmt: skip
         sampled, kept = [], {}
-        for st, block_logits in zip(states, logits.split(sizes), strict=True):
+        for st, block_logits_of_row in zip(states, logits, strict=True):
             first_step = st.is_full_forward
-            st.seq.apply_step(block_logits)
+            st.seq.apply_step(block_logits_of_row)
             if first_step:
                 kept[st.seq.request_id] = dict(st.kept_lengths)
             sampled.append(st.take_committed())

@@ -7,6 +7,7 @@ from typing import Any
 
 from maskkv_vllm.eviction.evictor import Eviction
 from maskkv_vllm.sampler.sequence import DiffusionSequence
+from maskkv_vllm.sampler.stops import first_stop, stop_ids
 from maskkv_vllm.vllm_adapter.page_pool import RequestPages
 
 
@@ -17,10 +18,7 @@ def stop_token_ids(sampling_params: Any, eos_token_id: int | None) -> tuple[int,
         sampling_params: the vLLM ``SamplingParams`` of the request.
         eos_token_id: ``eos_token_id`` of the model's config.
     """
-    stops = set(sampling_params.all_stop_token_ids or ())
-    if eos_token_id is not None:
-        stops.add(eos_token_id)
-    return tuple(sorted(stops))
+    return stop_ids(sampling_params.all_stop_token_ids, [eos_token_id])
 
 
 @dataclass
@@ -55,9 +53,9 @@ class DiffusionState:
         """Whether this step computes the prompt too (the prefill, step 0)."""
         return self.computed == 0
 
-    def block_offset(self) -> int:
-        """Offset of the current block's first slot among this step's tokens."""
-        return self.prompt_len - self.computed + self.seq.block_start
+    def canvas_offset(self) -> int:
+        """Offset of the canvas's first slot among this step's tokens."""
+        return self.prompt_len - self.computed
 
     def take_committed(self) -> list[int]:
         """Answer tokens committed since the last call: each finished block once,
@@ -73,6 +71,6 @@ class DiffusionState:
     def answer(self) -> list[int]:
         """The committed canvas up to and including the first stop id."""
         ids = self.seq.canvas.tolist()
-        stops = set(self.seq.stop_token_ids)
-        cut = next((i for i, t in enumerate(ids) if t in stops), None)
+        cut = first_stop(ids, self.seq.stop_token_ids)
+        # vLLM's own outputs end with their stop token (the embedded engine's not).
         return ids if cut is None else ids[: cut + 1]

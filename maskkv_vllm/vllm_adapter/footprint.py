@@ -11,7 +11,6 @@ functions the embedded engine sizes its pages with:
   ``cache.page_table.pages_for`` per rank, in blocks; the largest rank's,
   since all ranks share the block ids.
 
-Also ``Policies``: the engine's policy objects by name, built once per process.
 """
 
 from __future__ import annotations
@@ -19,32 +18,7 @@ from __future__ import annotations
 from maskkv_vllm.cache.page_table import blocks_for_pages, pages_for
 from maskkv_vllm.eviction.budget import reserved_pages
 from maskkv_vllm.eviction.policy import Policy
-from maskkv_vllm.eviction.registry import make_policy
 from maskkv_vllm.sampling_params import SamplingParams
-from maskkv_vllm.vllm_adapter.params import AdapterConfig
-
-
-class Policies:
-    """The engine's ``Policy`` per name (profile loaded once).
-
-    Args:
-        config: the engine's MaskKV settings.
-        num_layers: D (checked against the profile).
-    """
-
-    def __init__(self, config: AdapterConfig, num_layers: int) -> None:
-        from maskkv_vllm.eviction.profile import LayerProfile
-
-        path = config.maskkv.profile
-        self.profile = LayerProfile.load(path, num_layers) if path else None
-        self.config = config
-        self._policies: dict[str, Policy] = {}
-
-    def get(self, name: str | None) -> Policy:
-        name = name or "full"
-        if name not in self._policies:
-            self._policies[name] = make_policy(name, self.config.maskkv, self.profile)
-        return self._policies[name]
 
 
 def reserved_blocks(

@@ -34,8 +34,9 @@ from typing import Any
 from vllm.v1.core.sched.scheduler import Scheduler
 from vllm.v1.request import Request, RequestStatus
 
+from maskkv_vllm.eviction.policy_set import PolicySet
 from maskkv_vllm.vllm_adapter.diffusion_state import stop_token_ids
-from maskkv_vllm.vllm_adapter.footprint import Policies, held_blocks, reserved_blocks
+from maskkv_vllm.vllm_adapter.footprint import held_blocks, reserved_blocks
 from maskkv_vllm.vllm_adapter.kv_spec import MaskKVBlockManager, ensure_registered
 from maskkv_vllm.vllm_adapter.metrics import record_eviction
 from maskkv_vllm.vllm_adapter.params import (
@@ -73,7 +74,7 @@ class MaskKVDiffusionScheduler(Scheduler):
         self.num_kv_heads: int = hf.num_key_value_heads
         self.tp_size: int = self.vllm_config.parallel_config.tensor_parallel_size
         self.model_name: str = self.vllm_config.model_config.served_model_name
-        self.policies = Policies(self.adapter_config, self.num_layers)
+        self.policies = PolicySet(self.adapter_config.maskkv, self.num_layers)
         self.block_manager = self._pool_manager()
         self.prompt_lens: dict[str, int] = {}
         """req_id -> M (the prompt without its canvas)."""

@@ -1,0 +1,191 @@
+"""Every engine flag in one place, as vLLM's ``EngineArgs``: the dataclass, its
+command-line options (``add_cli_args``) and the validated ``EngineConfig`` it makes.
+
+Each subcommand adds the option groups it uses; ``LLM(...)`` builds the same
+dataclass from its keyword arguments, so a flag and a keyword never disagree.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from dataclasses import dataclass
+
+from maskkv_vllm import machine_defaults
+from maskkv_vllm.config import CACHE_MODES, CacheConfig, EngineConfig, MaskKVConfig
+
+GROUPS = ("model", "policy", "cache", "scheduler", "maskkv")
+"""Option groups, in the order ``add_cli_args`` adds them."""
+
+
+@dataclass
+class EngineArgs:
+    """Flags of the embedded engine (``auto`` values follow the machine)."""
+
+    model: str = "tiny"
+    """Checkpoint directory, or a built-in name (tiny, retrieval)."""
+    dtype: str = machine_defaults.AUTO
+    """float32 | bfloat16 | float16; auto: bfloat16 on a GPU, float32 on the CPU."""
+    device: str = machine_defaults.AUTO
+    """cpu | cuda | cuda:N; auto: cuda when torch sees a GPU, else cpu."""
+    rope_scaling: float = 1.0
+    """NTK factor on rope_theta, for prompts past the trained length."""
+    max_model_len: int | None = None
+    """Longest prompt + answer (None: max_sequence_length x rope_scaling)."""
+    kv_policy: str = "full"
+    """Eviction policy of requests that choose none."""
+    kv_budget: int | None = None
+    """Budget B of evicting requests that choose none."""
+    cache_mode: str = "paged"
+    """Prompt KV: paged pool (evicting policies need it), dense prefix, none."""
+    prompt_refresh_interval: int | None = None
+    """Recompute the prompt KV every this many steps (None: never)."""
+    kv_cache_memory: int | str | None = machine_defaults.AUTO
+    """Page pool size ("4GiB"); auto: half the GPU's free memory, or 1GiB."""
+    num_blocks: int | None = None
+    """Page pool in pages (instead of kv_cache_memory)."""
+    block_size: int = 16
+    """Token slots per KV page."""
+    max_num_seqs: int = 16
+    """Requests denoised together."""
+    max_num_batched_tokens: int = 65536
+    """Tokens one engine step forwards at most."""
+    max_queue_len: int = 1024
+    """Waiting requests at most; more are refused (HTTP 503)."""
+    served_model_name: str | None = None
+    """Name reported by /v1/models (None: the model)."""
+    maskkv_alpha: float = MaskKVConfig.alpha
+    """MaskKV's prompt-preference head floor."""
+    maskkv_beta: float = MaskKVConfig.beta
+    """MaskKV's boundary-aware layer floor."""
+    maskkv_profile: str | None = None
+    """Layer-importance profile JSON (from ``maskkv profile``)."""
+
+    @staticmethod
+    def add_cli_args(
+        parser: argparse.ArgumentParser,
+        groups: tuple[str, ...] = GROUPS,
+        model: bool = True,
+    ) -> None:
+        """Add the options of ``groups``; ``model=False`` leaves ``--model`` out
+        (a subcommand that takes the model as a positional argument)."""
+        unknown = set(groups) - set(GROUPS)
+        if unknown:
+            raise ValueError(f"unknown option groups {sorted(unknown)}")
+        for group in GROUPS:
+            if group in groups:
+                for name, kwargs in _OPTIONS[group]:
+                    if name != "model" or model:
+                        _add(parser, name, **kwargs)
+
+    @classmethod
+    def from_cli_args(cls, args: argparse.Namespace) -> EngineArgs:
+        """The parsed options a subcommand has; defaults for the rest."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in vars(args).items() if k in names})
+
+    def resolved(self) -> EngineArgs:
+        """These args with ``auto`` device, dtype and pool resolved for this machine."""
+        device = machine_defaults.device(self.device)
+        memory = self.kv_cache_memory
+        if self.num_blocks is None and memory is not None:
+            memory = machine_defaults.pool(memory, device)
+        return dataclasses.replace(
+            self,
+            device=device,
+            dtype=machine_defaults.dtype(self.dtype, device),
+            kv_cache_memory=memory,
+        )
+
+    def create_engine_config(self) -> EngineConfig:
+        """The validated ``EngineConfig`` (a bad value raises ValueError naming it)."""
+        a = self.resolved()
+        paged = a.cache_mode == "paged"
+        cache = CacheConfig(
+            a.cache_mode,
+            a.prompt_refresh_interval,
+            block_size=a.block_size,
+            kv_cache_memory=a.kv_cache_memory if paged and not a.num_blocks else None,
+            num_blocks=a.num_blocks if paged else None,
+        )
+        return EngineConfig(
+            model=str(a.model),
+            dtype=a.dtype,
+            device=a.device,
+            rope_scaling=a.rope_scaling,
+            max_model_len=a.max_model_len,
+            max_num_seqs=a.max_num_seqs,
+            max_num_batched_tokens=a.max_num_batched_tokens,
+            max_queue_len=a.max_queue_len,
+            kv_policy=a.kv_policy,
+            kv_budget=a.kv_budget,
+            served_model_name=a.served_model_name,
+            cache=cache,
+            maskkv=MaskKVConfig(
+                alpha=a.maskkv_alpha, beta=a.maskkv_beta, profile=a.maskkv_profile
+            ),
+        )
+
+
+def _help(name: str) -> str:
+    """The field's docstring is its help text (one source)."""
+    return _FIELD_DOCS[name]
+
+
+def _add(parser: argparse.ArgumentParser, name: str, **kwargs) -> None:
+    default = next(f.default for f in dataclasses.fields(EngineArgs) if f.name == name)
+    parser.add_argument(
+        "--" + name.replace("_", "-"), default=default, help=_help(name), **kwargs
+    )
+
+
+def _field_docs() -> dict[str, str]:
+    """Field name -> its docstring, read from this module's source."""
+    import ast
+    import inspect
+
+    tree = ast.parse(inspect.getsource(EngineArgs))
+    body = tree.body[0].body
+    docs = {}
+    for node, nxt in zip(body, body[1:], strict=False):
+        if isinstance(node, ast.AnnAssign) and isinstance(nxt, ast.Expr):
+            docs[node.target.id] = " ".join(str(nxt.value.value).split())
+    return docs
+
+
+def _policy_choices() -> list[str]:
+    from maskkv_vllm.eviction.registry import policy_names
+
+    return policy_names()
+
+
+_FIELD_DOCS = _field_docs()
+_OPTIONS: dict[str, list[tuple[str, dict]]] = {
+    "model": [
+        ("model", {}),
+        ("dtype", {"choices": (machine_defaults.AUTO, *machine_defaults.DTYPES)}),
+        ("device", {}),
+        ("rope_scaling", {"type": float}),
+        ("max_model_len", {"type": int}),
+    ],
+    "policy": [
+        ("kv_policy", {"choices": _policy_choices()}),
+        ("kv_budget", {"type": int}),
+    ],
+    "cache": [
+        ("cache_mode", {"choices": CACHE_MODES}),
+        ("prompt_refresh_interval", {"type": int}),
+        ("kv_cache_memory", {}),
+        ("block_size", {"type": int}),
+    ],
+    "scheduler": [
+        ("max_num_seqs", {"type": int}),
+        ("max_num_batched_tokens", {"type": int}),
+        ("max_queue_len", {"type": int}),
+    ],
+    "maskkv": [
+        ("maskkv_alpha", {"type": float}),
+        ("maskkv_beta", {"type": float}),
+        ("maskkv_profile", {}),
+    ],
+}
