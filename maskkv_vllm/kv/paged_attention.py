@@ -81,12 +81,15 @@ def _with_canvas(
     """(B, H, N + Lc, d): the gathered prompt tokens followed by the canvas tokens."""
     b, h, n = slots.shape
     d = cache.shape[-1]
-    gathered = workspace.get(name + "_pages", (b * h * n, d), canvas)
-    torch.index_select(
-        cache.view(-1, d).to(canvas.dtype), 0, slots.flatten(), out=gathered
-    )
+    flat = cache.view(-1, d).to(canvas.dtype)
     out = workspace.get(name, (b, h, n + canvas.shape[2], d), canvas)
-    return torch.cat([gathered.view(b, h, n, d), canvas], dim=2, out=out)
+    # Gather each (row, head) straight into its place: one copy of the prompt
+    # KV per step, not a gather and then a concatenation (issue 18).
+    for i in range(b):
+        for j in range(h):
+            torch.index_select(flat, 0, slots[i, j], out=out[i, j, :n])
+    out[:, :, n:].copy_(canvas)
+    return out
 
 
 def paged_attention_torch(
