@@ -1,0 +1,162 @@
+"""The training script's pure pieces: stage gate, prior, batches, and a smoke run."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import random
+from pathlib import Path
+
+import pytest
+import torch
+
+from maskkv_vllm.evaluation.synthetic import word_tokenizer
+from maskkv_vllm.models.loader import load_checkpoint
+from maskkv_vllm.models.rope import rope_cos_sin, rope_inv_freq
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "train_model.py"
+spec = importlib.util.spec_from_file_location("train_model", SCRIPT)
+tm = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(tm)
+
+# 1 layer, 2 heads of 16: builds and trains in milliseconds.
+MICRO = ["--layers", "1", "--heads", "2", "--head-dim", "16", "--mlp", "32"]
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return word_tokenizer()
+
+
+def micro_model(tok, prior: bool):
+    args = tm.parse_args(["--out", "unused", *MICRO, "--no-prior"])
+    model, _ = tm.build(args, tok, seed=0)
+    if prior:
+        tm.add_local_prior(model, torch.Generator().manual_seed(0), (1, 2))
+    return model
+
+
+@pytest.mark.parametrize(
+    ("length", "accuracy", "want"),
+    [
+        (32, 0.5, 32),  # below the threshold: stay
+        (32, 0.9, 64),  # passed: double
+        (1024, 0.95, 2048),
+        (2048, 1.0, 2048),  # the last stage never grows
+        (1536, 0.9, 2048),  # doubling is capped at the final length
+    ],
+)
+def test_gate_doubles_only_past_the_threshold(length, accuracy, want):
+    assert tm.next_length(length, accuracy, threshold=0.9, final=2048) == want
+
+
+def test_lr_warms_up_then_stays_constant():
+    assert tm.lr_at(1, 1e-3, 100) == pytest.approx(1e-5)
+    assert tm.lr_at(100, 1e-3, 100) == tm.lr_at(5000, 1e-3, 100) == 1e-3
+
+
+def test_prior_keeps_shapes_and_touches_only_block0_qk_and_embeddings(tok):
+    plain, primed = micro_model(tok, False), micro_model(tok, True)
+    a, b = plain.state_dict(), primed.state_dict()
+    assert a.keys() == b.keys()
+    changed = {k for k in a if not torch.equal(a[k], b[k])}
+    assert changed == {
+        "model.transformer.wte.weight",
+        "model.transformer.blocks.0.q_proj.weight",
+        "model.transformer.blocks.0.k_proj.weight",
+    }
+    assert all(a[k].shape == b[k].shape for k in a)
+
+
+@pytest.mark.parametrize("offset", [0, 2])
+def test_prior_makes_block0_attend_to_neighbours(tok, offset):
+    model = micro_model(tok, False)
+    tm.add_local_prior(model, torch.Generator().manual_seed(0), (1, 2), 8, (offset,))
+    ids = torch.tensor([tok.encode("k001 : 1 2 3 ; k002 : 4 5 6 ; ? k001").ids * 3])
+    positions = torch.arange(ids.shape[1])[None]
+    cos, sin = rope_cos_sin(positions, rope_inv_freq(16, 1e4, ids.device))
+    q, k, _ = model.blocks[0].qkv(model.model.transformer.wte(ids), cos, sin)
+    attn = (q @ k.transpose(-1, -2) / 4).softmax(-1)[0]  # (H, T, T)
+    back = positions[0, :, None] - positions[0, None, :]  # (T, T): m - n
+    near = (attn * ((back - offset).abs() <= 2)).sum(-1)  # per head and query
+    assert near[:, 8:].min() > 0.5  # uniform attention would give at most 5/36
+
+
+def test_batch_masks_only_answer_and_recall_slots(tok):
+    args = tm.parse_args(["--out", "unused", *MICRO])
+    config = tm.make_config(args, tok)
+    noisy, positions, key_mask, target, masked, weight = tm.make_batch(
+        random.Random(0), tok, config, ["kv", "kv", "vt"], 64, recall=4
+    )
+    assert noisy.shape == target.shape == masked.shape == weight.shape
+    width = noisy.shape[1] - tm.GEN_LENGTH
+    assert masked[:, width:].any(dim=1).all()  # every row trains its answer
+    prompt_targets = target[:, :width][masked[:, :width]]
+    digits = {tok.token_to_id(str(d)) for d in range(10)}
+    assert set(prompt_targets.tolist()) <= digits  # recall slots are digits only
+    assert (noisy[masked] == config.mask_token_id).all()
+    assert (weight[:, :width][masked[:, :width]] == 1).all()  # recall: weight 1
+    assert (weight[:, width:] >= 1).all()  # canvas: 1/t with t <= 1
+    assert (positions[key_mask.logical_not()] == 0).all()  # left padding
+
+
+def test_recall_queries_cover_the_final_key_and_keep_the_query_last():
+    prompt = "k001 : 1 2 3 ; k002 : 4 5 6 ? k001"
+    rng = random.Random(0)
+    asked = set()
+    for _ in range(20):
+        words, slots = tm.recall_queries(rng, prompt, 3)
+        assert words[-2:] == ["?", "k001"]
+        assert len(slots) == 9  # 3 queries x 3 digits, drawn with replacement
+        for j in range(0, 9, 3):
+            name, values = words[slots[j] - 1], [words[i] for i in slots[j : j + 3]]
+            assert values == {"k001": ["1", "2", "3"], "k002": ["4", "5", "6"]}[name]
+            asked.add(name)
+    assert asked == {"k001", "k002"}  # no record is left out: no elimination
+
+
+def test_colon_recall_queries_are_laid_out_like_records():
+    prompt = "k001 : 1 2 3 ; k002 : 4 5 6 ? k001"
+    words, slots = tm.recall_queries(random.Random(0), prompt, 4, colon=1.0)
+    assert words[-2:] == ["?", "k001"]
+    for j in range(0, len(slots), 3):
+        # "? name : d d d ;": the name sits 2 words before the first value, as in
+        # a record.
+        assert words[slots[j] - 3] == "?" and words[slots[j] - 1] == ":"
+        assert words[slots[j] + 3] == ";"
+
+
+def test_smoke_run_writes_a_loadable_checkpoint_and_history(tmp_path):
+    out = tmp_path / "ck"
+    argv = ["--out", str(out), *MICRO, "--batch", "2", "--seeds", "0", "1",
+            "--probe-steps", "2", "--eval-every", "2", "--steps", "6",
+            "--start-length", "32", "--final-length", "64", "--threshold", "0",
+            "--eval-samples", "2", "--final-samples", "2", "--report-lengths", "64",
+            "--prior-pairs", "1", "2"]  # fmt: skip
+    run = tm.main(argv)
+    assert run.step == 6 and run.length == 64
+    meta = json.loads((out / "training.json").read_text())
+    assert meta["stopped"] == "steps"
+    assert [h["length"] for h in meta["history"]][-1] == 64
+    assert {"exact", "digit"} <= meta["history"][-1]["kv"].keys()
+    assert meta["final"]["kv"].keys() == {"32", "64"}
+    # Seed 0 already passes threshold 0, so the probe never tries seed 1.
+    assert [p["seed"] for p in meta["probes"]] == [0]
+    model, tokenizer = load_checkpoint(out)
+    assert model.config.n_layers == 1 and model.config.rope_theta == 1e4
+    assert tokenizer.encode("? k001") == word_tokenizer().encode("? k001").ids
+
+
+def test_prior_heads_stay_frozen_by_default_and_evals_leave_the_stream_alone(tok):
+    args = tm.parse_args(["--out", "unused", *MICRO, "--batch", "2"])
+    run = tm.Run(args, tok, seed=0)
+    q0 = run.model.blocks[0].q_proj.weight.detach().clone()
+    run.train_step()
+    tm.evaluate(run.model, tok, run.config, "kv", 32, 2)
+    torch.rand(5)  # the global stream moves; the run's must not
+    batch = tm.make_batch(random.Random(1), tok, run.config, ["kv"], 32, 2, 0.0,
+                          torch.Generator().manual_seed(5))  # fmt: skip
+    again = tm.make_batch(random.Random(1), tok, run.config, ["kv"], 32, 2, 0.0,
+                          torch.Generator().manual_seed(5))  # fmt: skip
+    assert all(torch.equal(a, b) for a, b in zip(batch, again, strict=True))
+    assert torch.equal(run.model.blocks[0].q_proj.weight, q0)  # prior kept
