@@ -17,7 +17,7 @@ from maskkv_vllm.eviction.registry import check_budget
 from maskkv_vllm.kv.factory import make_prompt_cache
 from maskkv_vllm.kv.forward_batch import canvas_batch, full_batch
 from maskkv_vllm.models.attention import Attention, DenseAttention
-from maskkv_vllm.models.llada import LLaDAModel
+from maskkv_vllm.models.protocol import DiffusionLM
 from maskkv_vllm.models.tokenizer import Tokenizer
 from maskkv_vllm.sampler.block_logits import block_logits
 from maskkv_vllm.sampler.outputs import GenerationOutput
@@ -34,7 +34,7 @@ class DiffusionSampler:
     """Runs LLaDA's reverse process for a batch of prompts.
 
     Args:
-        model: a loaded ``LLaDAModel``.
+        model: a loaded ``DiffusionLM`` (``LLaDAModel``, the BERT testbed, ...).
         tokenizer: its tokenizer (needed for text prompts and output text).
         cache_config: how the prompt KV is kept between steps.
         max_model_len: longest prompt + canvas accepted; default is the model's
@@ -48,7 +48,7 @@ class DiffusionSampler:
 
     def __init__(
         self,
-        model: LLaDAModel,
+        model: DiffusionLM,
         tokenizer: Tokenizer | None = None,
         cache_config: CacheConfig | None = None,
         max_model_len: int | None = None,
