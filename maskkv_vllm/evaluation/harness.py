@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -60,6 +61,17 @@ class EvalResult:
         }
 
 
+def wilson_interval(accuracy: float, n: int, z: float = 1.96) -> tuple[float, float]:
+    """95% Wilson score interval of a proportion measured on ``n`` samples (sound at
+    0% and 100%, unlike the normal approximation)."""
+    if n <= 0:
+        return 0.0, 1.0
+    centre = (accuracy + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(accuracy * (1 - accuracy) / n + z * z / (4 * n * n))
+    half /= 1 + z * z / n
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
 def score(llm: LLM, samples: list[Sample], params: SamplingParams) -> list[bool]:
     outs = llm.generate([s.prompt for s in samples], params, use_tqdm=False)
     return [exact_match(o.text, s.answer) for o, s in zip(outs, samples, strict=True)]
@@ -101,21 +113,25 @@ def evaluate(
 def format_table(result: EvalResult) -> str:
     fr = sorted(result.budgets)
     head = f"{'policy':>18} | " + " | ".join(
-        f"{100 * f:>4.0f}% B={result.budgets[f]:<4}" for f in fr
+        f"{f'{100 * f:.0f}% B={result.budgets[f]}':>22}" for f in fr
     )
+    n = result.num_samples
+    lo, hi = wilson_interval(result.full_accuracy, n)
     lines = [
-        f"{result.num_samples} held-out samples, prompts ~{result.prompt_tokens} "
-        f"tokens; full cache accuracy {result.full_accuracy:.3f} "
+        f"{n} held-out samples, prompts ~{result.prompt_tokens} "
+        f"tokens; full cache accuracy {result.full_accuracy:.3f} [{lo:.2f}, {hi:.2f}] "
         f"({', '.join(f'{t} {a:.3f}' for t, a in result.per_task_full.items())})",
-        "accuracy (retention vs full cache)",
+        "accuracy [95% Wilson interval] (retention vs full cache)",
         head,
         "-" * len(head),
     ]
     for policy, accs in result.accuracy.items():
-        cells = [
-            f"{accs[f]:.2f} ({100 * result.retention(policy, f):>3.0f}%)" for f in fr
-        ]
-        lines.append(f"{policy:>18} | " + " | ".join(f"{c:>11}" for c in cells))
+        cells = []
+        for f in fr:
+            lo, hi = wilson_interval(accs[f], n)
+            retained = 100 * result.retention(policy, f)
+            cells.append(f"{accs[f]:.2f} [{lo:.2f},{hi:.2f}] ({retained:>3.0f}%)")
+        lines.append(f"{policy:>18} | " + " | ".join(f"{c:>22}" for c in cells))
     return "\n".join(lines)
 
 
