@@ -162,13 +162,6 @@ async def _merged(
 ) -> AsyncIterator[tuple[int, RequestOutput]]:
     """(choice index, output) from every stream as they come; closing this closes
     (and so aborts) every stream still running."""
-    if len(streams) == 1:
-        try:
-            async for out in streams[0]:
-                yield 0, out
-        finally:
-            await streams[0].aclose()
-        return
     queue: asyncio.Queue = asyncio.Queue()
 
     async def pump(i: int, stream) -> None:
@@ -176,7 +169,8 @@ async def _merged(
             async for out in stream:
                 await queue.put((i, out))
         finally:
-            await queue.put((i, None))
+            await stream.aclose()  # a cancelled pump closes its stream here
+            queue.put_nowait((i, None))
 
     tasks = [asyncio.ensure_future(pump(i, s)) for i, s in enumerate(streams)]
     try:
@@ -190,8 +184,9 @@ async def _merged(
     finally:
         for t in tasks:
             t.cancel()
-        for s in streams:
-            await s.aclose()
+        # A stream cannot be closed while its pump is inside it: let each
+        # cancelled pump leave (and close its stream) first.
+        await asyncio.gather(*tasks, return_exceptions=True)
 
 
 async def _until_done(

@@ -269,3 +269,29 @@ def test_a_prompt_too_long_names_the_prompt(client):
     r = post(client, {"prompt": "x" * 20_000, **SMALL})
     assert r.status_code == 400 and error(r)["param"] == "prompt"
     assert "exceeds max_model_len=600" in error(r)["message"]
+
+
+def test_closing_merged_streams_closes_every_stream():
+    # A client that leaves a two-prompt request closes the merged stream; each
+    # request's stream must close too (that is what aborts it in the engine).
+    import asyncio
+
+    from maskkv_vllm.entrypoints.openai_server import _merged
+
+    closed = []
+
+    async def endless(i):
+        try:
+            while True:
+                yield i
+                await asyncio.sleep(0.001)
+        finally:
+            closed.append(i)
+
+    async def main():
+        merged = _merged([endless(0), endless(1)])
+        assert (await merged.__anext__())[1] in (0, 1)
+        await merged.aclose()
+
+    asyncio.run(main())
+    assert sorted(closed) == [0, 1]
