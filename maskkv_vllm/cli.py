@@ -93,8 +93,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
     import dataclasses
 
     params = sampling_params(args)
-    llm = one_shot_llm(args, params)
-    outputs = llm.generate(generate_prompts(args, llm.tokenizer), params)
+    llm, prompt_ids = one_shot_llm(args, params)
+    outputs = llm.generate(prompt_ids, params)
     for o in outputs:
         if args.json:
             print(json.dumps(dataclasses.asdict(o)))
@@ -117,15 +117,17 @@ def cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
-def generate_prompts(args: argparse.Namespace, tok) -> list:
+def prompt_ids(args: argparse.Namespace, tok) -> list[list[int]]:
+    """The prompts as token ids, tokenized once (chat-wrapped with ``--chat``)."""
     if not args.chat:
-        return list(args.prompts)
+        return [tok.encode(p) for p in args.prompts]
     return [tok.encode_chat([{"role": "user", "content": p}]) for p in args.prompts]
 
 
 def one_shot_llm(args: argparse.Namespace, params: SamplingParams):
-    """The LLM of ``maskkv generate``: with ``--kv-cache-memory auto`` its pool
-    holds what these prompts need with the full cache, not a server's 1 GiB."""
+    """The LLM of ``maskkv generate`` and the prompts' token ids: with
+    ``--kv-cache-memory auto`` its pool holds what these prompts need with the full
+    cache, not a server's 1 GiB."""
     import dataclasses
 
     from maskkv_vllm.engine.llm import LLM
@@ -143,15 +145,14 @@ def one_shot_llm(args: argparse.Namespace, params: SamplingParams):
         engine_args.device,
         engine_args.rope_scaling,
     )
+    ids = prompt_ids(args, tok)
     if engine_args.cache_mode == "paged" and engine_args.kv_cache_memory is None:
         c, rows = model.config, 2 if params.cfg_scale > 0 else 1
-        lengths = [len(p) if isinstance(p, list) else len(tok.encode(p))
-                   for p in generate_prompts(args, tok)]  # fmt: skip
-        pages = sum(-(-m // engine_args.block_size) for m in lengths)
+        pages = sum(-(-len(p) // engine_args.block_size) for p in ids)
         blocks = 1 + rows * c.n_layers * c.n_kv_heads * pages  # + the null page
         engine_args = dataclasses.replace(engine_args, num_blocks=blocks)
     config = engine_args.create_engine_config()
-    return LLM.from_engine(LLMEngine(config, model, tok))
+    return LLM.from_engine(LLMEngine(config, model, tok)), ids
 
 
 def cmd_make_tiny(args: argparse.Namespace) -> int:
