@@ -56,6 +56,7 @@ from maskkv_vllm.models.tiny import save_checkpoint
 GEN_LENGTH = 8
 T_MIN = 0.2
 EVAL_SEED = 777_000  # held-out prompts: a generator stream training never draws from
+TASK_SEED = {"kv": 0, "vt": 1, "needle": 2}
 
 
 def make_config(args: argparse.Namespace, tok) -> LLaDAConfig:
@@ -81,6 +82,13 @@ def next_length(length: int, accuracy: float, threshold: float, final: int) -> i
     if accuracy < threshold or length >= final:
         return length
     return min(2 * length, final)
+
+
+def pick_task(u: float, vt: float, needle: float) -> str:
+    """The task of one sequence from a uniform draw ``u``: vt, needle, else kv."""
+    if u < vt:
+        return "vt"
+    return "needle" if u < vt + needle else "kv"
 
 
 def lr_at(step: int, lr: float, warmup: int) -> float:
@@ -237,7 +245,7 @@ def loss_fn(model, ids, positions, key_mask, target, masked, weight):
 @torch.no_grad()
 def evaluate(model, tok, config, task: str, length: int, n: int, batch: int = 16):
     """Held-out exact match and per-digit accuracy, all slots masked, one argmax."""
-    rng = random.Random(EVAL_SEED + length + (task == "vt"))
+    rng = random.Random(EVAL_SEED + length + TASK_SEED[task])
     samples = [prompt_targets(rng, tok, task, length, 0)[:2] for _ in range(n)]
     exact = digits = total = 0
     model.eval()
@@ -322,7 +330,8 @@ class Run:
     def tasks(self) -> list[str]:
         a = self.args
         vt = a.vt_fraction if self.length >= a.vt_from else 0.0
-        return ["vt" if self.rng.random() < vt else "kv" for _ in range(a.batch)]
+        return [pick_task(self.rng.random(), vt, a.needle_fraction)
+                for _ in range(a.batch)]  # fmt: skip
 
     def train_step(self) -> float:
         self.step += 1
@@ -354,12 +363,14 @@ class Run:
         return loss.item()
 
     def check(self, minutes: float, loss: float) -> dict:
-        """Evaluate ``kv`` at the stage length, log it, and apply the gate."""
-        acc = evaluate(
-            self.model, self.tok, self.config, "kv", self.length, self.args.eval_samples
-        )
+        """Evaluate ``kv`` (and ``needle`` when trained) at the stage length."""
+        a, n = self.args, self.args.eval_samples
         entry = {"seed": self.seed, "step": self.step, "minutes": round(minutes, 2),
-                 "length": self.length, "loss": round(loss, 4), "kv": acc}  # fmt: skip
+                 "length": self.length, "loss": round(loss, 4)}  # fmt: skip
+        for task in ["kv"] + (["needle"] if a.needle_fraction > 0 else []):
+            entry[task] = evaluate(
+                self.model, self.tok, self.config, task, self.length, n
+            )
         self.history.append(entry)
         print(json.dumps(entry), flush=True)
         return entry
@@ -437,7 +448,9 @@ def train(args) -> Run:
     run.model.load_state_dict(best)  # the best final-stage (or latest) weights
     lengths = sorted({args.start_length, *args.report_lengths})
     meta = meta_for(args, run, probes, done)
-    meta["final"] = final_scores(run, lengths, args.final_samples, ["kv", "vt"])
+    meta["final"] = final_scores(
+        run, lengths, args.final_samples, ["kv", "vt", "needle"]
+    )
     meta["minutes"] = round((time.monotonic() - start) / 60, 2)
     save(run.model, run.config, tok, out, meta)
     return run
@@ -482,6 +495,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add("--final-samples", type=int, default=128, help="held-out prompts at the end")
     add("--report-lengths", type=int, nargs="+", default=[256, 1024, 2048])
     add("--vt-fraction", type=float, default=0.0, help="share of vt sequences")
+    add("--needle-fraction", type=float, default=0.0,
+        help="share of needle (passkey / multi-needle) sequences")  # fmt: skip
     add("--vt-from", type=int, default=256, help="vt joins from this stage length")
     add("--init", default=None, help="continue from this checkpoint")
     return ap.parse_args(argv)

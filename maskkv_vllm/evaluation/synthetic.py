@@ -1,6 +1,6 @@
 """Synthetic long-context tasks whose answers hang on a few far-back prompt tokens.
 
-Two tasks over one small word vocabulary:
+Three tasks over one small word vocabulary:
 
 - ``kv``: a haystack of ``kNNN : d d d ;`` records, then ``? kNNN``; the answer is
   that key's three digits.
@@ -9,6 +9,11 @@ Two tasks over one small word vocabulary:
   ``? xC`` naming the end of one; the answer is the digit that chain started from. The
   distractor chains make the hops necessary: the first ``= d`` in the prompt is the
   right digit only by chance.
+- ``needle`` (passkey / multi-needle retrieval, the long-context test LongLLaDA and
+  the KV-eviction papers report): a fixed filler sentence repeated to length, with
+  1 to ``MAX_NEEDLES`` ``kNNN : d d d ;`` needles hidden at random depths, then
+  ``? kNNN`` naming one of them; the answer is its three digits. The easy retrieval
+  task beside ``kv``, whose every record is a distractor.
 
 Answers are padded with EOS to the canvas length, as LLaDA's SFT data is.
 """
@@ -26,12 +31,16 @@ from maskkv_vllm.models.tokenizer import BOS, SPECIAL_TOKENS
 NUM_KEYS = 512
 NUM_VARS = 64
 NUM_CHAINS = 2
+MAX_NEEDLES = 4
 PUNCT = [":", ";", "?", "="]
 DIGITS = [str(d) for d in range(10)]
 KEYS = [f"k{i:03d}" for i in range(NUM_KEYS)]
 VARS = [f"x{i:02d}" for i in range(NUM_VARS)]
 WORDS = list(SPECIAL_TOKENS) + PUNCT + DIGITS + KEYS + VARS
-TASKS = ("kv", "vt")
+TASKS = ("kv", "vt", "needle")
+# The repeated filler (like "The grass is green. The sky is blue."): fixed words that
+# state no fact, so ``facts`` finds only the needles.
+FILLER = " ".join(VARS[:11]) + " ;"
 
 
 def word_tokenizer() -> HFTokenizer:
@@ -78,6 +87,8 @@ def make_sample(rng: random.Random, task: str, num_tokens: int) -> Sample:
     """One sample whose prompt is about ``num_tokens`` tokens long."""
     if task not in TASKS:
         raise ValueError(f"task={task!r} is not one of {TASKS}")
+    if task == "needle":
+        return _needle_sample(rng, num_tokens)
     n = max(2, min(NUM_KEYS, (num_tokens - 4) // 6))
     keys = rng.sample(KEYS, n)
     records = [_record(rng, k) for k in keys]
@@ -96,6 +107,19 @@ def make_sample(rng: random.Random, task: str, num_tokens: int) -> Sample:
         _hide(rng, parts, chains)
         query, answer = chains[0][-1].split()[0], starts[0]
     return Sample(task, " ".join(parts) + f" ? {query}", answer)
+
+
+def _needle_sample(rng: random.Random, num_tokens: int) -> Sample:
+    """Fixed filler to about ``num_tokens`` tokens with 1-``MAX_NEEDLES`` needles."""
+    count = rng.randint(1, MAX_NEEDLES)
+    needles = [_record(rng, k) for k in rng.sample(KEYS, count)]
+    filler_len = len(FILLER.split())
+    repeats = max(1, (num_tokens - 4 - 6 * count) // filler_len)
+    parts = [FILLER] * repeats
+    for needle, _ in needles:
+        parts.insert(rng.randint(0, len(parts)), needle)
+    record, answer = rng.choice(needles)
+    return Sample("needle", " ".join(parts) + f" ? {record.split()[0]}", answer)
 
 
 def make_samples(

@@ -11,6 +11,7 @@ from maskkv_vllm.cli import main
 from maskkv_vllm.engine.llm import LLM
 from maskkv_vllm.evaluation import harness
 from maskkv_vllm.evaluation.synthetic import (
+    FILLER,
     exact_match,
     facts,
     make_sample,
@@ -25,7 +26,7 @@ def test_synthetic_tasks_are_answerable_from_the_prompt():
     for s in make_samples(seed=5, count=20, num_tokens=300):
         words = s.prompt.split()
         query = words[-1]
-        if s.task == "kv":
+        if s.task in ("kv", "needle"):
             i = words.index(query)  # the record of the queried key
             assert " ".join(words[i + 2 : i + 5]) == s.answer
         else:
@@ -39,6 +40,26 @@ def test_synthetic_tasks_are_answerable_from_the_prompt():
     assert make_samples(5, 3, 100) == make_samples(5, 3, 100)
     with pytest.raises(ValueError, match="task='qa' is not one of"):
         make_sample(random.Random(0), "qa", 100)
+
+
+def test_needle_hides_one_to_four_records_in_fixed_filler():
+    samples = make_samples(seed=2, count=12, num_tokens=120, tasks=("needle",))
+    counts = []
+    for s in samples:
+        words = s.prompt.split()
+        known = facts(words)
+        counts.append(len(known))
+        assert known[words[-1]] == s.answer.split()
+        # Apart from the needles and the final query, only the filler sentence.
+        rest = [w for w in words[:-2] if w not in known and w != ":" and not w.isdigit()]
+        assert set(rest) <= set(FILLER.split())
+    assert set(counts) == {1, 2, 3, 4}
+    # Seeded: four needles in a 40-token prompt leave room for one filler sentence.
+    one = make_sample(random.Random(0), "needle", 40)
+    assert one.prompt == (
+        f"{FILLER} k265 : 8 2 4 ; k497 : 2 1 9 ; k430 : 6 4 7 ; k041 : 5 9 3 ; ? k430"
+    )
+    assert one.answer == "6 4 7"
 
 
 def test_vt_distractor_chain_starts_from_another_digit():
