@@ -1,12 +1,11 @@
-"""The engine loop: admit by free pages, denoise every running request one step per
-iteration in one batched forward, stream completed blocks, recover from page
-shortage by preempting the newest request."""
+"""The engine loop: admit by free pages, reserve what this step's forwards may take
+(preempting the newest request when they would run short), denoise every running
+request one step per iteration in one batched forward, stream completed blocks."""
 
 from __future__ import annotations
 
 import itertools
 import logging
-import math
 import time
 
 from maskkv_vllm.cache.block_pool import NoFreeBlocksError
@@ -18,7 +17,9 @@ from maskkv_vllm.engine.request import (
     RequestStatus,
 )
 from maskkv_vllm.engine.scheduler import Scheduler
-from maskkv_vllm.eviction.budget import reserved_pages
+from maskkv_vllm.eviction.budget import fewest_pages, reserved_pages
+from maskkv_vllm.eviction.policy_set import PolicySet
+from maskkv_vllm.kv.factory import make_prompt_cache
 from maskkv_vllm.models.builtin import resolve_model
 from maskkv_vllm.models.llada import LLaDAModel
 from maskkv_vllm.models.loader import load_checkpoint
@@ -54,6 +55,14 @@ class LLMEngine:
             )
         self.model, self.tokenizer = model, tokenizer
         _check_max_model_len(config, model.config.max_sequence_length)
+        c, param = model.config, next(model.parameters())
+        # The engine owns the pool (it admits and preempts by it) and the policies
+        # (it reserves by their budgets); the sampler runs the model over them.
+        self.kv_cache = make_prompt_cache(
+            config.cache, c.n_layers, c.n_kv_heads, c.head_dim, param.dtype,
+            param.device,
+        )  # fmt: skip
+        self.policies = PolicySet(config.maskkv, c.n_layers)
         self.sampler = DiffusionSampler(
             model,
             tokenizer,
@@ -61,6 +70,8 @@ class LLMEngine:
             config.max_model_len,
             config.max_num_seqs,
             config.maskkv,
+            prompt_cache=self.kv_cache,
+            policies=self.policies,
         )
         self.scheduler = Scheduler(
             config.max_num_seqs, config.max_num_batched_tokens, config.max_queue_len
@@ -86,14 +97,15 @@ class LLMEngine:
         )
         ids = self.sampler.validate(prompt, params)
         request_id = request_id or f"req-{next(self._ids)}"
-        predicted = self.predict_pages(params, len(ids), exact=False)
+        fewest = self.predict_pages(params, len(ids), fewest=True)
         pool = self.pool
-        if pool is not None and predicted > pool.num_usable_blocks:
+        if pool is not None and fewest > pool.num_usable_blocks:
             raise ValueError(
-                f"a {len(ids)}-token prompt needs {predicted} KV pages but the pool "
+                f"a {len(ids)}-token prompt needs {fewest} KV pages but the pool "
                 f"holds {pool.num_usable_blocks}: raise kv_cache_memory or lower "
                 "kv_budget"
             )
+        predicted = self.predict_pages(params, len(ids))
         return Request(request_id, ids, params, predicted)
 
     def add_request(self, request: Request) -> None:
@@ -141,6 +153,9 @@ class LLMEngine:
         if not running:
             return failed
         prefilling = [r for r in running if self.sampler.needs_full_forward(r.seq)]
+        if self._reserve(prefilling):
+            running = list(self.scheduler.running)
+            prefilling = [r for r in prefilling if r in running]
         steps_before = [r.seq.num_steps for r in running]
         try:
             self.sampler.step([r.seq for r in running])
@@ -206,16 +221,14 @@ class LLMEngine:
     def _recover(
         self, prefilling: list[Request], running: list[Request], error: Exception
     ) -> list[RequestOutput]:
-        """A first step ran out of pages: undo the prefills, preempt the newest
-        other request, and retry next step with safe page reservations."""
+        """A first step ran out of pages although ``_reserve`` made room (a page
+        count that was predicted wrong): undo the prefills, preempt the newest
+        other request, and retry next step with the bound reserved."""
         usable = self.pool.num_usable_blocks
         for r in prefilling:
             self._release(r)
-            # The safe bound, but never more than the pool: a bound above it
-            # would keep the request (and, FCFS, everyone behind it) waiting
-            # forever; with the pool to itself it runs or fails with an error.
-            exact = self.predict_pages(r.params, len(r.prompt_token_ids), exact=True)
-            r.predicted_pages = min(exact, usable)
+            bound = self.predict_pages(r.params, len(r.prompt_token_ids))
+            r.predicted_pages = min(max(bound, r.predicted_pages), usable)
         others = [r for r in running if r not in prefilling]
         if not others and len(prefilling) == 1:
             (r,) = prefilling
@@ -269,7 +282,7 @@ class LLMEngine:
         return ids[:cut], text.rstrip("\ufffd")
 
     def _record_kv(self, r: Request) -> None:
-        cache = self.sampler.prompt_cache
+        cache = self.kv_cache
         if cache is None:
             return
         c = self.model.config
@@ -354,13 +367,11 @@ class LLMEngine:
     @property
     def pool(self):
         """The page pool admission counts (None without a paged cache)."""
-        cache = self.sampler.prompt_cache
-        return cache.page_pool if cache is not None else None
+        return self.kv_cache.page_pool if self.kv_cache is not None else None
 
     def pool_stats(self) -> dict | None:
         """Pages, page bytes, peak and free pages; None without a page pool."""
-        cache = self.sampler.prompt_cache
-        return cache.pool_stats() if cache is not None else None
+        return self.kv_cache.pool_stats() if self.kv_cache is not None else None
 
     @property
     def num_free_pages(self) -> int:
@@ -368,31 +379,56 @@ class LLMEngine:
         return pool.num_free_blocks if pool is not None else 1 << 62
 
     def predict_pages(
-        self, params: SamplingParams, prompt_len: int, exact: bool
+        self, params: SamplingParams, prompt_len: int, fewest: bool = False
     ) -> int:
-        """Prompt pages a request will hold after its first step.
-
-        ``exact=False`` predicts ``ceil(N * min(k_l, M) / P)`` per layer (what an
-        even head split needs); ``exact=True`` adds a partial page per head, an
-        upper bound for any split.
+        """Pages a request's prompt KV may take in its first step, whatever the
+        head split (``reserved_pages`` over its policy's per-layer budgets, per
+        forward row), capped at the pool: admission and ``_reserve`` count by it.
+        A bound above the pool would keep the request (and, FCFS, everyone
+        behind it) waiting forever; with the pool to itself it runs or fails.
+        ``fewest``: the least it can take (``fewest_pages``), uncapped.
         """
         pool = self.pool
         if pool is None:
             return 0
-        c = self.model.config
-        n, page = c.n_kv_heads, pool.block_size
+        c, page = self.model.config, pool.block_size
         rows = 2 if params.cfg_scale > 0 else 1
-        full_layer = n * math.ceil(prompt_len / page)
-        if not params.evicts:
-            return rows * c.n_layers * full_layer
-        policy = self.sampler.policy(params.kv_policy)
-        budgets = policy.layer_budgets(c.n_layers, params.kv_budget, prompt_len)
-        if exact:
-            return rows * reserved_pages(budgets, prompt_len, n, page)
-        need = sum(
-            min(full_layer, math.ceil(n * min(k, prompt_len) / page)) for k in budgets
-        )
-        return rows * need
+        policy = self.policies.get(params.kv_policy)
+        budgets = policy.kept_per_layer(c.n_layers, params.kv_budget, prompt_len)
+        if fewest:
+            return rows * fewest_pages(budgets, prompt_len, c.n_kv_heads, page)
+        bound = rows * reserved_pages(budgets, prompt_len, c.n_kv_heads, page)
+        return min(bound, pool.num_usable_blocks)
+
+    def _reserve(self, full_forwards: list[Request]) -> bool:
+        """Make room before the forward, so no page runs short inside it: the pages
+        this step's full forwards may take beyond what they hold must be free.
+        Preempts the newest running requests until they are; True if any was.
+
+        Admission already counted a prefill's bound; a refresh (re-voting every
+        ``prompt_refresh_interval`` steps) may need more pages than it holds.
+        """
+        if self.pool is None:
+            return False
+        preempted = False
+        while len(self.scheduler.running) > 1:
+            need = sum(
+                max(0, r.predicted_pages - self._held_pages(r))
+                for r in full_forwards
+                if r in self.scheduler.running
+            )
+            if need <= self.pool.num_free_blocks:
+                break
+            victim = self.scheduler.newest_running(exclude=[])
+            logger.info("reserving KV pages: preempting %s", victim.request_id)
+            self._release(victim)
+            self.metrics.num_preemptions += 1
+            self.scheduler.preempt([victim])
+            preempted = True
+        return preempted
+
+    def _held_pages(self, r: Request) -> int:
+        return sum(self.kv_cache.num_pages(k) for k in r.seq.cache_keys)
 
 
 def _check_max_model_len(config: EngineConfig, trained: int) -> None:

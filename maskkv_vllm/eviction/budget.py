@@ -156,3 +156,18 @@ def reserved_pages(
         kept = min(num_kv_heads * prompt_len, heads * min(k, prompt_len))
         pages += min(full, math.ceil(kept / block_size) + num_kv_heads)
     return pages
+
+
+def fewest_pages(
+    layer_budgets: Sequence[int], prompt_len: int, num_kv_heads: int, block_size: int
+) -> int:
+    """Pages a request's prompt needs at the least: ``ceil(N * k_l / P)`` per
+    layer, all ``N * ceil(M / P)`` of the full prompt where ``k_l >= M`` (every
+    head keeps everything); a request above the pool can never run.
+    ``reserved_pages`` is the matching upper bound.
+    """
+    full = num_kv_heads * math.ceil(prompt_len / block_size)
+    return sum(
+        full if k >= prompt_len else math.ceil(num_kv_heads * k / block_size)
+        for k in layer_budgets
+    )

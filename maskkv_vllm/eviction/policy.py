@@ -54,6 +54,15 @@ class Policy(ABC):
             for i in range(num_layers)
         ]
 
+    def kept_per_layer(
+        self, num_layers: int, budget: int | None, prompt_len: int
+    ) -> list[int]:
+        """Per-head entries each layer may keep (k_l; M for a policy that keeps
+        all): what both engines reserve pages by."""
+        if not self.evicts:
+            return [prompt_len] * num_layers
+        return self.layer_budgets(num_layers, budget, prompt_len)
+
     def select(self, ctx: LayerContext, budget: int) -> list[torch.Tensor]:
         """Kept prompt indices per KV head (ascending); counts clipped to M.
 

@@ -16,6 +16,7 @@ from maskkv_vllm.eviction.policy_set import PolicySet
 from maskkv_vllm.eviction.registry import check_budget
 from maskkv_vllm.kv.factory import make_prompt_cache
 from maskkv_vllm.kv.forward_batch import canvas_batch, full_batch
+from maskkv_vllm.kv.prompt_cache import PromptCache
 from maskkv_vllm.models.attention import Attention, DenseAttention
 from maskkv_vllm.models.protocol import DiffusionLM
 from maskkv_vllm.models.tokenizer import Tokenizer
@@ -44,6 +45,9 @@ class DiffusionSampler:
             the layer profile, validated against the model here).
         early_stop: finish a request after the block holding its first stop token
             (the output is the same; later blocks are not computed).
+        prompt_cache, policies: an engine's own (it owns the pool and admits by
+            it); by default the sampler builds them from ``cache_config`` and
+            ``maskkv_config`` (standalone use, ``generate``).
     """
 
     def __init__(
@@ -55,6 +59,9 @@ class DiffusionSampler:
         max_num_seqs: int = 8,
         maskkv_config: MaskKVConfig | None = None,
         early_stop: bool = True,
+        *,
+        prompt_cache: PromptCache | None = None,
+        policies: PolicySet | None = None,
     ) -> None:
         self.model = model
         self.tokenizer = tokenizer
@@ -68,17 +75,19 @@ class DiffusionSampler:
         param = next(model.parameters())
         self.device = param.device
         c = model.config
-        self.prompt_cache = make_prompt_cache(
-            self.cache_config,
-            c.n_layers,
-            c.n_kv_heads,
-            c.head_dim,
-            param.dtype,
-            self.device,
-        )
+        if prompt_cache is None:
+            prompt_cache = make_prompt_cache(
+                self.cache_config,
+                c.n_layers,
+                c.n_kv_heads,
+                c.head_dim,
+                param.dtype,
+                self.device,
+            )
+        self.prompt_cache = prompt_cache
         self._uids = itertools.count()
         self.maskkv_config = maskkv_config or MaskKVConfig()
-        self.policies = PolicySet(self.maskkv_config, c.n_layers)
+        self.policies = policies or PolicySet(self.maskkv_config, c.n_layers)
         self.profile = self.policies.profile
         self.early_stop = early_stop
 

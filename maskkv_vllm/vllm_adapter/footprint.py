@@ -45,10 +45,7 @@ def reserved_blocks(
     4 per block -> 14 blocks.
     """
     local = num_kv_heads // tp_size
-    if policy.evicts:
-        budgets = policy.layer_budgets(num_layers, params.kv_budget, prompt_len)
-    else:
-        budgets = [prompt_len] * num_layers
+    budgets = policy.kept_per_layer(num_layers, params.kv_budget, prompt_len)
     pages = reserved_pages(budgets, prompt_len, local, block_size, num_kv_heads)
     return blocks_for_pages(pages, local)
 

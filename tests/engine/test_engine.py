@@ -36,6 +36,17 @@ def run_all(eng, prompts, params):
     return [done[r.request_id] for r in reqs]
 
 
+def optimistic(make_request):
+    """``make_request`` whose requests claim 1 page: a wrong prediction."""
+
+    def make(*args, **kwargs):
+        r = make_request(*args, **kwargs)
+        r.predicted_pages = 1
+        return r
+
+    return make
+
+
 def make(rid, pages, m=10, gen=16):
     return Request(
         rid, [1] * m, SamplingParams(gen_length=gen, block_length=gen, steps=gen), pages
@@ -108,12 +119,7 @@ def test_preemption_when_pages_run_out_gives_the_same_outputs(tiny, monkeypatch)
     want = run_all(engine(tiny), PROMPTS, P)
     small = engine(tiny, num_blocks=41)
     # Predict too few pages so that admission overshoots and prefill runs short.
-    real = small.predict_pages
-    monkeypatch.setattr(
-        small,
-        "predict_pages",
-        lambda p, m, exact: 1 if not exact else real(p, m, exact),
-    )
+    monkeypatch.setattr(small, "make_request", optimistic(small.make_request))
     got = run_all(small, PROMPTS, P)
     assert [o.text for o in got] == [o.text for o in want]
     assert small.metrics.num_preemptions > 0
@@ -188,11 +194,11 @@ def test_llm_generate_api(tiny_dir):
     assert llm.engine.pool.num_free_blocks == llm.engine.pool.num_usable_blocks
 
 
-def test_a_preempted_request_whose_safe_bound_exceeds_the_pool_still_runs(tiny_dir):
-    # 9 usable pages, maskkv B = 4: admitted by the optimistic prediction, the
-    # three first steps need more pages than there are; the safe bound of each
-    # (10 pages) was above the pool, so all three waited forever with 9/9 free
-    # (issue 14, item 1). Capped at the pool, each runs with the pool to itself.
+def test_a_request_whose_safe_bound_exceeds_the_pool_still_runs(tiny_dir):
+    # 9 usable pages, maskkv B = 4: the safe bound of each request (10 pages) is
+    # above the pool; once all three waited forever with 9/9 free (issue 14,
+    # item 1). Capped at the pool, each runs with the pool to itself, and as the
+    # bound is reserved before the forward nothing runs short or is preempted.
     llm = LLM(str(tiny_dir), kv_policy="maskkv", kv_budget=4, num_blocks=10)
     eng = llm.engine
     params = SamplingParams(gen_length=8, block_length=8, steps=8)
@@ -204,7 +210,8 @@ def test_a_preempted_request_whose_safe_bound_exceeds_the_pool_still_runs(tiny_d
         if not eng.has_unfinished:
             break
     assert finished == ["length"] * 3
-    assert eng.metrics.num_preemptions > 0
+    assert eng.scheduler.max_running == 1
+    assert eng.metrics.num_preemptions == 0
     assert eng.num_free_pages == 9
 
 
@@ -219,10 +226,7 @@ def test_a_preempted_stream_sends_each_block_once(tiny, monkeypatch):
     outs = []
     while len(outs) < 2:  # two blocks streamed
         outs += [o for o in eng.step() if o.request_id == a.request_id]
-    real = eng.predict_pages
-    monkeypatch.setattr(
-        eng, "predict_pages", lambda p, m, exact: real(p, m, exact) if exact else 1
-    )
+    monkeypatch.setattr(eng, "make_request", optimistic(eng.make_request))
     eng.add_request(eng.make_request("second", params))
     while eng.has_unfinished:
         outs += [o for o in eng.step() if o.request_id == a.request_id]
@@ -278,3 +282,36 @@ def test_a_request_that_cannot_start_fails_alone(tiny, monkeypatch):
     assert done[reqs[0].request_id].finish_reason == "error"
     assert "no canvas for you" in done[reqs[0].request_id].error
     assert done[reqs[1].request_id].finish_reason in ("stop", "length")
+
+
+@pytest.mark.parametrize("refresh", [None, 2])
+def test_pages_are_reserved_before_the_forward(tiny, monkeypatch, refresh):
+    # MaskKV requests on a tight pool (with re-voting refreshes too): admission and
+    # ``_reserve`` count each request's bound, so no allocation inside a forward
+    # runs short. They were admitted on an even head split and learned of a
+    # shortage from NoFreeBlocksError mid-forward, then undid and preempted.
+    kw = {"kv_policy": "maskkv", "kv_budget": 4}
+    want = run_all(engine(tiny, **kw), PROMPTS, P)
+    model, tok = tiny
+    cache = CacheConfig(
+        "paged", block_size=16, num_blocks=25, prompt_refresh_interval=refresh
+    )
+    eng = LLMEngine(EngineConfig(cache=cache, **kw), model, tok)
+    short, allocate = [], eng.pool.allocate
+
+    def counted(n):
+        if not eng.pool.can_allocate(n):
+            short.append(n)
+        return allocate(n)
+
+    monkeypatch.setattr(eng.pool, "allocate", counted)
+    got = run_all(eng, PROMPTS, P)
+    # The engine owns the pool and the policies; the sampler runs over them.
+    assert eng.sampler.prompt_cache is eng.kv_cache
+    assert eng.sampler.policies is eng.policies
+    assert short == []
+    assert eng.scheduler.max_running > 1
+    assert eng.pool.num_free_blocks == eng.pool.num_usable_blocks
+    if refresh is None:
+        assert eng.metrics.num_preemptions == 0
+        assert [o.text for o in got] == [o.text for o in want]

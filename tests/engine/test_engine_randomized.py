@@ -58,16 +58,18 @@ def run_workload(tiny, seed: int, monkeypatch) -> dict:
               "max_num_batched_tokens": rng.choice([64, 256, 4096])}  # fmt: skip
     config = EngineConfig(cache=cache, **limits)
     eng = LLMEngine(config, model, tok)
-    real = eng.predict_pages
+    real = eng.make_request
 
-    # Optimistic guesses (a page or two) on some requests overshoot admission, so
-    # first steps run short of pages and running requests are preempted.
-    def guess(params, prompt_len, exact):
-        if exact or rng.random() < 0.5:
-            return real(params, prompt_len, exact)
-        return rng.choice([1, 2])
+    # Optimistic page counts (a page or two) on some requests overshoot admission
+    # and the reservation, so first steps run short of pages and running requests
+    # are preempted (the safety net behind ``_reserve``).
+    def optimistic(*args, **kwargs):
+        r = real(*args, **kwargs)
+        if rng.random() < 0.5:
+            r.predicted_pages = rng.choice([1, 2])
+        return r
 
-    monkeypatch.setattr(eng, "predict_pages", guess)
+    monkeypatch.setattr(eng, "make_request", optimistic)
     arrivals = sorted(rng.randrange(0, 40) for _ in range(14))
     abort_at = {}
     outs: dict[str, list] = {}

@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 from maskkv_vllm.eviction.budget import (
     boundary_aware_layer_budgets,
+    fewest_pages,
     floor_budget,
     kmeans_1d,
     prompt_preference_head_budgets,
@@ -18,6 +19,8 @@ from maskkv_vllm.eviction.budget import (
     reserved_pages,
     squeeze_layer_budgets,
 )
+from maskkv_vllm.eviction.config import MaskKVConfig
+from maskkv_vllm.eviction.registry import make_policy
 
 PROFILE_32 = [0.30] + [0.05] * 30 + [0.25]
 
@@ -121,3 +124,20 @@ def test_reserved_pages_never_exceed_the_full_prompt():
     # k_l >= M: the whole prompt, 2 heads x ceil(20 / 16) = 4 pages per layer.
     assert reserved_pages([64, 64], 20, 2, 16) == 8
     assert reserved_pages([8, 8], 1000, 2, 16) == 2 * (1 + 2)
+
+
+def test_fewest_pages_is_the_lower_bound_and_the_full_prompt_where_k_covers_m():
+    # Worked example layer: ceil(32 * 222 / 16) = 444 <= the split's 449 <= 476.
+    assert fewest_pages([222], 10_000, 32, 16) == 444
+    # k_l >= M: every head keeps all 20 tokens, 2 pages each, not ceil(40 / 16).
+    assert fewest_pages([64, 20], 20, 2, 16) == 8
+    assert fewest_pages([8, 8], 1000, 2, 16) == 2
+
+
+def test_a_policy_that_keeps_all_reserves_the_full_prompt_in_every_layer():
+    full = make_policy("full", MaskKVConfig(), None)
+    assert full.kept_per_layer(3, None, 20) == [20, 20, 20]
+    assert make_policy("snapkv", MaskKVConfig(), None).kept_per_layer(2, 8, 20) == [
+        8,
+        8,
+    ]
