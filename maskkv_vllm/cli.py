@@ -394,7 +394,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen.set_defaults(func=cmd_generate)
 
     prof = command("profile", "calibrate MaskKV's layer-importance profile")
-    EngineArgs.add_cli_args(prof, ("model",))
+    EngineArgs.add_cli_args(prof, ("model", "device"))
     prof.add_argument("--data", required=True, help=".jsonl or text (paragraphs)")
     prof.add_argument("-o", "--output", required=True, help="profile JSON to write")
     prof.add_argument(
@@ -464,7 +464,9 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument(
         "--model", default="retrieval", help="checkpoint directory or built-in name"
     )
-    EngineArgs.add_cli_args(ev, ("model", "cache", "scheduler", "maskkv"), model=False)
+    EngineArgs.add_cli_args(
+        ev, ("model", "device", "cache", "scheduler", "maskkv"), model=False
+    )
     ev.add_argument("--samples", type=int, default=64, help="prompts per task")
     ev.add_argument(
         "--prompt-tokens", type=int, default=1024, help="about this long each"
@@ -493,9 +495,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument(
         "--prompt-lens", type=int, nargs="+", default=None, help="prompt lengths"
     )
-    from maskkv_vllm import machine_defaults
-
-    machine_defaults.add_arguments(bench, dtype=False)
+    EngineArgs.add_cli_args(bench, ("device",), skip=("dtype",))
     add_out_dir_args(bench, "bench")
     bench.set_defaults(func=cmd_bench)
 

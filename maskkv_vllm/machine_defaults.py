@@ -1,12 +1,11 @@
 """Defaults that follow the machine: CUDA when present, else the CPU.
 
-Every command takes ``--device auto --dtype auto --kv-cache-memory auto`` by default;
-these resolve them, so a command that works on a GPU box also starts on a laptop.
+Every command takes ``--device auto --dtype auto --kv-cache-memory auto`` by default
+(``engine.engine_args.EngineArgs`` declares them); these resolve them, so a
+command that works on a GPU box also starts on a laptop.
 """
 
 from __future__ import annotations
-
-import argparse
 
 AUTO = "auto"
 DTYPES = ("float32", "bfloat16", "float16")
@@ -42,19 +41,3 @@ def pool(value: str, on_device: str) -> str | int:
 
     free, _ = torch.cuda.mem_get_info(torch.device(on_device))
     return int(free * GPU_POOL_FRACTION)
-
-
-def add_arguments(p: argparse.ArgumentParser, dtype: bool = True) -> None:
-    """``--device`` (and ``--dtype``), both ``auto`` by default."""
-    if dtype:
-        p.add_argument(
-            "--dtype",
-            default=AUTO,
-            choices=(AUTO, *DTYPES),
-            help="weights and KV; auto: bfloat16 on a GPU, float32 on the CPU",
-        )
-    p.add_argument(
-        "--device",
-        default=AUTO,
-        help="cpu | cuda | cuda:N; auto: cuda when torch sees a GPU, else cpu",
-    )

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from maskkv_vllm import machine_defaults
 from maskkv_vllm.config import CACHE_MODES, CacheConfig, EngineConfig, MaskKVConfig
 
-GROUPS = ("model", "policy", "cache", "scheduler", "maskkv")
+GROUPS = ("model", "device", "policy", "cache", "scheduler", "maskkv")
 """Option groups, in the order ``add_cli_args`` adds them."""
 
 
@@ -66,16 +66,19 @@ class EngineArgs:
         parser: argparse.ArgumentParser,
         groups: tuple[str, ...] = GROUPS,
         model: bool = True,
+        skip: tuple[str, ...] = (),
     ) -> None:
         """Add the options of ``groups``; ``model=False`` leaves ``--model`` out
-        (a subcommand that takes the model as a positional argument)."""
+        (a subcommand that takes the model as a positional argument, or requires
+        it); ``skip`` names fields a subcommand has no use for."""
         unknown = set(groups) - set(GROUPS)
         if unknown:
             raise ValueError(f"unknown option groups {sorted(unknown)}")
+        skipped = set(skip) | (set() if model else {"model"})
         for group in GROUPS:
             if group in groups:
                 for name, kwargs in _OPTIONS[group]:
-                    if name != "model" or model:
+                    if name not in skipped:
                         _add(parser, name, **kwargs)
 
     @classmethod
@@ -163,10 +166,12 @@ _FIELD_DOCS = _field_docs()
 _OPTIONS: dict[str, list[tuple[str, dict]]] = {
     "model": [
         ("model", {}),
-        ("dtype", {"choices": (machine_defaults.AUTO, *machine_defaults.DTYPES)}),
-        ("device", {}),
         ("rope_scaling", {"type": float}),
         ("max_model_len", {"type": int}),
+    ],
+    "device": [
+        ("dtype", {"choices": (machine_defaults.AUTO, *machine_defaults.DTYPES)}),
+        ("device", {}),
     ],
     "policy": [
         ("kv_policy", {"choices": _policy_choices()}),

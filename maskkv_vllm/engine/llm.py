@@ -133,6 +133,11 @@ class LLM:
         )
 
     @classmethod
+    def from_engine_args(cls, args: EngineArgs) -> LLM:
+        """An ``LLM`` of parsed command-line options (``EngineArgs.from_cli_args``)."""
+        return cls.from_engine(LLMEngine(args.create_engine_config()))
+
+    @classmethod
     def from_engine(cls, engine: LLMEngine) -> LLM:
         """An ``LLM`` over an engine built by hand (a preloaded model, a sized pool)."""
         llm = cls.__new__(cls)

@@ -34,6 +34,7 @@ newline" cannot be imposed (its first-line scoring rule does the same job).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import sys
@@ -42,7 +43,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from maskkv_vllm import machine_defaults
 from maskkv_vllm.evaluation.longbench_config import (
     LONGBENCH_TASKS,
     PAPER_TASKS,
@@ -116,32 +116,27 @@ def gen_length_for(max_new_tokens: int, block_length: int) -> int:
 
 
 def task_sampling_params(
-    cfg: TaskConfig,
-    *,
-    block_length: int = DEFAULT_BLOCK_LENGTH,
-    steps_per_block: int | None = None,
-    temperature: float = 0.0,
-    cfg_scale: float = 0.0,
-    remasking: str = "low_confidence",
-    threshold: float | None = None,
-    seed: int = 0,
-    kv_policy: str | None = None,
-    kv_budget: int | None = None,
+    cfg: TaskConfig, *, steps_per_block: int | None = None, **sampling: Any
 ) -> SamplingParams:
-    """LLaDA sampling for one task; ``steps_per_block`` None is one token per step."""
+    """LLaDA sampling for one task: its output length rounded up to whole blocks,
+    ``steps_per_block`` steps a block (None: one token a step).
+
+    Args:
+        sampling: any other ``SamplingParams`` field (``block_length`` default
+            ``DEFAULT_BLOCK_LENGTH``, ``temperature``, ``kv_policy``, ...);
+            ``gen_length`` and ``steps`` follow from the task.
+    """
+    for name in ("gen_length", "steps"):
+        if name in sampling:
+            raise ValueError(f"{name} follows from the task; pass steps_per_block")
+    block_length = sampling.pop("block_length", DEFAULT_BLOCK_LENGTH)
     gen_length = gen_length_for(cfg.max_new_tokens, block_length)
     per_block = block_length if steps_per_block is None else steps_per_block
     return SamplingParams(
         gen_length=gen_length,
         block_length=block_length,
         steps=(gen_length // block_length) * per_block,
-        temperature=temperature,
-        cfg_scale=cfg_scale,
-        remasking=remasking,
-        threshold=threshold,
-        seed=seed,
-        kv_policy=kv_policy,
-        kv_budget=kv_budget,
+        **sampling,
     )
 
 
@@ -207,24 +202,18 @@ def run_longbench(
     tasks: str | Sequence[str] | None = None,
     max_prompt_tokens: int = DEFAULT_MAX_PROMPT_TOKENS,
     *,
-    block_length: int = DEFAULT_BLOCK_LENGTH,
     steps_per_block: int | None = None,
-    temperature: float = 0.0,
-    cfg_scale: float = 0.0,
-    remasking: str = "low_confidence",
-    threshold: float | None = None,
-    seed: int = 0,
-    kv_policy: str | None = None,
-    kv_budget: int | None = None,
     limit: int | None = None,
     batch_size: int | None = None,
     out: str | Path | None = None,
     use_tqdm: bool = False,
+    **sampling: Any,
 ) -> dict[str, Any]:
     """Generate and score LongBench tasks with an ``LLM`` (or anything with a
     ``tokenizer`` and ``generate(list_of_id_lists, SamplingParams, use_tqdm=)``
     returning outputs with ``.text``).
 
+    ``sampling``: ``SamplingParams`` fields for every task (``task_sampling_params``);
     ``kv_policy``/``kv_budget`` None take the engine's defaults. ``batch_size``
     rows go to ``generate`` at once (None: a whole task). With ``out``, the
     results JSON is rewritten after every task.
@@ -241,18 +230,15 @@ def run_longbench(
     truncate_middle([], max_prompt_tokens)  # validates max_prompt_tokens
     for name in names:  # fail on a missing file before generating anything
         task_file(data_dir, name)
-    sampling = dict(
-        block_length=block_length,
-        steps_per_block=steps_per_block,
-        temperature=temperature,
-        cfg_scale=cfg_scale,
-        remasking=remasking,
-        threshold=threshold,
-        seed=seed,
-        kv_policy=kv_policy,
-        kv_budget=kv_budget,
-    )
-    params = {n: task_sampling_params(task_config(n), **sampling) for n in names}
+    params = {
+        n: task_sampling_params(
+            task_config(n), steps_per_block=steps_per_block, **sampling
+        )
+        for n in names
+    }
+    settings = dataclasses.asdict(params[names[0]])
+    for name in ("gen_length", "steps"):  # per task
+        del settings[name]
     results: dict[str, Any] = {
         "config": {
             "data_dir": str(data_dir),
@@ -260,7 +246,8 @@ def run_longbench(
             "max_prompt_tokens": max_prompt_tokens,
             "limit": limit,
             "zh_tokenizer": zh_tokenizer_name(),
-            **sampling,
+            "steps_per_block": steps_per_block,
+            **settings,
         },
         "scores": {},
         "average": None,
@@ -344,8 +331,13 @@ def format_table(results: dict[str, Any]) -> str:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    """The ``maskkv longbench`` options (for wiring it as a subcommand)."""
+    """The ``maskkv longbench`` options (for wiring it as a subcommand): the engine's
+    own (``EngineArgs``) and the benchmark's."""
+    from maskkv_vllm.engine.engine_args import EngineArgs
+
     p.add_argument("--model", required=True, help="LLaDA checkpoint directory")
+    EngineArgs.add_cli_args(p, model=False, skip=("max_queue_len",))
+    p.set_defaults(max_num_seqs=4)
     p.add_argument("--data-dir", required=True, help="directory of {task}.jsonl")
     p.add_argument(
         "--tasks",
@@ -359,20 +351,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default=DEFAULT_MAX_PROMPT_TOKENS,
         help="middle-truncate longer prompts to this many tokens",
     )
-    p.add_argument("--kv-policy", default="full", help="full, maskkv, snapkv, ...")
-    p.add_argument("--kv-budget", type=int, default=None, help="B: entries/head/layer")
-    p.add_argument("--maskkv-profile", default=None, help="layer-importance profile")
     p.add_argument("--limit", type=int, default=None, help="first N rows per task")
     p.add_argument("--out", default="results.json", help="results JSON path")
-    p.add_argument("--rope-scaling", type=float, default=1.0, help="NTK factor")
-    machine_defaults.add_arguments(p)
-    p.add_argument(
-        "--kv-cache-memory",
-        default="auto",
-        help="page pool; auto: half the GPU's free memory, or 1GiB on the CPU",
-    )
-    p.add_argument("--max-model-len", type=int, default=None)
-    p.add_argument("--max-num-seqs", type=int, default=4)
     p.add_argument("--block-length", type=int, default=DEFAULT_BLOCK_LENGTH)
     p.add_argument(
         "--steps-per-block",
@@ -384,25 +364,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def build_llm(args: argparse.Namespace):
-    from maskkv_vllm.config import MaskKVConfig
+    """The ``LLM`` of the parsed engine options."""
+    from maskkv_vllm.engine.engine_args import EngineArgs
     from maskkv_vllm.engine.llm import LLM
 
-    args.device = machine_defaults.device(args.device)
-    args.dtype = machine_defaults.dtype(args.dtype, args.device)
-    args.kv_cache_memory = machine_defaults.pool(args.kv_cache_memory, args.device)
-
-    return LLM(
-        args.model,
-        kv_policy=args.kv_policy,
-        kv_budget=args.kv_budget,
-        kv_cache_memory=args.kv_cache_memory,
-        dtype=args.dtype,
-        device=args.device,
-        rope_scaling=args.rope_scaling,
-        max_model_len=args.max_model_len,
-        max_num_seqs=args.max_num_seqs,
-        maskkv=MaskKVConfig(profile=args.maskkv_profile),
-    )
+    return LLM.from_engine_args(EngineArgs.from_cli_args(args))
 
 
 def run_from_args(args: argparse.Namespace) -> int:
@@ -416,12 +382,12 @@ def run_from_args(args: argparse.Namespace) -> int:
         args.data_dir,
         names,
         args.max_prompt_tokens,
-        block_length=args.block_length,
         steps_per_block=args.steps_per_block,
-        seed=args.seed,
         limit=args.limit,
         out=args.out,
         use_tqdm=True,
+        block_length=args.block_length,
+        seed=args.seed,
     )
     print(format_table(results))
     print(f"wrote {args.out}")

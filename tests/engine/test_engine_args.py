@@ -56,4 +56,4 @@ def test_auto_resolves_for_this_machine(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     a = EngineArgs().resolved()
     assert (a.device, a.dtype, a.kv_cache_memory) == ("cpu", "float32", "1GiB")
-    assert set(GROUPS) == {"model", "policy", "cache", "scheduler", "maskkv"}
+    assert set(GROUPS) == {"model", "device", "policy", "cache", "scheduler", "maskkv"}

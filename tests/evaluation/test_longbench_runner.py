@@ -173,6 +173,16 @@ def test_run_longbench_limit_batches_and_overrides(tok, data_dir):
         llm, data_dir, "hotpotqa", limit=1, kv_policy="snapkv", kv_budget=64
     )
     assert res["scores"] == {"hotpotqa": 100.0} and res["config"]["limit"] == 1
+    # Every sampling setting is recorded, the defaults too.
+    c = res["config"]
+    assert (c["kv_policy"], c["block_length"], c["temperature"], c["seed"]) == (
+        "snapkv",
+        8,
+        0.0,
+        0,
+    )
+    with pytest.raises(TypeError, match="top_p"):
+        lb.run_longbench(llm, data_dir, "hotpotqa", top_p=0.9)
     assert llm.calls[0][1].kv_policy == "snapkv" and llm.calls[0][1].kv_budget == 64
     llm = FakeLLM(tok, ["x", "y"])
     lb.run_longbench(llm, data_dir, ["hotpotqa"], batch_size=1)
@@ -218,3 +228,20 @@ def test_main_runs_and_reports_errors(tok, data_dir, tmp_path, monkeypatch, caps
     lb.add_arguments(defaults)
     ns = defaults.parse_args(["--model", "m", "--data-dir", "d"])
     assert len(ns.tasks) == 14 and ns.out == "results.json" and ns.block_length == 8
+
+
+def test_longbench_takes_the_engine_s_own_flags(tiny_dir):
+    # Declared by EngineArgs (once): --block-size and the MaskKV knobs were missing,
+    # --device/--dtype were declared a second time by the runner.
+    p = lb.argparse.ArgumentParser()
+    lb.add_arguments(p)
+    ns = p.parse_args(
+        ["--model", str(tiny_dir), "--data-dir", "d", "--kv-policy", "maskkv",
+         "--kv-budget", "8", "--block-size", "32", "--kv-cache-memory", "8MiB",
+         "--maskkv-alpha", "0.2", "--device", "cpu"]
+    )  # fmt: skip
+    flags = [s for a in p._actions for s in a.option_strings]
+    assert len(flags) == len(set(flags))
+    config = lb.build_llm(ns).engine.config
+    assert (config.kv_policy, config.kv_budget, config.max_num_seqs) == ("maskkv", 8, 4)
+    assert config.cache.block_size == 32 and config.maskkv.alpha == 0.2
