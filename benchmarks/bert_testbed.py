@@ -5,7 +5,7 @@
 
 Needs ``pip install --no-deps rxnfp==0.1.0 antiberty==0.1.3`` (the weights ship in
 the wheels) and matplotlib for the plot. For each model, the infilling task of
-``maskkv_vllm.evaluation.bert_tasks`` runs through ``DiffusionSampler`` with the
+``maskkv_vllm.testbeds.bert.tasks`` runs through ``DiffusionSampler`` with the
 paged cache, greedy, one token unmasked per step, under every policy at budgets
 B = fraction x prompt length (entries kept per head per layer); retention is
 accuracy / full-cache accuracy. Writes ``benchmarks/results/bert_testbed.{json,png}``.
@@ -22,9 +22,9 @@ from pathlib import Path
 import torch
 
 from maskkv_vllm.config import CacheConfig
-from maskkv_vllm.evaluation.bert_tasks import evaluate, make_samples
-from maskkv_vllm.models.bert import load_antiberty, load_rxnfp
 from maskkv_vllm.sampler.diffusion_sampler import DiffusionSampler
+from maskkv_vllm.testbeds.bert import load_antiberty, load_rxnfp
+from maskkv_vllm.testbeds.bert.tasks import evaluate, make_samples
 
 POLICIES = (
     "maskkv",

@@ -48,7 +48,7 @@ for _key, _value in {
 
 def tracing_scheduler_cls():
     """``MaskKVDiffusionScheduler`` recording running requests and blocks held."""
-    from maskkv_vllm.vllm_adapter.scheduler import MaskKVDiffusionScheduler
+    from maskkv_vllm.vllm_adapter.core.scheduler import MaskKVDiffusionScheduler
 
     class CapacityScheduler(MaskKVDiffusionScheduler):
         def __init__(self, *args, **kwargs):
@@ -100,7 +100,7 @@ def task_prompts(model_dir, n: int, length: int) -> list[list[int]]:
 
 
 def run_vllm(llm, scheduler, prompts, params) -> dict:
-    from maskkv_vllm.vllm_adapter.api import generate
+    from maskkv_vllm.vllm_adapter.entrypoints.api import generate
 
     scheduler.reset_trace()
     t0 = time.perf_counter()
@@ -132,10 +132,10 @@ def run_embedded(engine, prompts, params) -> dict:
 
 def measure_model(name: str, path: str, args, prompts) -> list[dict]:
     from maskkv_vllm.engine.llm import LLM as EmbeddedLLM
-    from maskkv_vllm.kv.kv_store import PagedKVStore
+    from maskkv_vllm.kv_cache.kv_store import PagedKVStore
     from maskkv_vllm.models.llada_config import LLaDAConfig
     from maskkv_vllm.sampling_params import SamplingParams
-    from maskkv_vllm.vllm_adapter.api import make_llm
+    from maskkv_vllm.vllm_adapter.entrypoints.api import make_llm
 
     with open(os.path.join(path, "config.json")) as f:
         cfg = LLaDAConfig.from_dict(json.load(f))

@@ -14,7 +14,7 @@ import argparse
 import json
 
 from maskkv_vllm.sampling_params import SamplingParams
-from maskkv_vllm.vllm_adapter.api import generate, make_llm
+from maskkv_vllm.vllm_adapter.entrypoints.api import generate, make_llm
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -542,7 +542,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["vllm-serve"]:
         # Everything after the subcommand is vLLM's own `vllm serve` command line.
-        from maskkv_vllm.vllm_adapter.serve import main as vllm_serve
+        from maskkv_vllm.vllm_adapter.entrypoints.serve import main as vllm_serve
 
         return vllm_serve(argv[1:]) or 0
     args = build_parser().parse_args(argv)

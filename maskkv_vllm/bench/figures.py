@@ -34,7 +34,7 @@ def sampler_for(model, tok, mode: str, pool: str) -> DiffusionSampler:
 
 def page_bytes(model) -> int:
     """Bytes of one 16-slot page of this model (K, V and positions)."""
-    from maskkv_vllm.kv.kv_store import PagedKVStore
+    from maskkv_vllm.kv_cache.kv_store import PagedKVStore
 
     dtype = next(model.parameters()).dtype
     return PagedKVStore.bytes_per_block(16, model.config.head_dim, dtype)

@@ -8,7 +8,6 @@ import itertools
 import logging
 import time
 
-from maskkv_vllm.cache.block_pool import NoFreeBlocksError
 from maskkv_vllm.config import EngineConfig
 from maskkv_vllm.engine.metrics import EngineMetrics
 from maskkv_vllm.engine.request import (
@@ -19,11 +18,12 @@ from maskkv_vllm.engine.request import (
 from maskkv_vllm.engine.scheduler import Scheduler
 from maskkv_vllm.eviction.budget import fewest_pages, reserved_pages
 from maskkv_vllm.eviction.policy_set import PolicySet
-from maskkv_vllm.kv.factory import make_prompt_cache
+from maskkv_vllm.kv_cache.factory import make_prompt_cache
 from maskkv_vllm.models.builtin import resolve_model
 from maskkv_vllm.models.llada import LLaDAModel
 from maskkv_vllm.models.loader import load_checkpoint
 from maskkv_vllm.models.tokenizer import Tokenizer
+from maskkv_vllm.paging.block_pool import NoFreeBlocksError
 from maskkv_vllm.sampler.diffusion_sampler import DiffusionSampler, Prompt
 from maskkv_vllm.sampler.stops import first_stop
 from maskkv_vllm.sampling_params import SamplingParams

@@ -14,9 +14,9 @@ from maskkv_vllm.eviction.evictor import Eviction
 from maskkv_vllm.eviction.policy import Policy
 from maskkv_vllm.eviction.policy_set import PolicySet
 from maskkv_vllm.eviction.registry import check_budget
-from maskkv_vllm.kv.factory import make_prompt_cache
-from maskkv_vllm.kv.forward_batch import canvas_batch, full_batch
-from maskkv_vllm.kv.prompt_cache import PromptCache
+from maskkv_vllm.kv_cache.factory import make_prompt_cache
+from maskkv_vllm.kv_cache.forward_batch import canvas_batch, full_batch
+from maskkv_vllm.kv_cache.prompt_cache import PromptCache
 from maskkv_vllm.models.attention import Attention, DenseAttention
 from maskkv_vllm.models.protocol import DiffusionLM
 from maskkv_vllm.models.tokenizer import Tokenizer

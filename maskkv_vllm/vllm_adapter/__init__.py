@@ -2,16 +2,23 @@
 
 Importing this package imports nothing heavy. ``plugin.register`` (the
 ``vllm.general_plugins`` entry point) registers LLaDA's config class with
-transformers and its architecture with vLLM's ``ModelRegistry``; ``hf_config``
-and ``model`` hold the classes it registers, each imported only when used.
+transformers and its architecture with vLLM's ``ModelRegistry``.
 
-Phase 2 (LLaDA's denoising loop and MaskKV block freeing inside vLLM's engine):
-``scheduler.MaskKVDiffusionScheduler`` and, by platform (``workers.py``),
-``worker.MaskKVCPUWorker`` (runner ``runner.MaskKVCPUModelRunner``) or
-``gpu_worker.MaskKVGPUWorker`` (runner ``gpu_runner.MaskKVGPUModelRunner``),
-both runners sharing ``diffusion_runner.DiffusionRunnerMixin``; selected by
-``scheduler_cls`` / ``worker_cls``; ``validation.MaskKVParamsValidator`` checks
-per-request params in the front end (HTTP 400);
-``api.make_llm``/``api.generate`` for offline use and
-``serve.main`` for the OpenAI server set them.
+Grouped by the process each part runs in, as vLLM itself is:
+
+- here, what both sides share: ``plugin``, ``hf_config`` (LLaDA's config for
+  transformers), ``engine_config`` (LLaDA configures its own engine), ``params``
+  (engine and per-request MaskKV settings), ``kv_spec`` (the pool as head-pages),
+  ``page_pool``, ``diffusion_state``, ``version`` (the pinned vLLM);
+- ``core/``, the engine core: ``scheduler.MaskKVDiffusionScheduler`` keeps a
+  request on its canvas and frees evicted blocks, ``footprint`` counts them,
+  ``metrics`` reports eviction on vLLM's ``/metrics``;
+- ``worker/``, the workers: ``cpu_worker.MaskKVCPUWorker`` /
+  ``gpu_worker.MaskKVGPUWorker`` with ``cpu_model_runner`` / ``gpu_model_runner``
+  (one ``diffusion_runner.DiffusionRunnerMixin``), ``diffusion_attention``,
+  ``model`` (LLaDA on vLLM's parallel layers), ``selection`` (which worker a
+  platform runs);
+- ``entrypoints/``, the front ends: ``api.make_llm``/``api.generate`` offline,
+  ``serve.main`` for the OpenAI server, ``validation.MaskKVParamsValidator``
+  (per-request params checked in the front end: HTTP 400).
 """

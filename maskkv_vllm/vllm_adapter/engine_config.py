@@ -49,9 +49,9 @@ def engine_changes(vllm_config: Any) -> list[str]:
     """Apply LLaDA's engine settings to ``vllm_config``; what changed, in words."""
     from vllm.platforms import current_platform
 
-    from maskkv_vllm.vllm_adapter.scheduler import SCHEDULER_CLS
-    from maskkv_vllm.vllm_adapter.validation import VALIDATOR_CLS
-    from maskkv_vllm.vllm_adapter.workers import worker_cls_for
+    from maskkv_vllm.vllm_adapter.core.scheduler import SCHEDULER_CLS
+    from maskkv_vllm.vllm_adapter.entrypoints.validation import VALIDATOR_CLS
+    from maskkv_vllm.vllm_adapter.worker.selection import worker_cls_for
 
     changes = []
     sched = vllm_config.scheduler_config

@@ -19,9 +19,9 @@ from __future__ import annotations
 
 import torch
 
-from maskkv_vllm.cache.block_pool import BlockPool
-from maskkv_vllm.cache.kv_cache_manager import KVCacheManager
-from maskkv_vllm.kv.page_tables import head_slots, layer_table
+from maskkv_vllm.kv_cache.page_tables import head_slots, layer_table
+from maskkv_vllm.paging.block_pool import BlockPool
+from maskkv_vllm.paging.kv_cache_manager import KVCacheManager
 
 _SELF = "request"
 """The one request id of a per-request manager."""

@@ -28,7 +28,7 @@ logger = logging.getLogger(__name__)
 ARCHITECTURE = "LLaDAModelLM"
 """``architectures[0]`` in LLaDA checkpoints' ``config.json``."""
 
-MODEL_CLASS = "maskkv_vllm.vllm_adapter.model:LLaDAForDiffusionLM"
+MODEL_CLASS = "maskkv_vllm.vllm_adapter.worker.model:LLaDAForDiffusionLM"
 """The model class, as the lazy ``"module:Class"`` string vLLM imports on use."""
 
 _REGISTERED = False

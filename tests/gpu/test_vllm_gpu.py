@@ -78,7 +78,7 @@ def ckpt(tmp_path_factory):
 
 def _tracing_scheduler_cls():
     """``MaskKVDiffusionScheduler`` recording free blocks and freed counts."""
-    from maskkv_vllm.vllm_adapter.scheduler import MaskKVDiffusionScheduler
+    from maskkv_vllm.vllm_adapter.core.scheduler import MaskKVDiffusionScheduler
 
     class TracingScheduler(MaskKVDiffusionScheduler):
         def __init__(self, *args, **kwargs):
@@ -103,7 +103,7 @@ def _tracing_scheduler_cls():
 @pytest.fixture(scope="module")
 def llm(ckpt, vllm_cuda_env):
     """The denoising engine: our scheduler and worker, a 32-block pool."""
-    from maskkv_vllm.vllm_adapter.api import make_llm
+    from maskkv_vllm.vllm_adapter.entrypoints.api import make_llm
 
     return make_llm(ckpt, scheduler_cls=_tracing_scheduler_cls(), **ENGINE_ARGS)
 
@@ -130,7 +130,7 @@ def _reference(embedded, prompts, params):
 
 
 def _ours(llm, prompts, params):
-    from maskkv_vllm.vllm_adapter.api import generate
+    from maskkv_vllm.vllm_adapter.entrypoints.api import generate
 
     return [
         (o.token_ids, o.text, o.finish_reason) for o in generate(llm, prompts, params)

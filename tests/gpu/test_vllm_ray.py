@@ -137,7 +137,7 @@ def test_register_ran_in_every_ray_worker_and_generate(ray_env, ckpt, tp):
 )
 def test_denoising_on_ray_matches_the_embedded_engine(ray_env, ckpt, tp, params):
     from maskkv_vllm.engine.llm import LLM as EmbeddedLLM
-    from maskkv_vllm.vllm_adapter.api import generate, make_llm
+    from maskkv_vllm.vllm_adapter.entrypoints.api import generate, make_llm
 
     llm = make_llm(ckpt, tensor_parallel_size=tp, **ENGINE_ARGS)
     facts = _worker_facts(llm)

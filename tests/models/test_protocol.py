@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from maskkv_vllm.models.bert import BertConfig, BertMaskedLM
 from maskkv_vllm.models.protocol import DiffusionLM, ModelConfig
+from maskkv_vllm.testbeds.bert.model import BertConfig, BertMaskedLM
 
 
 def test_llada_is_a_diffusion_lm(tiny):

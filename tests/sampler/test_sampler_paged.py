@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from maskkv_vllm.cache.block_pool import NoFreeBlocksError
 from maskkv_vllm.config import CacheConfig
+from maskkv_vllm.paging.block_pool import NoFreeBlocksError
 from maskkv_vllm.sampler.diffusion_sampler import DiffusionSampler
 from maskkv_vllm.sampling_params import SamplingParams
 

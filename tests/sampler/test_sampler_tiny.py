@@ -6,8 +6,12 @@ import pytest
 import torch
 
 from maskkv_vllm.config import CacheConfig
-from maskkv_vllm.kv.forward_batch import canvas_batch, full_batch
-from maskkv_vllm.kv.prompt_kv import CachedPromptAttention, CapturingAttention, PromptKV
+from maskkv_vllm.kv_cache.dense_prompt_cache import (
+    CachedPromptAttention,
+    CapturingAttention,
+    PromptKV,
+)
+from maskkv_vllm.kv_cache.forward_batch import canvas_batch, full_batch
 from maskkv_vllm.sampler import diffusion_sampler
 from maskkv_vllm.sampler.diffusion_sampler import DiffusionSampler
 from maskkv_vllm.sampling_params import SamplingParams

@@ -18,7 +18,7 @@ pytest.importorskip("vllm")
 
 from maskkv_vllm.engine.llm import LLM as EmbeddedLLM  # noqa: E402
 from maskkv_vllm.sampling_params import SamplingParams  # noqa: E402
-from maskkv_vllm.vllm_adapter.api import generate, make_llm  # noqa: E402
+from maskkv_vllm.vllm_adapter.entrypoints.api import generate, make_llm  # noqa: E402
 
 pytestmark = pytest.mark.vllm
 
@@ -45,7 +45,7 @@ def _register_uneven_policy():
 
 
 def _tracing_scheduler_cls():
-    from maskkv_vllm.vllm_adapter.scheduler import MaskKVDiffusionScheduler
+    from maskkv_vllm.vllm_adapter.core.scheduler import MaskKVDiffusionScheduler
 
     class TracingScheduler(MaskKVDiffusionScheduler):
         """Records (req_id, scheduled tokens, free blocks after the step)."""
@@ -263,7 +263,7 @@ def test_mixed_batch_of_evicting_and_full_requests(llm, embedded):
     full = SamplingParams(gen_length=16, block_length=8, steps=8)
     from vllm import SamplingParams as VllmParams
 
-    from maskkv_vllm.vllm_adapter.api import vllm_sampling_params
+    from maskkv_vllm.vllm_adapter.entrypoints.api import vllm_sampling_params
 
     vp = [vllm_sampling_params(p, (257, 260)) for p in (evicting, full, evicting)]
     prompts = [LONG, HELLO, LONG[:120]]

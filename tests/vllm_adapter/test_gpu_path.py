@@ -16,7 +16,7 @@ import pytest
 
 pytest.importorskip("vllm")
 
-from maskkv_vllm.vllm_adapter.workers import (  # noqa: E402
+from maskkv_vllm.vllm_adapter.worker.selection import (  # noqa: E402
     CPU_WORKER_CLS,
     GPU_WORKER_CLS,
     env_defaults_for,
@@ -48,7 +48,8 @@ def test_worker_follows_the_platform():
 
 
 def test_the_config_hook_picks_the_worker_by_platform(monkeypatch):
-    from maskkv_vllm.vllm_adapter import engine_config, serve
+    from maskkv_vllm.vllm_adapter import engine_config
+    from maskkv_vllm.vllm_adapter.entrypoints import serve
 
     def changed(platform):
         import vllm.platforms
@@ -102,10 +103,10 @@ def test_cuda_worker_and_runner_import_on_the_cpu_wheel():
     from vllm.v1.worker.gpu_model_runner import GPUModelRunner
     from vllm.v1.worker.gpu_worker import Worker
 
-    from maskkv_vllm.vllm_adapter.diffusion_runner import DiffusionRunnerMixin
-    from maskkv_vllm.vllm_adapter.gpu_runner import MaskKVGPUModelRunner
-    from maskkv_vllm.vllm_adapter.gpu_worker import MaskKVGPUWorker
-    from maskkv_vllm.vllm_adapter.runner import MaskKVCPUModelRunner
+    from maskkv_vllm.vllm_adapter.worker.cpu_model_runner import MaskKVCPUModelRunner
+    from maskkv_vllm.vllm_adapter.worker.diffusion_runner import DiffusionRunnerMixin
+    from maskkv_vllm.vllm_adapter.worker.gpu_model_runner import MaskKVGPUModelRunner
+    from maskkv_vllm.vllm_adapter.worker.gpu_worker import MaskKVGPUWorker
 
     mro = MaskKVGPUModelRunner.__mro__
     assert mro[1:3] == (DiffusionRunnerMixin, GPUModelRunner)
@@ -127,7 +128,7 @@ def test_cuda_worker_and_runner_import_on_the_cpu_wheel():
 
 
 def test_env_defaults_are_set_and_a_stale_vllm_cache_is_refused(monkeypatch):
-    from maskkv_vllm.vllm_adapter.workers import apply_env_defaults
+    from maskkv_vllm.vllm_adapter.worker.selection import apply_env_defaults
 
     key = "VLLM_USE_V2_MODEL_RUNNER"
     monkeypatch.delenv(key, raising=False)
@@ -150,7 +151,7 @@ def test_env_defaults_are_set_and_a_stale_vllm_cache_is_refused(monkeypatch):
 CONSTRUCT_WORKER = """
 import os, sys
 from vllm.engine.arg_utils import EngineArgs
-from maskkv_vllm.vllm_adapter.gpu_worker import MaskKVGPUWorker
+from maskkv_vllm.vllm_adapter.worker.gpu_worker import MaskKVGPUWorker
 from maskkv_vllm.vllm_adapter.plugin import register
 register()
 cfg = EngineArgs(model=sys.argv[1], dtype="float32", enforce_eager=True,

@@ -15,11 +15,11 @@ import torch
 pytest.importorskip("vllm")
 
 from maskkv_vllm.models.loader import load_model  # noqa: E402
-from maskkv_vllm.vllm_adapter.model import (  # noqa: E402
+from maskkv_vllm.vllm_adapter.plugin import register  # noqa: E402
+from maskkv_vllm.vllm_adapter.worker.model import (  # noqa: E402
     checkpoint_shapes,
     param_for_checkpoint,
 )
-from maskkv_vllm.vllm_adapter.plugin import register  # noqa: E402
 
 pytestmark = pytest.mark.vllm
 
@@ -31,7 +31,7 @@ CANVAS_IDS = [256, 72, 101, 108, 108, 111] + [MASK] * 8
 
 @pytest.fixture(scope="module")
 def llm(vllm_tiny_dir):
-    from maskkv_vllm.vllm_adapter.api import make_llm
+    from maskkv_vllm.vllm_adapter.entrypoints.api import make_llm
 
     return make_llm(str(vllm_tiny_dir), max_model_len=512, seed=0)
 

@@ -68,12 +68,12 @@ def test_bad_request_params_name_the_value(extra, match):
 def test_hooks_refuse_an_unpinned_vllm(monkeypatch):
     import vllm
 
-    from maskkv_vllm.vllm_adapter.gpu_runner import MaskKVGPUModelRunner
-    from maskkv_vllm.vllm_adapter.gpu_worker import MaskKVGPUWorker
+    from maskkv_vllm.vllm_adapter.core.scheduler import MaskKVDiffusionScheduler
     from maskkv_vllm.vllm_adapter.plugin import require_vllm_version
-    from maskkv_vllm.vllm_adapter.runner import MaskKVCPUModelRunner
-    from maskkv_vllm.vllm_adapter.scheduler import MaskKVDiffusionScheduler
-    from maskkv_vllm.vllm_adapter.worker import MaskKVCPUWorker
+    from maskkv_vllm.vllm_adapter.worker.cpu_model_runner import MaskKVCPUModelRunner
+    from maskkv_vllm.vllm_adapter.worker.cpu_worker import MaskKVCPUWorker
+    from maskkv_vllm.vllm_adapter.worker.gpu_model_runner import MaskKVGPUModelRunner
+    from maskkv_vllm.vllm_adapter.worker.gpu_worker import MaskKVGPUWorker
 
     require_vllm_version("x")
     monkeypatch.setattr(vllm, "__version__", "0.33.0")
@@ -97,7 +97,7 @@ def test_front_end_check_names_the_bad_value(xargs, match):
     from vllm import SamplingParams as VllmParams
     from vllm.exceptions import VLLMValidationError
 
-    from maskkv_vllm.vllm_adapter.validation import MaskKVParamsValidator
+    from maskkv_vllm.vllm_adapter.entrypoints.validation import MaskKVParamsValidator
 
     params = VllmParams(max_tokens=16, extra_args=xargs)
     with pytest.raises(VLLMValidationError, match=match) as err:
@@ -108,7 +108,7 @@ def test_front_end_check_names_the_bad_value(xargs, match):
 def test_front_end_check_passes_good_params_and_leaves_engine_defaults():
     from vllm import SamplingParams as VllmParams
 
-    from maskkv_vllm.vllm_adapter.validation import MaskKVParamsValidator
+    from maskkv_vllm.vllm_adapter.entrypoints.validation import MaskKVParamsValidator
 
     for extra in (None, {"maskkv_block_length": 8, "maskkv_steps": 8},
                   {"maskkv": {"gen_length": 16, "kv_policy": "snapkv"}}):  # fmt: skip

@@ -45,7 +45,7 @@ def test_register_is_idempotent_and_lazy():
     assert ModelRegistry.models[plugin.ARCHITECTURE] is entry
     # A lazy "module:Class" entry: vLLM imports the model only when it is used.
     assert (entry.module_name, entry.class_name) == (
-        "maskkv_vllm.vllm_adapter.model",
+        "maskkv_vllm.vllm_adapter.worker.model",
         "LLaDAForDiffusionLM",
     )
 
@@ -53,7 +53,7 @@ def test_register_is_idempotent_and_lazy():
 def test_arch_is_supported_and_resolves_to_the_model_class():
     from vllm import ModelRegistry
 
-    from maskkv_vllm.vllm_adapter.model import LLaDAForDiffusionLM
+    from maskkv_vllm.vllm_adapter.worker.model import LLaDAForDiffusionLM
 
     plugin.register()
     assert "LLaDAModelLM" in ModelRegistry.get_supported_archs()

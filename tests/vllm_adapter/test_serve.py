@@ -20,7 +20,7 @@ openai = pytest.importorskip("openai")
 
 from maskkv_vllm.engine.llm import LLM as EmbeddedLLM  # noqa: E402
 from maskkv_vllm.sampling_params import SamplingParams  # noqa: E402
-from maskkv_vllm.vllm_adapter.serve import serve_args  # noqa: E402
+from maskkv_vllm.vllm_adapter.entrypoints.serve import serve_args  # noqa: E402
 
 pytestmark = [pytest.mark.vllm, pytest.mark.slow]
 
@@ -45,7 +45,8 @@ def server(vllm_tiny_dir, tmp_path_factory, start_server):
             "--max-model-len", "512", "--served-model-name", "tiny",
             "--additional-config", SNAPKV_4,
         ]  # fmt: skip
-        code = f"from maskkv_vllm.vllm_adapter.serve import main; main({argv!r})"
+        serve = "maskkv_vllm.vllm_adapter.entrypoints.serve"
+        code = f"from {serve} import main; main({argv!r})"
         return [sys.executable, "-c", code]
 
     srv = start_server(cmd, env, log)
@@ -88,7 +89,10 @@ def test_a_non_llada_checkpoint_is_refused_before_vllm_starts(tmp_path):
     (tmp_path / "config.json").write_text(
         '{"architectures": ["LlamaForCausalLM"], "model_type": "llama"}'
     )
-    code = "from maskkv_vllm.vllm_adapter.serve import main; raise SystemExit(main())"
+    code = (
+        "from maskkv_vllm.vllm_adapter.entrypoints.serve import main; "
+        "raise SystemExit(main())"
+    )
     t0 = time.monotonic()
     proc = subprocess.run(
         [sys.executable, "-c", code, str(tmp_path)],

@@ -25,7 +25,7 @@ pytest.importorskip("vllm")
 
 from maskkv_vllm.engine.llm import LLM as EmbeddedLLM  # noqa: E402
 from maskkv_vllm.sampling_params import SamplingParams  # noqa: E402
-from maskkv_vllm.vllm_adapter.api import generate, make_llm  # noqa: E402
+from maskkv_vllm.vllm_adapter.entrypoints.api import generate, make_llm  # noqa: E402
 
 pytestmark = [pytest.mark.vllm, pytest.mark.timeout(600)]
 
@@ -148,7 +148,7 @@ def test_full_cache_matches_the_embedded_engine(tp_llm, embedded, params):
 def test_eviction_keeps_what_one_rank_keeps(
     tp_llm, embedded, scheduler, policy, budget
 ):
-    from maskkv_vllm.vllm_adapter.footprint import held_blocks
+    from maskkv_vllm.vllm_adapter.core.footprint import held_blocks
 
     params = SamplingParams(
         gen_length=32, block_length=16, steps=16, kv_policy=policy, kv_budget=budget

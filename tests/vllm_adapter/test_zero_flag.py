@@ -55,9 +55,9 @@ def _embedded(vllm_tiny_dir, prompts, gen):
 
 
 def test_the_engine_config_is_llada_s(plain_llm):
-    from maskkv_vllm.vllm_adapter.scheduler import MaskKVDiffusionScheduler
-    from maskkv_vllm.vllm_adapter.validation import VALIDATOR_CLS
-    from maskkv_vllm.vllm_adapter.workers import CPU_WORKER_CLS
+    from maskkv_vllm.vllm_adapter.core.scheduler import MaskKVDiffusionScheduler
+    from maskkv_vllm.vllm_adapter.entrypoints.validation import VALIDATOR_CLS
+    from maskkv_vllm.vllm_adapter.worker.selection import CPU_WORKER_CLS
 
     cfg = plain_llm.llm_engine.vllm_config
     scheduler = plain_llm.llm_engine.engine_core.engine_core.scheduler

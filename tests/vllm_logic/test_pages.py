@@ -7,21 +7,21 @@ from __future__ import annotations
 import pytest
 import torch
 
-from maskkv_vllm.cache.block_pool import NoFreeBlocksError
-from maskkv_vllm.cache.page_table import blocks_for_pages, pages_for
 from maskkv_vllm.eviction.budget import reserved_pages
 from maskkv_vllm.eviction.registry import make_policy
 from maskkv_vllm.models.attention import dense_attention
+from maskkv_vllm.paging.block_pool import NoFreeBlocksError
+from maskkv_vllm.paging.page_table import blocks_for_pages, pages_for
 from maskkv_vllm.sampler.sequence import DiffusionSequence
 from maskkv_vllm.sampling_params import SamplingParams
-from maskkv_vllm.vllm_adapter.diffusion_attention import (
+from maskkv_vllm.vllm_adapter.core.footprint import held_blocks, reserved_blocks
+from maskkv_vllm.vllm_adapter.diffusion_state import DiffusionState
+from maskkv_vllm.vllm_adapter.page_pool import PagePool, RequestPages
+from maskkv_vllm.vllm_adapter.worker.diffusion_attention import (
     DiffusionAttention,
     HeadShard,
     RowPlan,
 )
-from maskkv_vllm.vllm_adapter.diffusion_state import DiffusionState
-from maskkv_vllm.vllm_adapter.footprint import held_blocks, reserved_blocks
-from maskkv_vllm.vllm_adapter.page_pool import PagePool, RequestPages
 
 H, P, D = 4, 32, 8  # KV heads, slots per page, head_dim
 

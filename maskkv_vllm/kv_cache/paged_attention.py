@@ -1,0 +1,173 @@
+"""Canvas queries over a request's paged prompt KV plus the canvas's own KV.
+
+One entry point, ``paged_attention``. The torch path below (gather the pages, then one
+SDPA with a per-head key mask) is the reference and the CPU path; on CUDA the Triton
+kernel (``triton_paged_attention.py``), which reads pages in place, is selected
+automatically when Triton is installed. ``MASKKV_PAGED_ATTENTION=torch|triton``
+forces one.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import math
+import os
+
+import torch
+import torch.nn.functional as F
+
+
+class Workspace:
+    """Scratch buffers reused across calls.
+
+    On the CPU, allocating fresh multi-MB tensors every layer of every step costs more
+    than the gather itself (the pages are faulted in anew each time), so the gathered
+    keys and values land in buffers that grow once and are then reused. One workspace
+    serves one thread.
+    """
+
+    def __init__(self) -> None:
+        self.buffers: dict[str, torch.Tensor] = {}
+
+    def get(
+        self, name: str, shape: tuple[int, ...], like: torch.Tensor
+    ) -> torch.Tensor:
+        """A tensor of ``shape``, dtype and device of ``like``; contents undefined."""
+        n = math.prod(shape)
+        buf = self.buffers.get(name)
+        if (
+            buf is None
+            or buf.numel() < n
+            or buf.dtype != like.dtype
+            or buf.device != like.device
+        ):
+            buf = self.buffers[name] = torch.empty(
+                n, dtype=like.dtype, device=like.device
+            )
+        return buf[:n].view(shape)
+
+
+def paged_slots(
+    block_tables: torch.Tensor, seq_lens: torch.Tensor, block_size: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Flat slot ids of every held token, padded to the longest head.
+
+    Args:
+        block_tables: (B, H, max_blocks) int page ids, padded with the null page.
+        seq_lens: (B, H) tokens held per head.
+
+    Returns:
+        slots: (B, H, N) int64 slot ids, N = max(seq_lens); padding points at slot 0
+            of the null page.
+        valid: (B, H, N) bool.
+    """
+    b, h, _ = block_tables.shape
+    n = int(seq_lens.max()) if seq_lens.numel() else 0
+    j = torch.arange(n, device=block_tables.device)
+    page = block_tables.long().gather(-1, (j // block_size).expand(b, h, n))
+    valid = j < seq_lens[..., None]
+    slots = torch.where(valid, page * block_size + j % block_size, 0)
+    return slots, valid
+
+
+def _with_canvas(
+    cache: torch.Tensor,
+    slots: torch.Tensor,
+    canvas: torch.Tensor,
+    name: str,
+    workspace: Workspace,
+) -> torch.Tensor:
+    """(B, H, N + Lc, d): the gathered prompt tokens followed by the canvas tokens."""
+    b, h, n = slots.shape
+    d = cache.shape[-1]
+    flat = cache.view(-1, d).to(canvas.dtype)
+    out = workspace.get(name, (b, h, n + canvas.shape[2], d), canvas)
+    # Gather each (row, head) straight into its place: one copy of the prompt
+    # KV per step, not a gather and then a concatenation (issue 18).
+    for i in range(b):
+        for j in range(h):
+            torch.index_select(flat, 0, slots[i, j], out=out[i, j, :n])
+    out[:, :, n:].copy_(canvas)
+    return out
+
+
+def paged_attention_torch(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    canvas_mask: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    block_tables: torch.Tensor,
+    seq_lens: torch.Tensor,
+    workspace: Workspace | None = None,
+) -> torch.Tensor:
+    """Reference: gather the pages, append the canvas KV, one masked SDPA in fp32."""
+    workspace = workspace or Workspace()
+    slots, valid = paged_slots(block_tables, seq_lens, k_cache.shape[1])
+    b, hkv, lq, _ = k.shape
+    keys = _with_canvas(k_cache, slots, k.to(k_cache.dtype), "keys", workspace)
+    values = _with_canvas(v_cache, slots, v.to(v_cache.dtype), "values", workspace)
+    mask = torch.cat([valid, canvas_mask[:, None, :].expand(b, hkv, lq)], dim=-1)
+    mask = mask.repeat_interleave(q.shape[1] // hkv, dim=1)[:, :, None, :]
+    out = F.scaled_dot_product_attention(
+        q.float(),
+        keys.float(),
+        values.float(),
+        attn_mask=mask,
+        enable_gqa=q.shape[1] != hkv,
+    )
+    return out.to(q.dtype)
+
+
+def paged_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    canvas_mask: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    block_tables: torch.Tensor,
+    seq_lens: torch.Tensor,
+    workspace: Workspace | None = None,
+) -> torch.Tensor:
+    """Canvas queries over paged prompt KV (ragged per head) and fresh canvas KV.
+
+    Args:
+        q: (B, Hq, Lc, d) post-RoPE canvas queries.
+        k, v: (B, Hkv, Lc, d) the canvas's own post-RoPE keys and values.
+        canvas_mask: (B, Lc) bool, True for real canvas slots.
+        k_cache, v_cache: (num_blocks, block_size, d) page tensors.
+        block_tables: (B, Hkv, max_blocks) int32 page ids per (request, KV head).
+        seq_lens: (B, Hkv) int32 prompt tokens held per (request, KV head).
+        workspace: scratch buffers to reuse across calls (one per thread).
+
+    Returns:
+        (B, Hq, Lc, d) attention output; softmax in fp32.
+    """
+    if backend_for(q.device.type) == "triton":
+        from maskkv_vllm.kv_cache.triton_paged_attention import paged_attention_triton
+
+        return paged_attention_triton(
+            q, k, v, canvas_mask, k_cache, v_cache, block_tables, seq_lens
+        )
+    return paged_attention_torch(
+        q, k, v, canvas_mask, k_cache, v_cache, block_tables, seq_lens, workspace
+    )
+
+
+@functools.cache
+def backend_for(device_type: str) -> str:
+    """ "triton" on CUDA when Triton is installed, else "torch"; env overrides."""
+    forced = os.environ.get("MASKKV_PAGED_ATTENTION", "auto")
+    if forced not in ("auto", "torch", "triton"):
+        raise ValueError(
+            f"MASKKV_PAGED_ATTENTION={forced!r} is not one of auto, torch, triton"
+        )
+    has_triton = importlib.util.find_spec("triton") is not None
+    if forced == "triton" and not has_triton:
+        raise ValueError("MASKKV_PAGED_ATTENTION=triton but Triton is not installed")
+    if forced != "auto":
+        return forced
+    return "triton" if device_type == "cuda" and has_triton else "torch"

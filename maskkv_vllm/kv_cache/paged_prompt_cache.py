@@ -1,0 +1,126 @@
+"""The ``paged`` mode: prompt KV in the head-granular page pool, evicted per head."""
+
+from __future__ import annotations
+
+import torch
+
+from maskkv_vllm.eviction.evictor import Eviction, evict_layer
+from maskkv_vllm.kv_cache.forward_batch import ForwardBatch
+from maskkv_vllm.kv_cache.paged_attention import Workspace, paged_attention
+from maskkv_vllm.kv_cache.paged_kv_cache import PagedKVCache
+from maskkv_vllm.kv_cache.prompt_cache import CacheKey
+from maskkv_vllm.models.attention import dense_attention
+
+
+class PagedCapturingAttention:
+    """Step-0 attention over whole rows (the full context, so the first step's own
+    output is exact) that writes each row's prompt KV into pages, layer by layer.
+
+    With an eviction, the layer is scored right here and only the kept entries are
+    written: the full prompt KV of a layer exists only as this call's activations
+    and never occupies the pool.
+    """
+
+    def __init__(
+        self,
+        cache: PagedKVCache,
+        keys: list[CacheKey],
+        batch: ForwardBatch,
+        evictions: list[Eviction | None],
+    ) -> None:
+        self.cache, self.keys, self.batch, self.evictions = (
+            cache,
+            keys,
+            batch,
+            evictions,
+        )
+
+    def __call__(
+        self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
+    ) -> torch.Tensor:
+        b = self.batch
+        for row, key in enumerate(self.keys):
+            start, prompt_end = b.prompt_spans[row]
+            pos = b.positions[row, start : b.row_ends[row]]
+            eviction = self.evictions[row]
+            if eviction is None:
+                kp, vp = k[row, :, start:prompt_end], v[row, :, start:prompt_end]
+                self.cache.write_layer(key, layer, kp, vp, pos[: prompt_end - start])
+                continue
+            kept = evict_layer(
+                eviction,
+                layer,
+                self.cache.manager.num_layers,
+                q[row, :, start : b.row_ends[row]],
+                k[row, :, start : b.row_ends[row]],
+                v[row, :, start : b.row_ends[row]],
+                pos,
+                prompt_end - start,
+            )
+            self.cache.write_layer(
+                key, layer, kept.k, kept.v, kept.positions, kept.lengths
+            )
+        return dense_attention(q, k, v, b.key_mask)
+
+
+class PagedPromptAttention:
+    """Canvas rows attend to their paged prompt KV plus the canvas's fresh KV."""
+
+    def __init__(
+        self,
+        cache: PagedKVCache,
+        keys: list[CacheKey],
+        canvas_mask: torch.Tensor,
+        workspace: Workspace,
+    ) -> None:
+        self.cache, self.keys, self.canvas_mask = cache, keys, canvas_mask
+        self.workspace = workspace
+
+    def __call__(
+        self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
+    ) -> torch.Tensor:
+        block_tables, seq_lens = self.cache.block_tables(self.keys, layer)
+        store = self.cache.store
+        return paged_attention(
+            q, k, v, self.canvas_mask, store.k_cache, store.v_cache,
+            block_tables, seq_lens, self.workspace,
+        )  # fmt: skip
+
+
+class PagedPromptCache:
+    """``PromptCache`` over a ``PagedKVCache``; freeing a row returns its pages."""
+
+    supports_eviction = True
+
+    def __init__(self, cache: PagedKVCache) -> None:
+        self.cache = cache
+        self.workspace = Workspace()
+
+    @property
+    def page_pool(self):
+        return self.cache.pool
+
+    def num_pages(self, key: CacheKey) -> int:
+        return self.cache.request_stats(key)["num_blocks"] if self.has(key) else 0
+
+    def pool_stats(self) -> dict:
+        return self.cache.pool_stats()
+
+    def capturing_attention(self, keys, batch, evictions):
+        return PagedCapturingAttention(self.cache, keys, batch, evictions)
+
+    def cached_attention(self, keys, canvas_mask):
+        return PagedPromptAttention(self.cache, keys, canvas_mask, self.workspace)
+
+    def has(self, key: CacheKey) -> bool:
+        return self.cache.has(key)
+
+    def free(self, key: CacheKey) -> None:
+        self.cache.free(key)
+
+    def nbytes(self, key: CacheKey) -> int:
+        return self.cache.request_stats(key)["bytes"]
+
+    def num_entries(self, key: CacheKey) -> int:
+        table = self.cache.manager.tables.get(key)
+        return sum(map(sum, table.tokens_per_head())) if table else 0

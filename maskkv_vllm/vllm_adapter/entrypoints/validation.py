@@ -1,0 +1,68 @@
+"""Front-end check of per-request MaskKV params: HTTP 400 instead of a dead engine.
+
+vLLM 0.32.0 runs every custom logits processor's ``validate_params`` classmethod
+on each request in the front end (``InputProcessor._validate_params`` ->
+``validate_logits_processors_parameters``) and turns a ``VLLMValidationError``
+(or a bare ``ValueError``) into HTTP 400. ``MaskKVParamsValidator`` is such a
+processor; it never changes logits (our runner samples diffusion requests
+itself). ``api.make_llm`` and ``serve.main`` add it with
+``logits_processors=[VALIDATOR_CLS]`` / ``--logits-processors``.
+
+What it cannot check: the engine's default ``kv_policy``/``kv_budget``
+(``--additional-config``) are not visible to a classmethod, so "an evicting
+policy with no budget anywhere" is still refused in the engine core.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from vllm.exceptions import VLLMValidationError
+from vllm.v1.sample.logits_processor import BatchUpdate, LogitsProcessor
+
+from maskkv_vllm.vllm_adapter.params import FLAT_PREFIX, request_only_params
+
+VALIDATOR_CLS = "maskkv_vllm.vllm_adapter.entrypoints.validation:MaskKVParamsValidator"
+"""The ``<module>:<type>`` name vLLM's ``logits_processors`` takes."""
+
+
+def check_request(sampling_params: Any) -> None:
+    """Refuse a request whose MaskKV params our runner would reject.
+
+    Args:
+        sampling_params: the request's vLLM ``SamplingParams``.
+
+    Raises:
+        VLLMValidationError: naming the bad key and value.
+    """
+    extra = sampling_params.extra_args
+    try:
+        request_only_params(extra, sampling_params.max_tokens)
+    except (ValueError, TypeError) as err:
+        given = {k: v for k, v in (extra or {}).items() if k.startswith(FLAT_PREFIX)}
+        named = ", ".join(f"{k}={v!r}" for k, v in sorted(given.items()))
+        raise VLLMValidationError(
+            f"invalid maskkv request params ({named or extra!r}): {err}",
+            parameter="vllm_xargs",
+        ) from err
+
+
+class MaskKVParamsValidator(LogitsProcessor):
+    """A logits processor that only validates (``validate_params``)."""
+
+    @classmethod
+    def validate_params(cls, sampling_params: Any) -> None:
+        check_request(sampling_params)
+
+    def __init__(self, vllm_config: Any, device: torch.device, is_pin_memory: bool):
+        pass
+
+    def is_argmax_invariant(self) -> bool:
+        return True
+
+    def update_state(self, batch_update: BatchUpdate | None) -> None:
+        pass
+
+    def apply(self, logits: torch.Tensor) -> torch.Tensor:
+        return logits

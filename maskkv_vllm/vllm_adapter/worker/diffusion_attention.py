@@ -1,0 +1,207 @@
+"""The attention of one engine step: every LLaDA request of vLLM's flat batch.
+
+vLLM's attention kernels never run on LLaDA's pool; the runner installs a
+``DiffusionAttention`` on the model for each step, and each layer calls it with
+the batch's post-RoPE q/k/v. Per request row:
+
+- **step 0** (prompt + canvas scheduled): dense non-causal attention over the
+  row (the full context, so step 0's own output is exact), then the layer's
+  kept prompt entries per KV head (the request's policy, or all M for the full
+  cache) are written into the request's head-pages (``page_pool``). Only this
+  call's activations ever hold the layer's full prompt KV.
+- **canvas steps**: the canvas attends to its kept prompt pages plus its own
+  fresh K/V through ``kv.paged_attention`` (the embedded engine's attention:
+  the torch reference here, the Triton kernel on CUDA); all such rows of the
+  step go in one batched call per layer.
+
+Tensor parallelism: each rank holds its block of KV heads (``HeadShard``). A
+policy runs on a ``ShardedLayerContext`` whose per-head statistics are
+all-gathered over the TP group, so every rank computes the selection of every
+head of the layer and writes its own heads; ``kept_lengths`` holds all heads'
+counts, which the scheduler sizes every rank's pages by.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+
+import torch
+
+from maskkv_vllm.eviction.context import LayerContext
+from maskkv_vllm.eviction.evictor import Eviction, gather_kept
+from maskkv_vllm.eviction.sharded import Gather, ShardedLayerContext
+from maskkv_vllm.kv_cache.page_tables import stack_tables
+from maskkv_vllm.kv_cache.paged_attention import Workspace, paged_attention
+from maskkv_vllm.models.attention import dense_attention
+from maskkv_vllm.vllm_adapter.diffusion_state import DiffusionState
+from maskkv_vllm.vllm_adapter.page_pool import PagePool
+
+
+@dataclass
+class RowPlan:
+    """One request's place in the step's flat token batch.
+
+    Attributes:
+        state: its denoising state (pages, eviction, kept lengths).
+        start: index of its first scheduled token in the batch.
+        num_tokens: its scheduled tokens (M + L at step 0, L after).
+    """
+
+    state: DiffusionState
+    start: int
+    num_tokens: int
+
+
+@dataclass(frozen=True)
+class HeadShard:
+    """This rank's KV heads of every layer: ``rank * n .. rank * n + n - 1``.
+
+    n = Hkv / size, vLLM's ``QKVParallelLinear`` split (the model refuses
+    replicated KV heads). ``size == 1`` is the single-rank case.
+
+    Attributes:
+        rank: this rank in the TP group.
+        size: N, the TP world size.
+        gather: the group's all-gather along dim 0 (None when size is 1).
+    """
+
+    rank: int = 0
+    size: int = 1
+    gather: Gather | None = None
+
+    @classmethod
+    def current(cls) -> HeadShard:
+        """The shard of this process in vLLM's TP group (initialised by the worker)."""
+        from vllm.distributed import get_tp_group
+
+        group = get_tp_group()
+        if group.world_size == 1:
+            return cls()
+        gather = functools.partial(group.all_gather, dim=0)
+        return cls(group.rank_in_group, group.world_size, gather)
+
+    def heads(self, local_heads: int) -> slice:
+        """This rank's heads among the layer's ``local_heads * size``."""
+        return slice(self.rank * local_heads, (self.rank + 1) * local_heads)
+
+    def context(self, ctx: LayerContext) -> LayerContext:
+        """``ctx`` over this rank's heads -> the context a policy should see."""
+        if self.size == 1:
+            return ctx
+        return ShardedLayerContext(ctx, self.gather, self.size)
+
+
+class DiffusionAttention:
+    """Called by the model for each layer of one step (see module docstring).
+
+    Args:
+        rows: every request of the step, in batch order.
+        pool: the KV pages of this rank.
+        num_layers: D.
+        shard: this rank's heads; default: vLLM's current TP group.
+        workspace: scratch buffers of the paged attention, reused across steps.
+    """
+
+    def __init__(
+        self,
+        rows: list[RowPlan],
+        pool: PagePool,
+        num_layers: int,
+        shard: HeadShard | None = None,
+        workspace: Workspace | None = None,
+    ):
+        self.rows, self.pool, self.num_layers = rows, pool, num_layers
+        self.shard = shard if shard is not None else HeadShard.current()
+        self.workspace = workspace or Workspace()
+
+    def __call__(
+        self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
+    ) -> torch.Tensor:
+        """One layer's attention for the whole batch.
+
+        Args:
+            layer: layer index.
+            q: (1, Hq/N, T, d); k, v: (1, Hkv/N, T, d) post-RoPE, this rank's
+                heads, the batch's tokens concatenated.
+
+        Returns:
+            (T, Hq/N * d) attention output.
+        """
+        out = q.new_empty(q.shape[2], q.shape[1] * q.shape[3])
+        canvas = []
+        for row in self.rows:
+            if row.state.is_full_forward:
+                self._prefill(layer, row, q, k, v, out)
+            else:
+                canvas.append(row)
+        if canvas:
+            self._canvas(layer, canvas, q, k, v, out)
+        return out
+
+    def _prefill(self, layer, row: RowPlan, q, k, v, out) -> None:
+        """Dense attention over the row, then its kept prompt KV into pages."""
+        span = slice(row.start, row.start + row.num_tokens)
+        qr, kr, vr = q[:, :, span], k[:, :, span], v[:, :, span]
+        o = dense_attention(qr, kr, vr, None)[0]  # (Hq/N, M + L, d)
+        out[span] = o.transpose(0, 1).reshape(row.num_tokens, -1)
+        st, local = row.state, kr.shape[1]
+        m = st.prompt_len
+        if st.eviction is None:
+            lengths = [m] * (local * self.shard.size)
+            kk, vv, mine = kr[0, :, :m], vr[0, :, :m], [m] * local
+        else:
+            selection = self._select(st.eviction, layer, qr[0], kr[0], m)
+            lengths = [int(i.numel()) for i in selection]
+            positions = torch.arange(row.num_tokens, device=q.device)
+            kept = gather_kept(
+                selection[self.shard.heads(local)], kr[0], vr[0], positions, m
+            )
+            kk, vv, mine = kept.k, kept.v, kept.lengths
+        st.pages.write_layer(self.pool, layer, kk, vv, mine)
+        st.kept_lengths[layer] = lengths
+
+    def _select(
+        self, eviction: Eviction, layer: int, q, k, prompt_len: int
+    ) -> list[torch.Tensor]:
+        """Kept prompt indices of every KV head of the layer (all ranks).
+
+        Args:
+            q: (Hq/N, M + L, d), k: (Hkv/N, M + L, d) this rank's heads.
+        """
+        ctx = LayerContext(
+            layer, self.num_layers, q, k, prompt_len, q.shape[1] - prompt_len,
+            eviction.generator, eviction.chunk,
+        )  # fmt: skip
+        selection = eviction.policy.select(self.shard.context(ctx), eviction.budget)
+        if len(selection) != k.shape[0] * self.shard.size:
+            raise RuntimeError(
+                f"{type(eviction.policy).__name__} selected {len(selection)} KV "
+                f"heads, the layer has {k.shape[0] * self.shard.size}: under tensor "
+                "parallelism a policy must score through the context's statistics"
+            )
+        return selection
+
+    def _canvas(self, layer, rows: list[RowPlan], q, k, v, out) -> None:
+        """Every canvas row over its pages plus its fresh K/V, one batched call."""
+        width = max(r.num_tokens for r in rows)
+        qb = q.new_zeros(len(rows), q.shape[1], width, q.shape[3])
+        kb = k.new_zeros(len(rows), k.shape[1], width, k.shape[3])
+        vb = torch.zeros_like(kb)
+        mask = torch.zeros(len(rows), width, dtype=torch.bool, device=q.device)
+        for i, r in enumerate(rows):
+            span = slice(r.start, r.start + r.num_tokens)
+            qb[i, :, : r.num_tokens] = q[0, :, span]
+            kb[i, :, : r.num_tokens] = k[0, :, span]
+            vb[i, :, : r.num_tokens] = v[0, :, span]
+            mask[i, : r.num_tokens] = True
+        tables, lens = stack_tables([r.state.pages.table(layer) for r in rows])
+        o = paged_attention(
+            qb, kb, vb, mask, self.pool.k_cache, self.pool.v_cache,
+            tables, lens, self.workspace,
+        )  # fmt: skip
+        for i, r in enumerate(rows):
+            span = slice(r.start, r.start + r.num_tokens)
+            out[span] = (
+                o[i, :, : r.num_tokens].transpose(0, 1).reshape(r.num_tokens, -1)
+            )

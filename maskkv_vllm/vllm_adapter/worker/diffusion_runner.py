@@ -1,0 +1,199 @@
+"""LLaDA's denoising steps inside vLLM's V1 model runner, for any device.
+
+``DiffusionRunnerMixin`` goes in front of a vLLM runner class
+(``CPUModelRunner`` in ``cpu_model_runner.py``, ``GPUModelRunner`` in
+``gpu_model_runner.py``); the KV cache is read and written only by our attention
+(``diffusion_attention``), so the mixin is the same on every device.
+
+Per step, after vLLM's ``_update_states``: each request's current canvas is
+written into the persistent batch (``token_ids_cpu[row, M:M+L]``) so the forward
+sees it; the forward runs with our step attention installed (prefill of prompt +
+canvas at step 0, whose kept prompt KV goes into the request's head-pages;
+the L canvas slots afterwards, the scheduler having rewound
+``num_computed_tokens`` to M); ``sample_tokens`` replaces vLLM's one-token
+sampler with our reference sampler (``DiffusionSequence.apply_step``: float64
+Gumbel, low-confidence / random remasking, per-block transfer schedule) over
+the current block's slots. A request reports each block's tokens when the
+block is committed (vLLM streams them), the last up to and including the first
+stop id.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from vllm.v1.outputs import ModelRunnerOutput
+
+from maskkv_vllm.eviction.policy_set import PolicySet
+from maskkv_vllm.kv_cache.paged_attention import Workspace
+from maskkv_vllm.sampler.block_logits import block_logits
+from maskkv_vllm.sampler.sequence import DiffusionSequence
+from maskkv_vllm.vllm_adapter.diffusion_state import DiffusionState, stop_token_ids
+from maskkv_vllm.vllm_adapter.page_pool import PagePool, RequestPages
+from maskkv_vllm.vllm_adapter.params import AdapterConfig, request_params
+from maskkv_vllm.vllm_adapter.version import require_vllm_version
+from maskkv_vllm.vllm_adapter.worker.diffusion_attention import (
+    DiffusionAttention,
+    RowPlan,
+)
+
+
+@dataclass
+class MaskKVRunnerOutput(ModelRunnerOutput):
+    """``ModelRunnerOutput`` plus what the scheduler needs to free blocks."""
+
+    maskkv_kept_lengths: dict[str, dict[int, list[int]]] = field(default_factory=dict)
+    """req_id -> layer -> kept prompt entries of every KV head, for the
+    requests whose step 0 ran in this step (the scheduler sizes their blocks)."""
+
+
+class DiffusionRunnerMixin:
+    """Denoising on top of a vLLM V1 model runner (see module docstring).
+
+    The class it is mixed into provides vLLM's runner state: ``input_batch``,
+    ``requests``, ``execute_model_state``, ``kv_connector_output``, ``device``,
+    ``get_model``, ``_update_states`` and ``sample_tokens``.
+    """
+
+    def __init__(self, vllm_config: Any, device: torch.device) -> None:
+        require_vllm_version(type(self).__name__)
+        super().__init__(vllm_config, device)
+        self.adapter_config = AdapterConfig.from_additional_config(
+            vllm_config.additional_config
+        )
+        hf = vllm_config.model_config.hf_config
+        self.mask_token_id: int = hf.mask_token_id
+        self.eos_token_id: int | None = hf.eos_token_id
+        self.num_layers: int = hf.num_hidden_layers
+        self.policies = PolicySet(self.adapter_config.maskkv, self.num_layers)
+        self.diffusion: dict[str, DiffusionState] = {}
+        self._uids = itertools.count()
+        self._rows: list[tuple[str, int, int]] = []  # (req_id, start, n) this step
+        self._pool: PagePool | None = None
+        self._workspace = Workspace()
+
+    # -- per-step state -----------------------------------------------------
+
+    def _update_states(self, scheduler_output: Any) -> Any:
+        for req_id in scheduler_output.finished_req_ids:
+            self.diffusion.pop(req_id, None)
+        fn = super()._update_states(scheduler_output)
+        for new in scheduler_output.scheduled_new_reqs:
+            self.diffusion[new.req_id] = self._new_state(
+                new.req_id, new.sampling_params, new.prompt_token_ids
+            )
+        for req_id in scheduler_output.scheduled_cached_reqs.resumed_req_ids:
+            # Preempted, so its blocks are gone: denoise again from the start
+            # (same seed, same tokens; nothing was reported yet).
+            req = self.requests[req_id]
+            self.diffusion[req_id] = self._new_state(
+                req_id, req.sampling_params, req.prompt_token_ids
+            )
+        self._rows = self._write_canvases(scheduler_output)
+        self._install_plan()
+        return fn
+
+    def _new_state(
+        self, req_id: str, sp: Any, prompt_token_ids: list[int]
+    ) -> DiffusionState:
+        params = request_params(sp.extra_args, sp.max_tokens, self.adapter_config)
+        prompt = list(prompt_token_ids[: -params.gen_length])
+        seq = DiffusionSequence(
+            next(self._uids), req_id, prompt, params, self.mask_token_id,
+            self.eos_token_id, self.device,
+            stop_token_ids(sp, self.eos_token_id),
+        )  # fmt: skip
+        eviction = self.policies.eviction(
+            params.kv_policy, params.kv_budget, seq.generator
+        )
+        return DiffusionState(seq, eviction)
+
+    def _write_canvases(self, scheduler_output: Any) -> list[tuple[str, int, int]]:
+        """Put each canvas into the batch; (req_id, first token, count) per row."""
+        batch, rows, start = self.input_batch, [], 0
+        for row, req_id in enumerate(batch.req_ids):
+            n = scheduler_output.num_scheduled_tokens[req_id]
+            st = self.diffusion[req_id]
+            m = st.prompt_len
+            canvas = st.seq.canvas.cpu().numpy()
+            batch.token_ids_cpu[row, m : m + canvas.shape[0]] = canvas
+            st.computed = int(batch.num_computed_tokens_cpu[row])
+            rows.append((req_id, start, n))
+            start += n
+        return rows
+
+    def _install_plan(self) -> None:
+        model = self.get_model()
+        if not self._rows:
+            model.set_step_attention(None)
+            return
+        if self._pool is None:
+            self._pool = PagePool(
+                model.kv_pool.kv_cache, model.num_local_kv_heads,
+                self.cache_config.block_size, model.config.head_dim,
+            )  # fmt: skip
+        plans = []
+        for req_id, start, n in self._rows:
+            st = self.diffusion[req_id]
+            if st.is_full_forward:
+                st.pages = RequestPages(
+                    list(self.requests[req_id].block_ids[0]), self.num_layers,
+                    model.num_local_kv_heads, self.cache_config.block_size,
+                    self.device,
+                )  # fmt: skip
+                st.kept_lengths = {}
+            plans.append(RowPlan(st, start, n))
+        model.set_step_attention(
+            DiffusionAttention(
+                plans, self._pool, self.num_layers, None, self._workspace
+            )
+        )
+
+    # -- sampling -----------------------------------------------------------
+
+    def sample_tokens(self, grammar_output: Any) -> Any:
+        state = self.execute_model_state
+        if state is None or not self._rows:
+            return super().sample_tokens(grammar_output)
+        self.execute_model_state = None
+        self.get_model().set_step_attention(None)
+        with torch.inference_mode():
+            sampled, kept = self._denoise(state.hidden_states)
+        connector_output, self.kv_connector_output = self.kv_connector_output, None
+        return MaskKVRunnerOutput(
+            req_ids=list(self.input_batch.req_ids),
+            req_id_to_index=dict(self.input_batch.req_id_to_index),
+            sampled_token_ids=sampled,
+            kv_connector_output=connector_output,
+            maskkv_kept_lengths=kept,
+        )
+
+    def _denoise(self, hidden: torch.Tensor) -> tuple[list[list[int]], dict]:
+        """One reference-sampler step per request.
+
+        Args:
+            hidden: (T, d_model) hidden states of every scheduled token.
+
+        Returns:
+            Per row the tokens committed in this step ([] while a block
+            denoises), and
+            req_id -> kept lengths for the rows whose step 0 ran in this step.
+        """
+        states = [self.diffusion[req_id] for req_id, _, _ in self._rows]
+        starts = [start + st.canvas_offset() for st, (_, start, _) in
+                  zip(states, self._rows, strict=True)]  # fmt: skip
+        logits = block_logits(
+            [hidden] * len(states), starts, [st.seq for st in states],
+            self.get_model().compute_logits,
+        )  # fmt: skip
+        sampled, kept = [], {}
+        for st, block_logits_of_row in zip(states, logits, strict=True):
+            first_step = st.is_full_forward
+            st.seq.apply_step(block_logits_of_row)
+            if first_step:
+                kept[st.seq.request_id] = dict(st.kept_lengths)
+            sampled.append(st.take_committed())
+        return sampled, kept

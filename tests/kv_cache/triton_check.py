@@ -1,0 +1,60 @@
+"""Triton paged attention vs the torch reference on random ragged cases.
+
+Run by test_triton_paged_attention.py: under TRITON_INTERPRET=1 on the CPU (a
+subprocess, since Triton reads that variable when a kernel is first defined), and
+natively on a GPU.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import torch
+
+from maskkv_vllm.kv_cache.paged_attention import paged_attention_torch
+from maskkv_vllm.kv_cache.paged_kv_cache import PagedKVCache
+from maskkv_vllm.kv_cache.triton_paged_attention import paged_attention_triton
+
+
+def check(device: str, seed: int, hq: int, hkv: int, d: int, page: int) -> float:
+    g = torch.Generator().manual_seed(seed)
+    b, lq = 3, 20
+    cache = PagedKVCache(1, hkv, d, page, num_blocks=400, device=device)
+    for r in range(b):
+        m = int(torch.randint(1, 90, (1,), generator=g))
+        k = torch.randn(hkv, m, d, generator=g).to(device)
+        cache.write_layer(r, 0, k, -k, torch.arange(m))
+        for h in range(hkv):
+            n = int(torch.randint(0, m + 1, (1,), generator=g))
+            cache.keep(r, 0, h, torch.randperm(m, generator=g)[:n])
+    q = torch.randn(b, hq, lq, d, generator=g).to(device)
+    ck = torch.randn(b, hkv, lq, d, generator=g).to(device)
+    cv = torch.randn(b, hkv, lq, d, generator=g).to(device)
+    mask = torch.ones(b, lq, dtype=torch.bool, device=device)
+    mask[2, 7:] = False
+    bt, lens = cache.block_tables(list(range(b)), 0)
+    s = cache.store
+    want = paged_attention_torch(q, ck, cv, mask, s.k_cache, s.v_cache, bt, lens)
+    got = paged_attention_triton(q, ck, cv, mask, s.k_cache, s.v_cache, bt, lens)
+    real = mask[:, None, :, None].expand_as(want)
+    return (got - want).abs()[real].max().item()
+
+
+CASES = [
+    # seed, query heads, KV heads, head_dim, page size
+    (0, 4, 4, 32, 16),
+    (1, 4, 2, 32, 16),
+    (2, 6, 1, 24, 5),
+    (3, 2, 2, 64, 32),
+]
+
+
+def main(device: str) -> None:
+    for case in CASES:
+        err = check(device, *case)
+        assert err < 1e-5, f"case {case}: max abs error {err}"
+        print(f"case {case}: max abs error {err:.2e}")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1] if len(sys.argv) > 1 else "cpu")

@@ -1,0 +1,74 @@
+"""Random allocate / keep / free sequences never lose or share a page."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from maskkv_vllm.paging.block_pool import NULL_BLOCK_ID, BlockPool, NoFreeBlocksError
+from maskkv_vllm.paging.kv_cache_manager import KVCacheManager
+
+LAYERS, HEADS, BLOCK, POOL = 2, 3, 4, 40
+
+op = st.one_of(
+    st.tuples(
+        st.just("alloc"),
+        st.integers(0, 5),
+        st.integers(0, LAYERS - 1),
+        st.lists(st.integers(0, 13), min_size=HEADS, max_size=HEADS),
+    ),
+    st.tuples(
+        st.just("keep"),
+        st.integers(0, 5),
+        st.integers(0, LAYERS - 1),
+        st.integers(0, HEADS - 1),
+        st.floats(0, 1),
+    ),
+    st.tuples(st.just("free"), st.integers(0, 5)),
+)
+
+
+def check_invariants(mgr: KVCacheManager) -> None:
+    pool = mgr.pool
+    owned = [b for t in mgr.tables.values() for b in t.all_block_ids()]
+    assert len(owned) == len(set(owned)), "a block is owned twice"
+    assert NULL_BLOCK_ID not in owned
+    free = list(pool.free_block_queue)
+    assert len(free) == len(set(free))
+    assert not set(owned) & set(free), "a block is both owned and free"
+    assert len(owned) + len(free) == pool.num_usable_blocks, "a block was lost"
+    for b in owned:
+        assert pool.ref_cnt[b] == 1
+    for t in mgr.tables.values():
+        for row in t.heads:
+            for h in row:
+                assert len(h.block_ids) == pool.blocks_for(h.num_tokens)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(op, min_size=1, max_size=60))
+def test_random_operations_keep_the_pool_consistent(ops):
+    mgr = KVCacheManager(BlockPool(POOL, BLOCK), LAYERS, HEADS)
+    for o in ops:
+        if o[0] == "alloc":
+            _, rid, layer, counts = o
+            table = mgr.tables.get(rid)
+            held = sum(len(h.block_ids) for h in table.layer(layer)) if table else 0
+            if mgr.blocks_needed(counts) <= mgr.pool.num_free_blocks + held:
+                mgr.allocate_layer(rid, layer, counts)
+            else:
+                with pytest.raises(NoFreeBlocksError):
+                    mgr.allocate_layer(rid, layer, counts)
+        elif o[0] == "keep":
+            _, rid, layer, head, frac = o
+            if rid in mgr.tables:
+                n = mgr.head(rid, layer, head).num_tokens
+                mgr.shrink(rid, layer, head, int(frac * n))
+        else:
+            mgr.free(o[1])
+        check_invariants(mgr)
+    for rid in list(mgr.tables):
+        mgr.free(rid)
+    check_invariants(mgr)
+    assert mgr.pool.num_free_blocks == POOL - 1
