@@ -19,9 +19,11 @@ MODES = (
 """(label, cache mode, policy) of the step-time curves."""
 
 
-def params(gen: int, policy: str = "full", budget: int | None = None) -> SamplingParams:
+def params(
+    gen: int, policy: str = "full", budget: int | None = None, block: int = 8
+) -> SamplingParams:
     return SamplingParams(
-        gen_length=gen, block_length=min(8, gen), steps=gen,
+        gen_length=gen, block_length=min(block, gen), steps=gen,
         kv_policy=policy, kv_budget=budget,
     )  # fmt: skip
 
@@ -40,15 +42,25 @@ def page_bytes(model) -> int:
     return PagedKVStore.bytes_per_block(16, model.config.head_dim, dtype)
 
 
-def step_time_curve(model, tok, lengths, gen, budget, device, pool, bar=None):
+def step_time_curve(
+    model, tok, lengths, gen, budget, device, pool, bar=None, none_max_len=None
+):
     """Median ms of a denoising step after the first, per prompt length and mode;
-    also the first step (prefill) and the end-to-end time of the generation."""
+    also the first step (prefill) and the end-to-end time of the generation. The
+    vanilla mode (no cache: every step is a prefill) runs only up to
+    ``none_max_len``; longer rows hold None for it (not run)."""
     rows = []
     samplers = {label: sampler_for(model, tok, mode, pool) for label, mode, _ in MODES}
     for m in lengths:
         prompt = english_ids(tok, m)
         row = {"prompt_len": m}
         for label, _, policy in MODES:
+            if label == "none" and none_max_len is not None and m > none_max_len:
+                for key in ("step_ms", "first_ms", "total_ms"):
+                    row[f"{label}_{key}"] = None
+                if bar is not None:
+                    bar.update(1)
+                continue
             s = samplers[label]
             sp = params(gen, policy, budget if policy != "full" else None)
             step_times(s, s.make_sequence(0, prompt[:16], sp), device)  # warm-up
@@ -114,7 +126,33 @@ def prefill_peak(model, tok, prompt_len, gen, budget, pool):
     }
 
 
-def throughput(model, tok, num_requests, prompt_len, gen, budget, pool):
+def long_capacity(model, tok, prompt_len, gen, budget, pool):
+    """Requests of ``prompt_len`` tokens one pool holds, full vs MaskKV, from one
+    real request each: its admission bound (what the engine reserves, so how many
+    it admits at once) and the pages it holds after its prefill. Prefilling
+    enough 32k-token requests to fill a pool would take an hour on a CPU."""
+    out = {}
+    for policy, b in (("full", None), ("maskkv", budget)):
+        config = EngineConfig(cache=CacheConfig("paged", kv_cache_memory=pool))
+        engine = LLMEngine(config, model, tok)
+        r = engine.make_request(english_ids(tok, prompt_len), params(gen, policy, b))
+        engine.add_request(r)
+        engine.step()  # the prefill
+        usable = engine.pool.num_usable_blocks
+        held = r.stats.num_pages
+        out[policy] = {
+            "pool_pages": usable,
+            "bound_pages": r.predicted_pages,
+            "held_pages": held,
+            "admitted": usable // r.predicted_pages,
+            "fit_by_held": usable // max(1, held),
+        }
+        engine.abort_request(r.request_id)
+        assert engine.pool.num_free_blocks == usable
+    return out
+
+
+def throughput(model, tok, num_requests, prompt_len, gen, budget, pool, block=8):
     """Requests/s and tokens/s of the engine on the same concurrent workload."""
     out = {}
     for policy, b in (("full", None), ("maskkv", budget)):
@@ -122,7 +160,7 @@ def throughput(model, tok, num_requests, prompt_len, gen, budget, pool):
             max_num_seqs=64, cache=CacheConfig("paged", kv_cache_memory=pool)
         )
         engine = LLMEngine(config, model, tok)
-        sp = params(gen, policy, b)
+        sp = params(gen, policy, b, block)
         start = time.perf_counter()
         for i in range(num_requests):
             prompt = english_ids(tok, prompt_len - (i % 4) * prompt_len // 16, 97 * i)

@@ -20,16 +20,26 @@ class BenchConfig:
     """Sizes of one ``maskkv bench`` run."""
 
     model: ModelSize = ModelSize()
-    prompt_lens: tuple[int, ...] = (256, 1024, 2048, 4096, 8192)
+    prompt_lens: tuple[int, ...] = (256, 1024, 2048, 4096, 8192, 16384, 32768)
+    none_max_len: int = 4096
+    """The vanilla mode (every step a prefill) runs up to here; longer: not run."""
     gen_length: int = 32
     budget: int = 256
     pool: str = "1GiB"
     capacity_prompt: int = 2048
     capacity_pool: str = "128MiB"
     capacity_gen: int = 256
+    long_capacity_prompt: int = 32768
+    """Requests of this length one ``pool`` holds, full vs MaskKV."""
     throughput_requests: int = 16
     throughput_prompt: int = 1536
     throughput_pool: str = "48MiB"
+    decode_requests: int = 8
+    """Decode-heavy engine workload: long prompts, a long canvas in big blocks."""
+    decode_prompt: int = 8192
+    decode_gen: int = 256
+    decode_block: int = 32
+    decode_pool: str = "300MiB"
     device: str = "cpu"
     extra: dict = field(default_factory=dict)
 
@@ -43,32 +53,49 @@ QUICK = BenchConfig(
     capacity_prompt=128,
     capacity_pool="512KiB",
     capacity_gen=64,
+    none_max_len=64,
+    long_capacity_prompt=256,
     throughput_requests=4,
     throughput_prompt=128,
     throughput_pool="1MiB",
+    decode_requests=3,
+    decode_prompt=128,
+    decode_gen=32,
+    decode_block=16,
+    decode_pool="1MiB",
 )
 
 
 def run(cfg: BenchConfig) -> dict:
-    max_len = max(*cfg.prompt_lens, cfg.capacity_prompt, cfg.throughput_prompt)
-    model, tok = bench_model(cfg.model, max_len + cfg.capacity_gen + 64, cfg.device)
+    max_len = max(
+        *cfg.prompt_lens,
+        cfg.capacity_prompt + cfg.capacity_gen,
+        cfg.long_capacity_prompt + cfg.gen_length,
+        cfg.throughput_prompt + cfg.gen_length,
+        cfg.decode_prompt + cfg.decode_gen,
+    )
+    model, tok = bench_model(cfg.model, max_len + 64, cfg.device)
     results: dict = {
         "config": asdict(cfg),
         "machine": f"{platform.processor() or platform.machine()}, "
         f"{torch.get_num_threads()} torch threads, torch {torch.__version__}",
         "date": time.strftime("%Y-%m-%d"),
     }
-    total = len(cfg.prompt_lens) * len(figures.MODES) + 3
+    total = len(cfg.prompt_lens) * len(figures.MODES) + 5
     with tqdm(total=total, desc="maskkv bench") as bar:
         results["page_bytes"] = figures.page_bytes(model)
         results["step_time"] = figures.step_time_curve(
             model, tok, cfg.prompt_lens, cfg.gen_length, cfg.budget, cfg.device,
-            cfg.pool, bar,
+            cfg.pool, bar, cfg.none_max_len,
         )  # fmt: skip
         results["capacity"] = figures.capacity(
             model, tok, cfg.capacity_prompt, cfg.capacity_gen, cfg.budget,
             cfg.capacity_pool,
         )  # fmt: skip
+        bar.update(1)
+        results["long_capacity"] = figures.long_capacity(
+            model, tok, cfg.long_capacity_prompt, cfg.gen_length, cfg.budget, cfg.pool
+        )
         bar.update(1)
         results["prefill_peak"] = figures.prefill_peak(
             model, tok, max(cfg.prompt_lens), cfg.gen_length, cfg.budget, cfg.pool
@@ -79,7 +106,53 @@ def run(cfg: BenchConfig) -> dict:
             cfg.gen_length, cfg.budget, cfg.throughput_pool,
         )  # fmt: skip
         bar.update(1)
+        results["decode_heavy"] = figures.throughput(
+            model, tok, cfg.decode_requests, cfg.decode_prompt, cfg.decode_gen,
+            cfg.budget, cfg.decode_pool, cfg.decode_block,
+        )  # fmt: skip
+        bar.update(1)
     return results
+
+
+def _ms(value: float | None) -> str:
+    return "not run" if value is None else f"{value:.2f}"
+
+
+def _ratio(a: float | None, b: float | None, digits: int = 2) -> str:
+    return "-" if a is None or b is None else f"{a / b:.{digits}f}x"
+
+
+def targets(r: dict) -> list[tuple[str, float, str, bool]]:
+    """(what, measured, target, met) for issue 18's targets, from this run."""
+    rows = r["step_time"]
+    first, last = rows[0], rows[-1]
+    out = [
+        (f"MaskKV step({last['prompt_len']}) / step({first['prompt_len']})",
+         last["maskkv_step_ms"] / first["maskkv_step_ms"], "<= 1.3"),
+        (f"prefix step / MaskKV step at {last['prompt_len']}",
+         last["prefix_step_ms"] / last["maskkv_step_ms"], ">= 10"),
+        ("paged / prefix step, worst length",
+         max(x["paged_step_ms"] / x["prefix_step_ms"] for x in rows), "<= 1.05"),
+        ("MaskKV prefill / dense prefill, worst length",
+         max(x["maskkv_first_ms"] / x["prefix_first_ms"] for x in rows), "<= 1.1"),
+    ]  # fmt: skip
+    cap = r["long_capacity"]
+    out.append(
+        (f"{r['config']['long_capacity_prompt']}-token requests admitted, "
+         "MaskKV / full", cap["maskkv"]["admitted"] / max(1, cap["full"]["admitted"]),
+         ">= 50")
+    )  # fmt: skip
+    d = r["decode_heavy"]
+    out.append(
+        ("decode-heavy engine tokens/s, MaskKV / full",
+         d["maskkv"]["tokens_per_s"] / d["full"]["tokens_per_s"], ">= 3")
+    )  # fmt: skip
+    return [(w, v, t, _met(v, t)) for w, v, t in out]
+
+
+def _met(value: float, target: str) -> bool:
+    op, bound = target.split()
+    return value <= float(bound) if op == "<=" else value >= float(bound)
 
 
 def report(r: dict) -> str:
@@ -92,16 +165,26 @@ def report(r: dict) -> str:
         f"one page = 16 slots of one (layer, KV head) = {r['page_bytes']} bytes",
         "step time (median ms of the steps after the first) and end-to-end time:",
         f"{'prompt':>7} | {'none':>8} | {'prefix':>8} | {'paged':>8} | {'maskkv':>8}"
-        f" | {'none/maskkv':>11} | {'paged/prefix':>12} | {'e2e none/maskkv':>15}",
+        f" | {'prefix/maskkv':>13} | {'paged/prefix':>12} | {'e2e none/maskkv':>15}",
     ]
     for row in r["step_time"]:
         lines.append(
-            f"{row['prompt_len']:>7} | {row['none_step_ms']:>8.2f} | "
+            f"{row['prompt_len']:>7} | {_ms(row['none_step_ms']):>8} | "
             f"{row['prefix_step_ms']:>8.2f} | {row['paged_step_ms']:>8.2f} | "
             f"{row['maskkv_step_ms']:>8.2f} | "
-            f"{row['none_step_ms'] / row['maskkv_step_ms']:>10.1f}x | "
-            f"{row['paged_step_ms'] / row['prefix_step_ms']:>11.2f}x | "
-            f"{row['none_total_ms'] / row['maskkv_total_ms']:>14.1f}x"
+            f"{_ratio(row['prefix_step_ms'], row['maskkv_step_ms'], 1):>13} | "
+            f"{_ratio(row['paged_step_ms'], row['prefix_step_ms']):>12} | "
+            f"{_ratio(row['none_total_ms'], row['maskkv_total_ms'], 1):>15}"
+        )
+    lines += ["", "prefill (the first step, ms):",
+              f"{'prompt':>7} | {'prefix':>9} | {'paged':>9} | {'maskkv':>9} | "
+              f"{'maskkv/prefix':>13} | {'paged/prefix':>12}"]  # fmt: skip
+    for row in r["step_time"]:
+        lines.append(
+            f"{row['prompt_len']:>7} | {row['prefix_first_ms']:>9.1f} | "
+            f"{row['paged_first_ms']:>9.1f} | {row['maskkv_first_ms']:>9.1f} | "
+            f"{_ratio(row['maskkv_first_ms'], row['prefix_first_ms']):>13} | "
+            f"{_ratio(row['paged_first_ms'], row['prefix_first_ms']):>12}"
         )
     cap = r["capacity"]
     lines += [
@@ -111,6 +194,15 @@ def report(r: dict) -> str:
         f"{cap['maskkv']['running']} "
         f"({cap['maskkv']['running'] / max(cap['full']['running'], 1):.1f}x)",
     ]
+    lc = r["long_capacity"]
+    lines.append(
+        f"{c['long_capacity_prompt']}-token requests in one {c['pool']} pool "
+        f"({lc['full']['pool_pages']} pages; one real request each): full reserves "
+        f"{lc['full']['bound_pages']} pages, admits {lc['full']['admitted']}; MaskKV "
+        f"reserves {lc['maskkv']['bound_pages']}, holds {lc['maskkv']['held_pages']} "
+        f"after its prefill, admits {lc['maskkv']['admitted']} "
+        f"({lc['maskkv']['admitted'] / max(lc['full']['admitted'], 1):.0f}x)"
+    )
     p = r["prefill_peak"]
     lines.append(
         f"prefill of a {max(c['prompt_lens'])}-token prompt with MaskKV: pool peak "
@@ -128,7 +220,24 @@ def report(r: dict) -> str:
         f" tok/s peak {t['maskkv']['peak_running']} running "
         f"({t['maskkv']['tokens_per_s'] / t['full']['tokens_per_s']:.2f}x tok/s)"
     )
+    d = r["decode_heavy"]
+    lines.append(
+        f"engine, decode-heavy: {c['decode_requests']} x ~{c['decode_prompt']}-token "
+        f"requests, gen {c['decode_gen']} in blocks of {c['decode_block']}, "
+        f"{c['decode_pool']} pool: full {d['full']['tokens_per_s']:.1f} tok/s peak "
+        f"{d['full']['peak_running']} running; MaskKV "
+        f"{d['maskkv']['tokens_per_s']:.1f} tok/s peak "
+        f"{d['maskkv']['peak_running']} running "
+        f"({d['maskkv']['tokens_per_s'] / d['full']['tokens_per_s']:.2f}x tok/s)"
+    )
+    lines += ["", "targets (issue 18), measured in this run:"]
+    for what, value, target, met in targets(r):
+        lines.append(f"  {what}: {value:.2f} (target {target}) {_word(met)}")
     return "\n".join(lines)
+
+
+def _word(met: bool) -> str:
+    return "met" if met else "MISSED"
 
 
 def plot(r: dict, path: Path) -> None:
@@ -138,10 +247,10 @@ def plot(r: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, (a, b, c) = plt.subplots(1, 3, figsize=(14, 4))
-    xs = [row["prompt_len"] for row in r["step_time"]]
     for label, *_ in figures.MODES:
-        a.plot(xs, [row[f"{label}_step_ms"] for row in r["step_time"]], marker="o",
-               label=label)  # fmt: skip
+        pts = [(row["prompt_len"], row[f"{label}_step_ms"]) for row in r["step_time"]
+               if row[f"{label}_step_ms"] is not None]  # fmt: skip
+        a.plot([x for x, _ in pts], [y for _, y in pts], marker="o", label=label)
     a.set(xscale="log", yscale="log", xlabel="prompt tokens", ylabel="ms / step",
           title="denoising step time")  # fmt: skip
     a.legend()
