@@ -103,7 +103,9 @@ def paged_attention_torch(
     seq_lens: torch.Tensor,
     workspace: Workspace | None = None,
 ) -> torch.Tensor:
-    """Reference: gather the pages, append the canvas KV, one masked SDPA in fp32."""
+    """Reference: gather the pages, append the canvas KV, one masked SDPA in the
+    model's dtype, as the dense prefix path runs it (SDPA accumulates in fp32
+    either way): bf16 paged and prefix outputs then agree (issue 18)."""
     workspace = workspace or Workspace()
     slots, valid = paged_slots(block_tables, seq_lens, k_cache.shape[1])
     b, hkv, lq, _ = k.shape
@@ -111,14 +113,10 @@ def paged_attention_torch(
     values = _with_canvas(v_cache, slots, v.to(v_cache.dtype), "values", workspace)
     mask = torch.cat([valid, canvas_mask[:, None, :].expand(b, hkv, lq)], dim=-1)
     mask = mask.repeat_interleave(q.shape[1] // hkv, dim=1)[:, :, None, :]
-    out = F.scaled_dot_product_attention(
-        q.float(),
-        keys.float(),
-        values.float(),
-        attn_mask=mask,
+    return F.scaled_dot_product_attention(
+        q, keys.to(q.dtype), values.to(q.dtype), attn_mask=mask,
         enable_gqa=q.shape[1] != hkv,
-    )
-    return out.to(q.dtype)
+    )  # fmt: skip
 
 
 def paged_attention(
@@ -144,7 +142,7 @@ def paged_attention(
         workspace: scratch buffers to reuse across calls (one per thread).
 
     Returns:
-        (B, Hq, Lc, d) attention output; softmax in fp32.
+        (B, Hq, Lc, d) attention output in q's dtype.
     """
     if backend_for(q.device.type) == "triton":
         from maskkv_vllm.kv_cache.triton_paged_attention import paged_attention_triton

@@ -124,7 +124,14 @@ class DiffusionSequence:
         if p.logits_eos_inf:
             logits = logits.clone()
             logits[:, self.eos_token_id] = -torch.inf
-        cand = gumbel_candidates(logits, p.temperature, self.generator)
+        # [MASK] is never a candidate: committed, it would leave the slot masked in
+        # a block that is then streamed and never revisited (the official code lets
+        # a later block refill it, which a streamed answer cannot allow). Only the
+        # candidate changes, and only where [MASK] wins: confidences stay those of
+        # the official code, so everywhere else the tokens are identical to it.
+        choosable = logits.clone()
+        choosable[:, self.mask_token_id] = -torch.inf
+        cand = gumbel_candidates(choosable, p.temperature, self.generator)
         conf = confidences(logits, cand, p.remasking, self.generator)
         k = (
             self.schedule[self.step_in_block]

@@ -68,7 +68,7 @@ def test_paged_equals_dense_on_ragged_heads(hq, hkv, seed):
         )
 
 
-def test_bf16_inputs_softmax_in_fp32():
+def test_bf16_inputs_attend_in_bf16():
     g = torch.Generator().manual_seed(0)
     cache = PagedKVCache(1, 2, 8, 4, num_blocks=20, dtype=torch.bfloat16)
     k = torch.randn(2, 9, 8, generator=g)

@@ -16,6 +16,11 @@ from torch import nn
 from maskkv_vllm.config import CacheConfig
 from maskkv_vllm.models.llada_config import LLaDAConfig
 from maskkv_vllm.sampler.diffusion_sampler import DiffusionSampler
+from maskkv_vllm.sampler.remasking import (
+    confidences,
+    gumbel_candidates,
+    select_transfer,
+)
 from maskkv_vllm.sampling_params import SamplingParams
 
 MASK, EOS = 3, 2
@@ -141,9 +146,33 @@ def test_logits_eos_inf_forbids_eos():
     assert EOS not in history[-1]
 
 
+def test_mask_is_never_committed(  # issue 18: a raw model's argmax can be [MASK]
+):
+    # Slot 0's argmax is [MASK] (a = 5), its best word token 1 (a = 1): the slot
+    # got [MASK] back, stayed masked after its block and was streamed that way.
+    table = {1: [0.0, 1.0, 0.0, 5.0], 2: word(0, 2.0)}
+    params = SamplingParams(gen_length=2, block_length=2, steps=2)
+    seq, history = run_steps(table, params, 2)
+    # Its confidence is token 1's under the whole softmax, e / (e + e^5 + 2) =
+    # 0.018, so slot 1 (e^2 / (e^2 + 3) = 0.71) goes first.
+    assert history == [[MASK, 0], [1, 0]]
+    assert seq.is_finished and MASK not in seq.canvas.tolist()
+
+
+def test_confidences_rank_in_float64_where_bf16_would_tie():
+    # 2.0 and 2.004 are the same bf16 number (spacing 1/64 at 2): the official code
+    # ranks a bf16 model's confidences in bf16, a tie; ours tell them apart.
+    logits = torch.tensor([[2.0, 0, 0, 0], [2.004, 0, 0, 0]])
+    assert logits.bfloat16()[0, 0] == logits.bfloat16()[1, 0]
+    cand = gumbel_candidates(logits, 0.0, None)
+    conf = confidences(logits, cand, "low_confidence", None)
+    assert conf.dtype == torch.float64 and conf[1] > conf[0]
+    assert select_transfer(conf, torch.tensor([True, True]), 1, None).tolist() == [1]
+
+
 def test_temperature_samples_from_softmax():
-    # Slot 0: p(token 0) = e^1/(e^1+3) = 0.475; sampling at T=1 picks other tokens
-    # too, greedy never does.
+    # Slot 0: [MASK] excluded, p(token 0) = e^1/(e^1+2) = 0.576; sampling at T=1
+    # picks the other tokens too, greedy never does.
     table = {1: word(0, 1.0)}
     counts = torch.zeros(4)
     for seed in range(200):
@@ -152,8 +181,8 @@ def test_temperature_samples_from_softmax():
         )
         _, h = run_steps(table, p, 1)
         counts[h[0][0]] += 1
-    assert 70 <= counts[0] <= 120  # ~95 expected
-    assert counts[1] > 20 and counts[2] > 20
+    assert 95 <= counts[0] <= 140  # ~115 expected
+    assert counts[1] > 20 and counts[2] > 20 and counts[MASK] == 0
 
 
 def test_output_cuts_at_first_eos():

@@ -142,10 +142,6 @@ def test_bf16_paged_matches_prefix(tiny_dir):
     s = DiffusionSampler(model, tok, CacheConfig("paged", num_blocks=200))
     out = s.generate(PROMPTS, GREEDY)
     assert s.prompt_cache.cache.store.k_cache.dtype == torch.bfloat16
-    # bf16 attention differs in rounding (fp32 softmax here): most tokens agree.
-    same = sum(
-        a == b
-        for o, p in zip(out, prefix, strict=True)
-        for a, b in zip(o.token_ids, p.token_ids, strict=False)
-    )
-    assert same >= 0.7 * sum(len(p.token_ids) for p in prefix)
+    # Both run their attention in bf16 (issue 18: paged ran it in fp32, so bf16
+    # paged and prefix outputs differed).
+    assert [o.token_ids for o in out] == [p.token_ids for p in prefix]
