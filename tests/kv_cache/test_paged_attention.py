@@ -98,3 +98,16 @@ def test_backend_selection(monkeypatch):
         backend_for("cpu")
     monkeypatch.delenv("MASKKV_PAGED_ATTENTION")
     backend_for.cache_clear()
+
+
+def test_held_pages_reads_whole_pages_and_masks_their_unused_slots():
+    from maskkv_vllm.kv_cache.paged_attention import held_pages
+
+    tables = torch.tensor([[[5, 7, 0], [2, 0, 0]]], dtype=torch.int32)
+    lens = torch.tensor([[20, 3]], dtype=torch.int32)
+    pages, valid = held_pages(tables, lens, 16)
+    # Two pages is the most a head holds: 5, 7 for head 0 and 2, null for head 1.
+    assert pages.tolist() == [[[5, 7], [2, 0]]]
+    assert valid.shape == (1, 2, 32)
+    assert valid[0, 0].tolist() == [True] * 20 + [False] * 12
+    assert valid[0, 1].tolist() == [True] * 3 + [False] * 29
