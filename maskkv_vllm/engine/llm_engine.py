@@ -97,7 +97,7 @@ class LLMEngine:
         )
         ids = self.sampler.validate(prompt, params)
         request_id = request_id or f"req-{next(self._ids)}"
-        fewest = self.predict_pages(params, len(ids), fewest=True)
+        fewest = self._fewest_pages(params, len(ids))
         pool = self.pool
         if pool is not None and fewest > pool.num_usable_blocks:
             raise ValueError(
@@ -224,11 +224,9 @@ class LLMEngine:
         """A first step ran out of pages although ``_reserve`` made room (a page
         count that was predicted wrong): undo the prefills, preempt the newest
         other request, and retry next step with the bound reserved."""
-        usable = self.pool.num_usable_blocks
         for r in prefilling:
             self._release(r)
-            bound = self.predict_pages(r.params, len(r.prompt_token_ids))
-            r.predicted_pages = min(max(bound, r.predicted_pages), usable)
+            r.predicted_pages = self.predict_pages(r.params, len(r.prompt_token_ids))
         others = [r for r in running if r not in prefilling]
         if not others and len(prefilling) == 1:
             (r,) = prefilling
@@ -378,27 +376,38 @@ class LLMEngine:
         pool = self.pool
         return pool.num_free_blocks if pool is not None else 1 << 62
 
-    def predict_pages(
-        self, params: SamplingParams, prompt_len: int, fewest: bool = False
-    ) -> int:
+    def predict_pages(self, params: SamplingParams, prompt_len: int) -> int:
         """Pages a request's prompt KV may take in its first step, whatever the
         head split (``reserved_pages`` over its policy's per-layer budgets, per
         forward row), capped at the pool: admission and ``_reserve`` count by it.
         A bound above the pool would keep the request (and, FCFS, everyone
         behind it) waiting forever; with the pool to itself it runs or fails.
-        ``fewest``: the least it can take (``fewest_pages``), uncapped.
         """
         pool = self.pool
         if pool is None:
             return 0
-        c, page = self.model.config, pool.block_size
-        rows = 2 if params.cfg_scale > 0 else 1
+        rows, budgets = self._kept(params, prompt_len)
+        bound = reserved_pages(
+            budgets, prompt_len, self.model.config.n_kv_heads, pool.block_size
+        )
+        return min(rows * bound, pool.num_usable_blocks)
+
+    def _fewest_pages(self, params: SamplingParams, prompt_len: int) -> int:
+        """The least a request's prompt KV can take (``fewest_pages``), uncapped."""
+        pool = self.pool
+        if pool is None:
+            return 0
+        rows, budgets = self._kept(params, prompt_len)
+        n = self.model.config.n_kv_heads
+        return rows * fewest_pages(budgets, prompt_len, n, pool.block_size)
+
+    def _kept(self, params: SamplingParams, prompt_len: int) -> tuple[int, list[int]]:
+        """Forward rows of a request (2 with CFG) and the per-head entries each
+        layer may keep."""
         policy = self.policies.get(params.kv_policy)
-        budgets = policy.kept_per_layer(c.n_layers, params.kv_budget, prompt_len)
-        if fewest:
-            return rows * fewest_pages(budgets, prompt_len, c.n_kv_heads, page)
-        bound = rows * reserved_pages(budgets, prompt_len, c.n_kv_heads, page)
-        return min(bound, pool.num_usable_blocks)
+        n_layers = self.model.config.n_layers
+        budgets = policy.kept_per_layer(n_layers, params.kv_budget, prompt_len)
+        return (2 if params.cfg_scale > 0 else 1), budgets
 
     def _reserve(self, full_forwards: list[Request]) -> bool:
         """Make room before the forward, so no page runs short inside it: the pages

@@ -183,6 +183,8 @@ def test_run_longbench_limit_batches_and_overrides(tok, data_dir):
     )
     with pytest.raises(TypeError, match="top_p"):
         lb.run_longbench(llm, data_dir, "hotpotqa", top_p=0.9)
+    with pytest.raises(ValueError, match="steps follows from the task"):
+        lb.run_longbench(llm, data_dir, "hotpotqa", steps=16)
     assert llm.calls[0][1].kv_policy == "snapkv" and llm.calls[0][1].kv_budget == 64
     llm = FakeLLM(tok, ["x", "y"])
     lb.run_longbench(llm, data_dir, ["hotpotqa"], batch_size=1)
