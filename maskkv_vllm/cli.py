@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 from maskkv_vllm.engine.engine_args import EngineArgs
 from maskkv_vllm.sampling_params import REMASKING, SamplingParams
@@ -325,6 +326,16 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from maskkv_vllm import machine_defaults
 
     cfg = dataclasses.replace(cfg, device=machine_defaults.device(args.device))
+    if args.peer_fast_dllm:
+        from maskkv_vllm.bench.peer_fast_dllm import PeerCode
+
+        try:
+            PeerCode(args.peer_fast_dllm)  # fail now, not after the other lanes
+        except RuntimeError as e:
+            print(f"maskkv: error: {e}", file=sys.stderr)
+            return 2
+        path = str(Path(args.peer_fast_dllm).expanduser().resolve())
+        cfg = dataclasses.replace(cfg, peer_fast_dllm=path)
     results = suite.run(cfg)
     print(suite.report(results))
     suite.save(results, out_dir)
@@ -521,6 +532,11 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument(
         "--prompt-lens", type=int, nargs="+", default=None, help="prompt lengths"
     )
+    bench.add_argument(
+        "--peer-fast-dllm", metavar="PATH", default=None,
+        help="a checkout of NVlabs/Fast-dLLM: time its prefix and dual cache on the "
+        "same checkpoint beside ours (needs the [peer] extra)",
+    )  # fmt: skip
     EngineArgs.add_cli_args(bench, ("device",), skip=("dtype",))
     add_out_dir_args(bench, "bench")
     bench.set_defaults(func=cmd_bench)

@@ -6,6 +6,7 @@ import statistics
 import tempfile
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from pydoc_data.topics import topics
 
 import torch
@@ -25,16 +26,35 @@ class ModelSize:
     head_dim: int = 64
 
 
-def bench_model(
-    size: ModelSize, max_len: int, device: str = "cpu", dtype: str = "float32"
-) -> tuple[LLaDAModel, Tokenizer]:
-    """Random weights written as a real checkpoint and loaded like one."""
-    with tempfile.TemporaryDirectory() as tmp:
-        path = write_tiny_checkpoint(
-            tmp, seed=0, n_layers=size.layers, n_heads=size.heads,
-            head_dim=size.head_dim, max_sequence_length=max_len,
+def bench_checkpoint(size: ModelSize, max_len: int, directory: str | Path) -> Path:
+    """Random weights (seed 0) written as a real LLaDA checkpoint under
+    ``directory``; returns its folder."""
+    return Path(
+        write_tiny_checkpoint(
+            directory,
+            seed=0,
+            n_layers=size.layers,
+            n_heads=size.heads,
+            head_dim=size.head_dim,
+            max_sequence_length=max_len,
         )  # fmt: skip
+    )
+
+
+def bench_model(
+    size: ModelSize,
+    max_len: int,
+    device: str = "cpu",
+    dtype: str = "float32",
+    directory: str | Path | None = None,
+) -> tuple[LLaDAModel, Tokenizer]:
+    """Random weights written as a real checkpoint and loaded like one (kept under
+    ``directory`` when given, else in a temporary folder)."""
+    if directory is not None:
+        path = bench_checkpoint(size, max_len, directory)
         return load_checkpoint(path, dtype, device)
+    with tempfile.TemporaryDirectory() as tmp:
+        return load_checkpoint(bench_checkpoint(size, max_len, tmp), dtype, device)
 
 
 _ENGLISH: dict[int, list[int]] = {}
@@ -69,6 +89,31 @@ def step_times(
             times.append(time.perf_counter() - start)
     finally:
         sampler.free(seq)
+    return times
+
+
+def lockstep_times(
+    samplers: dict[str, DiffusionSampler],
+    seqs: dict[str, DiffusionSequence],
+    device: str,
+) -> dict[str, list[float]]:
+    """Seconds of every step of each label's sequence, the labels taking one step
+    each in turn: a change of machine load falls on every label alike, so their
+    ratios hold on a shared machine where back-to-back runs drift apart."""
+    times: dict[str, list[float]] = {label: [] for label in seqs}
+    try:
+        while not all(seq.is_finished for seq in seqs.values()):
+            for label, seq in seqs.items():
+                if seq.is_finished:
+                    continue
+                sync(device)
+                start = time.perf_counter()
+                samplers[label].step([seq])
+                sync(device)
+                times[label].append(time.perf_counter() - start)
+    finally:
+        for label, seq in seqs.items():
+            samplers[label].free(seq)
     return times
 
 

@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import time
 
-from maskkv_vllm.bench.common import english_ids, median_ms, step_times, sync
+from maskkv_vllm.bench.common import (
+    english_ids,
+    lockstep_times,
+    median_ms,
+    step_times,
+    sync,
+)
 from maskkv_vllm.config import CacheConfig, EngineConfig
 from maskkv_vllm.engine.llm_engine import LLMEngine
 from maskkv_vllm.sampler.diffusion_sampler import DiffusionSampler
@@ -43,34 +49,51 @@ def page_bytes(model) -> int:
 
 
 def step_time_curve(
-    model, tok, lengths, gen, budget, device, pool, bar=None, none_max_len=None
-):
+    model, tok, lengths, gen, budget, device, pool, bar=None, none_max_len=None,
+    repeats=1, repeat_max_len=None,
+):  # fmt: skip
     """Median ms of a denoising step after the first, per prompt length and mode;
-    also the first step (prefill) and the end-to-end time of the generation. The
-    vanilla mode (no cache: every step is a prefill) runs only up to
-    ``none_max_len``; longer rows hold None for it (not run)."""
+    also the first step (prefill) and the end-to-end time of the generation.
+
+    The modes of one length run in lockstep (``lockstep_times``); lengths up to
+    ``repeat_max_len`` run ``repeats`` such rounds and each mode keeps its best
+    step median, best first step and best total (the vanilla mode runs once: it
+    is no target's operand and costs a prefill per step). The vanilla mode runs
+    only up to ``none_max_len``; longer rows hold None for it (not run)."""
     rows = []
     samplers = {label: sampler_for(model, tok, mode, pool) for label, mode, _ in MODES}
+    policies = {label: policy for label, _, policy in MODES}
     for m in lengths:
         prompt = english_ids(tok, m)
-        row = {"prompt_len": m}
-        for label, _, policy in MODES:
-            if label == "none" and none_max_len is not None and m > none_max_len:
-                for key in ("step_ms", "first_ms", "total_ms"):
-                    row[f"{label}_{key}"] = None
-                if bar is not None:
-                    bar.update(1)
-                continue
+        too_long = none_max_len is not None and m > none_max_len
+        labels = [label for label in samplers if not (label == "none" and too_long)]
+        sp = {
+            label: params(gen, policies[label], None if policies[label] == "full"
+                          else budget)
+            for label in labels
+        }  # fmt: skip
+        for label in labels:  # warm-up
             s = samplers[label]
-            sp = params(gen, policy, budget if policy != "full" else None)
-            step_times(s, s.make_sequence(0, prompt[:16], sp), device)  # warm-up
-            times = step_times(s, s.make_sequence(0, prompt, sp), device)
-            row[f"{label}_step_ms"] = median_ms(times[1:])
-            row[f"{label}_first_ms"] = 1e3 * times[0]
-            row[f"{label}_total_ms"] = 1e3 * sum(times)
-            if bar is not None:
-                bar.update(1)
+            step_times(s, s.make_sequence(0, prompt[:16], sp[label]), device)
+        best: dict[str, dict[str, float]] = {}
+        rounds = repeats if repeat_max_len is None or m <= repeat_max_len else 1
+        for r in range(rounds):
+            run = [label for label in labels if r == 0 or label != "none"]
+            seqs = {label: samplers[label].make_sequence(0, prompt, sp[label])
+                    for label in run}  # fmt: skip
+            for label, times in lockstep_times(samplers, seqs, device).items():
+                got = {"step_ms": median_ms(times[1:]), "first_ms": 1e3 * times[0],
+                       "total_ms": 1e3 * sum(times)}  # fmt: skip
+                mine = best.setdefault(label, got)
+                for key, value in got.items():
+                    mine[key] = min(mine[key], value)
+        row = {"prompt_len": m, "rounds": rounds}
+        for label in samplers:
+            for key in ("step_ms", "first_ms", "total_ms"):
+                row[f"{label}_{key}"] = best.get(label, {}).get(key)
         rows.append(row)
+        if bar is not None:
+            bar.update(len(MODES))
     return rows
 
 
@@ -180,3 +203,51 @@ def throughput(model, tok, num_requests, prompt_len, gen, budget, pool, block=8)
             "peak_running": engine.scheduler.max_running,
         }
     return out
+
+
+def peer_fast_dllm(model, tok, checkpoint, path, lengths, gen, budget, device, pool):
+    """Fast-dLLM's prefix and dual cache (their code, from the checkout at ``path``,
+    on the same ``checkpoint``) beside our prefix and MaskKV modes: per prompt
+    length one generation each, in turn (ours, theirs, theirs, ours), gen ``gen``
+    in blocks of 8, one token per step, greedy.
+
+    Returns:
+        per length, {"prompt_len", "ours_prefix", "ours_maskkv", "peer_prefix",
+        "peer_dual"}, each with first_ms, step_ms, total_ms and tokens.
+    """
+    from maskkv_vllm.bench.peer_fast_dllm import PeerCode, peer_run
+
+    code = PeerCode(path)
+    theirs = code.load(checkpoint, device)
+    ours = {"prefix": (sampler_for(model, tok, "prefix", pool), params(gen)),
+            "maskkv": (sampler_for(model, tok, "paged", pool),
+                       params(gen, "maskkv", budget))}  # fmt: skip
+    mask_id = model.config.mask_token_id
+
+    def run_ours(label: str, prompt: list[int]) -> dict:
+        s, sp = ours[label]
+        seq = s.make_sequence(0, prompt, sp)
+        times = step_times(s, seq, device)
+        return {"first_ms": 1e3 * times[0], "step_ms": median_ms(times[1:]),
+                "total_ms": 1e3 * sum(times),
+                "tokens": seq.canvas.tolist()}  # fmt: skip
+
+    def run_theirs(mode: str, prompt: list[int]) -> dict:
+        return peer_run(code, theirs, mode, prompt, gen, min(8, gen), mask_id, device)
+
+    warm = english_ids(tok, 16)
+    for label in ours:
+        run_ours(label, warm)
+    for mode in ("prefix", "dual"):
+        run_theirs(mode, warm)
+    rows = []
+    for m in lengths:
+        prompt = english_ids(tok, m)
+        rows.append({
+            "prompt_len": m,
+            "ours_prefix": run_ours("prefix", prompt),
+            "peer_prefix": run_theirs("prefix", prompt),
+            "peer_dual": run_theirs("dual", prompt),
+            "ours_maskkv": run_ours("maskkv", prompt),
+        })  # fmt: skip
+    return rows

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import platform
+import subprocess
+import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -12,7 +14,8 @@ import torch
 from tqdm.auto import tqdm
 
 from maskkv_vllm.bench import figures
-from maskkv_vllm.bench.common import ModelSize, bench_model
+from maskkv_vllm.bench.common import ModelSize, bench_checkpoint
+from maskkv_vllm.models.loader import load_checkpoint
 
 
 @dataclass(frozen=True)
@@ -23,6 +26,11 @@ class BenchConfig:
     prompt_lens: tuple[int, ...] = (256, 1024, 2048, 4096, 8192, 16384, 32768)
     none_max_len: int = 4096
     """The vanilla mode (every step a prefill) runs up to here; longer: not run."""
+    repeats: int = 3
+    """Lockstep rounds per prompt length (each mode keeps its best round)."""
+    repeat_max_len: int = 8192
+    """Longer prompts run one round (a 32k round is minutes; noise is relatively
+    smaller there)."""
     gen_length: int = 32
     budget: int = 256
     pool: str = "1GiB"
@@ -40,7 +48,17 @@ class BenchConfig:
     decode_gen: int = 256
     decode_block: int = 32
     decode_pool: str = "300MiB"
+    decode_long_requests: int = 4
+    """Decode-dominated: the same prompts with a canvas four times longer. On a CPU
+    an 8k prefill costs ~145 full-cache steps, so at gen 256 prefill is still most
+    of MaskKV's time; at gen 1024 decoding is."""
+    decode_long_gen: int = 1024
     device: str = "cpu"
+    peer_fast_dllm: str | None = None
+    """A Fast-dLLM checkout: its prefix and dual cache are timed beside ours."""
+    peer_max_len: int = 8192
+    """The peer lane's longest prompt (their cache refresh is a full forward per
+    block: four 32k prefills per generation would take 10 minutes a mode)."""
     extra: dict = field(default_factory=dict)
 
 
@@ -54,6 +72,7 @@ QUICK = BenchConfig(
     capacity_pool="512KiB",
     capacity_gen=64,
     none_max_len=64,
+    repeats=2,
     long_capacity_prompt=256,
     throughput_requests=4,
     throughput_prompt=128,
@@ -63,6 +82,8 @@ QUICK = BenchConfig(
     decode_gen=32,
     decode_block=16,
     decode_pool="1MiB",
+    decode_long_requests=2,
+    decode_long_gen=64,
 )
 
 
@@ -72,21 +93,29 @@ def run(cfg: BenchConfig) -> dict:
         cfg.capacity_prompt + cfg.capacity_gen,
         cfg.long_capacity_prompt + cfg.gen_length,
         cfg.throughput_prompt + cfg.gen_length,
-        cfg.decode_prompt + cfg.decode_gen,
+        cfg.decode_prompt + max(cfg.decode_gen, cfg.decode_long_gen),
     )
-    model, tok = bench_model(cfg.model, max_len + 64, cfg.device)
+    with tempfile.TemporaryDirectory() as ckpt_dir:
+        return _run(cfg, max_len, Path(ckpt_dir))
+
+
+def _run(cfg: BenchConfig, max_len: int, ckpt_dir: Path) -> dict:
+    checkpoint = bench_checkpoint(cfg.model, max_len + 64, ckpt_dir)
+    model, tok = load_checkpoint(checkpoint, "float32", cfg.device)
     results: dict = {
         "config": asdict(cfg),
         "machine": f"{platform.processor() or platform.machine()}, "
         f"{torch.get_num_threads()} torch threads, torch {torch.__version__}",
         "date": time.strftime("%Y-%m-%d"),
     }
-    total = len(cfg.prompt_lens) * len(figures.MODES) + 5
+    peer_lens = [m for m in cfg.prompt_lens if m <= cfg.peer_max_len]
+    total = len(cfg.prompt_lens) * len(figures.MODES) + 6
+    total += 1 if cfg.peer_fast_dllm else 0
     with tqdm(total=total, desc="maskkv bench") as bar:
         results["page_bytes"] = figures.page_bytes(model)
         results["step_time"] = figures.step_time_curve(
             model, tok, cfg.prompt_lens, cfg.gen_length, cfg.budget, cfg.device,
-            cfg.pool, bar, cfg.none_max_len,
+            cfg.pool, bar, cfg.none_max_len, cfg.repeats, cfg.repeat_max_len,
         )  # fmt: skip
         results["capacity"] = figures.capacity(
             model, tok, cfg.capacity_prompt, cfg.capacity_gen, cfg.budget,
@@ -111,7 +140,34 @@ def run(cfg: BenchConfig) -> dict:
             cfg.budget, cfg.decode_pool, cfg.decode_block,
         )  # fmt: skip
         bar.update(1)
+        results["decode_long"] = figures.throughput(
+            model, tok, cfg.decode_long_requests, cfg.decode_prompt,
+            cfg.decode_long_gen, cfg.budget, cfg.decode_pool, cfg.decode_block,
+        )  # fmt: skip
+        bar.update(1)
+        if cfg.peer_fast_dllm:
+            results["peer_fast_dllm"] = {
+                "path": cfg.peer_fast_dllm,
+                "commit": _commit_of(cfg.peer_fast_dllm),
+                "rows": figures.peer_fast_dllm(
+                    model, tok, checkpoint, cfg.peer_fast_dllm,
+                    peer_lens, cfg.gen_length, cfg.budget, cfg.device, cfg.pool,
+                ),
+            }  # fmt: skip
+            bar.update(1)
     return results
+
+
+def _commit_of(path: str) -> str | None:
+    """The checkout's git commit, when it is a git work tree."""
+    try:
+        out = subprocess.run(
+            ["git", "-C", path, "rev-parse", "HEAD"],
+            capture_output=True, text=True, timeout=10, check=True,
+        )  # fmt: skip
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None
 
 
 def _ms(value: float | None) -> str:
@@ -142,10 +198,11 @@ def targets(r: dict) -> list[tuple[str, float, str, bool]]:
          "MaskKV / full", cap["maskkv"]["admitted"] / max(1, cap["full"]["admitted"]),
          ">= 50")
     )  # fmt: skip
-    d = r["decode_heavy"]
+    d = r["decode_long"]
     out.append(
-        ("decode-heavy engine tokens/s, MaskKV / full",
-         d["maskkv"]["tokens_per_s"] / d["full"]["tokens_per_s"], ">= 3")
+        (f"decode-heavy engine tokens/s (gen {r['config']['decode_long_gen']}), "
+         "MaskKV / full", d["maskkv"]["tokens_per_s"] / d["full"]["tokens_per_s"],
+         ">= 3")
     )  # fmt: skip
     return [(w, v, t, _met(v, t)) for w, v, t in out]
 
@@ -220,20 +277,52 @@ def report(r: dict) -> str:
         f" tok/s peak {t['maskkv']['peak_running']} running "
         f"({t['maskkv']['tokens_per_s'] / t['full']['tokens_per_s']:.2f}x tok/s)"
     )
-    d = r["decode_heavy"]
-    lines.append(
-        f"engine, decode-heavy: {c['decode_requests']} x ~{c['decode_prompt']}-token "
-        f"requests, gen {c['decode_gen']} in blocks of {c['decode_block']}, "
-        f"{c['decode_pool']} pool: full {d['full']['tokens_per_s']:.1f} tok/s peak "
-        f"{d['full']['peak_running']} running; MaskKV "
-        f"{d['maskkv']['tokens_per_s']:.1f} tok/s peak "
-        f"{d['maskkv']['peak_running']} running "
-        f"({d['maskkv']['tokens_per_s'] / d['full']['tokens_per_s']:.2f}x tok/s)"
-    )
+    for key, n, gen in (("decode_heavy", c["decode_requests"], c["decode_gen"]),
+                        ("decode_long", c["decode_long_requests"],
+                         c["decode_long_gen"])):  # fmt: skip
+        d = r[key]
+        lines.append(
+            f"engine, decode-heavy: {n} x ~{c['decode_prompt']}-token requests, "
+            f"gen {gen} in blocks of {c['decode_block']}, {c['decode_pool']} pool: "
+            f"full {d['full']['tokens_per_s']:.1f} tok/s peak "
+            f"{d['full']['peak_running']} running; MaskKV "
+            f"{d['maskkv']['tokens_per_s']:.1f} tok/s peak "
+            f"{d['maskkv']['peak_running']} running "
+            f"({d['maskkv']['tokens_per_s'] / d['full']['tokens_per_s']:.2f}x tok/s)"
+        )
+    if "peer_fast_dllm" in r:
+        lines += ["", *peer_report(r["peer_fast_dllm"], c)]
     lines += ["", "targets (issue 18), measured in this run:"]
     for what, value, target, met in targets(r):
         lines.append(f"  {what}: {value:.2f} (target {target}) {_word(met)}")
     return "\n".join(lines)
+
+
+def peer_report(peer: dict, c: dict) -> list[str]:
+    """The Fast-dLLM lane's table: per-step medians and our/peer ratios."""
+    lines = [
+        f"Fast-dLLM ({peer['path']}, commit {peer['commit'] or 'unknown'}), their "
+        f"code on the same checkpoint, gen {c['gen_length']} in blocks of 8, one "
+        "token per step; ms per cached step (median):",
+        f"{'prompt':>7} | {'peer prefix':>11} | {'peer dual':>9} | {'our prefix':>10}"
+        f" | {'our maskkv':>10} | {'prefix ours/peer':>16} | "
+        f"{'maskkv/peer dual':>16} | {'e2e peer dual/maskkv':>20} | "
+        f"{'same tokens (prefix)':>20}",
+    ]
+    for row in peer["rows"]:
+        pp, pd = row["peer_prefix"], row["peer_dual"]
+        op, om = row["ours_prefix"], row["ours_maskkv"]
+        same = sum(a == b for a, b in zip(op["tokens"], pp["tokens"], strict=True))
+        tokens = f"{same}/{len(op['tokens'])}"
+        lines.append(
+            f"{row['prompt_len']:>7} | {pp['step_ms']:>11.2f} | {pd['step_ms']:>9.2f}"
+            f" | {op['step_ms']:>10.2f} | {om['step_ms']:>10.2f} | "
+            f"{_ratio(op['step_ms'], pp['step_ms']):>16} | "
+            f"{_ratio(om['step_ms'], pd['step_ms']):>16} | "
+            f"{_ratio(pd['total_ms'], om['total_ms'], 1):>20} | "
+            f"{tokens:>20}"
+        )
+    return lines
 
 
 def _word(met: bool) -> str:
