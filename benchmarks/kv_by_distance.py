@@ -24,7 +24,6 @@ sys.path.insert(0, str(Path(__file__).parent))
 import train_model as tm  # noqa: E402
 
 from maskkv_vllm.evaluation.synthetic import word_tokenizer  # noqa: E402
-from maskkv_vllm.models.attention import DenseAttention  # noqa: E402
 from maskkv_vllm.models.builtin import resolve_model  # noqa: E402
 from maskkv_vllm.models.llada import LLaDAModel  # noqa: E402
 from maskkv_vllm.models.loader import load_model  # noqa: E402
@@ -45,15 +44,7 @@ def by_distance(model, num_tokens: int, n: int, batch: int = 16) -> dict[int, li
     out: dict[int, list] = {q: [] for q in range(4)}
     for i in range(0, n, batch):
         rows = samples[i : i + batch]
-        width = max(len(p) for p, _ in rows)
-        ids = torch.tensor(
-            [[c.pad_token_id] * (width - len(p)) + p + [c.mask_token_id] * tm.GEN_LENGTH
-             for p, _ in rows]
-        )  # fmt: skip
-        offset = torch.tensor([width - len(p) for p, _ in rows])[:, None]
-        col = torch.arange(width + tm.GEN_LENGTH)
-        hidden = model(ids, (col - offset).clamp_min(0), DenseAttention(col >= offset))
-        pred = model.logits(hidden[:, width:]).argmax(-1)
+        pred = tm.predict_answers(model, c, [p for p, _ in rows])
         for (p, a), row in zip(rows, pred, strict=True):
             out[quarter_of_query(p, num_tokens)].append(row.tolist() == a)
     return out

@@ -252,6 +252,23 @@ def loss_fn(model, ids, positions, key_mask, target, masked, weight):
 
 
 @torch.no_grad()
+def predict_answers(model, config, prompts: list[list[int]]) -> torch.Tensor:
+    """One parallel argmax over all-masked answer slots of left-padded prompts.
+
+    Returns:
+        (len(prompts), GEN_LENGTH) predicted ids.
+    """
+    width = max(len(p) for p in prompts)
+    pad, m = config.pad_token_id, config.mask_token_id
+    rows = [[pad] * (width - len(p)) + p + [m] * GEN_LENGTH for p in prompts]
+    ids = torch.tensor(rows)
+    offset = torch.tensor([width - len(p) for p in prompts])[:, None]
+    col = torch.arange(width + GEN_LENGTH)
+    hidden = model(ids, (col - offset).clamp_min(0), DenseAttention(col >= offset))
+    return model.logits(hidden[:, width:]).argmax(-1)
+
+
+@torch.no_grad()
 def evaluate(model, tok, config, task: str, length: int, n: int, batch: int = 16):
     """Held-out exact match and per-digit accuracy, all slots masked, one argmax."""
     rng = random.Random(EVAL_SEED + length + TASK_SEED[task])
@@ -260,15 +277,7 @@ def evaluate(model, tok, config, task: str, length: int, n: int, batch: int = 16
     model.eval()
     for i in range(0, n, batch):
         rows = samples[i : i + batch]
-        width = max(len(p) for p, _ in rows)
-        pad, m = config.pad_token_id, config.mask_token_id
-        ids = torch.tensor(
-            [[pad] * (width - len(p)) + p + [m] * GEN_LENGTH for p, _ in rows]
-        )
-        offset = torch.tensor([width - len(p) for p, _ in rows])[:, None]
-        col = torch.arange(width + GEN_LENGTH)
-        hidden = model(ids, (col - offset).clamp_min(0), DenseAttention(col >= offset))
-        pred = model.logits(hidden[:, width:]).argmax(-1)  # (b, GEN_LENGTH)
+        pred = predict_answers(model, config, [p for p, _ in rows])
         want = torch.tensor([a for _, a in rows])
         exact += (pred == want).all(dim=1).sum().item()
         is_digit = want != config.eos_token_id

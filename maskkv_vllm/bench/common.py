@@ -42,17 +42,9 @@ def bench_checkpoint(size: ModelSize, max_len: int, directory: str | Path) -> Pa
 
 
 def bench_model(
-    size: ModelSize,
-    max_len: int,
-    device: str = "cpu",
-    dtype: str = "float32",
-    directory: str | Path | None = None,
+    size: ModelSize, max_len: int, device: str = "cpu", dtype: str = "float32"
 ) -> tuple[LLaDAModel, Tokenizer]:
-    """Random weights written as a real checkpoint and loaded like one (kept under
-    ``directory`` when given, else in a temporary folder)."""
-    if directory is not None:
-        path = bench_checkpoint(size, max_len, directory)
-        return load_checkpoint(path, dtype, device)
+    """Random weights written as a real checkpoint and loaded like one."""
     with tempfile.TemporaryDirectory() as tmp:
         return load_checkpoint(bench_checkpoint(size, max_len, tmp), dtype, device)
 

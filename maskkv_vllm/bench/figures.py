@@ -48,6 +48,12 @@ def page_bytes(model) -> int:
     return PagedKVStore.bytes_per_block(16, model.config.head_dim, dtype)
 
 
+def time_summary(times: list[float]) -> dict[str, float]:
+    """ms of the median step after the first, of the first step, and in all."""
+    return {"step_ms": median_ms(times[1:]), "first_ms": 1e3 * times[0],
+            "total_ms": 1e3 * sum(times)}  # fmt: skip
+
+
 def step_time_curve(
     model, tok, lengths, gen, budget, device, pool, bar=None, none_max_len=None,
     repeats=1, repeat_max_len=None,
@@ -82,8 +88,7 @@ def step_time_curve(
             seqs = {label: samplers[label].make_sequence(0, prompt, sp[label])
                     for label in run}  # fmt: skip
             for label, times in lockstep_times(samplers, seqs, device).items():
-                got = {"step_ms": median_ms(times[1:]), "first_ms": 1e3 * times[0],
-                       "total_ms": 1e3 * sum(times)}  # fmt: skip
+                got = time_summary(times)
                 mine = best.setdefault(label, got)
                 for key, value in got.items():
                     mine[key] = min(mine[key], value)
@@ -215,7 +220,7 @@ def peer_fast_dllm(model, tok, checkpoint, path, lengths, gen, budget, device, p
         per length, {"prompt_len", "ours_prefix", "ours_maskkv", "peer_prefix",
         "peer_dual"}, each with first_ms, step_ms, total_ms and tokens.
     """
-    from maskkv_vllm.bench.peer_fast_dllm import PeerCode, peer_run
+    from maskkv_vllm.bench.peer_fast_dllm import PEER_MODES, PeerCode, peer_run
 
     code = PeerCode(path)
     theirs = code.load(checkpoint, device)
@@ -227,10 +232,8 @@ def peer_fast_dllm(model, tok, checkpoint, path, lengths, gen, budget, device, p
     def run_ours(label: str, prompt: list[int]) -> dict:
         s, sp = ours[label]
         seq = s.make_sequence(0, prompt, sp)
-        times = step_times(s, seq, device)
-        return {"first_ms": 1e3 * times[0], "step_ms": median_ms(times[1:]),
-                "total_ms": 1e3 * sum(times),
-                "tokens": seq.canvas.tolist()}  # fmt: skip
+        summary = time_summary(step_times(s, seq, device))
+        return {**summary, "tokens": seq.canvas.tolist()}
 
     def run_theirs(mode: str, prompt: list[int]) -> dict:
         return peer_run(code, theirs, mode, prompt, gen, min(8, gen), mask_id, device)
@@ -238,7 +241,7 @@ def peer_fast_dllm(model, tok, checkpoint, path, lengths, gen, budget, device, p
     warm = english_ids(tok, 16)
     for label in ours:
         run_ours(label, warm)
-    for mode in ("prefix", "dual"):
+    for mode in PEER_MODES:
         run_theirs(mode, warm)
     rows = []
     for m in lengths:

@@ -23,14 +23,13 @@ import torch
 
 from maskkv_vllm.bench.common import sync
 
-PEER_MODES = ("prefix", "dual")
-"""Fast-dLLM's two caches: the prompt and finished blocks (``prefix``), or also
-the blocks after the current one (``dual``)."""
-
 _FUNCTIONS = {
     "prefix": "generate_with_prefix_cache",
     "dual": "generate_with_dual_cache",
 }
+"""Fast-dLLM's two caches: the prompt and finished blocks (``prefix``), or also
+the blocks after the current one (``dual``), by the function that runs each."""
+PEER_MODES = tuple(_FUNCTIONS)
 
 
 def find_checkout(path: str | Path) -> Path:
@@ -80,7 +79,6 @@ class PeerCode:
             for name in set(sys.modules) - before:
                 if name == "model" or name.startswith("model."):
                     del sys.modules[name]
-        self.folder = folder
         self.generate = {mode: getattr(module, fn) for mode, fn in _FUNCTIONS.items()}
 
     def load(self, checkpoint: str | Path, device: str = "cpu"):
