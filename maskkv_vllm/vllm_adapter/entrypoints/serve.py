@@ -110,14 +110,10 @@ def vllm_missing() -> str | None:
 
 def env_defaults() -> dict[str, str]:
     """Environment ``main`` sets unless set: the plugin allow-list, the CPU recipe
-    on the CPU wheel, ``VLLM_USE_V2_MODEL_RUNNER=0`` on CUDA (V1 runner)."""
-    from maskkv_vllm.vllm_adapter.worker.selection import (
-        CUDA_ENV_DEFAULTS,
-        is_cpu_wheel,
-    )
+    on the CPU wheel (the V1 runner is the config hook's, not the environment's)."""
+    from maskkv_vllm.vllm_adapter.worker.selection import is_cpu_wheel
 
-    extra = CPU_ENV_DEFAULTS if is_cpu_wheel() else CUDA_ENV_DEFAULTS
-    return {**ENV_DEFAULTS, **extra}
+    return {**ENV_DEFAULTS, **(CPU_ENV_DEFAULTS if is_cpu_wheel() else {})}
 
 
 def metrics_dir() -> str:

@@ -13,7 +13,10 @@ import torch
 from vllm.v1.worker.cpu_worker import CPUWorker
 
 from maskkv_vllm.vllm_adapter.version import require_vllm_version
-from maskkv_vllm.vllm_adapter.worker.selection import CPU_WORKER_CLS
+from maskkv_vllm.vllm_adapter.worker.selection import (
+    CPU_WORKER_CLS,
+    refuse_model_runner_v2,
+)
 
 WORKER_CLS = CPU_WORKER_CLS
 """The qualified name vLLM's ``worker_cls`` takes (CUDA: ``gpu_worker.py``)."""
@@ -25,6 +28,7 @@ class MaskKVCPUWorker(CPUWorker):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         require_vllm_version(type(self).__name__)
         super().__init__(*args, **kwargs)
+        refuse_model_runner_v2(self)
 
     def init_device(self) -> None:
         """vLLM's device setup, then our runner in place of ``CPUModelRunner``.

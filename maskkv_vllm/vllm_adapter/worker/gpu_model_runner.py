@@ -6,8 +6,8 @@ the CPU runner). The KV pool is read and written only by our attention
 which reinterprets the pool layer's cache memory as head-pages
 (``page_pool.PagePool``), so the CUDA backend's cache layout and its
 kernel-block splitting do not matter. Built by ``gpu_worker.MaskKVGPUWorker``;
-needs the V1 runner (``VLLM_USE_V2_MODEL_RUNNER=0``, which ``api.make_llm``
-and ``serve.main`` set on CUDA).
+needs the V1 runner, which the plugin's config hook pins on every LLaDA engine
+(``engine_config.pin_v1_model_runner``).
 """
 
 from __future__ import annotations

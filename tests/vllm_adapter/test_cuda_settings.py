@@ -1,0 +1,128 @@
+"""vLLM's CUDA defaults, emulated on the CPU wheel: the config hook owns LLaDA's.
+
+The CUDA wheel's Python is the CPU wheel's apart from the platform files, so
+what CUDA does differently here is two settings the CPU platform hides:
+Triton imports (``vllm.config.vllm.HAS_TRITON``: vLLM then picks Model Runner
+V2) and async scheduling stays on (``CpuPlatform.check_and_update_config``
+turns it off; CUDA's does not). ``cuda_defaults`` undoes both, and each test
+resolves the config, or runs an engine, as a CUDA box would.
+"""
+
+from __future__ import annotations
+
+import pickle
+
+import pytest
+
+pytest.importorskip("vllm")
+
+from maskkv_vllm.engine.llm import LLM as EmbeddedLLM  # noqa: E402
+from maskkv_vllm.sampling_params import SamplingParams  # noqa: E402
+from maskkv_vllm.vllm_adapter.entrypoints.api import generate  # noqa: E402
+from maskkv_vllm.vllm_adapter.plugin import ARCHITECTURE, register  # noqa: E402
+
+pytestmark = pytest.mark.vllm
+
+
+@pytest.fixture
+def cuda_defaults(monkeypatch):
+    """Triton present and async scheduling left on, as on a CUDA install."""
+    import vllm.config.vllm as vllm_config_module
+    from vllm.platforms.cpu import CpuPlatform
+
+    platform_hook = CpuPlatform.check_and_update_config.__func__
+
+    def keep_async(cls, vllm_config):
+        chosen = vllm_config.scheduler_config.async_scheduling
+        platform_hook(cls, vllm_config)
+        vllm_config.scheduler_config.async_scheduling = chosen
+
+    monkeypatch.setattr(vllm_config_module, "HAS_TRITON", True)
+    monkeypatch.setattr(CpuPlatform, "check_and_update_config", classmethod(keep_async))
+    monkeypatch.delenv("VLLM_USE_V2_MODEL_RUNNER", raising=False)
+    register()
+
+
+def _config(model, args_cls=None, **kwargs):
+    from vllm.engine.arg_utils import EngineArgs
+
+    args_cls = args_cls or EngineArgs
+    return args_cls(model=str(model), dtype="float32", **kwargs).create_engine_config()
+
+
+def test_the_emulation_reproduces_cuda_s_defaults(cuda_defaults, vllm_tiny_dir):
+    from vllm.model_executor.models.config import MODELS_CONFIG_MAP
+
+    hook = MODELS_CONFIG_MAP.pop(ARCHITECTURE)
+    try:
+        cfg = _config(vllm_tiny_dir)
+    finally:
+        MODELS_CONFIG_MAP[ARCHITECTURE] = hook
+    # Without our hook: what vLLM 0.32 on CUDA resolves for an LLaDA checkpoint.
+    assert cfg.use_v2_model_runner is True
+    assert cfg.scheduler_config.async_scheduling is True
+
+
+@pytest.mark.parametrize("entry", ["EngineArgs", "AsyncEngineArgs"])
+def test_the_hook_pins_v1_and_turns_async_scheduling_off(
+    cuda_defaults, vllm_tiny_dir, entry
+):
+    # vllm.LLM and Ray Serve LLM's replicas build EngineArgs; vllm serve and
+    # maskkv vllm-serve AsyncEngineArgs; both run the architecture's hook.
+    import vllm.engine.arg_utils as arg_utils
+
+    cfg = _config(vllm_tiny_dir, getattr(arg_utils, entry))
+    assert cfg.use_v2_model_runner is False
+    assert cfg.scheduler_config.async_scheduling is False
+    assert cfg.max_concurrent_batches == 1
+    assert cfg.scheduler_config.scheduler_cls.endswith("MaskKVDiffusionScheduler")
+    # The engine core, workers and Ray actors get the config pickled.
+    import cloudpickle
+
+    for dumps, loads in [(pickle.dumps, pickle.loads), (cloudpickle.dumps, None)]:
+        copy = (loads or pickle.loads)(dumps(cfg))
+        assert copy.use_v2_model_runner is False
+
+
+def test_explicit_async_scheduling_is_turned_off_with_a_warning(
+    cuda_defaults, vllm_tiny_dir, caplog
+):
+    cfg = _config(vllm_tiny_dir, async_scheduling=True)
+    assert cfg.scheduler_config.async_scheduling is False
+    assert "async scheduling is not supported for LLaDA" in caplog.text
+
+
+def test_plain_vllm_llm_under_cuda_defaults_runs_one_engine_step_per_denoising_step(
+    cuda_defaults, vllm_tiny_dir
+):
+    """``vllm.LLM`` as a user calls it: no scheduler, worker or runner flag."""
+    from vllm import LLM
+
+    llm = LLM(model=str(vllm_tiny_dir), dtype="float32", max_model_len=512, seed=0)
+    core = llm.llm_engine.engine_core.engine_core
+    assert type(core.model_executor.driver_worker.worker.model_runner).__name__ == (
+        "MaskKVCPUModelRunner"
+    )
+    scheduled: list[int] = []
+    schedule = core.scheduler.schedule
+
+    def recording_schedule(*args, **kwargs):
+        out = schedule(*args, **kwargs)
+        scheduled.append(out.total_num_scheduled_tokens)
+        return out
+
+    core.scheduler.schedule = recording_schedule
+    params = SamplingParams(gen_length=16, block_length=8, steps=8)
+    prompts = ["Hello", [256, 72, 101, 33]]
+    ours = [(o.token_ids, o.text) for o in generate(llm, prompts, params)]
+    embedded = EmbeddedLLM(str(vllm_tiny_dir), kv_policy="full")
+    ref = [
+        (o.token_ids, o.text)
+        for o in embedded.generate(prompts, params, use_tqdm=False)
+    ]
+    assert ours == ref
+    # Both requests run together: step 0 (prefill of prompt + canvas), then 7
+    # canvas steps; no step schedules nothing.
+    assert len(scheduled) == 8
+    assert 0 not in scheduled
+    del llm
