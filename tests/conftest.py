@@ -18,6 +18,34 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
+def _peak_bytes(fn) -> int:
+    """Peak of live bytes allocated inside ``fn()`` on the CPU.
+
+    torch's profiler (``profile_memory``) records each op's own allocations
+    and every free; replayed in time order, their running sum peaks here.
+    """
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    deltas = []
+    for e in prof.events():
+        d = e.cpu_memory_usage if e.name == "[memory]" else e.self_cpu_memory_usage
+        if d:
+            deltas.append((e.time_range.start, d))
+    live = peak = 0
+    for _, d in sorted(deltas):
+        live += d
+        peak = max(peak, live)
+    return peak
+
+
+@pytest.fixture(scope="session")
+def peak_bytes():
+    """``peak_bytes(fn) -> int``: peak CPU bytes allocated while ``fn()`` runs."""
+    return _peak_bytes
+
+
 @pytest.fixture(scope="session")
 def tiny_dir(tmp_path_factory):
     """2 layers, 4 heads of 32, byte vocabulary (262), seed 0."""

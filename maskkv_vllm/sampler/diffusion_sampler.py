@@ -20,9 +20,9 @@ from maskkv_vllm.kv_cache.prompt_cache import PromptCache
 from maskkv_vllm.models.attention import Attention, DenseAttention
 from maskkv_vllm.models.protocol import DiffusionLM
 from maskkv_vllm.models.tokenizer import Tokenizer
-from maskkv_vllm.sampler.block_logits import block_logits
 from maskkv_vllm.sampler.outputs import GenerationOutput
 from maskkv_vllm.sampler.sequence import DiffusionSequence
+from maskkv_vllm.sampler.step_proposal import block_hidden, propose
 from maskkv_vllm.sampler.stops import first_stop, stop_ids
 from maskkv_vllm.sampling_params import SamplingParams
 
@@ -232,13 +232,13 @@ class DiffusionSampler:
                 s.prompt_kv_entries = sum(
                     self.prompt_cache.num_entries(k) for k in s.cache_keys
                 )
-        seqs_of_rows = [s for s, _ in rows]
-        starts = [batch.canvas_start] * len(rows)
-        logits = block_logits(list(hidden), starts, seqs_of_rows, self.model.logits)
         i = 0
         for s in seqs:
             n = len(s.branches)
-            s.apply_step(s.combine_logits(list(logits[i : i + n])))
+            branches = [
+                block_hidden(h, batch.canvas_start, s) for h in hidden[i : i + n]
+            ]
+            s.apply_step(*propose(s, branches, self.model.logits))
             i += n
             self._after_step(s)
 

@@ -6,13 +6,16 @@ import torch
 
 
 def gumbel_candidates(
-    logits: torch.Tensor, temperature: float, generator: torch.Generator | None
+    logits: torch.Tensor, temperature: float, uniform: torch.Tensor | None = None
 ) -> torch.Tensor:
     """Argmax of Gumbel-perturbed logits in float64 (a sample of softmax(logits/T)).
 
     Args:
         logits: (N, V) fp32.
         temperature: 0 gives the plain argmax.
+        uniform: (N, V) float64 uniform draws (temperature > 0); consumed (the
+            noise is computed in place, so a step holds one (N, V) float64
+            buffer for it).
 
     Returns:
         (N,) candidate token ids.
@@ -21,34 +24,21 @@ def gumbel_candidates(
         return logits.argmax(dim=-1)
     # float64 on purpose: low-precision Gumbel-max degrades generation quality
     # (arXiv:2409.02908), which is why upstream LLaDA uses it.
-    logits64 = logits.to(torch.float64)
-    u = torch.rand(
-        logits64.shape, dtype=torch.float64, device=logits.device, generator=generator
-    )
-    gumbel = (-torch.log(u)) ** temperature
-    return (logits64.exp() / gumbel).argmax(dim=-1)
+    gumbel = uniform.log_().neg_().pow_(temperature)
+    return logits.to(torch.float64).exp_().div_(gumbel).argmax(dim=-1)
 
 
-def confidences(
-    logits: torch.Tensor,
-    candidates: torch.Tensor,
-    remasking: str,
-    generator: torch.Generator | None,
+def low_confidences(logits: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
+    """(N,) float64 softmax probability of each candidate under ``logits`` (N, V)."""
+    probs = torch.softmax(logits.to(torch.float64), dim=-1)
+    return probs.gather(-1, candidates[:, None]).squeeze(-1)
+
+
+def random_confidences(
+    n: int, device: torch.device, generator: torch.Generator | None
 ) -> torch.Tensor:
-    """(N,) float64 confidence of each candidate.
-
-    "low_confidence": softmax probability of the candidate under the raw logits;
-    "random": a uniform draw from the request's generator.
-    """
-    if remasking == "low_confidence":
-        probs = torch.softmax(logits.to(torch.float64), dim=-1)
-        return probs.gather(-1, candidates[:, None]).squeeze(-1)
-    if remasking == "random":
-        n = candidates.shape[0]
-        return torch.rand(
-            n, dtype=torch.float64, device=logits.device, generator=generator
-        )
-    raise ValueError(f"remasking={remasking!r} is not supported")
+    """(n,) float64 uniform draws: ``remasking="random"``'s confidences."""
+    return torch.rand(n, dtype=torch.float64, device=device, generator=generator)
 
 
 def select_transfer(

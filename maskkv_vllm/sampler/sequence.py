@@ -6,11 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
-from maskkv_vllm.sampler.remasking import (
-    confidences,
-    gumbel_candidates,
-    select_transfer,
-)
+from maskkv_vllm.sampler.remasking import select_transfer
 from maskkv_vllm.sampler.schedule import num_transfer_tokens
 from maskkv_vllm.sampling_params import SamplingParams
 
@@ -112,34 +108,23 @@ class DiffusionSequence:
         cond, uncond = branch_logits
         return uncond + (self.params.cfg_scale + 1) * (cond - uncond)
 
-    def apply_step(self, logits: torch.Tensor) -> None:
+    def apply_step(self, candidates: torch.Tensor, confidence: torch.Tensor) -> None:
         """Commit this step's tokens of the current block.
 
         Args:
-            logits: (block_length, V) fp32 logits of the current block's slots.
+            candidates: (block_length,) proposed ids of the block's slots.
+            confidence: (block_length,) float64 confidences (``step_proposal``).
         """
         p = self.params
         blk = slice(self.block_start, self.block_start + p.block_length)
         masked = self.canvas[blk] == self.mask_token_id
-        if p.logits_eos_inf:
-            logits = logits.clone()
-            logits[:, self.eos_token_id] = -torch.inf
-        # [MASK] is never a candidate: committed, it would leave the slot masked in
-        # a block that is then streamed and never revisited (the official code lets
-        # a later block refill it, which a streamed answer cannot allow). Only the
-        # candidate changes, and only where [MASK] wins: confidences stay those of
-        # the official code, so everywhere else the tokens are identical to it.
-        choosable = logits.clone()
-        choosable[:, self.mask_token_id] = -torch.inf
-        cand = gumbel_candidates(choosable, p.temperature, self.generator)
-        conf = confidences(logits, cand, p.remasking, self.generator)
         k = (
             self.schedule[self.step_in_block]
             if self.step_in_block < len(self.schedule)
             else 0
         )
-        idx = select_transfer(conf, masked, k, p.threshold)
-        self.canvas[blk][idx] = cand[idx]
+        idx = select_transfer(confidence, masked, k, p.threshold)
+        self.canvas[blk][idx] = candidates[idx]
         self.num_steps += 1
         self.step_in_block += 1
         self._maybe_next_block()

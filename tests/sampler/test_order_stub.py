@@ -17,8 +17,8 @@ from maskkv_vllm.config import CacheConfig
 from maskkv_vllm.models.llada_config import LLaDAConfig
 from maskkv_vllm.sampler.diffusion_sampler import DiffusionSampler
 from maskkv_vllm.sampler.remasking import (
-    confidences,
     gumbel_candidates,
+    low_confidences,
     select_transfer,
 )
 from maskkv_vllm.sampling_params import SamplingParams
@@ -164,8 +164,8 @@ def test_confidences_rank_in_float64_where_bf16_would_tie():
     # ranks a bf16 model's confidences in bf16, a tie; ours tell them apart.
     logits = torch.tensor([[2.0, 0, 0, 0], [2.004, 0, 0, 0]])
     assert logits.bfloat16()[0, 0] == logits.bfloat16()[1, 0]
-    cand = gumbel_candidates(logits, 0.0, None)
-    conf = confidences(logits, cand, "low_confidence", None)
+    cand = gumbel_candidates(logits, 0.0)
+    conf = low_confidences(logits, cand)
     assert conf.dtype == torch.float64 and conf[1] > conf[0]
     assert select_transfer(conf, torch.tensor([True, True]), 1, None).tolist() == [1]
 

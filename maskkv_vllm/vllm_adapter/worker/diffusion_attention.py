@@ -92,6 +92,23 @@ class HeadShard:
         return ShardedLayerContext(ctx, self.gather, self.size)
 
 
+def width_groups(rows: list[RowPlan]) -> list[list[RowPlan]]:
+    """Canvas rows in batches whose padding at most doubles their tokens.
+
+    A batched call pads every row to its widest; rows are grouped widest first,
+    a group taking rows wider than half its first, so a step's padded q/k/v
+    and output stay under 2 x its scheduled canvas tokens (one 4k-token canvas
+    beside 255 of 32 tokens no longer pads to 256 x 4k).
+    """
+    groups: list[list[RowPlan]] = []
+    for row in sorted(rows, key=lambda r: -r.num_tokens):
+        if groups and 2 * row.num_tokens > groups[-1][0].num_tokens:
+            groups[-1].append(row)
+        else:
+            groups.append([row])
+    return groups
+
+
 class DiffusionAttention:
     """Called by the model for each layer of one step (see module docstring).
 
@@ -135,8 +152,8 @@ class DiffusionAttention:
                 self._prefill(layer, row, q, k, v, out)
             else:
                 canvas.append(row)
-        if canvas:
-            self._canvas(layer, canvas, q, k, v, out)
+        for group in width_groups(canvas):
+            self._canvas(layer, group, q, k, v, out)
         return out
 
     def _prefill(self, layer, row: RowPlan, q, k, v, out) -> None:

@@ -11,9 +11,10 @@ sees it; the forward runs with our step attention installed (prefill of prompt +
 canvas at step 0, whose kept prompt KV goes into the request's head-pages;
 the L canvas slots afterwards, the scheduler having rewound
 ``num_computed_tokens`` to M); ``sample_tokens`` replaces vLLM's one-token
-sampler with our reference sampler (``DiffusionSequence.apply_step``: float64
-Gumbel, low-confidence / random remasking, per-block transfer schedule) over
-the current block's slots. A request reports each block's tokens when the
+sampler with our reference sampler (``step_proposal.propose``: the LM head on
+the current block's masked slots in fixed-size chunks, float64 Gumbel,
+low-confidence / random remasking; ``DiffusionSequence.apply_step``: the
+per-block transfer schedule). A request reports each block's tokens when the
 block is committed (vLLM streams them), the last up to and including the first
 stop id.
 """
@@ -29,8 +30,14 @@ from vllm.v1.outputs import ModelRunnerOutput
 
 from maskkv_vllm.eviction.policy_set import PolicySet
 from maskkv_vllm.kv_cache.paged_attention import Workspace
-from maskkv_vllm.sampler.block_logits import block_logits
 from maskkv_vllm.sampler.sequence import DiffusionSequence
+from maskkv_vllm.sampler.step_proposal import (
+    LOGITS_CHUNK_ROWS,
+    ChunkRule,
+    block_hidden,
+    propose,
+    propose_chunk,
+)
 from maskkv_vllm.vllm_adapter.diffusion_state import DiffusionState, stop_token_ids
 from maskkv_vllm.vllm_adapter.page_pool import PagePool, RequestPages
 from maskkv_vllm.vllm_adapter.params import AdapterConfig, request_params
@@ -171,6 +178,30 @@ class DiffusionRunnerMixin:
             maskkv_kept_lengths=kept,
         )
 
+    def _dummy_sampler_run(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        """The sampling of the worst step, where vLLM profiles its sampler.
+
+        vLLM's profile run (and warm-up) ends with its sampler over one row per
+        request; ours runs instead, so ``gpu_memory_utilization`` reserves what
+        a real step takes: one full chunk of ``LOGITS_CHUNK_ROWS`` masked slots
+        with Gumbel noise and softmax confidences (``step_proposal``; a step
+        never holds more, whatever ``max_num_seqs`` and the block length).
+
+        Args:
+            hidden_states: (N, d_model) the dummy run's last hidden states.
+        """
+        model = self.get_model()
+        rows = torch.rand(
+            LOGITS_CHUNK_ROWS, hidden_states.shape[-1],
+            dtype=hidden_states.dtype, device=hidden_states.device,
+        )  # fmt: skip
+        logits = model.compute_logits(rows)
+        uniform = torch.rand(logits.shape, dtype=torch.float64, device=logits.device)
+        rule = ChunkRule(1.0, "low_confidence", self.mask_token_id,
+                         self.eos_token_id, True)  # fmt: skip
+        candidates, _ = propose_chunk(logits, rule, uniform)
+        return candidates
+
     def _denoise(self, hidden: torch.Tensor) -> tuple[list[list[int]], dict]:
         """One reference-sampler step per request.
 
@@ -182,17 +213,13 @@ class DiffusionRunnerMixin:
             denoises), and
             req_id -> kept lengths for the rows whose step 0 ran in this step.
         """
-        states = [self.diffusion[req_id] for req_id, _, _ in self._rows]
-        starts = [start + st.canvas_offset() for st, (_, start, _) in
-                  zip(states, self._rows, strict=True)]  # fmt: skip
-        logits = block_logits(
-            [hidden] * len(states), starts, [st.seq for st in states],
-            self.get_model().compute_logits,
-        )  # fmt: skip
+        project = self.get_model().compute_logits
         sampled, kept = [], {}
-        for st, block_logits_of_row in zip(states, logits, strict=True):
+        for req_id, start, _ in self._rows:
+            st = self.diffusion[req_id]
             first_step = st.is_full_forward
-            st.seq.apply_step(block_logits_of_row)
+            rows = block_hidden(hidden, start + st.canvas_offset(), st.seq)
+            st.seq.apply_step(*propose(st.seq, [rows], project))
             if first_step:
                 kept[st.seq.request_id] = dict(st.kept_lengths)
             sampled.append(st.take_committed())
