@@ -76,11 +76,11 @@ def test_hooks_refuse_an_unpinned_vllm(monkeypatch):
     from maskkv_vllm.vllm_adapter.worker.gpu_worker import MaskKVGPUWorker
 
     require_vllm_version("x")
-    monkeypatch.setattr(vllm, "__version__", "0.33.0")
+    monkeypatch.setattr(vllm, "__version__", "0.99.0")
     hooks = (MaskKVDiffusionScheduler, MaskKVCPUWorker, MaskKVCPUModelRunner,
              MaskKVGPUWorker, MaskKVGPUModelRunner)  # fmt: skip
     for cls in hooks:
-        with pytest.raises(RuntimeError, match="vLLM 0.33.0 is installed"):
+        with pytest.raises(RuntimeError, match="vLLM 0.99.0 is installed"):
             cls(None, None)
 
 

