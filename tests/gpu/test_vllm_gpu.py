@@ -10,13 +10,15 @@ Oracles as on the CPU (``tests/vllm_adapter``), on the same device:
 ``maskkv_vllm.engine.llm.LLM(dir, kv_policy=..., device="cuda")`` (cache mode
 "paged") for the denoising loop. One in-process vLLM ``LLM`` per module.
 
-Status: written, never run (no GPU was lent). ``make_llm`` picks
-``MaskKVGPUWorker`` on CUDA (vLLM's ``Worker`` building ``MaskKVGPUModelRunner``,
-the denoising mixin over ``GPUModelRunner``) and sets
-``VLLM_USE_V2_MODEL_RUNNER=0``. vLLM's kernels never touch the pool: our step
-attention reads it as head-pages (``page_pool.PagePool``, any backend layout)
-through ``kv.paged_attention`` (the Triton kernel when Triton is installed).
-The same logic runs on the CPU in ``tests/vllm_logic`` and ``tests/vllm_adapter``.
+``make_llm`` picks ``MaskKVGPUWorker`` on CUDA (vLLM's ``Worker`` building
+``MaskKVGPUModelRunner``, the denoising mixin over V1's ``GPUModelRunner``);
+LLaDA's config hook chooses the V1 runner, so these tests leave
+``VLLM_USE_V2_MODEL_RUNNER`` unset and check which runner ran. vLLM's kernels
+never touch the pool: our step attention reads it as head-pages
+(``page_pool.PagePool``, any backend layout) through ``kv.paged_attention``
+(the Triton kernel when Triton is installed). The same logic runs on the CPU in
+``tests/vllm_logic`` and ``tests/vllm_adapter``; bf16 at LLaDA-8B attention
+shapes with vLLM's memory profiling is ``test_vllm_bf16.py``.
 """
 
 from __future__ import annotations
@@ -54,66 +56,12 @@ ENGINE_ARGS = {
 }
 
 
-@pytest.fixture(scope="module", autouse=True)
-def vllm_cuda_env(tmp_path_factory):
-    """Offline, in-process engine, V1 runner; no ``VLLM_TARGET_DEVICE=cpu``."""
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("HF_HUB_OFFLINE", "1")
-        mp.setenv("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
-        mp.setenv("VLLM_CACHE_ROOT", str(tmp_path_factory.mktemp("vllm_cache")))
-        mp.delenv("VLLM_TARGET_DEVICE", raising=False)
-        # Before the first engine: vLLM then caches every VLLM_*
-        # variable, and our CUDA runner needs the V1 runner.
-        mp.setenv("VLLM_USE_V2_MODEL_RUNNER", "0")
-        yield
-
-
 @pytest.fixture(scope="module")
 def ckpt(tmp_path_factory):
     """Tiny LLaDA, head_dim 32, seed 0 (the CPU adapter tests' checkpoint)."""
     return str(
         write_tiny_checkpoint(tmp_path_factory.mktemp("tiny"), seed=0, head_dim=32)
     )
-
-
-def _tracing_scheduler_cls():
-    """``MaskKVDiffusionScheduler`` recording free blocks and freed counts."""
-    from maskkv_vllm.vllm_adapter.core.scheduler import MaskKVDiffusionScheduler
-
-    class TracingScheduler(MaskKVDiffusionScheduler):
-        def __init__(self, *args, **kwargs):
-            super().__init__(*args, **kwargs)
-            self.free_after_step: list[int] = []
-            self.freed: dict[str, int] = {}
-
-        def update_from_output(self, scheduler_output, model_runner_output):
-            out = super().update_from_output(scheduler_output, model_runner_output)
-            pool = self.kv_cache_manager.block_pool
-            self.free_after_step.append(pool.get_num_free_blocks())
-            return out
-
-        def release_unused_blocks(self, req_id, kept_lengths):
-            freed = super().release_unused_blocks(req_id, kept_lengths)
-            self.freed[req_id] = freed
-            return freed
-
-    return TracingScheduler
-
-
-@pytest.fixture(scope="module")
-def llm(ckpt, vllm_cuda_env):
-    """The denoising engine: our scheduler and worker, a 32-block pool."""
-    from maskkv_vllm.vllm_adapter.entrypoints.api import make_llm
-
-    return make_llm(ckpt, scheduler_cls=_tracing_scheduler_cls(), **ENGINE_ARGS)
-
-
-@pytest.fixture
-def scheduler(llm):
-    sched = llm.llm_engine.engine_core.engine_core.scheduler
-    sched.free_after_step.clear()
-    sched.freed.clear()
-    return sched
 
 
 @pytest.fixture(scope="module")
@@ -154,7 +102,11 @@ def test_forward_logits_match_our_model_on_cuda(llm, ckpt):
 
 
 def _cuda_probe(worker):
-    """Classes in the worker, and the pool's pages over the CUDA cache tensor."""
+    """Classes in the worker (V1 runner or not), and the pool's pages over the
+    CUDA cache tensor. ``collective_rpc`` hands callables vLLM's
+    ``WorkerWrapperBase``; the worker is its ``.worker``."""
+    from vllm.v1.worker.gpu_model_runner import GPUModelRunner
+
     from maskkv_vllm.vllm_adapter.page_pool import PagePool
 
     runner = worker.model_runner
@@ -162,16 +114,17 @@ def _cuda_probe(worker):
     cache = model.kv_pool.kv_cache
     pool = PagePool(cache, model.num_local_kv_heads, BLOCK, model.config.head_dim)
     return (
-        type(worker).__name__,
+        type(worker.worker).__name__,
         type(runner).__name__,
+        isinstance(runner, GPUModelRunner) and not worker.use_v2_model_runner,
         pool.k_cache.device.type,
         pool.k_cache.shape[0] == NUM_BLOCKS * model.num_local_kv_heads,
     )
 
 
-def test_cuda_worker_runner_and_page_pool(llm):
+def test_cuda_worker_v1_runner_and_page_pool(llm):
     assert llm.collective_rpc(_cuda_probe) == [
-        ("MaskKVGPUWorker", "MaskKVGPUModelRunner", "cuda", True)
+        ("MaskKVGPUWorker", "MaskKVGPUModelRunner", True, "cuda", True)
     ]
 
 
@@ -224,4 +177,7 @@ def test_budget_above_the_prompt_equals_full(llm, scheduler):
         gen_length=32, block_length=16, steps=16, kv_policy="snapkv", kv_budget=300
     )
     assert _ours(llm, [LONG], evicting) == _ours(llm, [LONG], full)
-    assert list(scheduler.freed.values()) == [0]
+    # One entry per request (``release_unused_blocks`` runs once, after step
+    # 0, for every request, full cache included): B = 300 >= M = 200 keeps the
+    # whole prompt, so both shrink from 14 reserved blocks to 14 held.
+    assert list(scheduler.freed.values()) == [0, 0]

@@ -18,14 +18,20 @@ the workers are other processes than the driver, then generate.
 - TP = 2 needs two GPUs (``multi_gpu``); the model is tensor parallel
   (vLLM's parallel layers) and MaskKV's head budgets span all ranks' heads.
 
+- LLaDA's config hook chooses vLLM's V1 runner (our runner subclasses it):
+  nothing here sets ``VLLM_USE_V2_MODEL_RUNNER``, and every worker reports
+  ``MaskKVGPUModelRunner``.
+- Oracle: the embedded engine on CUDA (``kv_policy="full"``, fp32), as on the
+  CPU (``tests/vllm_adapter/test_diffusion_engine.py``): LLaDA denoises, it
+  does not decode autoregressively.
+
 Run with ``pytest -m "gpu and ray" tests/gpu/test_vllm_ray.py`` (the CUDA wheel
-``vllm==0.32.0``, ``ray``, and this package installed, so its entry point is
-visible to the Ray workers: ``tests/vllm_adapter/test_plugin.py`` checks it).
+``vllm==0.32.0``, ``ray``, and this package's entry point visible to the Ray
+workers: ``pip install -e .``; skipped without it).
 """
 
 from __future__ import annotations
 
-import gc
 import os
 
 import pytest
@@ -33,9 +39,9 @@ import torch
 
 pytest.importorskip("vllm")
 
-from maskkv_vllm.models.loader import load_model  # noqa: E402
 from maskkv_vllm.models.tiny import write_tiny_checkpoint  # noqa: E402
 from maskkv_vllm.sampling_params import SamplingParams  # noqa: E402
+from tests.gpu.conftest import require_plugin_entry_point, shutdown  # noqa: E402
 
 pytestmark = [pytest.mark.vllm, pytest.mark.ray]
 
@@ -45,7 +51,9 @@ ENGINE_ARGS = {
     "enforce_eager": True,
     "block_size": 32,
     "max_model_len": 512,
-    "num_gpu_blocks_override": 32,
+    # One max_model_len request needs 2 layers x 512 / 32 = 32 blocks; block 0
+    # is vLLM's null block, so 32 would leave 31 usable: vLLM refuses to start.
+    "num_gpu_blocks_override": 40,
     "gpu_memory_utilization": 0.3,
     "seed": 0,
     "distributed_executor_backend": "ray",
@@ -69,8 +77,10 @@ def ckpt(tmp_path_factory):
 
 @pytest.fixture
 def ray_env(tmp_path):
-    """Offline, in-process engine core; Ray (started by vLLM) shut down after."""
-    ray = pytest.importorskip("ray")
+    """Offline, in-process engine core with Ray workers (started by vLLM), which
+    load the plugin through its entry point."""
+    pytest.importorskip("ray")
+    require_plugin_entry_point()
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("HF_HUB_OFFLINE", "1")
         mp.setenv("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
@@ -78,12 +88,20 @@ def ray_env(tmp_path):
         mp.delenv("VLLM_TARGET_DEVICE", raising=False)
         mp.delenv("VLLM_PLUGINS", raising=False)
         yield
-        gc.collect()
-        ray.shutdown()
 
 
-def _worker_facts(llm) -> list[tuple[int, bool, bool]]:
-    """(pid, register() ran, LLaDA architecture known) in every worker."""
+@pytest.fixture
+def engines():
+    """Engines a test starts; shut down (and Ray with them) after it."""
+    started = []
+    yield started
+    for llm in started:
+        shutdown(llm, shutdown_ray=True)
+
+
+def _worker_facts(llm) -> list[tuple[int, bool, bool, str]]:
+    """(pid, register() ran, LLaDA architecture known, model runner class) in
+    every worker."""
 
     def probe(worker):  # nested: pickled by value for the Ray workers
         import os
@@ -93,34 +111,50 @@ def _worker_facts(llm) -> list[tuple[int, bool, bool]]:
         from maskkv_vllm.vllm_adapter import plugin
 
         known = plugin.ARCHITECTURE in ModelRegistry.get_supported_archs()
-        return os.getpid(), plugin._REGISTERED, known
+        runner = type(worker.model_runner).__name__
+        return os.getpid(), plugin._REGISTERED, known, runner
 
     return [tuple(r) for r in llm.collective_rpc(probe)]
 
 
+def _check_workers(llm, tp: int) -> None:
+    facts = _worker_facts(llm)
+    assert len(facts) == tp
+    assert all(pid != os.getpid() for pid, *_ in facts)  # Ray worker processes
+    assert all(registered and known for _, registered, known, _ in facts)
+    assert {runner for *_, runner in facts} == {"MaskKVGPUModelRunner"}  # V1
+
+
+def _embedded_tokens(ckpt, prompt, params) -> list[int]:
+    from maskkv_vllm.engine.llm import LLM as EmbeddedLLM
+
+    ref = EmbeddedLLM(ckpt, kv_policy="full", device="cuda")
+    (out,) = ref.generate([prompt], params, use_tqdm=False)
+    return out.token_ids
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("tp", [1, TP2])
-def test_register_ran_in_every_ray_worker_and_generate(ray_env, ckpt, tp):
+def test_register_ran_in_every_ray_worker_and_generate(ray_env, engines, ckpt, tp):
     from vllm import LLM
     from vllm import SamplingParams as VllmParams
 
     from maskkv_vllm.vllm_adapter.plugin import register
 
     register()  # the driver (engine core in-process); workers use the entry point
+    # No LLaDA flag: the model's config hook sets scheduler, worker and runner.
     llm = LLM(model=ckpt, tensor_parallel_size=tp, **ENGINE_ARGS)
-    facts = _worker_facts(llm)
-    assert len(facts) == tp
-    assert all(pid != os.getpid() for pid, _, _ in facts)  # Ray worker processes
-    assert all(registered and known for _, registered, known in facts)
-    # Greedy first token = our model's argmax after the non-causal prefill.
-    params = VllmParams(max_tokens=4, temperature=0.0, detokenize=False)
+    engines.append(llm)
+    _check_workers(llm, tp)
+    # A bare request denoises its max_tokens canvas in one block, one token per
+    # step (params.request_params); vLLM may keep the stop id the embedded
+    # engine cuts off.
+    params = VllmParams(max_tokens=16, temperature=0.0, detokenize=False)
     (out,) = llm.generate([{"prompt_token_ids": HELLO}], params, use_tqdm=False)
-    model = load_model(ckpt, device="cuda")
-    with torch.no_grad():
-        ids = torch.tensor([HELLO], device="cuda")
-        logits = model.logits(model(ids, torch.arange(len(HELLO), device="cuda")[None]))
-    assert len(out.outputs[0].token_ids) == 4
-    assert out.outputs[0].token_ids[0] == int(logits[0, -1].argmax())
+    want = _embedded_tokens(
+        ckpt, HELLO, SamplingParams(gen_length=16, block_length=16, steps=16)
+    )
+    assert list(out.outputs[0].token_ids)[: len(want)] == want
 
 
 @pytest.mark.gpu
@@ -135,14 +169,13 @@ def test_register_ran_in_every_ray_worker_and_generate(ray_env, ckpt, tp):
     ],
     ids=["full", "maskkv"],
 )
-def test_denoising_on_ray_matches_the_embedded_engine(ray_env, ckpt, tp, params):
-    from maskkv_vllm.engine.llm import LLM as EmbeddedLLM
+def test_denoising_on_ray_matches_the_embedded_engine(
+    ray_env, engines, ckpt, tp, params
+):
     from maskkv_vllm.vllm_adapter.entrypoints.api import generate, make_llm
 
     llm = make_llm(ckpt, tensor_parallel_size=tp, **ENGINE_ARGS)
-    facts = _worker_facts(llm)
-    assert len(facts) == tp
-    assert all(registered for _, registered, _ in facts)
+    engines.append(llm)
+    _check_workers(llm, tp)
     (ours,) = generate(llm, [HELLO], params)
-    (ref,) = EmbeddedLLM(ckpt, device="cuda").generate([HELLO], params, use_tqdm=False)
-    assert ours.token_ids == ref.token_ids
+    assert ours.token_ids == _embedded_tokens(ckpt, HELLO, params)
