@@ -389,6 +389,17 @@ def serve_on_ray(args: argparse.Namespace, config, name: str) -> int:
     return 0
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows each flag's default once: not when its help already says it, nor
+    when it is None (the help then says what None means, or nothing is set)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if "(default:" in text or action.default is None:
+            return text
+        return super()._get_help_string(action)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from maskkv_vllm import __version__
 
@@ -399,11 +410,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def command(name: str, help: str, description: str | None = None):
+        # argparse %-formats a subcommand's help in the top-level --help.
         return sub.add_parser(
             name,
-            help=help,
+            help=help.replace("%", "%%"),
             description=description or help,
-            formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+            formatter_class=_HelpFormatter,
         )
 
     gen = command("generate", "denoise prompts and print the answers (one shot)")

@@ -129,6 +129,32 @@ def test_help_shows_descriptions_defaults_and_policy_choices(capsys):
         assert "(default:" in text[text.index(flag + " ") :][:200], flag
 
 
+@pytest.mark.parametrize("flag", ["--help", "-h"])
+def test_top_level_help_lists_every_command(flag, capsys):
+    # Was a TypeError: argparse %-formats each command's help ("~5% of ...").
+    with pytest.raises(SystemExit) as e:
+        main([flag])
+    out = capsys.readouterr().out
+    assert e.value.code == 0 and "~5% of the prompt KV" in out
+    for name in ("generate", "serve", "demo", "vllm-serve", "make-tiny"):
+        assert name in out
+
+
+def test_help_states_each_default_once(capsys):
+    from maskkv_vllm.cli import build_parser
+
+    sub = next(a for a in build_parser()._actions if a.dest == "command")
+    for name in sub.choices:
+        if name == "vllm-serve":  # vLLM's own parser, built only when run
+            continue
+        with pytest.raises(SystemExit):
+            main([name, "--help"])
+        text = " ".join(capsys.readouterr().out.split())
+        for entry in text.split(" -")[1:]:
+            assert entry.count("(default:") <= 1, (name, entry)
+            assert "(default: None)" not in entry, (name, entry)
+
+
 def test_generate_shows_step_progress_and_sizes_its_pool(cache_home, capsys):
     assert main(["generate", "hello", "--gen-length", "16", "--block-length", "8"]) == 0
     captured = capsys.readouterr()
