@@ -30,7 +30,7 @@ from maskkv_vllm.entrypoints.protocol import (
     APIError,
     chat_messages,
     completion_prompts,
-    named_field,
+    engine_error,
     requested_model,
     sampling_params,
 )
@@ -105,7 +105,7 @@ def build_app(engine: LLMEngine, server: ServerConfig) -> FastAPI:
         # Tokenizing a long prompt takes a while: off the event loop, so /health
         # and every other request keep being answered.
         reqs = await asyncio.to_thread(
-            _make_requests, engine, prompts, params, rid, chat
+            _make_requests, engine, prompts, params, rid, body, chat
         )
         streams = []
         try:
@@ -125,8 +125,11 @@ def build_app(engine: LLMEngine, server: ServerConfig) -> FastAPI:
     return app
 
 
-def _make_requests(engine: LLMEngine, prompts: list, params, rid: str, chat: bool):
-    """Validated engine requests, one per prompt (a worker thread runs this)."""
+def _make_requests(
+    engine: LLMEngine, prompts: list, params, rid: str, body: dict, chat: bool
+):
+    """Validated engine requests, one per prompt (a worker thread runs this);
+    an error names the body field at fault."""
     reqs = []
     for i, prompt in enumerate(prompts):
         try:
@@ -135,7 +138,7 @@ def _make_requests(engine: LLMEngine, prompts: list, params, rid: str, chat: boo
             suffix = f"-{i}" if len(prompts) > 1 else ""
             reqs.append(engine.make_request(prompt, params, request_id=rid + suffix))
         except (ValueError, TypeError) as e:
-            raise APIError(400, str(e), named_field(str(e))) from e
+            raise engine_error(e, body, chat) from e
     return reqs
 
 

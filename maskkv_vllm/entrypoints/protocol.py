@@ -139,14 +139,30 @@ def sampling_params(body: dict[str, Any]) -> SamplingParams:
     try:
         return SamplingParams(**kwargs)
     except (ValueError, TypeError) as e:
-        raise APIError(400, str(e), named_field(str(e))) from e
+        raise engine_error(e, body, chat=False) from e
 
 
-def named_field(message: str) -> str | None:
-    """The body field an error message starts with (``steps=...``, ``prompt of``)."""
+def named_field(message: str, body: dict[str, Any], chat: bool) -> str | None:
+    """The body field an engine error is about, from the name it starts with:
+    ``gen_length`` is whichever length field the body set (``max_tokens``, ...),
+    a prompt or chat error is ``prompt`` or ``messages``."""
     match = re.match(r"\w+", message)
     name = match.group(0) if match else None
-    return name if name in (*TYPES, *EXTRA_FIELDS, "prompt", "messages") else None
+    if name == "gen_length":
+        return next((k for k in GEN_FIELDS if body.get(k) is not None), name)
+    if name in ("prompt", "chat"):
+        return "messages" if chat else "prompt"
+    return name if name in (*TYPES, *EXTRA_FIELDS) else None
+
+
+def engine_error(err: Exception, body: dict[str, Any], chat: bool) -> APIError:
+    """An engine's ValueError/TypeError as a 400 naming the body field at fault
+    (its message too, when the engine called it ``gen_length``)."""
+    message = str(err)
+    param = named_field(message, body, chat)
+    if param in GEN_FIELDS and message.startswith("gen_length"):
+        message = param + message.removeprefix("gen_length")
+    return APIError(400, message, param)
 
 
 def requested_model(body: dict[str, Any], served: str) -> None:
@@ -159,6 +175,8 @@ def requested_model(body: dict[str, Any], served: str) -> None:
 def completion_prompts(body: dict[str, Any]) -> list[str | list[int]]:
     """The prompts of a completion body: a string, token ids, or a list of either."""
     prompt = body.get("prompt")
+    if prompt == "" or (isinstance(prompt, list) and "" in prompt):
+        raise APIError(400, "prompt is empty: give at least one token", "prompt")
     if isinstance(prompt, str) or _is_ids(prompt):
         return [prompt]
     if (

@@ -138,6 +138,11 @@ class DiffusionSampler:
     def validate(self, prompt: Prompt, params: SamplingParams) -> list[int]:
         """Prompt token ids, or ValueError/TypeError naming what is wrong."""
         room = self.max_model_len - params.gen_length
+        if room < 1:
+            raise ValueError(
+                f"gen_length={params.gen_length} leaves no room for a prompt "
+                f"within max_model_len={self.max_model_len}"
+            )
         if isinstance(prompt, str) and self.tokenizer is not None:
             # Refuse a huge text before tokenizing it (seconds per MiB).
             fewest = self.tokenizer.fewest_tokens(prompt)

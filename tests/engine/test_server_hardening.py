@@ -271,6 +271,38 @@ def test_a_prompt_too_long_names_the_prompt(client):
     assert "exceeds max_model_len=600" in error(r)["message"]
 
 
+# -- issue 25, item 10: the field at fault is the one named ---------------------
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "param", "message"),
+    [
+        ("/v1/completions", {"max_tokens": 10**8}, "max_tokens",
+         "max_tokens=100000000 leaves no room for a prompt within max_model_len=600"),
+        ("/v1/chat/completions", {"max_completion_tokens": 600},
+         "max_completion_tokens", "max_completion_tokens=600 leaves no room"),
+        ("/v1/chat/completions", {"messages": [{"role": "bot", "content": "hi"}]},
+         "messages", "chat role 'bot' is not one of"),
+        ("/v1/chat/completions", {"messages": [{"role": "user", "content": 5}]},
+         "messages", "chat content for role 'user' must be a string"),
+        ("/v1/chat/completions", {"messages": [{"role": "user", "content": "x" * 900}]},
+         "messages", "exceeds max_model_len=600"),
+        ("/v1/completions", {"prompt": ""}, "prompt", "prompt is empty"),
+        ("/v1/completions", {"prompt": ["a", ""]}, "prompt", "prompt is empty"),
+    ],
+)  # fmt: skip
+def test_errors_name_the_field_at_fault(client, path, body, param, message):
+    # Alone, a length field sets steps and block length too (as a client sends it).
+    small = {} if {"max_tokens", "max_completion_tokens"} & set(body) else SMALL
+    if path.endswith("chat/completions"):
+        body = {"messages": [{"role": "user", "content": "hi"}], **body}
+    else:
+        body = {"prompt": "hi", **body}
+    r = post(client, {**small, **body}, path)
+    assert r.status_code == 400, r.text
+    assert (error(r)["param"], message in error(r)["message"]) == (param, True), r.text
+
+
 def test_closing_merged_streams_closes_every_stream():
     # A client that leaves a two-prompt request closes the merged stream; each
     # request's stream must close too (that is what aborts it in the engine).
