@@ -116,7 +116,7 @@ def test_wrong_api_key_is_401(server):
     [
         ({"extra_body": {"kv_policy": "nope"}}, "kv_policy='nope' is not one of"),
         ({"extra_body": {"kv_policy": "maskkv", "kv_budget": 0}}, "kv_budget=0"),
-        ({"max_tokens": 30, "extra_body": {"block_length": 8}}, "gen_length=30 is not"),
+        ({"max_tokens": 30, "extra_body": {"block_length": 8}}, "max_tokens=30 is not"),
         ({"extra_body": {"block_length": 8, "steps": 3}}, "steps=3 is not divisib"),
         ({"prompt": "x" * 700}, "exceeds max_model_len=600"),
         ({"n": 2}, "n=2 is not supported"),
