@@ -26,6 +26,12 @@ for an LLaDA checkpoint, and only for it:
 - ``enforce_eager``: on (the denoising step is not CUDA-graph captured);
 - ``block_size``: 32 on the CPU unless the user chose one (vLLM's CPU default
   is 128; smaller pages waste less per head);
+- ``kv_cache_memory_bytes``: 1 GiB on the CPU when nothing sizes the pool
+  (no ``--kv-cache-memory-bytes``, no ``VLLM_CPU_KVCACHE_SPACE``, and
+  ``--gpu-memory-utilization`` at vLLM's 0.92): vLLM's CPU worker would
+  otherwise reserve 92% of the host's RAM and refuse to start on any machine
+  where other processes hold more than 8% (the embedded engine's CPU default
+  is 1 GiB too);
 - ``max_num_batched_tokens``: at least ``max_model_len``: chunked prefill is
   off for non-causal models, so a step must hold a whole prompt + canvas, and
   a request larger than the limit would wait forever.
@@ -99,6 +105,13 @@ def engine_changes(vllm_config: Any, platform: Any = None) -> list[str]:
         cache.block_size = 32
         cache.user_specified_block_size = True
         changes.append("block_size = 32")
+    if platform.is_cpu() and _pool_left_to_vllm_s_default(cache):
+        cache.kv_cache_memory_bytes = CPU_KV_CACHE_BYTES
+        changes.append(
+            "kv_cache_memory_bytes = 1 GiB (the CPU pool; vLLM's default would "
+            "reserve 92% of host RAM: set VLLM_CPU_KVCACHE_SPACE=GiB or "
+            "--kv-cache-memory-bytes for another size)"
+        )
     if sched.max_num_batched_tokens < model.max_model_len:
         changes.append(
             f"max_num_batched_tokens = {model.max_model_len} (was "
@@ -110,6 +123,24 @@ def engine_changes(vllm_config: Any, platform: Any = None) -> list[str]:
         sched.max_num_scheduled_tokens = model.max_model_len
         changes.append(f"max_num_scheduled_tokens = {model.max_model_len}")
     return changes
+
+
+CPU_KV_CACHE_BYTES = 1 << 30
+"""The CPU pool when the user sized nothing (the embedded engine's default)."""
+
+
+def _pool_left_to_vllm_s_default(cache: Any) -> bool:
+    """Whether nothing the user set sizes the KV pool (the CPU platform reads
+    ``VLLM_CPU_KVCACHE_SPACE`` after this hook, so it is checked here)."""
+    import os
+
+    from vllm.config.cache import CacheConfig
+
+    return (
+        cache.kv_cache_memory_bytes is None
+        and not os.environ.get("VLLM_CPU_KVCACHE_SPACE")
+        and cache.gpu_memory_utilization == CacheConfig.gpu_memory_utilization
+    )
 
 
 V2_UNSUPPORTED = "LLaDA diffusion denoising (maskkv: its runners subclass V1's)"

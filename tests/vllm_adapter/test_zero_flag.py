@@ -118,3 +118,32 @@ def test_another_architecture_keeps_vllm_s_engine(tmp_path):
         assert len(ids) == 8
     finally:
         llm.llm_engine.engine_core.shutdown()
+
+
+def _pool_bytes(vllm_tiny_dir, monkeypatch, env: str | None, **kwargs) -> int | None:
+    from vllm.engine.arg_utils import EngineArgs
+
+    from maskkv_vllm.vllm_adapter.plugin import register
+
+    register()
+    if env is None:
+        monkeypatch.delenv("VLLM_CPU_KVCACHE_SPACE", raising=False)
+    else:
+        monkeypatch.setenv("VLLM_CPU_KVCACHE_SPACE", env)
+    args = EngineArgs(model=str(vllm_tiny_dir), max_model_len=512, **kwargs)
+    return args.create_engine_config().cache_config.kv_cache_memory_bytes
+
+
+@pytest.mark.parametrize(
+    ("env", "kwargs", "expected"),
+    [
+        (None, {}, 1 << 30),  # was None: 92% of host RAM, refused on a busy box
+        ("2", {}, 2 << 30),
+        (None, {"kv_cache_memory_bytes": 3 << 20}, 3 << 20),
+        (None, {"gpu_memory_utilization": 0.5}, None),
+    ],
+)
+def test_a_cpu_pool_nobody_sized_is_1_gib(
+    vllm_tiny_dir, monkeypatch, env, kwargs, expected
+):
+    assert _pool_bytes(vllm_tiny_dir, monkeypatch, env, **kwargs) == expected
