@@ -31,6 +31,7 @@ import contextlib
 import json
 import logging
 import os
+import re
 import sys
 from collections.abc import Callable
 
@@ -68,12 +69,76 @@ def serve_args(argv: list[str]) -> list[str]:
 
 def model_dir(argv: list[str]) -> str | None:
     """The model argument of a ``vllm serve`` command line (positional or --model)."""
+    return _model_arg(argv)[1]
+
+
+def _model_arg(argv: list[str]) -> tuple[int | None, str | None]:
+    """(index in argv, value) of the model argument: the first argument, or the
+    value of ``--model`` / ``--model=``."""
     for i, arg in enumerate(argv):
         if arg == "--model" and i + 1 < len(argv):
-            return argv[i + 1]
+            return i + 1, argv[i + 1]
         if arg.startswith("--model="):
-            return arg.split("=", 1)[1]
-    return argv[0] if argv and not argv[0].startswith("-") else None
+            return i, arg.split("=", 1)[1]
+    if argv and not argv[0].startswith("-"):
+        return 0, argv[0]
+    return None, None
+
+
+_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
+
+
+def resolve_model_arg(argv: list[str]) -> list[str]:
+    """``argv`` with a built-in model name (``tiny``, ``retrieval``, as ``maskkv
+    serve`` takes them) replaced by its checkpoint directory.
+
+    Raises:
+        ValueError: (one line) no model; a name that is neither a directory, a
+            built-in name nor a hub id ``org/name``; a hub id while
+            ``HF_HUB_OFFLINE`` is set.
+    """
+    from maskkv_vllm.models.builtin import BUILTIN_NAME, SHIPPED, resolve_model
+
+    names = ", ".join([BUILTIN_NAME, *SHIPPED])
+    index, model = _model_arg(argv)
+    if model is None:
+        raise ValueError(
+            "no model: maskkv vllm-serve MODEL [vllm serve flags], MODEL an LLaDA "
+            f"checkpoint directory or a built-in name ({names})"
+        )
+    if model in SHIPPED or model == BUILTIN_NAME:
+        path = str(resolve_model(model))
+        args = list(argv)
+        args[index] = f"--model={path}" if args[index].startswith("--model=") else path
+        return args
+    if os.path.isdir(model):
+        return list(argv)
+    if not _HUB_ID.fullmatch(model) or os.path.exists(model):
+        raise ValueError(
+            f"model {model!r} is neither a checkpoint directory, a built-in name "
+            f"({names}) nor a hub id org/name"
+        )
+    if os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0"):
+        raise ValueError(
+            f"model {model!r} is not a local directory and HF_HUB_OFFLINE is set: "
+            "give the checkpoint's directory"
+        )
+    return list(argv)
+
+
+HELP_HEADER = """\
+maskkv vllm-serve MODEL [vllm serve flags]
+
+LLaDA (a diffusion LLM) under vLLM's OpenAI-compatible server, with MaskKV
+evicting prompt KV per head after prefill. MODEL: an LLaDA checkpoint
+directory, a built-in name (tiny, retrieval) or a hub id. Engine defaults for
+MaskKV: --additional-config '{"maskkv": {"kv_policy": "maskkv", "kv_budget":
+256}}'; per request: vllm_xargs maskkv_kv_policy, maskkv_kv_budget,
+maskkv_gen_length, maskkv_block_length, maskkv_steps, ... Every vllm serve
+flag below works; the model argument is required (vLLM's Qwen default is not
+used).
+"""
+"""What ``maskkv vllm-serve --help`` prints before vLLM's own help."""
 
 
 def check_model(path: str | None) -> None:
@@ -176,9 +241,14 @@ def main(argv: list[str] | None = None) -> int:
     if missing:
         print(f"maskkv: error: {missing}", file=sys.stderr)
         return 2
+    wants_help = any(a in ("-h", "--help") or a.startswith("--help=") for a in argv)
+    if wants_help:
+        print(HELP_HEADER)
     try:
+        if not wants_help:
+            argv = resolve_model_arg(argv)
         check_model(model_dir(argv))
-    except ValueError as e:
+    except (ValueError, FileNotFoundError) as e:
         print(f"maskkv: error: {e}", file=sys.stderr)
         return 2
     for key, value in env_defaults().items():
@@ -200,7 +270,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = FlexibleArgumentParser(description="vllm serve with LLaDA + MaskKV")
     subparsers = parser.add_subparsers(required=True, dest="subparser")
     cmd = ServeSubcommand()
-    cmd.subparser_init(subparsers)
+    serve_parser = cmd.subparser_init(subparsers)
+    serve_parser.usage = "maskkv vllm-serve MODEL [options]"
+    serve_parser.description = "vllm serve's flags (vLLM's own help follows)."
     args = parser.parse_args(["serve", *serve_args(argv)])
     configure_logging_from_args(args)
     cmd.validate(args)
