@@ -14,7 +14,10 @@ from tokenizers import decoders, models, pre_tokenizers, processors
 from maskkv_vllm.models.llada import LLaDAModel
 from maskkv_vllm.models.llada_config import LLaDAConfig
 from maskkv_vllm.models.loader import INDEX_FILE, SINGLE_FILE
-from maskkv_vllm.models.tokenizer import BOS, SPECIAL_TOKENS
+from maskkv_vllm.models.tokenizer import BOS, CHAT_TEMPLATE, SPECIAL_TOKENS
+
+TOKENIZER_CONFIG = "tokenizer_config.json"
+"""Where Hugging Face tokenizers (and vLLM's front end) find the chat template."""
 
 
 def byte_tokenizer() -> HFTokenizer:
@@ -92,7 +95,9 @@ def save_checkpoint(
     tokenizer: HFTokenizer,
     shards: int = 1,
 ) -> Path:
-    """Write config.json, tokenizer.json and safetensors (sharded when shards > 1)."""
+    """Write config.json, tokenizer.json, tokenizer_config.json (LLaDA's pinned
+    chat template, where real LLaDA checkpoints carry theirs and where vLLM's
+    front end looks) and safetensors (sharded when shards > 1)."""
     if shards < 1:
         raise ValueError(f"shards={shards} must be positive")
     out = Path(out_dir)
@@ -102,6 +107,7 @@ def save_checkpoint(
         stale.unlink(missing_ok=True)
     (out / "config.json").write_text(json.dumps(config.to_dict(), indent=2))
     tokenizer.save(str(out / "tokenizer.json"))
+    write_tokenizer_config(out)
     names = sorted(state_dict)
     if shards == 1:
         save_file(state_dict, str(out / SINGLE_FILE), metadata={"format": "pt"})
@@ -116,6 +122,13 @@ def save_checkpoint(
     index = {"metadata": {"total_size": total}, "weight_map": weight_map}
     (out / INDEX_FILE).write_text(json.dumps(index, indent=2))
     return out
+
+
+def write_tokenizer_config(out_dir: str | Path) -> Path:
+    """``tokenizer_config.json`` holding LLaDA's pinned chat template."""
+    path = Path(out_dir) / TOKENIZER_CONFIG
+    path.write_text(json.dumps({"chat_template": CHAT_TEMPLATE}, indent=2) + "\n")
+    return path
 
 
 def write_tiny_checkpoint(

@@ -131,3 +131,21 @@ def test_streaming_sends_each_committed_block(client):
     # 4 blocks of 8: one chunk per block (fewer only if a stop id ended it early)
     assert len(chunks) == -(-len(whole) // 8)
     assert all(len(c) == 8 for c in chunks[:-1])
+
+
+def test_chat_needs_no_template_flag(client, vllm_tiny_dir):
+    # Issue 25, item 7: the checkpoint carries LLaDA's template in
+    # tokenizer_config.json, as real LLaDA checkpoints do (was: "default chat
+    # template is no longer allowed", HTTP 400).
+    messages = [{"role": "user", "content": "Hi"}]
+    resp = client.chat.completions.create(
+        model="tiny", messages=messages, max_tokens=32, temperature=0.0,
+        extra_body={"return_token_ids": True},
+    )  # fmt: skip
+    ref = EmbeddedLLM(str(vllm_tiny_dir), kv_policy="full")
+    (want,) = ref.chat(
+        messages, SamplingParams(gen_length=32, block_length=32, steps=32),
+        use_tqdm=False,
+    )  # fmt: skip
+    got = resp.choices[0].token_ids
+    assert got[: len(want.token_ids)] == want.token_ids
