@@ -98,7 +98,12 @@ def test_make_tiny_refuses_a_non_empty_folder_and_force_writes_a_clean_one(
     assert "is not empty: pass --force" in capsys.readouterr().err
     assert main(["make-tiny", str(out), "--force", "--n-layers", "1"]) == 0
     names = sorted(p.name for p in out.iterdir())
-    assert names == ["config.json", "model.safetensors", "tokenizer.json"]
+    assert names == [
+        "config.json",
+        "model.safetensors",
+        "tokenizer.json",
+        "tokenizer_config.json",
+    ]
     assert load_model(out).config.n_layers == 1
 
 
