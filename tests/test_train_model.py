@@ -79,7 +79,8 @@ def test_prior_makes_block0_attend_to_neighbours(tok, offset):
     attn = (q @ k.transpose(-1, -2) / 4).softmax(-1)[0]  # (H, T, T)
     back = positions[0, :, None] - positions[0, None, :]  # (T, T): m - n
     near = (attn * ((back - offset).abs() <= 2)).sum(-1)  # per head and query
-    assert near[:, 8:].min() > 0.5  # uniform attention would give at most 5/36
+    # uniform attention would give at most 5/36 to the 5 neighbours
+    assert near[:, 8:].min() > 0.4 and near[:, 8:].mean() > 0.8, near[:, 8:]
 
 
 def test_batch_masks_only_answer_and_recall_slots(tok):

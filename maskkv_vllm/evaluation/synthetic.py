@@ -36,7 +36,10 @@ PUNCT = [":", ";", "?", "="]
 DIGITS = [str(d) for d in range(10)]
 KEYS = [f"k{i:03d}" for i in range(NUM_KEYS)]
 VARS = [f"x{i:02d}" for i in range(NUM_VARS)]
-WORDS = list(SPECIAL_TOKENS) + PUNCT + DIGITS + KEYS + VARS
+UNK = "<unk>"
+"""What a word outside the vocabulary becomes (last, so the ids before it are
+those the shipped checkpoint was trained with; it was EOS before)."""
+WORDS = list(SPECIAL_TOKENS) + PUNCT + DIGITS + KEYS + VARS + [UNK]
 TASKS = ("kv", "vt", "needle")
 # The repeated filler (like "The grass is green. The sky is blue."): fixed words that
 # state no fact, so ``facts`` finds only the needles.
@@ -46,10 +49,10 @@ FILLER = " ".join(VARS[:11]) + " ;"
 def word_tokenizer() -> HFTokenizer:
     """WordLevel tokenizer over ``WORDS`` (specials first, so BOS is id 0)."""
     vocab = {w: i for i, w in enumerate(WORDS)}
-    tok = HFTokenizer(models.WordLevel(vocab=vocab, unk_token=SPECIAL_TOKENS[1]))
+    tok = HFTokenizer(models.WordLevel(vocab=vocab, unk_token=UNK))
     tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
     tok.decoder = decoders.WordPiece(prefix="##", cleanup=False)
-    tok.add_special_tokens(list(SPECIAL_TOKENS))
+    tok.add_special_tokens([*SPECIAL_TOKENS, UNK])
     tok.post_processor = processors.TemplateProcessing(
         single=f"{BOS} $A", special_tokens=[(BOS, vocab[BOS])]
     )

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
+from typing import Any
 
 from tokenizers import Tokenizer as HFTokenizer
 
 from maskkv_vllm.models.llada_config import LLaDAConfig
+
+logger = logging.getLogger(__name__)
 
 BOS = "<|startoftext|>"
 EOS = "<|endoftext|>"
@@ -43,6 +47,10 @@ class Tokenizer:
         self.eot_token_id = tokenizer.token_to_id(EOT)
         self.vocab_size = tokenizer.get_vocab_size(with_added_tokens=True)
         self.max_token_bytes = _max_token_bytes(tokenizer)
+        self.unk_token = _unk_token(tokenizer)
+        self.unk_token_id = (
+            tokenizer.token_to_id(self.unk_token) if self.unk_token else None
+        )
 
     @classmethod
     def from_dir(cls, model_dir: str | Path, config: LLaDAConfig) -> Tokenizer:
@@ -71,7 +79,32 @@ class Tokenizer:
     def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
         if not isinstance(text, str):
             raise TypeError(f"prompt must be a str, got {type(text).__name__}")
-        return self.tokenizer.encode(text, add_special_tokens=add_special_tokens).ids
+        encoding = self.tokenizer.encode(text, add_special_tokens=add_special_tokens)
+        if self.unk_token_id is not None and self.unk_token_id in encoding.ids:
+            self._warn_unknown(text, encoding)
+        return encoding.ids
+
+    def unknown_words(self, text: str) -> list[str]:
+        """The words of ``text`` outside the vocabulary (each became ``unk_token``)."""
+        if self.unk_token_id is None:
+            return []
+        encoding = self.tokenizer.encode(text, add_special_tokens=False)
+        return self._unknown(text, encoding)
+
+    def _unknown(self, text: str, encoding: Any) -> list[str]:
+        spans = zip(encoding.ids, encoding.offsets, strict=True)
+        words = [text[a:b] for i, (a, b) in spans if i == self.unk_token_id]
+        return [w for w in words if w and w != self.unk_token]
+
+    def _warn_unknown(self, text: str, encoding: Any) -> None:
+        words = self._unknown(text, encoding)
+        if words:
+            shown = ", ".join(repr(w) for w in words[:8])
+            more = f" and {len(words) - 8} more" if len(words) > 8 else ""
+            logger.warning(
+                "%d word(s) outside the model's vocabulary became %s: %s%s",
+                len(words), self.unk_token, shown, more,
+            )  # fmt: skip
 
     def decode(self, ids: list[int]) -> str:
         known = [i for i in ids if 0 <= i < self.vocab_size]
@@ -93,6 +126,13 @@ class Tokenizer:
     def encode_chat(self, messages: list[dict[str, str]]) -> list[int]:
         # The rendered template already holds BOS.
         return self.encode(self.render_chat(messages), add_special_tokens=False)
+
+
+def _unk_token(tokenizer: HFTokenizer) -> str | None:
+    """The model's unknown token (word-level and WordPiece vocabularies); None
+    for a byte-level BPE, which can spell anything."""
+    model = json.loads(tokenizer.to_str()).get("model") or {}
+    return model.get("unk_token") or None
 
 
 def _max_token_bytes(tokenizer: HFTokenizer) -> int | None:

@@ -44,3 +44,27 @@ def test_builtin_tiny_is_written_once(tmp_path, monkeypatch):
     assert (first / "model.safetensors").stat().st_mtime_ns == stamp
     with pytest.raises(FileNotFoundError, match="'nope' is neither"):
         resolve_model("nope")
+
+
+def test_the_retrieval_model_says_which_words_it_does_not_know(caplog):
+    # Issue 25, item 8: unknown words were EOS (id 1), silently: an English
+    # question was a run of EOS ids and got an empty answer.
+    from maskkv_vllm.models.loader import load_checkpoint
+
+    _, tok = load_checkpoint(resolve_model("retrieval"))
+    assert (tok.unk_token, tok.unk_token_id, tok.vocab_size) == ("<unk>", 596, 597)
+    with caplog.at_level("WARNING", logger="maskkv_vllm.models.tokenizer"):
+        ids = tok.encode("? k600 k511 France?")
+    assert ids == [0, 8, 596, 531, 596]
+    assert caplog.messages == [
+        "2 word(s) outside the model's vocabulary became <unk>: 'k600', 'France?'"
+    ]
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="maskkv_vllm.models.tokenizer"):
+        tok.encode("k000 : 1 2 3 ; ? k000 <unk>")
+    assert caplog.messages == [] and tok.unknown_words("a k001 b") == ["a", "b"]
+
+
+def test_a_byte_level_tokenizer_has_no_unknown_words(tiny):
+    _, tok = tiny
+    assert tok.unk_token_id is None and tok.unknown_words("anything at all") == []
