@@ -20,6 +20,7 @@ from maskkv_vllm.eviction.budget import fewest_pages, reserved_pages
 from maskkv_vllm.eviction.policy_set import PolicySet
 from maskkv_vllm.kv_cache.factory import make_prompt_cache
 from maskkv_vllm.models.builtin import resolve_model
+from maskkv_vllm.models.continuation import continuation_text
 from maskkv_vllm.models.llada import LLaDAModel
 from maskkv_vllm.models.loader import load_checkpoint
 from maskkv_vllm.models.tokenizer import Tokenizer
@@ -275,7 +276,7 @@ class LLMEngine:
         ids = r.token_ids_so_far
         cut = first_stop(ids, self.sampler.stop_token_ids)
         cut = len(ids) if cut is None else cut
-        text = self._decode(ids[:cut])
+        text = self._decode(r, ids[:cut])
         # A multi-byte character split across blocks decodes as U+FFFD for now.
         return ids[:cut], text.rstrip("\ufffd")
 
@@ -325,7 +326,7 @@ class LLMEngine:
         if token_ids is None:  # aborted or failed: what was streamed so far
             token_ids, text = [], r.emitted_text
         else:
-            text = self._decode(token_ids)
+            text = self._decode(r, token_ids)
         r.seq = None
         return self._output(r, token_ids, text, finished=True)
 
@@ -337,8 +338,11 @@ class LLMEngine:
             self.sampler.free(r.seq)
             r.seq = None
 
-    def _decode(self, ids: list[int]) -> str:
-        return self.tokenizer.decode(ids) if self.tokenizer else ""
+    def _decode(self, r: Request, ids: list[int]) -> str:
+        """The answer's text as it reads after the prompt (as vLLM gives it)."""
+        if not self.tokenizer:
+            return ""
+        return continuation_text(self.tokenizer.decode, r.prompt_token_ids, ids)
 
     def summary(self) -> str:
         """One line on what this engine serves with (logged at startup)."""

@@ -18,6 +18,7 @@ from maskkv_vllm.kv_cache.factory import make_prompt_cache
 from maskkv_vllm.kv_cache.forward_batch import canvas_batch, full_batch
 from maskkv_vllm.kv_cache.prompt_cache import PromptCache
 from maskkv_vllm.models.attention import Attention, DenseAttention
+from maskkv_vllm.models.continuation import continuation_text
 from maskkv_vllm.models.protocol import DiffusionLM
 from maskkv_vllm.models.tokenizer import Tokenizer
 from maskkv_vllm.sampler.outputs import GenerationOutput
@@ -192,7 +193,11 @@ class DiffusionSampler:
         ids = seq.canvas.tolist()
         cut = first_stop(ids, self.stop_token_ids)
         token_ids = ids if cut is None else ids[:cut]
-        text = self.tokenizer.decode(token_ids) if self.tokenizer else ""
+        text = (
+            continuation_text(self.tokenizer.decode, seq.prompt_token_ids, token_ids)
+            if self.tokenizer
+            else ""
+        )
         return GenerationOutput(
             request_id=seq.request_id,
             prompt_token_ids=seq.prompt_token_ids,

@@ -59,6 +59,7 @@ class LLaDAEngineConfig:
     def verify_and_update_config(vllm_config: Any) -> None:
         for change in engine_changes(vllm_config):
             logger.info("maskkv: %s", change)
+        logger.info("maskkv: %s", dtype_line(vllm_config.model_config))
 
 
 def engine_changes(vllm_config: Any, platform: Any = None) -> list[str]:
@@ -123,6 +124,15 @@ def engine_changes(vllm_config: Any, platform: Any = None) -> list[str]:
         sched.max_num_scheduled_tokens = model.max_model_len
         changes.append(f"max_num_scheduled_tokens = {model.max_model_len}")
     return changes
+
+
+def dtype_line(model_config: Any) -> str:
+    """What the model computes in, beside what its weights are stored in: vLLM's
+    CPU default runs a float32 checkpoint in bfloat16, the embedded engine in
+    float32, so the two can differ on near-ties (``--dtype float32`` to match)."""
+    hf = model_config.hf_config
+    stored = getattr(hf, "torch_dtype", None) or getattr(hf, "dtype", None)
+    return f"LLaDA runs in {model_config.dtype} (checkpoint weights: {stored})"
 
 
 CPU_KV_CACHE_BYTES = 1 << 30

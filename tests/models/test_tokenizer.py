@@ -68,3 +68,42 @@ def test_the_retrieval_model_says_which_words_it_does_not_know(caplog):
 def test_a_byte_level_tokenizer_has_no_unknown_words(tiny):
     _, tok = tiny
     assert tok.unk_token_id is None and tok.unknown_words("anything at all") == []
+
+
+def _stream_text(hf, prompt_ids, ids):
+    """What vLLM's front end shows: a DecodeStream seeded with the prompt."""
+    from tokenizers.decoders import DecodeStream
+
+    stream = DecodeStream(skip_special_tokens=True)
+    for i in prompt_ids:
+        stream.step(hf, i)
+    return "".join(filter(None, (stream.step(hf, i) for i in ids)))
+
+
+def test_an_answer_reads_as_it_does_after_its_prompt(tiny):
+    # Issue 25, item 9: the embedded engine decoded the answer alone ("0 7 0"),
+    # vLLM after the prompt (" 0 7 0"); both now take the latter.
+    from maskkv_vllm.models.continuation import continuation_text
+    from maskkv_vllm.models.loader import load_checkpoint
+
+    _, words = load_checkpoint(resolve_model("retrieval"))
+    prompt, answer = words.encode("k042 : 0 7 0 ; ? k042"), words.encode("0 7 0")[1:]
+    got = continuation_text(words.decode, prompt, answer)
+    assert got == " 0 7 0" == _stream_text(words.tokenizer, prompt, answer)
+    assert words.decode(answer) == "0 7 0"
+    _, tok = tiny  # byte-level: spaces are spelled, both ways agree
+    prompt, answer = tok.encode("Héllo"), tok.encode(" wörld, ok", False)
+    assert continuation_text(tok.decode, prompt, answer) == " wörld, ok"
+    assert continuation_text(tok.decode, [], answer) == " wörld, ok"
+    split = tok.encode("é", False)  # a character cut at the seam: decoded alone
+    assert continuation_text(tok.decode, prompt + split[:1], split[1:]) == "\ufffd"
+
+
+def test_the_embedded_engine_answers_with_the_continuation_text():
+    from maskkv_vllm.engine.llm import LLM
+    from maskkv_vllm.sampling_params import SamplingParams
+
+    llm = LLM("retrieval", kv_cache_memory="64MiB")
+    params = SamplingParams(gen_length=8, block_length=8, steps=8)
+    (out,) = llm.generate(["k042 : 0 7 0 ; k007 : 1 2 3 ; ? k042"], params)
+    assert out.text == " 0 7 0"

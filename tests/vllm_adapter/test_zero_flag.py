@@ -147,3 +147,11 @@ def test_a_cpu_pool_nobody_sized_is_1_gib(
     vllm_tiny_dir, monkeypatch, env, kwargs, expected
 ):
     assert _pool_bytes(vllm_tiny_dir, monkeypatch, env, **kwargs) == expected
+
+
+def test_the_log_says_which_dtype_llada_runs_in(plain_llm):
+    # Issue 25, item 9: vLLM's CPU default runs a float32 checkpoint in bfloat16.
+    from maskkv_vllm.vllm_adapter.engine_config import dtype_line
+
+    line = dtype_line(plain_llm.llm_engine.vllm_config.model_config)
+    assert line.startswith("LLaDA runs in torch.float32 (checkpoint weights: ")

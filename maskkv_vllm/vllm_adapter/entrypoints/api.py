@@ -23,6 +23,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from maskkv_vllm.models.continuation import continuation_text
 from maskkv_vllm.sampling_params import SamplingParams
 from maskkv_vllm.vllm_adapter.params import CONFIG_KEY, AdapterConfig
 
@@ -160,6 +161,11 @@ def _to_output(out: Any, stops: Sequence[int], llm: Any) -> VllmOutput:
     ids = list(completion.token_ids)
     if ids and ids[-1] in stops:
         ids = ids[:-1]
-    text = llm.get_tokenizer().decode(ids, skip_special_tokens=True)
+    tokenizer = llm.get_tokenizer()
+    text = continuation_text(
+        lambda t: tokenizer.decode(t, skip_special_tokens=True),
+        list(out.prompt_token_ids),
+        ids,
+    )
     reason = "stop" if completion.finish_reason == "stop" else "length"
     return VllmOutput(list(out.prompt_token_ids), ids, text, reason)
