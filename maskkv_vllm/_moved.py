@@ -25,6 +25,7 @@ MODULES = {
     "maskkv_vllm.kv_cache.prompt_kv": "maskkv_vllm.kv_cache.dense_prompt_cache",
     "maskkv_vllm.models.bert": "maskkv_vllm.testbeds.bert",
     "maskkv_vllm.evaluation.bert_tasks": "maskkv_vllm.testbeds.bert.tasks",
+    "maskkv_vllm.entrypoints.protocol": "maskkv_vllm.openai_api.protocol",
     **{
         f"maskkv_vllm.vllm_adapter.{old}": f"maskkv_vllm.vllm_adapter.{new}"
         for old, new in {

@@ -83,6 +83,7 @@ RANKS = {
     "config": 3,
     "sampling_params": 3,
     "kv_cache": 4,
+    "openai_api": 4,
     "sampler": 5,
     "engine": 6,
     "vllm_adapter": 6,

@@ -10,8 +10,8 @@ from __future__ import annotations
 import json
 import secrets
 
-from maskkv_vllm.entrypoints.protocol import APIError
 from maskkv_vllm.entrypoints.server_config import ServerConfig, host_name
+from maskkv_vllm.openai_api.protocol import APIError
 
 
 class RequestTooLarge(APIError):

@@ -26,7 +26,8 @@ from maskkv_vllm.engine.llm_engine import LLMEngine, QueueFullError
 from maskkv_vllm.engine.metrics import STEP_BUCKETS
 from maskkv_vllm.engine.request import RequestOutput
 from maskkv_vllm.entrypoints.guard import FrontDoor
-from maskkv_vllm.entrypoints.protocol import (
+from maskkv_vllm.entrypoints.server_config import ServerConfig
+from maskkv_vllm.openai_api.protocol import (
     APIError,
     chat_messages,
     completion_prompts,
@@ -34,7 +35,6 @@ from maskkv_vllm.entrypoints.protocol import (
     requested_model,
     sampling_params,
 )
-from maskkv_vllm.entrypoints.server_config import ServerConfig
 
 logger = logging.getLogger("maskkv_vllm.server")
 

@@ -5,114 +5,15 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from maskkv_vllm.sampling_params import SamplingParams
-
-# Diffusion options that ride as extra body fields (the openai client's extra_body).
-EXTRA_FIELDS = (
-    "gen_length",
-    "block_length",
-    "steps",
-    "remasking",
-    "cfg_scale",
-    "threshold",
-    "kv_policy",
-    "kv_budget",
-    "logits_eos_inf",
+from maskkv_vllm.openai_api.options import (
+    EXTRA_FIELDS,
+    GEN_FIELDS,
+    HONOURED,
+    TYPES,
+    APIError,
+    check_fields,
 )
-# The canvas length, by precedence.
-GEN_FIELDS = ("gen_length", "max_tokens", "max_completion_tokens")
-# OpenAI fields this engine cannot honour, with the values (besides null) that
-# ask for nothing; anything else is refused, never silently ignored.
-NEUTRAL: dict[str, tuple] = {
-    "n": (1,),
-    "best_of": (1,),
-    "echo": (False,),
-    "logprobs": (False,),
-    "top_logprobs": (0,),
-    "suffix": ("",),
-    "stop": ("", []),
-    "stop_token_ids": ([],),
-    "tools": ([],),
-    "tool_choice": ("none",),
-    "top_p": (1,),
-    "top_k": (-1, 0),
-    "min_p": (0,),
-    "frequency_penalty": (0,),
-    "presence_penalty": (0,),
-    "repetition_penalty": (1,),
-    "logit_bias": ({},),
-    "min_tokens": (0,),
-    "response_format": ({"type": "text"},),
-}
-# Field -> (accepted types, what to call them): checked before any value is used.
-TYPES: dict[str, tuple[tuple[type, ...], str]] = {
-    "model": ((str,), "a string"),
-    "stream": ((bool,), "a boolean"),
-    "stream_options": ((dict,), "an object"),
-    "max_tokens": ((int,), "an integer"),
-    "max_completion_tokens": ((int,), "an integer"),
-    "gen_length": ((int,), "an integer"),
-    "block_length": ((int,), "an integer"),
-    "steps": ((int,), "an integer"),
-    "seed": ((int,), "an integer"),
-    "kv_budget": ((int,), "an integer"),
-    "temperature": ((int, float), "a number"),
-    "cfg_scale": ((int, float), "a number"),
-    "threshold": ((int, float), "a number"),
-    "remasking": ((str,), "a string"),
-    "kv_policy": ((str,), "a string"),
-    "logits_eos_inf": ((bool,), "a boolean"),
-}
-
-
-class APIError(Exception):
-    """An error answered with an HTTP status and OpenAI's error body."""
-
-    def __init__(self, status: int, message: str, param: str | None = None) -> None:
-        super().__init__(message)
-        self.status, self.message, self.param = status, message, param
-
-    def body(self) -> dict[str, Any]:
-        kind = {
-            400: "invalid_request_error",
-            401: "authentication_error",
-            404: "not_found_error",
-            405: "invalid_request_error",
-            413: "invalid_request_error",
-            415: "invalid_request_error",
-            503: "service_unavailable",
-        }.get(self.status, "server_error")
-        return {
-            "error": {
-                "message": self.message,
-                "type": kind,
-                "param": self.param,
-                "code": self.status,
-            }
-        }
-
-
-def check_fields(body: dict[str, Any]) -> None:
-    """Refuse wrong types and unsupported options, naming the field (``param``)."""
-    for name, (kinds, what) in TYPES.items():
-        value = body.get(name)
-        wrong_bool = isinstance(value, bool) and bool not in kinds
-        if value is not None and (not isinstance(value, kinds) or wrong_bool):
-            raise APIError(400, f"{name}={value!r:.80} must be {what}", name)
-    for name, neutral in NEUTRAL.items():
-        value = body.get(name)
-        if value is not None and not any(_same(value, n) for n in neutral):
-            raise APIError(400, f"{name}={value!r:.80} is not supported", name)
-    options = body.get("stream_options")
-    if options is not None and not body.get("stream"):
-        raise APIError(400, "stream_options needs stream=true", "stream_options")
-
-
-def _same(value: Any, neutral: Any) -> bool:
-    """Equal and of the same JSON kind: ``true`` is not the count 1."""
-    if isinstance(value, bool) or isinstance(neutral, bool):
-        return value is neutral
-    return value == neutral
+from maskkv_vllm.sampling_params import SamplingParams
 
 
 def sampling_params(body: dict[str, Any]) -> SamplingParams:
@@ -133,7 +34,7 @@ def sampling_params(body: dict[str, Any]) -> SamplingParams:
             kwargs["block_length"] = 32 if gen % 32 == 0 else gen
         if "steps" not in kwargs:
             kwargs["steps"] = gen
-    for name in ("temperature", "seed"):
+    for name in HONOURED:
         if body.get(name) is not None:
             kwargs[name] = body[name]
     try:

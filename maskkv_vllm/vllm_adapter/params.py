@@ -25,6 +25,7 @@ FLAT_PREFIX = "maskkv_"
 
 _MASKKV_FIELDS = {f.name for f in dataclasses.fields(MaskKVConfig)}
 _PARAM_FIELDS = {f.name for f in dataclasses.fields(SamplingParams)}
+_BOOL_FIELDS = {f.name for f in dataclasses.fields(SamplingParams) if f.type == "bool"}
 
 
 @dataclass(frozen=True)
@@ -125,5 +126,16 @@ def _raw_request_args(extra_args: dict[str, Any]) -> dict[str, Any]:
     raw = dict(nested or {})
     for key, value in extra_args.items():
         if key.startswith(FLAT_PREFIX):
-            raw[key.removeprefix(FLAT_PREFIX)] = value
+            name = key.removeprefix(FLAT_PREFIX)
+            raw[name] = _flat_value(name, value)
     return raw
+
+
+def _flat_value(name: str, value: Any) -> Any:
+    """A flat ``vllm_xargs`` value as our field wants it: vLLM's request model
+    allows no booleans there (pydantic turns ``true`` into 1), so a boolean
+    field takes 0 and 1 too."""
+    is_int = isinstance(value, int) and not isinstance(value, bool)
+    if name in _BOOL_FIELDS and is_int and value in (0, 1):
+        return bool(value)
+    return value

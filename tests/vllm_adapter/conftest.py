@@ -113,3 +113,34 @@ def start_server():
         return Server(cmd_for_port(port), env, log, port)
 
     return start
+
+
+SNAPKV_4 = '{"maskkv": {"kv_policy": "snapkv", "kv_budget": 4}}'
+"""The engine default of ``llada_server``: every request evicts at step 0."""
+
+
+@pytest.fixture(scope="session")
+def llada_server(vllm_tiny_dir, tmp_path_factory, start_server):
+    """``maskkv vllm-serve`` (``serve.main``) on the tiny checkpoint, shared by
+    ``test_serve.py`` and ``test_serve_load.py``: served as "tiny", float32,
+    ``max_model_len`` 512, snapkv with B = 4 by default, engine in its own process."""
+    import sys
+
+    log = tmp_path_factory.mktemp("serve") / "server.log"
+    env = {**os.environ, "VLLM_ENABLE_V1_MULTIPROCESSING": "1"}
+    env.pop("VLLM_PLUGINS", None)  # serve.main sets "maskkv"
+
+    def cmd(port):
+        argv = [
+            str(vllm_tiny_dir), "--port", str(port), "--dtype", "float32",
+            "--max-model-len", "512", "--served-model-name", "tiny",
+            "--additional-config", SNAPKV_4,
+        ]  # fmt: skip
+        serve = "maskkv_vllm.vllm_adapter.entrypoints.serve"
+        code = f"from {serve} import main; main({argv!r})"
+        return [sys.executable, "-c", code]
+
+    srv = start_server(cmd, env, log)
+    print(f"maskkv vllm-serve healthy after {srv.startup_s:.0f} s")
+    yield srv
+    srv.stop()

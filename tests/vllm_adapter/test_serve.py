@@ -7,7 +7,6 @@ healthy on 2 cores), sends ``/v1/completions`` with MaskKV params as
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import time
@@ -24,36 +23,15 @@ from maskkv_vllm.vllm_adapter.entrypoints.serve import serve_args  # noqa: E402
 
 pytestmark = [pytest.mark.vllm, pytest.mark.slow]
 
-_LOG: dict = {}
-SNAPKV_4 = '{"maskkv": {"kv_policy": "snapkv", "kv_budget": 4}}'
+
+@pytest.fixture(scope="module")
+def server(llada_server):
+    return llada_server.port
 
 
 @pytest.fixture
-def server_log(server):
-    return _LOG["path"]
-
-
-@pytest.fixture(scope="module")
-def server(vllm_tiny_dir, tmp_path_factory, start_server):
-    log = tmp_path_factory.mktemp("serve") / "server.log"
-    env = {**os.environ, "VLLM_ENABLE_V1_MULTIPROCESSING": "1"}
-    env.pop("VLLM_PLUGINS", None)  # serve.main sets "maskkv"
-
-    def cmd(port):
-        argv = [
-            str(vllm_tiny_dir), "--port", str(port), "--dtype", "float32",
-            "--max-model-len", "512", "--served-model-name", "tiny",
-            "--additional-config", SNAPKV_4,
-        ]  # fmt: skip
-        serve = "maskkv_vllm.vllm_adapter.entrypoints.serve"
-        code = f"from {serve} import main; main({argv!r})"
-        return [sys.executable, "-c", code]
-
-    srv = start_server(cmd, env, log)
-    _LOG["path"] = log
-    print(f"maskkv vllm-serve healthy after {srv.startup_s:.0f} s")
-    yield srv.port
-    srv.stop()
+def server_log(llada_server):
+    return llada_server.log
 
 
 def test_serve_args_bind_loopback_and_add_the_template_only_when_absent():
@@ -202,3 +180,120 @@ def test_eviction_is_on_vllm_s_metrics(server):
     assert kept > 0 and evicted > 0
     assert values["maskkv:prompt_kv_kept_fraction_count"] >= 1
     assert "vllm:num_requests_running" in text  # vLLM's own metrics are still there
+
+
+# -- issue 25: the embedded server's option rules, through real HTTP -------------
+
+
+def _client(server):
+    return openai.OpenAI(
+        base_url=f"http://127.0.0.1:{server}/v1", api_key="none", max_retries=0
+    )
+
+
+def _refused(server, chat, stream, param, message, **kwargs):
+    client = _client(server)
+    if chat:
+        call = client.chat.completions.create
+        kwargs["messages"] = [{"role": "user", "content": "Hi"}]
+    else:
+        call = client.completions.create
+        kwargs["prompt"] = "Hello"
+    with pytest.raises(openai.BadRequestError) as err:
+        call(model="tiny", max_tokens=16, stream=stream, **kwargs)
+    assert err.value.status_code == 400
+    assert err.value.body["param"] == param
+    assert message in err.value.message
+    with urllib.request.urlopen(f"http://127.0.0.1:{server}/health", timeout=5) as r:
+        assert r.status == 200
+
+
+@pytest.mark.parametrize("stream", [False, True])
+@pytest.mark.parametrize(
+    ("chat", "kwargs", "message"),
+    [
+        (False, {"logprobs": 2}, "logprobs=2 is not supported"),
+        (True, {"logprobs": True, "top_logprobs": 2}, "logprobs=True is not"),
+    ],
+)
+def test_logprobs_are_a_400_not_a_500(server, chat, kwargs, message, stream):
+    # Issue 25, item 2: was HTTP 500 (IndexError in vLLM's completion serving).
+    _refused(server, chat, stream, "logprobs", message, **kwargs)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "param", "message"),
+    [
+        ({"n": 2}, "n", "n=2 is not supported"),
+        ({"top_p": 0.5}, "top_p", "top_p=0.5 is not supported"),
+        ({"stop": ["x"]}, "stop", "stop=['x'] is not supported"),
+        ({"temperature": "hot"}, "temperature", "temperature='hot' must be a number"),
+        ({"extra_body": {"ignore_eos": True}}, "ignore_eos", "ignore_eos=True is"),
+    ],
+)
+def test_options_the_engine_cannot_honour_are_refused_by_name(
+    server, kwargs, param, message
+):
+    # Issue 25, item 3: each returned 200 (n=2: two identical answers).
+    _refused(server, False, False, param, message, **kwargs)
+
+
+def _embedded(vllm_tiny_dir, prompt, **params):
+    ref = EmbeddedLLM(str(vllm_tiny_dir), kv_policy="full")
+    (out,) = ref.generate([prompt], SamplingParams(**params), use_tqdm=False)
+    return out.token_ids
+
+
+def test_temperature_and_seed_are_honoured_as_by_the_embedded_engine(
+    server, vllm_tiny_dir
+):
+    # Issue 25, item 3: temperature was ignored (greedy answer, 200).
+    prompt, shape = "Once upon a time", {"gen_length": 16, "block_length": 8}
+    resp = _client(server).completions.create(
+        model="tiny", prompt=prompt, max_tokens=16, temperature=0.9, seed=5,
+        extra_body={"block_length": 8, "return_token_ids": True},
+    )  # fmt: skip
+    shape.update(kv_policy="snapkv", kv_budget=4, steps=16)  # the server's defaults
+    sampled = _embedded(vllm_tiny_dir, prompt, **shape, temperature=0.9, seed=5)
+    greedy = _embedded(vllm_tiny_dir, prompt, **shape)
+    assert sampled != greedy
+    assert resp.choices[0].token_ids == sampled
+
+
+LONG_PROMPT = "The quick brown fox jumps over the lazy dog near the river bank " * 3
+
+
+def test_diffusion_options_as_top_level_fields_are_honoured(server, vllm_tiny_dir):
+    # Issue 25, item 4: extra_body kv_policy/steps/... were dropped (the server's
+    # snapkv B = 4 ran instead); now they ride as vllm_xargs.
+    extra = {"kv_policy": "full", "block_length": 8, "steps": 8}
+    resp = _client(server).completions.create(
+        model="tiny", prompt=LONG_PROMPT, max_tokens=16,
+        extra_body={**extra, "return_token_ids": True},
+    )  # fmt: skip
+    full = _embedded(vllm_tiny_dir, LONG_PROMPT, gen_length=16, **extra)
+    evicted = _embedded(
+        vllm_tiny_dir, LONG_PROMPT, gen_length=16, block_length=8, steps=8,
+        kv_policy="snapkv", kv_budget=4,
+    )  # fmt: skip
+    assert full != evicted
+    assert resp.choices[0].token_ids == full
+
+
+@pytest.mark.parametrize(
+    ("extra", "param", "message"),
+    [
+        ({"kv_budget": 0}, "kv_budget", "kv_budget=0 must be a positive integer"),
+        ({"kv_policy": "nope"}, "kv_policy", "kv_policy='nope' is not one of"),
+        ({"block_length": 5}, "max_tokens", "max_tokens=16 is not a multiple of"),
+        (
+            {"kv_budget": 8, "vllm_xargs": {"maskkv_kv_budget": 16}},
+            "kv_budget",
+            "kv_budget=8 but vllm_xargs has maskkv_kv_budget=16",
+        ),
+    ],
+)
+def test_bad_top_level_diffusion_options_are_refused_by_name(
+    server, extra, param, message
+):
+    _refused(server, False, False, param, message, extra_body=extra)

@@ -133,6 +133,22 @@ def test_streaming_sends_each_committed_block(client):
     assert all(len(c) == 8 for c in chunks[:-1])
 
 
+@pytest.mark.parametrize(
+    ("kwargs", "param"),
+    [
+        ({"n": 2}, "n"),
+        ({"logprobs": 2}, "logprobs"),
+        ({"extra_body": {"kv_policy": "nope"}}, "kv_policy"),
+    ],
+)
+def test_the_plain_server_applies_the_embedded_server_s_rules(client, kwargs, param):
+    # Issue 25: the endpoint plugin "maskkv" (allowed by VLLM_PLUGINS) checks the
+    # body in a plain `vllm serve` too; these were a 200, a 500 and a 200.
+    with pytest.raises(openai.BadRequestError) as err:
+        client.completions.create(model="tiny", prompt="Hello", max_tokens=8, **kwargs)
+    assert err.value.body["param"] == param
+
+
 def test_chat_needs_no_template_flag(client, vllm_tiny_dir):
     # Issue 25, item 7: the checkpoint carries LLaDA's template in
     # tokenizer_config.json, as real LLaDA checkpoints do (was: "default chat

@@ -241,6 +241,15 @@ def main(argv: list[str] | None = None) -> int:
     if missing:
         print(f"maskkv: error: {missing}", file=sys.stderr)
         return 2
+    for key, value in env_defaults().items():
+        os.environ.setdefault(key, value)
+    metrics_dir()  # before find_cli_env_setup imports vLLM (and prometheus_client)
+    # A vLLM we cannot drive is the first thing to say, before any input.
+    try:
+        cli_env_setup = find_cli_env_setup()
+    except RuntimeError as e:
+        print(f"maskkv: error: {e}", file=sys.stderr)
+        return 2
     wants_help = any(a in ("-h", "--help") or a.startswith("--help=") for a in argv)
     if wants_help:
         print(HELP_HEADER)
@@ -249,14 +258,6 @@ def main(argv: list[str] | None = None) -> int:
             argv = resolve_model_arg(argv)
         check_model(model_dir(argv))
     except (ValueError, FileNotFoundError) as e:
-        print(f"maskkv: error: {e}", file=sys.stderr)
-        return 2
-    for key, value in env_defaults().items():
-        os.environ.setdefault(key, value)
-    metrics_dir()
-    try:
-        cli_env_setup = find_cli_env_setup()
-    except RuntimeError as e:
         print(f"maskkv: error: {e}", file=sys.stderr)
         return 2
     from vllm.entrypoints.cli.serve import ServeSubcommand

@@ -21,10 +21,29 @@ import torch
 from vllm.exceptions import VLLMValidationError
 from vllm.v1.sample.logits_processor import BatchUpdate, LogitsProcessor
 
+from maskkv_vllm.openai_api.options import APIError, check_neutral
 from maskkv_vllm.vllm_adapter.params import FLAT_PREFIX, request_only_params
 
 VALIDATOR_CLS = "maskkv_vllm.vllm_adapter.entrypoints.validation:MaskKVParamsValidator"
 """The ``<module>:<type>`` name vLLM's ``logits_processors`` takes."""
+SAMPLING_FIELDS = (
+    "n",
+    "logprobs",
+    "prompt_logprobs",
+    "stop",
+    "presence_penalty",
+    "frequency_penalty",
+    "logit_bias",
+    "min_tokens",
+    "bad_words",
+    "allowed_token_ids",
+    "structured_outputs",
+)
+"""vLLM ``SamplingParams`` fields of ``options.NEUTRAL`` that vLLM never fills from
+the model's generation config: refused here too, for the offline ``LLM`` and a
+server without the HTTP check (``http_options``). Temperature, top-p/k, min-p and
+the repetition penalty may come from the generation config, so only the HTTP
+check, which sees what the client sent, can judge them."""
 
 
 def check_request(sampling_params: Any) -> None:
@@ -34,8 +53,14 @@ def check_request(sampling_params: Any) -> None:
         sampling_params: the request's vLLM ``SamplingParams``.
 
     Raises:
-        VLLMValidationError: naming the bad key and value.
+        VLLMValidationError: naming the bad key and value, or an option of
+            ``SAMPLING_FIELDS`` that asks for what LLaDA's sampler does not do.
     """
+    values = {name: getattr(sampling_params, name, None) for name in SAMPLING_FIELDS}
+    try:
+        check_neutral(values)
+    except APIError as err:
+        raise VLLMValidationError(err.message, parameter=err.param) from err
     extra = sampling_params.extra_args
     try:
         request_only_params(extra, sampling_params.max_tokens)
