@@ -7,9 +7,11 @@ replica that dies, and autoscales when asked to.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
+import signal
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -123,16 +125,25 @@ def build_deployment(engine_config: EngineConfig, cfg: RayServeConfig):
 def run(
     engine_config: EngineConfig, cfg: RayServeConfig, address: str | None = None
 ) -> None:
-    """Start (or join) Ray, deploy the replicas, and serve until interrupted."""
+    """Start (or join) Ray, deploy the replicas, and serve until Ctrl-C or SIGTERM."""
     import ray
     from ray import serve
+    from ray.serve.exceptions import RayServeException
 
     ray.init(address=address, ignore_reinit_error=True)
-    serve.start(http_options={"host": cfg.host, "port": cfg.port})
-    serve.run(build_deployment(engine_config, cfg), name="maskkv", route_prefix="/")
-    logger.info("serving %s on http://%s:%d", cfg.model_name, cfg.host, cfg.port)
+    # After ray.init, whose SIGTERM handler dumps a stack trace and aborts:
+    # `kill PID` stops the replicas as Ctrl-C does.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
+        serve.start(http_options={"host": cfg.host, "port": cfg.port})
+        app = build_deployment(engine_config, cfg)
+        serve.run(app, name="maskkv", route_prefix="/")
+        logger.info("serving %s on http://%s:%d", cfg.model_name, cfg.host, cfg.port)
         while True:
             time.sleep(3600)
     except KeyboardInterrupt:
-        serve.shutdown()
+        logger.info("stopping the replicas")
+    finally:
+        with contextlib.suppress(RayServeException):  # raised if Serve never started
+            serve.delete("maskkv")
+        ray.shutdown()
