@@ -234,3 +234,15 @@ def test_readme_names_every_test_mark():
     marks = re.findall(r'^\s+"(\w+): ', text, flags=re.M)
     line = next(line for line in README.splitlines() if line.startswith("tests/"))
     assert set(marks) <= set(re.findall(r"\w+", line)), (marks, line)
+
+
+def test_readme_spells_the_vllm_command_as_vllm_does():
+    # Issue 25, item 12: vLLM has no --plugin flag; its CLI parses before any
+    # plugin loads. The first vLLM lines say VLLM_PLUGINS=maskkv vllm serve.
+    readme = (ROOT / "README.md").read_text()
+    first = readme[readme.index("**vLLM.**") :][:600]
+    assert (
+        "`VLLM_PLUGINS=maskkv vllm serve CKPT`" in first
+        and "no\n`--plugin` flag" in first
+    )
+    assert "vllm serve --plugin" not in readme
