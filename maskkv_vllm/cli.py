@@ -266,15 +266,21 @@ def cmd_eval(args: argparse.Namespace) -> int:
     config = EngineArgs.from_cli_args(args).create_engine_config()
     llm = LLM.from_engine(LLMEngine(config))
     total = len(args.policies) * len(args.fractions)
-    with tqdm(total=total, desc="policy x budget") as bar:
-        result = harness.evaluate(
-            llm,
-            args.samples,
-            args.prompt_tokens,
-            tuple(args.policies),
-            tuple(args.fractions),
-            progress=bar,
-        )
+    try:
+        with tqdm(total=total, desc="policy x budget") as bar:
+            result = harness.evaluate(
+                llm,
+                args.samples,
+                args.prompt_tokens,
+                tuple(args.policies),
+                tuple(args.fractions),
+                progress=bar,
+                solved_at=args.solved_at,
+            )
+    except BaseException:
+        if not any(out_dir.iterdir()):
+            out_dir.rmdir()  # a failed run leaves no empty results folder
+        raise
     print(harness.format_table(result))
     title = f"{args.model}: {args.samples} samples, ~{args.prompt_tokens}-token prompts"
     harness.write_outputs(result, out_dir, title)
@@ -488,7 +494,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.set_defaults(func=cmd_serve)
 
-    from maskkv_vllm.evaluation.harness import FRACTIONS, POLICIES
+    from maskkv_vllm.evaluation.harness import FRACTIONS, POLICIES, SOLVED_AT
 
     ev = command(
         "eval",
@@ -500,7 +506,19 @@ def build_parser() -> argparse.ArgumentParser:
     EngineArgs.add_cli_args(
         ev, ("model", "device", "cache", "scheduler", "maskkv"), model=False
     )
-    ev.add_argument("--samples", type=int, default=64, help="prompts per task")
+    ev.add_argument(
+        "--samples",
+        type=int,
+        default=64,
+        help="prompts in all, drawn in turn from the tasks (kv, vt, needle)",
+    )
+    ev.add_argument(
+        "--solved-at",
+        type=float,
+        default=SOLVED_AT,
+        help="score only the tasks the full cache answers at least this often "
+        "(0: every task)",
+    )
     ev.add_argument(
         "--prompt-tokens", type=int, default=1024, help="about this long each"
     )

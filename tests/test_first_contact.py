@@ -25,7 +25,7 @@ from maskkv_vllm.models.loader import load_model
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text()
 EVAL = ["eval", "--model", "tiny", "--samples", "2", "--prompt-tokens", "48",
-        "--fractions", "0.5", "--policies", "snapkv"]  # fmt: skip
+        "--fractions", "0.5", "--policies", "snapkv", "--solved-at", "0"]  # fmt: skip
 
 
 @pytest.fixture
@@ -43,6 +43,16 @@ def test_eval_writes_a_fresh_folder_and_says_where(cache_home, capsys):
     (run,) = (cache_home / "maskkv-runs").iterdir()
     assert run.name.startswith("eval-") and (run / "eval.json").is_file()
     assert f"results go to maskkv-runs/{run.name}/" in capsys.readouterr().err
+
+
+def test_an_eval_with_nothing_to_retain_says_so_and_leaves_no_folder(
+    cache_home, capsys
+):
+    # The random tiny model answers no task: retention would be 0 / 0.
+    assert main(EVAL[:-2]) == 2
+    err = capsys.readouterr().err
+    assert "the full cache solves no task at solved_at=0.5 (kv 0.00, vt 0.00)" in err
+    assert list((cache_home / "maskkv-runs").iterdir()) == []
 
 
 def test_an_existing_results_folder_needs_force(cache_home, capsys):

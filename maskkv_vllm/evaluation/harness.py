@@ -23,24 +23,45 @@ POLICIES = (
     "squeezeattention",
     "streaming",
     "random",
+    # Ablations (issue 26): mask voting with uniform budgets, and SnapKV whose
+    # window runs through the mask tokens.
+    "maskvote",
+    "snapkv-mask-window",
 )
+ABLATIONS = ("maskvote", "snapkv-mask-window")
 FRACTIONS = (0.01, 0.02, 0.05, 0.1, 0.25)
 HELD_OUT_SEED = 1_000_003
 """Evaluation samples come from this seed; training draws from ``random.Random(0)``
 streams, so the haystacks differ (keys and digits are re-drawn per sample)."""
 
 
+SOLVED_AT = 0.5
+"""A task counts when the full cache answers at least this share of its samples:
+retention is measured against what the model can do, not against a task it never
+learnt (``vt`` on a model with one content-lookup layer scores 0 with every policy)."""
+
+
 @dataclass
 class EvalResult:
-    """Accuracy per (policy, budget fraction), plus the full-cache reference."""
+    """Accuracy per (policy, budget fraction), plus the full-cache reference, over
+    the samples of the tasks the full cache solves."""
 
     prompt_tokens: int
     num_samples: int
+    """Samples scored: those of the solved tasks."""
     full_accuracy: float
+    """The full cache's accuracy over the scored samples."""
     per_task_full: dict[str, float]
+    """The full cache's accuracy per task, every task drawn."""
     accuracy: dict[str, dict[float, float]] = field(default_factory=dict)
     budgets: dict[float, int] = field(default_factory=dict)
     """Budget B (entries per head per layer) used for each fraction."""
+    solved_at: float = 0.0
+    """Tasks whose full-cache accuracy is below this were not scored."""
+
+    @property
+    def solved_tasks(self) -> list[str]:
+        return [t for t, a in self.per_task_full.items() if a >= self.solved_at]
 
     def retention(self, policy: str, fraction: float) -> float:
         if self.full_accuracy == 0:
@@ -51,6 +72,8 @@ class EvalResult:
         return {
             "prompt_tokens": self.prompt_tokens,
             "num_samples": self.num_samples,
+            "solved_at": self.solved_at,
+            "solved_tasks": self.solved_tasks,
             "full_accuracy": self.full_accuracy,
             "per_task_full": self.per_task_full,
             "budgets": {str(f): b for f, b in self.budgets.items()},
@@ -85,8 +108,13 @@ def evaluate(
     fractions: tuple[float, ...] = FRACTIONS,
     gen_length: int = 8,
     progress=None,
+    solved_at: float = SOLVED_AT,
 ) -> EvalResult:
-    """Greedy, one token per step (the paper's setting), block = canvas length."""
+    """Greedy, one token per step (the paper's setting), block = canvas length;
+    ``num_samples`` drawn evenly from the tasks, the policies scored on those of
+    the tasks the full cache solves (``solved_at``; 0 scores every task)."""
+    if not 0 <= solved_at <= 1:
+        raise ValueError(f"solved_at={solved_at} must be within [0, 1]")
     samples = make_samples(HELD_OUT_SEED, num_samples, prompt_tokens)
     base = {"gen_length": gen_length, "block_length": gen_length, "steps": gen_length}
     full = score(llm, samples, SamplingParams(**base, kv_policy="full"))
@@ -94,7 +122,18 @@ def evaluate(
     for task in sorted({s.task for s in samples}):
         hits = [h for h, s in zip(full, samples, strict=True) if s.task == task]
         per_task[task] = sum(hits) / len(hits)
-    result = EvalResult(prompt_tokens, num_samples, sum(full) / len(full), per_task)
+    pairs = [(s, h) for s, h in zip(samples, full, strict=True)
+             if per_task[s.task] >= solved_at]  # fmt: skip
+    if not pairs:
+        raise ValueError(
+            f"the full cache solves no task at solved_at={solved_at} "
+            f"({', '.join(f'{t} {a:.2f}' for t, a in per_task.items())})"
+        )
+    samples = [s for s, _ in pairs]
+    full_accuracy = sum(h for _, h in pairs) / len(pairs)
+    result = EvalResult(
+        prompt_tokens, len(samples), full_accuracy, per_task, solved_at=solved_at
+    )
     for fraction in fractions:
         result.budgets[fraction] = max(1, round(fraction * prompt_tokens))
     for policy in policies:
@@ -117,10 +156,17 @@ def format_table(result: EvalResult) -> str:
     )
     n = result.num_samples
     lo, hi = wilson_interval(result.full_accuracy, n)
+    skipped = [t for t in result.per_task_full if t not in result.solved_tasks]
     lines = [
-        f"{n} held-out samples, prompts ~{result.prompt_tokens} "
-        f"tokens; full cache accuracy {result.full_accuracy:.3f} [{lo:.2f}, {hi:.2f}] "
+        f"{n} held-out samples of {', '.join(result.solved_tasks)}, prompts "
+        f"~{result.prompt_tokens} tokens; full cache accuracy "
+        f"{result.full_accuracy:.3f} [{lo:.2f}, {hi:.2f}] "
         f"({', '.join(f'{t} {a:.3f}' for t, a in result.per_task_full.items())})",
+        *(
+            [f"not scored (full cache below {result.solved_at}): {', '.join(skipped)}"]
+            if skipped
+            else []
+        ),
         "accuracy [95% Wilson interval] (retention vs full cache)",
         head,
         "-" * len(head),
@@ -144,7 +190,9 @@ def save_plot(result: EvalResult, path: Path, title: str) -> None:
     fig, ax = plt.subplots(figsize=(7, 4.5))
     fr = sorted(result.budgets)
     for policy, accs in result.accuracy.items():
-        style = {"linewidth": 2.5} if policy == "maskkv" else {"linewidth": 1.2}
+        style = {"linewidth": 2.5 if policy == "maskkv" else 1.2}
+        if policy in ABLATIONS:
+            style["linestyle"] = ":"
         ax.plot([100 * f for f in fr], [accs[f] for f in fr], marker="o",
                 label=policy, **style)  # fmt: skip
     ax.axhline(result.full_accuracy, color="black", linestyle="--", label="full cache")

@@ -51,9 +51,11 @@ class LayerContext:
         group = self.q.shape[0] // self.num_kv_heads
         return self.mask_votes.sum(dim=1) / (self.canvas_len * group)
 
-    def window_votes(self, window: int) -> torch.Tensor:
-        """(Hkv, M) attention from the last ``window`` prompt queries (SnapKV)."""
-        w = min(window, self.prompt_len)
-        rows = self.q[:, self.prompt_len - w : self.prompt_len]
+    def window_votes(self, window: int, through_canvas: bool = False) -> torch.Tensor:
+        """(Hkv, M) attention from the last ``window`` queries of the prompt
+        (SnapKV) or, ``through_canvas``, of the whole input, prompt then canvas."""
+        end = self.prompt_len + (self.canvas_len if through_canvas else 0)
+        w = min(window, end)
+        rows = self.q[:, end - w : end]
         votes = column_attention_sums(rows, self.k, self.prompt_len, self.chunk)
         return group_heads(votes, self.num_kv_heads)

@@ -62,6 +62,11 @@ _POLICIES: dict[str, Factory] = {
         MaskVoteScorer(), _similarity(p), c.squeeze_fraction
     ),
     "snapkv-maskkv-budget": lambda c, p: _maskkv(_snapkv(c), c, p),
+    # SnapKV whose window runs through the canvas: its last `window` queries are
+    # the prompt's end and the mask tokens (vs "maskvote": every mask token votes).
+    "snapkv-mask-window": lambda c, p: SnapKVScorer(
+        c.window, c.pool_kernel, canvas_in_window=True
+    ),
 }
 
 

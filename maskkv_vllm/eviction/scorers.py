@@ -38,20 +38,27 @@ class SnapKVScorer(Policy):
     is always kept (most recent first when the budget is smaller than it)."""
 
     window: int = 32
+    """Observation window: how many of the last queries vote."""
     kernel: int = 7
+    """Max-pool width along the sequence (1: no pooling)."""
+    canvas_in_window: bool = False
+    """Ablation: the window is the last ``window`` tokens of the whole input, the
+    canvas's mask tokens included (SnapKV proper stops at the prompt's end)."""
 
     def scores(self, ctx: LayerContext) -> torch.Tensor:
         m = ctx.prompt_len
-        w = min(self.window, m)
-        votes = ctx.window_votes(w)
+        tail = ctx.canvas_len if self.canvas_in_window else 0
+        w = min(self.window, m + tail)
+        votes = ctx.window_votes(w, through_canvas=self.canvas_in_window)
         if self.kernel > 1:
             votes = F.max_pool1d(
                 votes[:, None], self.kernel, stride=1, padding=self.kernel // 2
             )[:, 0, :m]
-        # Votes sum to at most w, so w + 1 + rank puts every window token above
-        # every other token, the most recent first.
-        recency = torch.arange(w, dtype=votes.dtype, device=votes.device)
-        votes[:, m - w :] = self.window + 1 + recency
+        # Votes sum to at most w, so w + 1 + rank puts every prompt token of the
+        # window above every other token, the most recent first.
+        inside = max(0, min(m, w - tail))
+        recency = torch.arange(inside, dtype=votes.dtype, device=votes.device)
+        votes[:, m - inside :] = self.window + 1 + recency
         return votes
 
 

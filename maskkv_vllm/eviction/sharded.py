@@ -62,9 +62,10 @@ class ShardedLayerContext(LayerContext):
         """(Hkv,) prompt preference of every head (eq. 14)."""
         return self._gathered("prompt_preference", lambda: self.local.prompt_preference)
 
-    def window_votes(self, window: int) -> torch.Tensor:
+    def window_votes(self, window: int, through_canvas: bool = False) -> torch.Tensor:
         """(Hkv, M) SnapKV window votes of every head."""
-        return self.gather(self.local.window_votes(window).contiguous())
+        local = self.local.window_votes(window, through_canvas)
+        return self.gather(local.contiguous())
 
     def _gathered(self, key: str, local: Callable[[], torch.Tensor]) -> torch.Tensor:
         """Gather a local statistic once per context.

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import random
+from types import SimpleNamespace
 
 import pytest
 
@@ -92,7 +93,7 @@ def test_evaluate_writes_table_json_and_plot(tiny_dir, tmp_path):
     llm = LLM(str(tiny_dir), kv_cache_memory="16MiB")
     result = harness.evaluate(
         llm, num_samples=4, prompt_tokens=96, policies=("maskkv", "streaming"),
-        fractions=(0.05, 0.25),
+        fractions=(0.05, 0.25), solved_at=0,
     )  # fmt: skip
     assert result.budgets == {0.05: 5, 0.25: 24}
     assert set(result.accuracy) == {"maskkv", "streaming"}
@@ -107,8 +108,55 @@ def test_evaluate_writes_table_json_and_plot(tiny_dir, tmp_path):
 
 def test_eval_cli(tiny_dir, tmp_path, capsys):
     argv = ["eval", "--model", str(tiny_dir), "--samples", "2", "--prompt-tokens",
-            "64", "--fractions", "0.1", "--policies", "snapkv", "--out-dir",
-            str(tmp_path)]  # fmt: skip
+            "64", "--fractions", "0.1", "--policies", "snapkv", "--solved-at", "0",
+            "--out-dir", str(tmp_path)]  # fmt: skip
     assert main(argv) == 0
     assert "snapkv" in capsys.readouterr().out
     assert (tmp_path / "eval.png").is_file()
+
+
+class Oracle:
+    """A stand-in LLM that answers the samples of ``full``'s tasks with the full
+    cache and those of ``evicting``'s with any other policy."""
+
+    def __init__(self, samples, full=("kv", "needle"), evicting=("kv",)):
+        self.truth = {s.prompt: s for s in samples}
+        self.full, self.evicting = full, evicting
+
+    def generate(self, prompts, params, use_tqdm=False):
+        tasks = self.full if params.kv_policy == "full" else self.evicting
+        outs = []
+        for p in prompts:
+            s = self.truth[p]
+            outs.append(SimpleNamespace(text=s.answer if s.task in tasks else "x"))
+        return outs
+
+
+def test_retention_counts_only_the_tasks_the_full_cache_solves():
+    # Issue 26: vt (full cache 0) no longer dilutes accuracy and retention.
+    samples = make_samples(harness.HELD_OUT_SEED, 6, 64)
+    result = harness.evaluate(Oracle(samples), 6, 64, ("snapkv",), (0.25,))
+    assert result.per_task_full == {"kv": 1.0, "needle": 1.0, "vt": 0.0}
+    assert result.solved_tasks == ["kv", "needle"] and result.num_samples == 4
+    assert result.full_accuracy == 1.0
+    assert result.accuracy == {"snapkv": {0.25: 0.5}}
+    assert result.retention("snapkv", 0.25) == 0.5
+    text = harness.format_table(result)
+    assert "4 held-out samples of kv, needle" in text
+    assert "not scored (full cache below 0.5): vt" in text
+    everything = harness.evaluate(
+        Oracle(samples), 6, 64, ("snapkv",), (0.25,), solved_at=0
+    )
+    assert everything.num_samples == 6 and everything.accuracy == {
+        "snapkv": {0.25: 2 / 6}
+    }
+    assert everything.full_accuracy == 4 / 6
+
+
+def test_evaluate_refuses_when_the_full_cache_solves_nothing():
+    oracle = Oracle(make_samples(harness.HELD_OUT_SEED, 3, 64), full=())
+    match = r"solves no task at solved_at=0.5 \(kv 0.00, needle 0.00, vt 0.00\)"
+    with pytest.raises(ValueError, match=match):
+        harness.evaluate(oracle, 3, 64, ("snapkv",), (0.25,))
+    with pytest.raises(ValueError, match="solved_at=1.5 must be within"):
+        harness.evaluate(oracle, 3, 64, solved_at=1.5)

@@ -82,6 +82,33 @@ def test_snapkv_always_keeps_its_window():
         assert idx.tolist() == [37, 38, 39]
 
 
+def one_hot_ctx(prompt_target=0, canvas_target=5, m=12, length=2):
+    """Keys are one-hot per prompt position (canvas keys 0); every prompt query
+    looks at ``prompt_target``, every canvas (mask) query at ``canvas_target``."""
+    k = torch.zeros(1, m + length, m)
+    k[0, :m] = 10 * torch.eye(m)
+    q = torch.zeros(1, m + length, m)
+    q[0, :m, prompt_target] = 10
+    q[0, m:, canvas_target] = 10
+    return LayerContext(0, 1, q, k, m, length)
+
+
+def test_snapkv_with_the_canvas_in_its_window_hears_the_mask_tokens():
+    # Issue 26's ablation: SnapKV's window ends at the prompt (rows 8-11 look at
+    # token 0, the window itself is kept); run through the canvas, its last 4
+    # queries are prompt rows 10-11 (kept) and the 2 mask rows, which find token 5.
+    ctx = one_hot_ctx()
+    snapkv = SnapKVScorer(4, 1)
+    assert [i.tolist() for i in snapkv.select(ctx, 5)] == [[0, 8, 9, 10, 11]]
+    through = SnapKVScorer(4, 1, canvas_in_window=True)
+    assert [i.tolist() for i in through.select(ctx, 4)] == [[0, 5, 10, 11]]
+    # A window no wider than the canvas keeps no prompt token for itself.
+    only_masks = SnapKVScorer(2, 1, canvas_in_window=True)
+    assert [i.tolist() for i in only_masks.select(ctx, 1)] == [[5]]
+    policy = make_policy("snapkv-mask-window", MaskKVConfig(window=4, pool_kernel=1))
+    assert [i.tolist() for i in policy.select(ctx, 4)] == [[0, 5, 10, 11]]
+
+
 def test_snapkv_pooling_spreads_a_peak_to_its_neighbours():
     ctx = make_ctx(m=40)
     raw = ctx.window_votes(8)[:, :32]
