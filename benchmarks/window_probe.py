@@ -1,0 +1,157 @@
+"""Which queries find the answer? The window-query probe of issue 26.
+
+    OMP_NUM_THREADS=1 python benchmarks/window_probe.py --model retrieval \\
+        --prompt-tokens 1024 --samples 32 [--out benchmarks/results/window_probe.json]
+
+Held-out ``kv`` and ``needle`` prompts (``train_model``'s evaluation stream), the
+answer canvas all masked, one forward: the first denoising step, where every policy
+scores. Per layer, for each group of query rows, the attention share they give the
+queried record's three answer digits: the mean over the group's rows of the
+softmax mass (over all prompt + canvas keys) on those three columns, for the head
+with the highest mean share, and the median over prompts of the worst digit's rank
+among the prompt columns in that head's summed votes (1 = first). A uniform row gives
+3 / (M + L). The groups are the voters of the policies:
+
+- ``mask``: the canvas's mask queries (MaskKV's voters);
+- ``window``: the last 32 prompt queries (SnapKV's observation window);
+- ``query``: the prompt's last token, the key being asked for;
+- ``window+mask``: the last 32 queries of the whole input (``snapkv-mask-window``).
+
+If only ``mask`` finds the digits, mask voting is close to an oracle on this model
+and a window policy cannot compete; a model whose prompt tokens retrieve (a
+pretrained LLM) shows the digits to ``window`` and ``query`` too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import statistics
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+import train_model as tm  # noqa: E402
+
+from maskkv_vllm.evaluation.synthetic import word_tokenizer  # noqa: E402
+from maskkv_vllm.eviction.voting import column_attention_sums  # noqa: E402
+from maskkv_vllm.models.attention import DenseAttention  # noqa: E402
+from maskkv_vllm.models.builtin import resolve_model  # noqa: E402
+from maskkv_vllm.models.loader import load_model  # noqa: E402
+
+WINDOW = 32
+GROUPS = ("mask", "window", "query", "window+mask")
+
+
+class Recording(DenseAttention):
+    """Dense attention that keeps each layer's post-RoPE q (Hq, T, d), k (Hkv, T, d)
+    of the one row it runs."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.qk: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def __call__(self, layer, q, k, v):
+        self.qk[layer] = (q[0], k[0])
+        return super().__call__(layer, q, k, v)
+
+
+def answer_columns(prompt: list[int]) -> list[int]:
+    """Prompt positions of the queried record's three digits (``kNNN : d d d``)."""
+    key = prompt[-1]
+    at = next(j for j, t in enumerate(prompt[:-2]) if t == key)
+    return [at + 2, at + 3, at + 4]
+
+
+def voter_rows(group: str, m: int, length: int) -> slice:
+    """Query rows of ``group`` in a (prompt M, canvas L) row."""
+    return {
+        "mask": slice(m, m + length),
+        "window": slice(m - WINDOW, m),
+        "query": slice(m - 1, m),
+        "window+mask": slice(m + length - WINDOW, m + length),
+    }[group]
+
+
+@torch.no_grad()
+def probe_prompt(model, prompt: list[int]) -> dict:
+    """Per layer and group: per head (share, worst digit rank) for one prompt."""
+    c = model.config
+    m, length = len(prompt), tm.GEN_LENGTH
+    ids = torch.tensor([prompt + [c.mask_token_id] * length])
+    rec = Recording()
+    model(ids, torch.arange(m + length)[None], rec)
+    cols = answer_columns(prompt)
+    out = {}
+    for layer, (q, k) in sorted(rec.qk.items()):
+        out[layer] = {}
+        for group in GROUPS:
+            rows = q[:, voter_rows(group, m, length)]
+            votes = column_attention_sums(rows, k, m)  # (Hq, M)
+            share = votes[:, cols].sum(dim=1) / rows.shape[1]
+            rank = (votes[:, None, :] > votes[:, cols, None]).sum(-1).max(-1).values
+            worst = (rank + 1).tolist()
+            out[layer][group] = list(zip(share.tolist(), worst, strict=True))
+    return out
+
+
+def summarise(per_prompt: list[dict]) -> dict:
+    """Per layer and group: the best head by mean share, its mean share and the
+    median of its worst-digit rank."""
+    out = {}
+    for layer in per_prompt[0]:
+        out[layer] = {}
+        for group in GROUPS:
+            heads = zip(*(p[layer][group] for p in per_prompt), strict=True)
+            stats = [
+                (statistics.fmean(s for s, _ in h), statistics.median(r for _, r in h))
+                for h in heads
+            ]
+            best = max(range(len(stats)), key=lambda i: stats[i][0])
+            out[layer][group] = {
+                "head": best,
+                "share": stats[best][0],
+                "worst_digit_rank": stats[best][1],
+            }
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default="retrieval")
+    ap.add_argument("--prompt-tokens", type=int, default=1024)
+    ap.add_argument("--samples", type=int, default=32, help="prompts per task")
+    ap.add_argument("--tasks", nargs="+", default=["kv", "needle"])
+    ap.add_argument("--out", type=Path, default=None, help="also write JSON here")
+    args = ap.parse_args()
+    model = load_model(resolve_model(args.model)).float().eval()
+    tok, n = word_tokenizer(), args.prompt_tokens
+    report = {"model": args.model, "prompt_tokens": n, "samples": args.samples}
+    for task in args.tasks:
+        rng = random.Random(tm.EVAL_SEED + n + tm.TASK_SEED[task])
+        prompts = [
+            tm.prompt_targets(rng, tok, task, n, 0)[0] for _ in range(args.samples)
+        ]
+        summary = summarise([probe_prompt(model, p) for p in prompts])
+        m = statistics.fmean(len(p) for p in prompts)
+        uniform = 3 / (m + tm.GEN_LENGTH)
+        report[task] = {"uniform_share": uniform, "prompt_len": m, "layers": summary}
+        print(f"{task}: {args.samples} held-out prompts of ~{m:.0f} tokens, canvas "
+              f"{tm.GEN_LENGTH} masks; share of attention on the answer's 3 digits "
+              f"(best head; uniform {uniform:.4f}), median worst-digit rank "
+              f"of {m:.0f}:")  # fmt: skip
+        for layer, groups in summary.items():
+            cells = [
+                f"{g} {s['share']:.3f} (h{s['head']}, rank {s['worst_digit_rank']:g})"
+                for g, s in groups.items()
+            ]
+            print(f"  layer {layer}: " + "; ".join(cells))
+    if args.out:
+        args.out.write_text(json.dumps(report, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
