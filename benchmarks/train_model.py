@@ -64,6 +64,8 @@ from maskkv_vllm.models.tiny import save_checkpoint
 
 GEN_LENGTH = 8
 T_MIN = 0.2
+PRETRAIN_EPS = 1e-3
+"""LLaDA pretraining's smallest masking ratio: p = eps + (1 - eps) t, t ~ U(0, 1)."""
 EVAL_SEED = 777_000  # held-out prompts: a generator stream training never draws from
 TASK_SEED = {"kv": 0, "vt": 1, "needle": 2}
 
@@ -211,8 +213,16 @@ def make_batch(
     recall: int,
     colon: float = 0.0,
     gen: torch.Generator | None = None,
+    pretrain: float = 0.0,
 ):
     """Left-padded rows (prompt + answer), their positions, key mask and targets.
+
+    A row takes LLaDA's pretraining objective with probability ``pretrain``: every
+    real token, prompt included, masked with one ratio p = eps + (1 - eps) t, weight
+    1/p scaled so that the row's loss is per token of the row (the SFT rows' is per
+    canvas slot). Prompt tokens then learn to be predicted from the rest of the
+    prompt: a masked record digit from its key's other mentions, as a pretrained LLM's
+    tokens learn to look things up.
 
     Returns:
         ids, positions, target: (B, T) int; key_mask, masked: (B, T) bool;
@@ -239,6 +249,14 @@ def make_batch(
     # answer be found by elimination (the record no query's digits match).
     masked |= is_recall
     weight = torch.where(is_recall, torch.ones(()), 1.0 / t)
+    if pretrain > 0:  # drawn only then: runs without it keep their data stream
+        rows = torch.rand(len(tasks), 1, generator=gen) < pretrain
+        p = PRETRAIN_EPS + (1 - PRETRAIN_EPS) * torch.rand(len(tasks), 1, generator=gen)
+        whole = (torch.rand(ids.shape, generator=gen) < p) & key_mask
+        whole[:, -1] |= ~whole.any(dim=1)  # at least one masked token per row
+        real = key_mask.sum(dim=1, keepdim=True)
+        masked = torch.where(rows, whole, masked)
+        weight = torch.where(rows, GEN_LENGTH / (p * real), weight)
     noisy = torch.where(masked, torch.full_like(ids, config.mask_token_id), ids)
     return noisy, positions, key_mask, ids, masked, weight
 
@@ -365,6 +383,7 @@ class Run:
             self.args.recall,
             self.args.recall_colon,
             self.gen,
+            self.args.pretrain_fraction,
         )
         loss = loss_fn(self.model, *batch)
         self.opt.zero_grad(set_to_none=True)
@@ -381,11 +400,12 @@ class Run:
         return loss.item()
 
     def check(self, minutes: float, loss: float) -> dict:
-        """Evaluate ``kv`` (and ``needle`` when trained) at the stage length."""
+        """Evaluate ``kv`` (and ``needle``, ``vt`` when trained) at the stage length."""
         a, n = self.args, self.args.eval_samples
         entry = {"seed": self.seed, "step": self.step, "minutes": round(minutes, 2),
                  "length": self.length, "loss": round(loss, 4)}  # fmt: skip
-        for task in ["kv"] + (["needle"] if a.needle_fraction > 0 else []):
+        vt = a.vt_fraction > 0 and self.length >= a.vt_from
+        for task in ["kv"] + ["needle"] * (a.needle_fraction > 0) + ["vt"] * vt:
             entry[task] = evaluate(
                 self.model, self.tok, self.config, task, self.length, n
             )
@@ -429,7 +449,10 @@ def probe(args, tok, start: float) -> tuple[Run, list[dict]]:
 
 
 def meta_for(args, run: Run, probes: list[dict], done: str = "") -> dict:
-    return {"args": vars(args), "objective": "LLaDA SFT + recall queries",
+    objective = "LLaDA SFT + recall queries"
+    if args.pretrain_fraction > 0:
+        objective += f" + LLaDA pretraining on {args.pretrain_fraction:.0%} of rows"
+    return {"args": vars(args), "objective": objective,
             "seed": run.seed, "step": run.step, "length": run.length,
             "probes": probes, "history": run.history, "stopped": done}  # fmt: skip
 
@@ -515,6 +538,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add("--vt-fraction", type=float, default=0.0, help="share of vt sequences")
     add("--needle-fraction", type=float, default=0.0,
         help="share of needle (passkey / multi-needle) sequences")  # fmt: skip
+    add("--pretrain-fraction", type=float, default=0.0,
+        help="share of sequences under LLaDA's pretraining objective (random "
+             "masking over the whole sequence, prompt included)")  # fmt: skip
     add("--vt-from", type=int, default=256, help="vt joins from this stage length")
     add("--init", default=None, help="continue from this checkpoint")
     return ap.parse_args(argv)

@@ -101,6 +101,35 @@ def test_batch_masks_only_answer_and_recall_slots(tok):
     assert (positions[key_mask.logical_not()] == 0).all()  # left padding
 
 
+def test_pretraining_rows_mask_the_whole_sequence_per_token(tok):
+    # Issue 26, item 2: LLaDA's pretraining objective on a share of the rows.
+    args = tm.parse_args(["--out", "unused", *MICRO])
+    config = tm.make_config(args, tok)
+    gen = torch.Generator().manual_seed(3)
+    tasks = ["kv"] * 8
+    noisy, _, key_mask, target, masked, weight = tm.make_batch(
+        random.Random(0), tok, config, tasks, 64, 0, gen=gen, pretrain=1.0
+    )
+    width = noisy.shape[1] - tm.GEN_LENGTH
+    assert masked[:, :width].any()  # prompt tokens are masked too
+    assert not (masked & ~key_mask).any()  # never the padding
+    assert (noisy[masked] == config.mask_token_id).all()
+    assert (noisy[~masked] == target[~masked]).all()
+    for row in range(len(tasks)):
+        # One ratio per row: weight = L / (p x real length), the same on every token.
+        w = weight[row][masked[row]]
+        assert (w == w[0]).all()
+        p = tm.GEN_LENGTH / (w[0] * key_mask[row].sum())
+        assert tm.PRETRAIN_EPS <= p <= 1
+    # Off (the default), the stream and the batch are the SFT ones, bit for bit.
+    plain = tm.make_batch(random.Random(0), tok, config, tasks, 64, 0,
+                          gen=torch.Generator().manual_seed(3))  # fmt: skip
+    off = tm.make_batch(random.Random(0), tok, config, tasks, 64, 0,
+                        gen=torch.Generator().manual_seed(3), pretrain=0.0)  # fmt: skip
+    assert all(torch.equal(a, b) for a, b in zip(plain, off, strict=True))
+    assert not plain[4][:, :width].any()  # no recall queries: the prompt is visible
+
+
 def test_recall_queries_cover_the_final_key_and_keep_the_query_last():
     prompt = "k001 : 1 2 3 ; k002 : 4 5 6 ? k001"
     rng = random.Random(0)
