@@ -132,7 +132,7 @@ def run_embedded(engine, prompts, params) -> dict:
 
 def measure_model(name: str, path: str, args, prompts) -> list[dict]:
     from maskkv_vllm.engine.llm import LLM as EmbeddedLLM
-    from maskkv_vllm.kv_cache.kv_store import PagedKVStore
+    from maskkv_vllm.kv_cache.page_store import PageStore
     from maskkv_vllm.models.llada_config import LLaDAConfig
     from maskkv_vllm.sampling_params import SamplingParams
     from maskkv_vllm.vllm_adapter.entrypoints.api import make_llm
@@ -145,7 +145,7 @@ def measure_model(name: str, path: str, args, prompts) -> list[dict]:
     num_blocks = args.fit * full_blocks + 1  # + vLLM's null block
     block_bytes = heads * bs * 2 * d * 4  # fp32
     pool_bytes = (num_blocks - 1) * block_bytes
-    page_bytes = PagedKVStore.bytes_per_block(bs, d, __import__("torch").float32)
+    page_bytes = PageStore.bytes_per_page(bs, d, __import__("torch").float32)
     llm = make_llm(
         path,
         max_model_len=m + args.gen_length + bs,
@@ -158,6 +158,7 @@ def measure_model(name: str, path: str, args, prompts) -> list[dict]:
     scheduler = llm.llm_engine.engine_core.engine_core.scheduler
     embedded = EmbeddedLLM(
         path,
+        dtype="float32",  # as the vLLM engine above (block_bytes)
         kv_cache_memory=pool_bytes,
         block_size=bs,
         max_num_seqs=256,

@@ -201,10 +201,9 @@ def paged_case(s: Sizes, dtype, seed: int, requests: int = 4, canvas: int = 32):
         m = int(torch.randint(1, s.triton_max_len + 1, (1,), generator=g))
         k = torch.randn(h, m, d, generator=g).to(s.device, dtype)
         v = torch.randn(h, m, d, generator=g).to(s.device, dtype)
-        cache.write_layer(r, 0, k, v, torch.arange(m))
-        for head in range(h):
-            n = int(torch.randint(0, m + 1, (1,), generator=g))
-            cache.keep(r, 0, head, torch.randperm(m, generator=g)[:n])
+        lengths = [int(torch.randint(0, m + 1, (1,), generator=g)) for _ in range(h)]
+        order = torch.randperm(m, generator=g).to(s.device)  # a random subset per head
+        cache.write_layer(r, 0, k[:, order], v[:, order], lengths)
     q, ck, cv = (
         torch.randn(requests, h, canvas, d, generator=g).to(s.device, dtype)
         for _ in range(3)

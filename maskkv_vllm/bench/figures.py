@@ -41,11 +41,11 @@ def sampler_for(model, tok, mode: str, pool: str) -> DiffusionSampler:
 
 
 def page_bytes(model) -> int:
-    """Bytes of one 16-slot page of this model (K, V and positions)."""
-    from maskkv_vllm.kv_cache.kv_store import PagedKVStore
+    """Bytes of one 16-slot page of this model (K and V)."""
+    from maskkv_vllm.kv_cache.page_store import PageStore
 
     dtype = next(model.parameters()).dtype
-    return PagedKVStore.bytes_per_block(16, model.config.head_dim, dtype)
+    return PageStore.bytes_per_page(16, model.config.head_dim, dtype)
 
 
 def time_summary(times: list[float]) -> dict[str, float]:

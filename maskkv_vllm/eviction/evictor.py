@@ -8,6 +8,7 @@ import torch
 
 from maskkv_vllm.eviction.context import LayerContext
 from maskkv_vllm.eviction.policy import Policy
+from maskkv_vllm.eviction.sharded import SINGLE_RANK, HeadShard
 
 
 @dataclass(frozen=True)
@@ -28,48 +29,51 @@ class KeptKV:
 
     Attributes:
         k, v: (Hkv, N, d), the first ``lengths[h]`` rows of head h are kept.
-        positions: (Hkv, N) their absolute positions.
         lengths: kept count per head.
     """
 
     k: torch.Tensor
     v: torch.Tensor
-    positions: torch.Tensor
     lengths: list[int]
 
 
-def evict_layer(
+def select_layer(
     eviction: Eviction,
     layer: int,
     num_layers: int,
     q: torch.Tensor,
     k: torch.Tensor,
-    v: torch.Tensor,
-    positions: torch.Tensor,
     prompt_len: int,
-) -> KeptKV:
-    """Score one row's prompt for this layer and gather what each head keeps.
+    shard: HeadShard = SINGLE_RANK,
+) -> list[torch.Tensor]:
+    """Kept prompt indices of every KV head of the layer (all ranks' heads).
 
     Args:
-        q: (Hq, M + L, d) post-RoPE queries of the row (prompt then canvas).
-        k, v: (Hkv, M + L, d) post-RoPE keys and values of the row.
-        positions: (M + L,) absolute positions.
+        q: (Hq/N, M + L, d) post-RoPE queries of the row (prompt then canvas),
+            this rank's heads.
+        k: (Hkv/N, M + L, d) post-RoPE keys of the row, this rank's heads.
         prompt_len: M.
+
+    Raises:
+        RuntimeError: the policy returned another number of heads (under tensor
+            parallelism: it scored from ``q``/``k`` instead of the statistics).
     """
     ctx = LayerContext(
         layer, num_layers, q, k, prompt_len, q.shape[1] - prompt_len,
         eviction.generator, eviction.chunk,
     )  # fmt: skip
-    kept = eviction.policy.select(ctx, eviction.budget)
-    return gather_kept(kept, k, v, positions, prompt_len)
+    selection = eviction.policy.select(shard.context(ctx), eviction.budget)
+    if len(selection) != k.shape[0] * shard.size:
+        raise RuntimeError(
+            f"{type(eviction.policy).__name__} selected {len(selection)} KV "
+            f"heads, the layer has {k.shape[0] * shard.size}: under tensor "
+            "parallelism a policy must score through the context's statistics"
+        )
+    return selection
 
 
 def gather_kept(
-    kept: list[torch.Tensor],
-    k: torch.Tensor,
-    v: torch.Tensor,
-    positions: torch.Tensor,
-    prompt_len: int,
+    kept: list[torch.Tensor], k: torch.Tensor, v: torch.Tensor, prompt_len: int
 ) -> KeptKV:
     """Gather each head's kept prompt entries, left-aligned and zero-index padded.
 
@@ -77,7 +81,6 @@ def gather_kept(
         kept: per KV head, its kept prompt indices (ascending), as
             ``Policy.select`` returns them.
         k, v: (Hkv, M + L, d) post-RoPE keys and values of the row.
-        positions: (M + L,) absolute positions.
         prompt_len: M.
     """
     lengths = [int(i.numel()) for i in kept]
@@ -85,11 +88,9 @@ def gather_kept(
     index = torch.zeros(len(kept), width, dtype=torch.long, device=k.device)
     for h, idx in enumerate(kept):
         index[h, : idx.numel()] = idx
-    d = k.shape[-1]
-    gather = index[..., None].expand(-1, -1, d)
+    gather = index[..., None].expand(-1, -1, k.shape[-1])
     return KeptKV(
         k[:, :prompt_len].gather(1, gather),
         v[:, :prompt_len].gather(1, gather),
-        positions[:prompt_len][index],
         lengths,
     )

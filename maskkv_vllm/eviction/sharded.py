@@ -9,14 +9,15 @@ one (Hkv, M) matrix from the request's stream. ``ShardedLayerContext``
 computes the per-head statistics on the rank's heads and all-gathers them, so
 ``Policy.select`` returns the selection of **every** head of the layer, the
 same on every rank and equal to the single-rank one; each rank then keeps its
-own block (``HeadShard`` in ``vllm_adapter/evicting_attention.py``). Pure torch:
-the gather is a callable, so tests can run the ranks as threads.
+own block (``HeadShard``). Pure torch: the gather is a callable, so tests can
+run the ranks as threads.
 """
 
 from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 
@@ -77,3 +78,35 @@ class ShardedLayerContext(LayerContext):
         if key not in self._cache:
             self._cache[key] = self.gather(local().contiguous())
         return self._cache[key]
+
+
+@dataclass(frozen=True)
+class HeadShard:
+    """This rank's KV heads of every layer: ``rank * n .. rank * n + n - 1``.
+
+    n = Hkv / size, vLLM's ``QKVParallelLinear`` split. ``HeadShard()`` is the
+    single-rank case (the embedded engine, vLLM without tensor parallelism).
+
+    Attributes:
+        rank: this rank in the TP group.
+        size: N, the TP world size.
+        gather: the group's all-gather along dim 0 (None when size is 1).
+    """
+
+    rank: int = 0
+    size: int = 1
+    gather: Gather | None = None
+
+    def heads(self, local_heads: int) -> slice:
+        """This rank's heads among the layer's ``local_heads * size``."""
+        return slice(self.rank * local_heads, (self.rank + 1) * local_heads)
+
+    def context(self, ctx: LayerContext) -> LayerContext:
+        """``ctx`` over this rank's heads -> the context a policy should see."""
+        if self.size == 1:
+            return ctx
+        return ShardedLayerContext(ctx, self.gather, self.size)
+
+
+SINGLE_RANK = HeadShard()
+"""Every head on one rank: the embedded engine, vLLM without tensor parallelism."""

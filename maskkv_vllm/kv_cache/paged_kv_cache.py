@@ -1,5 +1,6 @@
-"""The head-granular paged KV cache: bookkeeping (``KVCacheManager``) plus page tensors
-(``PagedKVStore``), with the operations the sampler and eviction need."""
+"""The embedded engine's head-granular paged KV cache: bookkeeping
+(``KVCacheManager``) plus page tensors (``PageStore``), with the operations the
+sampler and eviction need."""
 
 from __future__ import annotations
 
@@ -8,11 +9,10 @@ from collections.abc import Hashable
 import torch
 
 from maskkv_vllm.config import CacheConfig
-from maskkv_vllm.kv_cache.kv_store import PagedKVStore
-from maskkv_vllm.kv_cache.page_tables import head_slots, layer_table, stack_tables
+from maskkv_vllm.kv_cache.page_store import PageStore, write_layer
+from maskkv_vllm.kv_cache.page_tables import layer_table, stack_tables
 from maskkv_vllm.paging.block_pool import BlockPool
 from maskkv_vllm.paging.kv_cache_manager import KVCacheManager
-from maskkv_vllm.paging.page_table import HeadBlocks
 
 RequestId = Hashable
 
@@ -39,7 +39,7 @@ class PagedKVCache:
     ) -> None:
         self.pool = BlockPool(num_blocks, block_size)
         self.manager = KVCacheManager(self.pool, num_layers, num_kv_heads)
-        self.store = PagedKVStore(num_blocks, block_size, head_dim, dtype, device)
+        self.store = PageStore.zeros(num_blocks, block_size, head_dim, dtype, device)
         self.block_size = block_size
         self.device = self.store.k_cache.device
         self._tables: dict[
@@ -57,14 +57,12 @@ class PagedKVCache:
         device: torch.device | str,
     ) -> PagedKVCache:
         """Size the pool from ``num_blocks`` or the ``kv_cache_memory`` byte budget."""
-        num_blocks = config.num_blocks or PagedKVStore.num_blocks_for(
-            config.kv_cache_bytes, config.block_size, head_dim, dtype
-        )
+        page_bytes = PageStore.bytes_per_page(config.block_size, head_dim, dtype)
+        num_blocks = config.num_blocks or config.kv_cache_bytes // page_bytes
         if num_blocks < 2:
             raise ValueError(
                 f"kv_cache_memory={config.kv_cache_memory!r} holds {num_blocks} pages "
-                f"of {PagedKVStore.bytes_per_block(config.block_size, head_dim, dtype)}"
-                " bytes; at least 2 are needed"
+                f"of {page_bytes} bytes; at least 2 are needed"
             )
         return cls(
             num_layers,
@@ -78,23 +76,18 @@ class PagedKVCache:
 
     # -- writing -----------------------------------------------------------------
 
-    def can_write_layer(self, tokens_per_head: list[int]) -> bool:
-        return self.manager.can_allocate_layer(tokens_per_head)
-
     def write_layer(
         self,
         request_id: RequestId,
         layer: int,
         k: torch.Tensor,
         v: torch.Tensor,
-        positions: torch.Tensor,
         lengths: list[int] | None = None,
     ) -> None:
         """Store one layer of a request's prompt KV (replacing what it held).
 
         Args:
             k, v: (n_kv_heads, N, head_dim) post-RoPE keys and values.
-            positions: (N,) shared by all heads, or (n_kv_heads, N) per head.
             lengths: tokens to store per head (the first ``lengths[h]`` of row h);
                 default all N for every head.
 
@@ -103,53 +96,8 @@ class PagedKVCache:
         """
         h, n, _ = k.shape
         lengths = [n] * h if lengths is None else list(lengths)
-        if any(not 0 <= x <= n for x in lengths):
-            raise ValueError(f"lengths {lengths} must lie in [0, {n}]")
-        heads = self.manager.allocate_layer(request_id, layer, lengths)
         self._tables.pop((request_id, layer), None)
-        if positions.dim() == 1:
-            positions = positions.expand(h, n)
-        rows = [(i, x) for i, x in enumerate(lengths) if x]
-        if not rows:
-            return
-        slots = torch.cat([self._slots(heads[i], x) for i, x in rows])
-        self.store.write(
-            slots,
-            torch.cat([k[i, :x] for i, x in rows]),
-            torch.cat([v[i, :x] for i, x in rows]),
-            torch.cat([positions[i, :x] for i, x in rows]),
-        )
-
-    def keep(
-        self, request_id: RequestId, layer: int, kv_head: int, indices: torch.Tensor
-    ) -> int:
-        """Keep only the given tokens of one head, compacted into its first pages;
-        the emptied pages go back to the pool at once.
-
-        Args:
-            indices: (k,) unique indices into the head's held tokens (any order;
-                kept in ascending order).
-
-        Returns:
-            Pages returned to the pool.
-        """
-        head = self.manager.head(request_id, layer, kv_head)
-        idx = torch.as_tensor(indices, dtype=torch.long, device=self.device).flatten()
-        idx = torch.sort(idx).values
-        if idx.numel() and (int(idx[0]) < 0 or int(idx[-1]) >= head.num_tokens):
-            raise ValueError(
-                f"keep indices must lie in [0, {head.num_tokens}), "
-                f"got [{int(idx[0])}, {int(idx[-1])}]"
-            )
-        if idx.numel() > 1 and bool((idx[1:] == idx[:-1]).any()):
-            raise ValueError("keep indices must be unique")
-        src = self._slots(head, head.num_tokens)[idx]
-        k, v, pos = self.store.read(src)  # gathered copies, so overlap is safe
-        freed = self.manager.shrink(request_id, layer, kv_head, idx.numel())
-        if idx.numel():
-            self.store.write(self._slots(head, idx.numel()), k, v, pos)
-        self._tables.pop((request_id, layer), None)
-        return len(freed)
+        write_layer(self.store, self.manager, request_id, layer, k, v, lengths)
 
     def free(self, request_id: RequestId) -> int:
         """Return all pages of a request; idempotent. Returns pages freed."""
@@ -172,13 +120,6 @@ class PagedKVCache:
             seq_lens: (B, n_kv_heads) int32 tokens held per head.
         """
         return stack_tables([self._request_table(r, layer) for r in request_ids])
-
-    def read_head(
-        self, request_id: RequestId, layer: int, kv_head: int
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(k (n, d), v (n, d), positions (n,)) a head holds, in slot order."""
-        head = self.manager.head(request_id, layer, kv_head)
-        return self.store.read(self._slots(head, head.num_tokens))
 
     # -- stats -------------------------------------------------------------------
 
@@ -205,11 +146,6 @@ class PagedKVCache:
         }
 
     # -- helpers -----------------------------------------------------------------
-
-    def _slots(self, head: HeadBlocks, num_tokens: int) -> torch.Tensor:
-        """(num_tokens,) flat slot ids of a head's first tokens."""
-        ids = torch.tensor(head.block_ids, dtype=torch.long, device=self.device)
-        return head_slots(ids, num_tokens, self.block_size)
 
     def _request_table(
         self, request_id: RequestId, layer: int

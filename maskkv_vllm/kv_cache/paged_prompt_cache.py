@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import functools
+
 import torch
 
-from maskkv_vllm.eviction.evictor import Eviction, evict_layer
+from maskkv_vllm.eviction.evictor import Eviction
 from maskkv_vllm.kv_cache.forward_batch import ForwardBatch
 from maskkv_vllm.kv_cache.paged_attention import Workspace, paged_attention
 from maskkv_vllm.kv_cache.paged_kv_cache import PagedKVCache
 from maskkv_vllm.kv_cache.prompt_cache import CacheKey
+from maskkv_vllm.kv_cache.step_zero import capture_layer
 from maskkv_vllm.models.attention import dense_attention
 
 
@@ -16,9 +19,8 @@ class PagedCapturingAttention:
     """Step-0 attention over whole rows (the full context, so the first step's own
     output is exact) that writes each row's prompt KV into pages, layer by layer.
 
-    With an eviction, the layer is scored right here and only the kept entries are
-    written: the full prompt KV of a layer exists only as this call's activations
-    and never occupies the pool.
+    Each row goes through ``step_zero.capture_layer``, the step 0 vLLM's runner
+    runs too.
     """
 
     def __init__(
@@ -41,24 +43,16 @@ class PagedCapturingAttention:
         b = self.batch
         for row, key in enumerate(self.keys):
             start, prompt_end = b.prompt_spans[row]
-            pos = b.positions[row, start : b.row_ends[row]]
-            eviction = self.evictions[row]
-            if eviction is None:
-                kp, vp = k[row, :, start:prompt_end], v[row, :, start:prompt_end]
-                self.cache.write_layer(key, layer, kp, vp, pos[: prompt_end - start])
-                continue
-            kept = evict_layer(
-                eviction,
+            span = slice(start, b.row_ends[row])
+            capture_layer(
+                functools.partial(self.cache.write_layer, key),
+                self.evictions[row],
                 layer,
                 self.cache.manager.num_layers,
-                q[row, :, start : b.row_ends[row]],
-                k[row, :, start : b.row_ends[row]],
-                v[row, :, start : b.row_ends[row]],
-                pos,
+                q[row, :, span],
+                k[row, :, span],
+                v[row, :, span],
                 prompt_end - start,
-            )
-            self.cache.write_layer(
-                key, layer, kept.k, kept.v, kept.positions, kept.lengths
             )
         return dense_attention(q, k, v, b.key_mask)
 

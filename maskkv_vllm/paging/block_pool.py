@@ -72,12 +72,6 @@ class BlockPool:
         self.max_used_blocks = max(self.max_used_blocks, self.num_used_blocks)
         return ids
 
-    def touch(self, block_ids: list[int]) -> None:
-        """Share pages: one more reference each."""
-        for block_id in block_ids:
-            self._check_held(block_id)
-            self.ref_cnt[block_id] += 1
-
     def free(self, block_ids: list[int]) -> None:
         """Drop one reference of each page; pages at zero go to the tail of the list."""
         # Checked as a whole first, so a bad list changes nothing.

@@ -1,4 +1,4 @@
-"""Page bookkeeping for requests: allocate a layer, shrink a head, free a request."""
+"""Page bookkeeping for requests: allocate a layer, free a request."""
 
 from __future__ import annotations
 
@@ -28,9 +28,6 @@ class KVCacheManager:
     def blocks_needed(self, tokens_per_head: list[int]) -> int:
         return pages_for(tokens_per_head, self.pool.block_size)
 
-    def can_allocate_layer(self, tokens_per_head: list[int]) -> bool:
-        return self.pool.can_allocate(self.blocks_needed(tokens_per_head))
-
     def allocate_layer(
         self, request_id: RequestId, layer: int, tokens_per_head: list[int]
     ) -> list[HeadBlocks]:
@@ -58,24 +55,6 @@ class KVCacheManager:
             head.block_ids, head.num_tokens = ids[:take], n
             ids = ids[take:]
         return heads
-
-    def shrink(
-        self, request_id: RequestId, layer: int, kv_head: int, num_kept: int
-    ) -> list[int]:
-        """Keep the first ``num_kept`` tokens of a head; free and return its surplus
-        pages (the data must already be compacted into the kept slots)."""
-        head = self.head(request_id, layer, kv_head)
-        if not 0 <= num_kept <= head.num_tokens:
-            raise ValueError(
-                f"num_kept={num_kept} is outside [0, {head.num_tokens}] for "
-                f"layer {layer} head {kv_head}"
-            )
-        keep_blocks = self.pool.blocks_for(num_kept)
-        surplus = head.block_ids[keep_blocks:]
-        self.pool.free(surplus)
-        head.block_ids = head.block_ids[:keep_blocks]
-        head.num_tokens = num_kept
-        return surplus
 
     def free_layer(self, request_id: RequestId, layer: int) -> None:
         table = self.tables.get(request_id)

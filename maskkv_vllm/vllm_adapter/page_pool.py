@@ -19,7 +19,8 @@ from __future__ import annotations
 
 import torch
 
-from maskkv_vllm.kv_cache.page_tables import head_slots, layer_table
+from maskkv_vllm.kv_cache.page_store import PageStore, write_layer
+from maskkv_vllm.kv_cache.page_tables import layer_table
 from maskkv_vllm.paging.block_pool import BlockPool
 from maskkv_vllm.paging.kv_cache_manager import KVCacheManager
 
@@ -27,7 +28,7 @@ _SELF = "request"
 """The one request id of a per-request manager."""
 
 
-class PagePool:
+class PagePool(PageStore):
     """Key and value pages over one vLLM KV cache tensor.
 
     Args:
@@ -50,21 +51,12 @@ class PagePool:
             )
         flat = torch.as_strided(kv_cache, (n,), (1,), kv_cache.storage_offset())
         half = n // 2
-        self.k_cache = flat[:half].view(half // page, block_size, head_dim)
-        """(num_blocks * Hkv, P, d) keys, post-RoPE."""
-        self.v_cache = flat[half:].view(half // page, block_size, head_dim)
-        """(num_blocks * Hkv, P, d) values."""
-        self.num_kv_heads, self.block_size, self.head_dim = (
-            num_kv_heads,
-            block_size,
-            head_dim,
+        # Keys in the first half, values in the second, as (pages, P, d) each.
+        super().__init__(
+            flat[:half].view(half // page, block_size, head_dim),
+            flat[half:].view(half // page, block_size, head_dim),
         )
-
-    def write(self, slots: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
-        """Scatter tokens into flat slots (page * P + offset); k, v: (N, d)."""
-        d = self.head_dim
-        self.k_cache.view(-1, d)[slots] = k.to(self.k_cache.dtype)
-        self.v_cache.view(-1, d)[slots] = v.to(self.v_cache.dtype)
+        self.num_kv_heads = num_kv_heads
 
 
 class RequestPages:
@@ -113,23 +105,8 @@ class RequestPages:
             NoFreeBlocksError: the request's blocks cannot hold them (its
                 reservation was too small); nothing of the layer is stored.
         """
-        heads = self.manager.allocate_layer(_SELF, layer, lengths)
         self._tables.pop(layer, None)
-        rows = [(h, n) for h, n in enumerate(lengths) if n]
-        if not rows:
-            return
-        slots = torch.cat(
-            [
-                head_slots(self.page_map[heads[h].block_ids], n, self.block_size)
-                for h, n in rows
-            ]
-        )
-        slots = slots.to(pool.k_cache.device)
-        pool.write(
-            slots,
-            torch.cat([k[h, :n] for h, n in rows]),
-            torch.cat([v[h, :n] for h, n in rows]),
-        )
+        write_layer(pool, self.manager, _SELF, layer, k, v, lengths, self.page_map)
 
     def table(self, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(Hkv, max_pages) int32 pool page ids and (Hkv,) int32 lengths."""

@@ -38,15 +38,21 @@ def test_paged_equals_dense_on_ragged_heads(hq, hkv, seed):
         m = int(torch.randint(1, 30, (1,), generator=g))
         k = torch.randn(hkv, m, d, generator=g)
         v = torch.randn(hkv, m, d, generator=g)
-        cache.write_layer(r, 0, k, v, torch.arange(m))
-        ks, vs = [], []
+        ks, vs, lengths = [], [], []
         for h in range(hkv):
             # Ragged per head: keep a random subset (sometimes nothing).
             n = int(torch.randint(0, m + 1, (1,), generator=g))
             idx = torch.randperm(m, generator=g)[:n].sort().values
-            cache.keep(r, 0, h, idx)
             ks.append(k[h, idx])
             vs.append(v[h, idx])
+            lengths.append(n)
+        pad = [torch.zeros(m - len(x), d) for x in ks]
+        cache.write_layer(
+            r, 0,
+            torch.stack([torch.cat([x, p]) for x, p in zip(ks, pad, strict=True)]),
+            torch.stack([torch.cat([x, p]) for x, p in zip(vs, pad, strict=True)]),
+            lengths,
+        )  # fmt: skip
         prompt_k.append(ks)
         prompt_v.append(vs)
     lq = 5
@@ -72,7 +78,7 @@ def test_bf16_inputs_attend_in_bf16():
     g = torch.Generator().manual_seed(0)
     cache = PagedKVCache(1, 2, 8, 4, num_blocks=20, dtype=torch.bfloat16)
     k = torch.randn(2, 9, 8, generator=g)
-    cache.write_layer(0, 0, k, k, torch.arange(9))
+    cache.write_layer(0, 0, k, k)
     q = torch.randn(1, 2, 3, 8, generator=g).bfloat16()
     ck = torch.randn(1, 2, 3, 8, generator=g).bfloat16()
     bt, lens = cache.block_tables([0], 0)

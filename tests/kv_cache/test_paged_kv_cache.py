@@ -1,4 +1,4 @@
-"""PagedKVCache: tokens land in the right pages, keep compacts and frees pages."""
+"""PagedKVCache: tokens land in the right pages, per-head lengths free pages."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from maskkv_vllm.config import CacheConfig
-from maskkv_vllm.kv_cache.kv_store import PagedKVStore
+from maskkv_vllm.kv_cache.page_store import PageStore
 from maskkv_vllm.kv_cache.paged_kv_cache import PagedKVCache
 from maskkv_vllm.paging.block_pool import NoFreeBlocksError
 
@@ -27,100 +27,85 @@ def tokens(heads, n, offset=0.0):
     return torch.stack([base + offset, -base], dim=-1)
 
 
+def read_head(cache, rid, layer, head):
+    """(k (n, d), v (n, d)) a head holds, read through its pages in order."""
+    h = cache.manager.head(rid, layer, head)
+    k = cache.store.k_cache[h.block_ids].reshape(-1, D)[: h.num_tokens]
+    v = cache.store.v_cache[h.block_ids].reshape(-1, D)[: h.num_tokens]
+    return k, v
+
+
 def test_write_layer_places_tokens_in_their_pages():
     cache = make_cache()
     k = tokens(2, 6)
-    cache.write_layer("r", 0, k, k + 0.5, torch.arange(10, 16))
+    cache.write_layer("r", 0, k, k + 0.5)
     heads = cache.manager.tables["r"].layer(0)
     assert [h.block_ids for h in heads] == [[1, 2], [3, 4]]
     # Head 1's 5th token sits in page 4, slot 0.
     assert cache.store.k_cache[4, 0].tolist() == [104.0, -104.0]
-    assert cache.store.positions[4, 0].item() == 14
-    got_k, got_v, got_pos = cache.read_head("r", 0, 1)
+    got_k, got_v = read_head(cache, "r", 0, 1)
     assert torch.equal(got_k, k[1]) and torch.equal(got_v, k[1] + 0.5)
-    assert got_pos.tolist() == [10, 11, 12, 13, 14, 15]
 
 
-def test_keep_compacts_into_the_fewest_pages_and_frees_the_rest():
-    cache = make_cache()
-    k = tokens(2, 7)
-    cache.write_layer("r", 0, k, k, torch.arange(7))
-    # Head 0 held pages [1, 2]; keeping tokens 6, 1, 4 needs one page: page 2 is freed.
-    assert cache.keep("r", 0, 0, torch.tensor([6, 1, 4])) == 1
-    assert cache.manager.tables["r"].layer(0)[0].block_ids == [1]
-    got_k, _, pos = cache.read_head("r", 0, 0)
-    assert pos.tolist() == [1, 4, 6]  # ascending: absolute positions survive
-    assert got_k[:, 0].tolist() == [1.0, 4.0, 6.0]
-    assert list(cache.pool.free_block_queue)[-1] == 2
-    # Head 1 keeps nothing: both its pages go back.
-    assert cache.keep("r", 0, 1, torch.tensor([], dtype=torch.long)) == 2
-    assert cache.request_stats("r")["tokens_per_head"] == [[3, 0], [0, 0]]
-    assert cache.free("r") == 1
-    assert cache.pool.num_free_blocks == 15
-
-
-def test_ragged_write_with_per_head_lengths_and_positions():
+def test_ragged_write_takes_pages_per_head():
     cache = make_cache()
     k = tokens(2, 5)
-    pos = torch.tensor([[0, 3, 7, 9, 11], [1, 2, 5, 6, 8]])
-    cache.write_layer("r", 1, k, k, pos, lengths=[5, 2])
+    cache.write_layer("r", 1, k, k, lengths=[5, 2])
     assert cache.request_stats("r")["tokens_per_head"] == [[0, 0], [5, 2]]
-    assert cache.read_head("r", 1, 1)[2].tolist() == [1, 2]
+    assert torch.equal(read_head(cache, "r", 1, 1)[0], k[1, :2])
     bt, lens = cache.block_tables(["r"], 1)
     assert bt.tolist() == [[[1, 2], [3, 0]]]
     assert lens.tolist() == [[5, 2]]
+    # Rewriting the layer with fewer entries gives its pages back first.
+    cache.write_layer("r", 1, k, k, lengths=[1, 0])
+    assert cache.block_tables(["r"], 1)[0].tolist() == [[[4], [0]]]
+    assert list(cache.pool.free_block_queue)[-3:] == [1, 2, 3]
 
 
 def test_block_tables_of_a_batch_are_padded_with_the_null_page():
     cache = make_cache()
-    cache.write_layer("a", 0, tokens(2, 9), tokens(2, 9), torch.arange(9))
-    cache.write_layer("b", 0, tokens(2, 2), tokens(2, 2), torch.arange(2))
+    cache.write_layer("a", 0, tokens(2, 9), tokens(2, 9))
+    cache.write_layer("b", 0, tokens(2, 2), tokens(2, 2))
     bt, lens = cache.block_tables(["a", "b"], 0)
     assert bt.tolist() == [[[1, 2, 3], [4, 5, 6]], [[7, 0, 0], [8, 0, 0]]]
     assert lens.tolist() == [[9, 9], [2, 2]]
-    # After a keep the cached table is rebuilt.
-    cache.keep("a", 0, 1, torch.tensor([0]))
+    # After a rewrite the cached table is rebuilt.
+    cache.write_layer("a", 0, tokens(2, 9), tokens(2, 9), [9, 1])
     bt, lens = cache.block_tables(["a"], 0)
-    assert bt.tolist() == [[[1, 2, 3], [4, 0, 0]]] and lens.tolist() == [[9, 1]]
+    assert bt.tolist() == [[[9, 10, 11], [12, 0, 0]]] and lens.tolist() == [[9, 1]]
 
 
 def test_running_out_of_pages_is_a_clear_error_not_an_overwrite():
     cache = make_cache(num_blocks=4)  # 3 usable pages of 4 slots
-    cache.write_layer("a", 0, tokens(2, 4), tokens(2, 4), torch.arange(4))
+    cache.write_layer("a", 0, tokens(2, 4), tokens(2, 4))
     before = cache.store.k_cache.clone()
     with pytest.raises(NoFreeBlocksError, match="need 2 KV pages but only 1 of 3"):
-        cache.write_layer("b", 0, tokens(2, 4, 0.25), tokens(2, 4), torch.arange(4))
+        cache.write_layer("b", 0, tokens(2, 4, 0.25), tokens(2, 4))
     assert torch.equal(cache.store.k_cache, before)
     assert cache.pool.num_free_blocks == 1
 
 
-def test_bad_keep_indices():
+def test_bad_lengths():
     cache = make_cache()
-    cache.write_layer("r", 0, tokens(2, 4), tokens(2, 4), torch.arange(4))
-    with pytest.raises(
-        ValueError, match=r"keep indices must lie in \[0, 4\), got \[0, 4\]"
-    ):
-        cache.keep("r", 0, 0, torch.tensor([0, 4]))
-    with pytest.raises(ValueError, match="unique"):
-        cache.keep("r", 0, 0, torch.tensor([1, 1]))
     with pytest.raises(ValueError, match=r"lengths \[5, 1\] must lie in \[0, 4\]"):
-        cache.write_layer("r", 0, tokens(2, 4), tokens(2, 4), torch.arange(4), [5, 1])
+        cache.write_layer("r", 0, tokens(2, 4), tokens(2, 4), [5, 1])
+    assert cache.pool.num_free_blocks == 15
 
 
 def test_sizing_from_a_memory_budget():
-    # A page of 16 slots x 64 dims: 16 * (2 * 64 * 4 + 4) = 8256 bytes in fp32.
-    assert PagedKVStore.bytes_per_block(16, 64, torch.float32) == 8256
-    assert PagedKVStore.bytes_per_block(16, 128, torch.bfloat16) == 8256
+    # A page of 16 slots x 64 dims: 16 * 2 * 64 * 4 = 8192 bytes in fp32.
+    assert PageStore.bytes_per_page(16, 64, torch.float32) == 8192
+    assert PageStore.bytes_per_page(16, 128, torch.bfloat16) == 8192
     cfg = CacheConfig("paged", block_size=16, kv_cache_memory="1MiB")
     cache = PagedKVCache.from_config(cfg, 2, 2, 64, torch.float32, "cpu")
-    assert cache.pool.num_blocks == 2**20 // 8256 == 127
-    assert cache.pool_stats()["bytes_per_block"] == 8256
+    assert cache.pool.num_blocks == 2**20 // 8192 == 128
+    assert cache.pool_stats()["bytes_per_block"] == 8192
     cfg = CacheConfig("paged", num_blocks=10)
     assert (
         PagedKVCache.from_config(cfg, 2, 2, 64, torch.float32, "cpu").pool.num_blocks
         == 10
     )
-    with pytest.raises(ValueError, match="holds 1 pages of 8256 bytes"):
+    with pytest.raises(ValueError, match="holds 1 pages of 8192 bytes"):
         cfg = CacheConfig("paged", kv_cache_memory="10000")
         PagedKVCache.from_config(cfg, 2, 2, 64, torch.float32, "cpu")
 
@@ -142,9 +127,9 @@ def test_bad_cache_config(kwargs, message):
 
 def test_stats():
     cache = make_cache()
-    cache.write_layer("r", 0, tokens(2, 5), tokens(2, 5), torch.arange(5))
+    cache.write_layer("r", 0, tokens(2, 5), tokens(2, 5))
     stats = cache.request_stats("r")
-    page = 4 * (2 * D * 4 + 4)
+    page = 4 * 2 * D * 4
     assert stats == {
         "num_blocks": 4,
         "bytes": 4 * page,
@@ -161,12 +146,11 @@ def test_stats():
 @given(
     st.lists(
         st.tuples(
-            st.sampled_from(["write", "keep", "free"]),
+            st.sampled_from(["write", "free"]),
             st.integers(0, 3),  # request
             st.integers(0, 1),  # layer
-            st.integers(0, 1),  # head
             st.integers(0, 11),  # tokens
-            st.integers(0, 2**16),  # seed for kept indices
+            st.integers(0, 11),  # head 1's kept tokens (clamped)
         ),
         max_size=30,
     )
@@ -175,35 +159,25 @@ def test_kept_data_survives_random_operations(ops):
     """Mirror every request in plain lists; the pages must always read back the same."""
     cache = make_cache(num_blocks=24)
     mirror: dict = {}
-    for kind, rid, layer, head, n, seed in ops:
+    for kind, rid, layer, n, kept in ops:
         if kind == "write":
             k = tokens(2, n, offset=rid * 1000 + layer * 0.5)
-            pos = torch.arange(n) + rid * 100
+            lengths = [n, min(kept, n)]
             try:
-                cache.write_layer(rid, layer, k, k, pos)
+                cache.write_layer(rid, layer, k, k, lengths)
             except NoFreeBlocksError:
                 mirror.setdefault(rid, {})[layer] = [[], []]
                 continue
             mirror.setdefault(rid, {})[layer] = [
-                list(zip(k[h, :, 0].tolist(), pos.tolist(), strict=True))
-                for h in (0, 1)
+                k[h, : lengths[h], 0].tolist() for h in (0, 1)
             ]
-        elif kind == "keep" and layer in mirror.get(rid, {}):
-            held = mirror[rid][layer][head]
-            g = torch.Generator().manual_seed(seed)
-            idx = torch.randperm(len(held), generator=g)[: min(n, len(held))]
-            cache.keep(rid, layer, head, idx)
-            mirror[rid][layer][head] = [held[i] for i in sorted(idx.tolist())]
-        elif kind == "free":
+        else:
             cache.free(rid)
             mirror.pop(rid, None)
         for r, layers in mirror.items():
             for lyr, heads in layers.items():
                 for h, held in enumerate(heads):
-                    k, _, pos = cache.read_head(r, lyr, h)
-                    assert (
-                        list(zip(k[:, 0].tolist(), pos.tolist(), strict=True)) == held
-                    )
+                    assert read_head(cache, r, lyr, h)[0][:, 0].tolist() == held
     for r in list(mirror):
         cache.free(r)
     assert cache.pool.num_free_blocks == cache.pool.num_usable_blocks

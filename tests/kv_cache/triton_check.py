@@ -23,10 +23,9 @@ def check(device: str, seed: int, hq: int, hkv: int, d: int, page: int) -> float
     for r in range(b):
         m = int(torch.randint(1, 90, (1,), generator=g))
         k = torch.randn(hkv, m, d, generator=g).to(device)
-        cache.write_layer(r, 0, k, -k, torch.arange(m))
-        for h in range(hkv):
-            n = int(torch.randint(0, m + 1, (1,), generator=g))
-            cache.keep(r, 0, h, torch.randperm(m, generator=g)[:n])
+        lengths = [int(torch.randint(0, m + 1, (1,), generator=g)) for _ in range(hkv)]
+        k = k[:, torch.randperm(m, generator=g)]  # a random subset per head
+        cache.write_layer(r, 0, k, -k, lengths)
     q = torch.randn(b, hq, lq, d, generator=g).to(device)
     ck = torch.randn(b, hkv, lq, d, generator=g).to(device)
     cv = torch.randn(b, hkv, lq, d, generator=g).to(device)

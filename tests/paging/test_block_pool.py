@@ -26,17 +26,6 @@ def test_allocate_from_the_head_free_to_the_tail():
     assert pool.max_used_blocks == 6
 
 
-def test_ref_cnt_sharing():
-    pool = make_pool()
-    (blk,) = pool.allocate(1)
-    pool.touch([blk])
-    assert pool.ref_cnt[blk] == 2
-    pool.free([blk])
-    assert blk not in pool.free_block_queue  # still referenced once
-    pool.free([blk])
-    assert list(pool.free_block_queue)[-1] == blk
-
-
 def test_out_of_pages_is_a_clear_error_and_takes_nothing():
     pool = make_pool()
     pool.allocate(5)
@@ -63,7 +52,7 @@ def test_double_free_and_null_block_are_refused():
     with pytest.raises(ValueError, match="null block"):
         pool.free([0])
     with pytest.raises(ValueError, match="block_id=99 is outside"):
-        pool.touch([99])
+        pool.free([99])
 
 
 def test_blocks_for():

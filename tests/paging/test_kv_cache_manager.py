@@ -16,23 +16,20 @@ def block_ids(mgr, rid, layer):
     return [h.block_ids for h in mgr.tables[rid].layer(layer)]
 
 
-def test_allocate_shrink_free_reuse():
+def test_allocate_free_reuse():
     mgr = make_manager()
-    # A 6-token prompt needs 2 pages per head: layer 0 takes 1-4, layer 1 takes 5-8.
-    mgr.allocate_layer("a", 0, [6, 6])
-    mgr.allocate_layer("a", 1, [6, 6])
-    assert block_ids(mgr, "a", 0) == [[1, 2], [3, 4]]
-    assert block_ids(mgr, "a", 1) == [[5, 6], [7, 8]]
-    # Head (0, 1) keeps 3 tokens: page 4 goes back. Head (1, 0) keeps none.
-    assert mgr.shrink("a", 0, 1, 3) == [4]
-    assert mgr.shrink("a", 1, 0, 0) == [5, 6]
+    # Layer 0 keeps 6 and 3 tokens (2 + 1 pages), layer 1 keeps 0 and 6 (0 + 2).
+    mgr.allocate_layer("a", 0, [6, 3])
+    mgr.allocate_layer("a", 1, [0, 6])
+    assert block_ids(mgr, "a", 0) == [[1, 2], [3]]
+    assert block_ids(mgr, "a", 1) == [[], [4, 5]]
     assert mgr.tables["a"].tokens_per_head() == [[6, 3], [0, 6]]
-    assert list(mgr.pool.free_block_queue) == [9, 10, 11, 4, 5, 6]
-    # Request b reuses the oldest free pages first.
+    assert list(mgr.pool.free_block_queue) == [6, 7, 8, 9, 10, 11]
+    # Request b takes the free list from its head.
     mgr.allocate_layer("b", 0, [4, 8])
-    assert block_ids(mgr, "b", 0) == [[9], [10, 11]]
+    assert block_ids(mgr, "b", 0) == [[6], [7, 8]]
     assert mgr.free("a") == 5
-    assert list(mgr.pool.free_block_queue) == [4, 5, 6, 1, 2, 3, 7, 8]
+    assert list(mgr.pool.free_block_queue) == [9, 10, 11, 1, 2, 3, 4, 5]
     assert mgr.free("a") == 0  # idempotent
     mgr.free("b")
     assert mgr.pool.num_free_blocks == 11
@@ -49,7 +46,6 @@ def test_rewriting_a_layer_frees_its_old_pages_first():
 def test_short_pool_takes_nothing():
     mgr = make_manager(num_blocks=6)
     mgr.allocate_layer("a", 0, [8, 8])  # 4 of 5 pages
-    assert not mgr.can_allocate_layer([4, 4])
     with pytest.raises(NoFreeBlocksError, match="need 2 KV pages but only 1"):
         mgr.allocate_layer("a", 1, [4, 4])
     assert mgr.pool.num_free_blocks == 1
@@ -62,10 +58,10 @@ def test_bad_arguments():
         mgr.allocate_layer("a", 2, [1, 1])
     with pytest.raises(ValueError, match="got 3 token counts for 2 KV heads"):
         mgr.allocate_layer("a", 0, [1, 1, 1])
+    with pytest.raises(ValueError, match="negative token count"):
+        mgr.allocate_layer("a", 0, [1, -1])
     mgr.allocate_layer("a", 0, [4, 4])
-    with pytest.raises(ValueError, match=r"num_kept=5 is outside \[0, 4\]"):
-        mgr.shrink("a", 0, 0, 5)
     with pytest.raises(ValueError, match="kv_head=2 is outside"):
-        mgr.shrink("a", 0, 2, 1)
+        mgr.head("a", 0, 2)
     with pytest.raises(KeyError, match="request 'zzz' holds no KV pages"):
         mgr.head("zzz", 0, 0)

@@ -1,4 +1,4 @@
-"""Random allocate / keep / free sequences never lose or share a page."""
+"""Random allocate / free sequences never lose or share a page."""
 
 from __future__ import annotations
 
@@ -17,13 +17,6 @@ op = st.one_of(
         st.integers(0, 5),
         st.integers(0, LAYERS - 1),
         st.lists(st.integers(0, 13), min_size=HEADS, max_size=HEADS),
-    ),
-    st.tuples(
-        st.just("keep"),
-        st.integers(0, 5),
-        st.integers(0, LAYERS - 1),
-        st.integers(0, HEADS - 1),
-        st.floats(0, 1),
     ),
     st.tuples(st.just("free"), st.integers(0, 5)),
 )
@@ -60,11 +53,6 @@ def test_random_operations_keep_the_pool_consistent(ops):
             else:
                 with pytest.raises(NoFreeBlocksError):
                     mgr.allocate_layer(rid, layer, counts)
-        elif o[0] == "keep":
-            _, rid, layer, head, frac = o
-            if rid in mgr.tables:
-                n = mgr.head(rid, layer, head).num_tokens
-                mgr.shrink(rid, layer, head, int(frac * n))
         else:
             mgr.free(o[1])
         check_invariants(mgr)

@@ -63,7 +63,7 @@ def test_pages_held_match_the_prompt_and_are_reported(tiny):
     assert pool(s).num_used_blocks == c.n_layers * c.n_kv_heads == 8
     stats = s.prompt_cache.cache.request_stats(seq.cache_keys[0])
     assert stats["tokens_per_head"] == [[13] * 4, [13] * 4]
-    assert stats["bytes"] == 8 * 16 * (2 * 32 * 4 + 4)
+    assert stats["bytes"] == 8 * 16 * (2 * 32 * 4)
     s.free(seq)
     assert pool(s).num_used_blocks == 0
 
@@ -129,7 +129,7 @@ def test_running_out_of_pages_is_a_clear_error_and_leaks_nothing(tiny):
 def test_output_bytes_are_the_peak_page_bytes(tiny):
     s = paged(tiny, num_blocks=100)
     (out,) = s.generate(["0123456789" * 2], GREEDY)  # 21 tokens -> 2 pages per head
-    assert out.prompt_kv_bytes == 2 * 8 * 16 * (2 * 32 * 4 + 4)
+    assert out.prompt_kv_bytes == 2 * 8 * 16 * (2 * 32 * 4)
 
 
 def test_bf16_paged_matches_prefix(tiny_dir):

@@ -9,6 +9,7 @@ import torch
 
 from maskkv_vllm.eviction.budget import reserved_pages
 from maskkv_vllm.eviction.registry import make_policy
+from maskkv_vllm.eviction.sharded import HeadShard
 from maskkv_vllm.models.attention import dense_attention
 from maskkv_vllm.paging.block_pool import NoFreeBlocksError
 from maskkv_vllm.paging.page_table import blocks_for_pages, pages_for
@@ -19,7 +20,6 @@ from maskkv_vllm.vllm_adapter.diffusion_state import DiffusionState
 from maskkv_vllm.vllm_adapter.page_pool import PagePool, RequestPages
 from maskkv_vllm.vllm_adapter.worker.diffusion_attention import (
     DiffusionAttention,
-    HeadShard,
     RowPlan,
 )
 

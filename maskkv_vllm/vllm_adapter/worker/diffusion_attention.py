@@ -5,10 +5,10 @@ vLLM's attention kernels never run on LLaDA's pool; the runner installs a
 the batch's post-RoPE q/k/v. Per request row:
 
 - **step 0** (prompt + canvas scheduled): dense non-causal attention over the
-  row (the full context, so step 0's own output is exact), then the layer's
-  kept prompt entries per KV head (the request's policy, or all M for the full
-  cache) are written into the request's head-pages (``page_pool``). Only this
-  call's activations ever hold the layer's full prompt KV.
+  row (the full context, so step 0's own output is exact), then
+  ``kv_cache.step_zero.capture_layer`` -- the embedded engine's step 0 --
+  writes the layer's kept prompt entries per KV head (the request's policy, or
+  all M for the full cache) into the request's head-pages (``page_pool``).
 - **canvas steps**: the canvas attends to its kept prompt pages plus its own
   fresh K/V through ``kv.paged_attention`` (the embedded engine's attention:
   the torch reference here, the Triton kernel on CUDA); all such rows of the
@@ -28,11 +28,10 @@ from dataclasses import dataclass
 
 import torch
 
-from maskkv_vllm.eviction.context import LayerContext
-from maskkv_vllm.eviction.evictor import Eviction, gather_kept
-from maskkv_vllm.eviction.sharded import Gather, ShardedLayerContext
+from maskkv_vllm.eviction.sharded import SINGLE_RANK, HeadShard
 from maskkv_vllm.kv_cache.page_tables import stack_tables
 from maskkv_vllm.kv_cache.paged_attention import Workspace, paged_attention
+from maskkv_vllm.kv_cache.step_zero import capture_layer
 from maskkv_vllm.models.attention import dense_attention
 from maskkv_vllm.vllm_adapter.diffusion_state import DiffusionState
 from maskkv_vllm.vllm_adapter.page_pool import PagePool
@@ -53,43 +52,15 @@ class RowPlan:
     num_tokens: int
 
 
-@dataclass(frozen=True)
-class HeadShard:
-    """This rank's KV heads of every layer: ``rank * n .. rank * n + n - 1``.
+def current_shard() -> HeadShard:
+    """The KV heads of this process in vLLM's TP group (initialised by the worker)."""
+    from vllm.distributed import get_tp_group
 
-    n = Hkv / size, vLLM's ``QKVParallelLinear`` split (the model refuses
-    replicated KV heads). ``size == 1`` is the single-rank case.
-
-    Attributes:
-        rank: this rank in the TP group.
-        size: N, the TP world size.
-        gather: the group's all-gather along dim 0 (None when size is 1).
-    """
-
-    rank: int = 0
-    size: int = 1
-    gather: Gather | None = None
-
-    @classmethod
-    def current(cls) -> HeadShard:
-        """The shard of this process in vLLM's TP group (initialised by the worker)."""
-        from vllm.distributed import get_tp_group
-
-        group = get_tp_group()
-        if group.world_size == 1:
-            return cls()
-        gather = functools.partial(group.all_gather, dim=0)
-        return cls(group.rank_in_group, group.world_size, gather)
-
-    def heads(self, local_heads: int) -> slice:
-        """This rank's heads among the layer's ``local_heads * size``."""
-        return slice(self.rank * local_heads, (self.rank + 1) * local_heads)
-
-    def context(self, ctx: LayerContext) -> LayerContext:
-        """``ctx`` over this rank's heads -> the context a policy should see."""
-        if self.size == 1:
-            return ctx
-        return ShardedLayerContext(ctx, self.gather, self.size)
+    group = get_tp_group()
+    if group.world_size == 1:
+        return SINGLE_RANK
+    gather = functools.partial(group.all_gather, dim=0)
+    return HeadShard(group.rank_in_group, group.world_size, gather)
 
 
 def width_groups(rows: list[RowPlan]) -> list[list[RowPlan]]:
@@ -129,7 +100,7 @@ class DiffusionAttention:
         workspace: Workspace | None = None,
     ):
         self.rows, self.pool, self.num_layers = rows, pool, num_layers
-        self.shard = shard if shard is not None else HeadShard.current()
+        self.shard = shard if shard is not None else current_shard()
         self.workspace = workspace or Workspace()
 
     def __call__(
@@ -162,42 +133,18 @@ class DiffusionAttention:
         qr, kr, vr = q[:, :, span], k[:, :, span], v[:, :, span]
         o = dense_attention(qr, kr, vr, None)[0]  # (Hq/N, M + L, d)
         out[span] = o.transpose(0, 1).reshape(row.num_tokens, -1)
-        st, local = row.state, kr.shape[1]
-        m = st.prompt_len
-        if st.eviction is None:
-            lengths = [m] * (local * self.shard.size)
-            kk, vv, mine = kr[0, :, :m], vr[0, :, :m], [m] * local
-        else:
-            selection = self._select(st.eviction, layer, qr[0], kr[0], m)
-            lengths = [int(i.numel()) for i in selection]
-            positions = torch.arange(row.num_tokens, device=q.device)
-            kept = gather_kept(
-                selection[self.shard.heads(local)], kr[0], vr[0], positions, m
-            )
-            kk, vv, mine = kept.k, kept.v, kept.lengths
-        st.pages.write_layer(self.pool, layer, kk, vv, mine)
-        st.kept_lengths[layer] = lengths
-
-    def _select(
-        self, eviction: Eviction, layer: int, q, k, prompt_len: int
-    ) -> list[torch.Tensor]:
-        """Kept prompt indices of every KV head of the layer (all ranks).
-
-        Args:
-            q: (Hq/N, M + L, d), k: (Hkv/N, M + L, d) this rank's heads.
-        """
-        ctx = LayerContext(
-            layer, self.num_layers, q, k, prompt_len, q.shape[1] - prompt_len,
-            eviction.generator, eviction.chunk,
-        )  # fmt: skip
-        selection = eviction.policy.select(self.shard.context(ctx), eviction.budget)
-        if len(selection) != k.shape[0] * self.shard.size:
-            raise RuntimeError(
-                f"{type(eviction.policy).__name__} selected {len(selection)} KV "
-                f"heads, the layer has {k.shape[0] * self.shard.size}: under tensor "
-                "parallelism a policy must score through the context's statistics"
-            )
-        return selection
+        st = row.state
+        st.kept_lengths[layer] = capture_layer(
+            functools.partial(st.pages.write_layer, self.pool),
+            st.eviction,
+            layer,
+            self.num_layers,
+            qr[0],
+            kr[0],
+            vr[0],
+            st.prompt_len,
+            self.shard,
+        )
 
     def _canvas(self, layer, rows: list[RowPlan], q, k, v, out) -> None:
         """Every canvas row over its pages plus its fresh K/V, one batched call."""
