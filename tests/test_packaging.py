@@ -7,8 +7,11 @@ import configparser
 import subprocess
 import sys
 import tomllib
+from collections.abc import Iterator
 from importlib import metadata
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -73,9 +76,9 @@ def test_vllm_plugin_entry_point_installed():
 
 
 # Bottom to top: a module may import maskkv_vllm packages of a lower rank (or its
-# own package), never a higher one; imports inside functions count too.
+# own package), never a higher one; imports inside functions count too, and an
+# import is of the module it names (``from maskkv_vllm import cli``: of ``cli``).
 RANKS = {
-    "_moved": 0,
     "machine_defaults": 0,
     "paging": 0,
     "models": 1,
@@ -96,56 +99,221 @@ RANKS = {
     "cli": 9,
 }
 
+# The same rule inside a package of subpackages, over its subpackages and its own
+# modules (its "units"): vllm_adapter as vLLM is split, shared pieces at the bottom.
+INNER_RANKS = {
+    "vllm_adapter": {
+        "hf_config": 0,
+        "kv_spec": 0,
+        "page_pool": 0,
+        "params": 0,
+        "qualnames": 0,
+        "version": 0,
+        "diffusion_state": 1,
+        "core": 2,  # the engine core (vLLM's v1/core)
+        "worker": 3,  # the model refuses a scheduler other than core's
+        "engine_config": 4,  # names the scheduler, worker and validator classes
+        "plugin": 5,
+        "entrypoints": 6,
+    },
+    "testbeds": {"bert": 0},
+}
 
-def package_imports():
-    """(importing module, its package, imported maskkv_vllm module) for every import."""
-    for path in sorted((ROOT / "maskkv_vllm").rglob("*.py")):
-        rel = path.relative_to(ROOT / "maskkv_vllm")
-        if rel.name == "__init__.py" and len(rel.parts) == 1:
-            continue
-        package = rel.parts[0].removesuffix(".py")
-        module = "maskkv_vllm." + ".".join(rel.with_suffix("").parts)
-        for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, ast.ImportFrom) and node.module and not node.level:
-                names = [node.module]
-            elif isinstance(node, ast.Import):
-                names = [a.name for a in node.names]
-            else:
-                continue
-            for name in names:
-                if name.startswith("maskkv_vllm."):
-                    yield module, package, name
+
+def module_name(path: Path, root: Path) -> str:
+    """``maskkv_vllm.a.b`` for ``maskkv_vllm/a/b.py`` or ``.../a/b/__init__.py``."""
+    name = ".".join(path.relative_to(root).with_suffix("").parts)
+    return name.removesuffix(".__init__")
+
+
+def is_module(name: str, root: Path) -> bool:
+    path = root.joinpath(*name.split("."))
+    return path.with_suffix(".py").is_file() or (path / "__init__.py").is_file()
+
+
+def imported_modules(path: Path, root: Path) -> Iterator[str]:
+    """Every module the file at ``path`` imports, inside functions too.
+
+    ``from a import b`` imports module ``a.b`` if there is one, else (``b`` a name
+    defined in ``a``) module ``a``; relative imports are resolved first.
+    """
+    module = module_name(path, root)
+    package = module if path.name == "__init__.py" else module.rpartition(".")[0]
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            yield from (alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            parent = package.rsplit(".", node.level - 1)[0] if node.level else ""
+            base = ".".join(filter(None, [parent, node.module]))
+            for alias in node.names:
+                name = f"{base}.{alias.name}"
+                yield name if is_module(name, root) else base
+
+
+def package_imports(root: Path = ROOT) -> Iterator[tuple[str, str]]:
+    """(importing module, imported maskkv_vllm module) for every import.
+
+    The top-level ``__init__`` (``__version__``) is neither importer nor imported.
+    """
+    for path in sorted((root / "maskkv_vllm").rglob("*.py")):
+        module = module_name(path, root)
+        for name in imported_modules(path, root):
+            if module != "maskkv_vllm" and name.startswith("maskkv_vllm."):
+                yield module, name
+
+
+def unit(module: str, depth: int) -> str:
+    """Component ``depth`` of a dotted name (1: its package; 2: the unit inside)."""
+    parts = module.split(".")
+    return parts[depth] if depth < len(parts) else ""
+
+
+def points_up(module: str, name: str) -> bool:
+    package, target = unit(module, 1), unit(name, 1)
+    if package != target:
+        return RANKS[target] >= RANKS[package]
+    ranks = INNER_RANKS.get(package, {})
+    here, there = unit(module, 2), unit(name, 2)
+    if here == there or here not in ranks or there not in ranks:
+        return False  # inside one unit, or the package's __init__
+    return ranks[there] >= ranks[here]
+
+
+def upward_arrows(root: Path = ROOT) -> list[str]:
+    return [
+        f"{module} imports {name}"
+        for module, name in package_imports(root)
+        if points_up(module, name)
+    ]
+
+
+def import_cycle(root: Path = ROOT) -> list[str]:
+    """One cycle of module imports (its modules, the first repeated last), or []."""
+    graph: dict[str, set[str]] = {}
+    for module, name in package_imports(root):
+        graph.setdefault(module, set()).add(name)
+    done: set[str] = set()
+
+    def visit(node: str, path: list[str]) -> list[str]:
+        if node in path:
+            return path[path.index(node) :] + [node]
+        if node in done:
+            return []
+        for nxt in sorted(graph.get(node, ())):
+            if cycle := visit(nxt, [*path, node]):
+                return cycle
+        done.add(node)
+        return []
+
+    for start in sorted(graph):
+        if cycle := visit(start, []):
+            return cycle
+    return []
+
+
+def units(package: Path) -> set[str]:
+    """A package's own modules and subpackages, by name."""
+    modules = {p.stem for p in package.glob("*.py")} - {"__init__"}
+    return modules | {p.parent.name for p in package.glob("*/__init__.py")}
 
 
 def test_every_package_has_a_rank():
-    tops = {p.name.removesuffix(".py") for p in (ROOT / "maskkv_vllm").iterdir()}
-    tops -= {"__init__", "__pycache__", "assets"}
-    assert tops == set(RANKS)
+    assert units(ROOT / "maskkv_vllm") == set(RANKS)
+
+
+def test_every_unit_of_a_package_of_subpackages_has_a_rank():
+    for package in {p.parent.parent for p in ROOT.glob("maskkv_vllm/*/*/__init__.py")}:
+        assert units(package) == set(INNER_RANKS.get(package.name, ())), package.name
 
 
 def test_imports_only_point_down():
-    up = []
-    for module, package, name in package_imports():
-        target = name.split(".")[1]
-        if target != package and RANKS[target] >= RANKS[package]:
-            up.append(f"{module} imports {name}")
-    assert not up, "\n".join(up)
+    up = set(upward_arrows())
+    assert not up, "\n".join(sorted(up))
 
 
 def test_no_import_cycles_inside_a_package():
-    graph: dict[str, set[str]] = {}
-    for module, _, name in package_imports():
-        graph.setdefault(module, set()).add(name)
+    cycle = import_cycle()
+    assert not cycle, "import cycle: " + " -> ".join(cycle)
 
-    def visit(node, path):
-        if node in path:
-            cycle = path[path.index(node) :] + [node]
-            raise AssertionError("import cycle: " + " -> ".join(cycle))
-        for nxt in graph.get(node, ()):
-            visit(nxt, [*path, node])
 
-    for start in graph:
-        visit(start, [])
+def write_tree(root: Path, files: dict[str, str]) -> Path:
+    """A stand-in ``maskkv_vllm`` under ``root``: ``{relative path: source}``."""
+    for rel, source in files.items():
+        path = root / "maskkv_vllm" / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(source)
+        for parent in path.relative_to(root).parents[:-1]:
+            (root / parent / "__init__.py").touch()
+    return root
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        "import maskkv_vllm.cli",
+        "from maskkv_vllm.cli import main",
+        "from maskkv_vllm import cli",  # was missed: only the package was looked at
+        "from .. import cli",  # was missed: relative imports were skipped
+    ],
+)
+def test_every_spelling_of_an_upward_import_is_caught(tmp_path, line):
+    root = write_tree(
+        tmp_path,
+        {"paging/block_pool.py": f"def f():\n    {line}\n", "cli.py": "main = 1\n"},
+    )
+    up = ["maskkv_vllm.paging.block_pool imports maskkv_vllm.cli"]
+    assert upward_arrows(root) == up
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        "from maskkv_vllm.vllm_adapter.entrypoints.validation import VALIDATOR_CLS",
+        "from maskkv_vllm.vllm_adapter.entrypoints import validation",
+        "from .entrypoints import validation",
+    ],
+)
+def test_an_upward_import_between_units_of_vllm_adapter_is_caught(tmp_path, line):
+    root = write_tree(
+        tmp_path,
+        {
+            "vllm_adapter/engine_config.py": line + "\n",
+            "vllm_adapter/entrypoints/validation.py": "VALIDATOR_CLS = 'v'\n",
+            # Down (entrypoints 6 -> worker 3) and inside one unit: no arrow.
+            "vllm_adapter/entrypoints/api.py": (
+                "from maskkv_vllm.vllm_adapter.worker import selection\n"
+                "from maskkv_vllm.vllm_adapter.entrypoints import validation\n"
+            ),
+            "vllm_adapter/worker/selection.py": "",
+        },
+    )
+    up = [
+        "maskkv_vllm.vllm_adapter.engine_config imports "
+        "maskkv_vllm.vllm_adapter.entrypoints.validation"
+    ]
+    assert upward_arrows(root) == up
+
+
+def test_a_name_of_the_top_level_package_is_no_arrow(tmp_path):
+    root = write_tree(
+        tmp_path, {"paging/block_pool.py": "from maskkv_vllm import __version__\n"}
+    )
+    assert upward_arrows(root) == []
+
+
+def test_a_cycle_through_from_package_import_module_is_caught(tmp_path):
+    root = write_tree(
+        tmp_path,
+        {
+            "paging/a.py": "from maskkv_vllm.paging import b\n",
+            "paging/b.py": "def f():\n    from maskkv_vllm.paging import a\n",
+        },
+    )
+    assert import_cycle(root) == [
+        "maskkv_vllm.paging.a",
+        "maskkv_vllm.paging.b",
+        "maskkv_vllm.paging.a",
+    ]
 
 
 def test_bookkeeping_needs_neither_torch_nor_vllm():

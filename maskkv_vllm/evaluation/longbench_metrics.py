@@ -29,7 +29,7 @@ third-party package, this module reproduces what that package computes:
 
 Per sample, a prediction scores the max over its ground-truth answers; the
 first-line rule of eval.py (``FIRST_LINE_TASKS``) is applied before scoring. A
-task's score is ``round(100 * mean, 2)``.
+task's score (``longbench.run_longbench``) is ``round(100 * mean, 2)``.
 """
 
 from __future__ import annotations
@@ -313,24 +313,3 @@ def score_prediction(
     for answer in answers:
         best = max(best, metric(prediction, answer, all_classes=all_classes or ()))
     return float(best)
-
-
-def task_score(
-    task: str,
-    predictions: Sequence[str],
-    answers: Sequence[Sequence[str]],
-    all_classes: Sequence[Sequence[str] | None] | None = None,
-) -> float:
-    """A task's score as eval.py reports it: ``round(100 * mean, 2)``."""
-    if len(predictions) != len(answers):
-        raise ValueError(
-            f"{len(predictions)} predictions for {len(answers)} answer lists"
-        )
-    if not predictions:
-        raise ValueError(f"no predictions to score for task {task!r}")
-    classes = all_classes if all_classes is not None else [None] * len(predictions)
-    total = sum(
-        score_prediction(task, p, a, c)
-        for p, a, c in zip(predictions, answers, classes, strict=True)
-    )
-    return round(100 * total / len(predictions), 2)

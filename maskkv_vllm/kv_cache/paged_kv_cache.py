@@ -1,5 +1,5 @@
 """The embedded engine's head-granular paged KV cache: bookkeeping
-(``KVCacheManager``) plus page tensors (``PageStore``), with the operations the
+(``PageTableManager``) plus page tensors (``PageStore``), with the operations the
 sampler and eviction need."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from maskkv_vllm.config import CacheConfig
 from maskkv_vllm.kv_cache.page_store import PageStore, write_layer
 from maskkv_vllm.kv_cache.page_tables import layer_table, stack_tables
 from maskkv_vllm.paging.block_pool import BlockPool
-from maskkv_vllm.paging.kv_cache_manager import KVCacheManager
+from maskkv_vllm.paging.page_table_manager import PageTableManager
 
 RequestId = Hashable
 
@@ -38,7 +38,7 @@ class PagedKVCache:
         device: torch.device | str = "cpu",
     ) -> None:
         self.pool = BlockPool(num_blocks, block_size)
-        self.manager = KVCacheManager(self.pool, num_layers, num_kv_heads)
+        self.manager = PageTableManager(self.pool, num_layers, num_kv_heads)
         self.store = PageStore.zeros(num_blocks, block_size, head_dim, dtype, device)
         self.block_size = block_size
         self.device = self.store.k_cache.device

@@ -69,7 +69,7 @@ def engine_changes(vllm_config: Any, platform: Any = None) -> list[str]:
         platform: vLLM's ``current_platform`` unless given (tests pass stand-ins).
     """
     from maskkv_vllm.vllm_adapter.core.scheduler import SCHEDULER_CLS
-    from maskkv_vllm.vllm_adapter.entrypoints.validation import VALIDATOR_CLS
+    from maskkv_vllm.vllm_adapter.qualnames import VALIDATOR_CLS
     from maskkv_vllm.vllm_adapter.worker.selection import worker_cls_for
 
     if platform is None:

@@ -9,7 +9,7 @@ block ``b``. Pages 0..Hkv-1 are vLLM's null block, never handed out; page 0
 pads the page tables (its reads are masked).
 
 ``RequestPages`` assigns a request's head-pages layer by layer inside the
-blocks the scheduler gave it, through the torch-free ``cache.KVCacheManager``
+blocks the scheduler gave it, through the torch-free ``paging.PageTableManager``
 over a local ``BlockPool`` (local page ``i`` = the i-th page of its blocks), so
 the pages of every layer and head are packed from the first block on: the
 scheduler frees the unused tail blocks by count alone.
@@ -22,7 +22,7 @@ import torch
 from maskkv_vllm.kv_cache.page_store import PageStore, write_layer
 from maskkv_vllm.kv_cache.page_tables import layer_table
 from maskkv_vllm.paging.block_pool import BlockPool
-from maskkv_vllm.paging.kv_cache_manager import KVCacheManager
+from maskkv_vllm.paging.page_table_manager import PageTableManager
 
 _SELF = "request"
 """The one request id of a per-request manager."""
@@ -79,7 +79,7 @@ class RequestPages:
         device: torch.device | str,
     ) -> None:
         n = len(block_ids) * num_kv_heads
-        self.manager = KVCacheManager(
+        self.manager = PageTableManager(
             BlockPool(n + 1, block_size), num_layers, num_kv_heads
         )
         pages = [b * num_kv_heads + j for b in block_ids for j in range(num_kv_heads)]

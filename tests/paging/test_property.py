@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from maskkv_vllm.paging.block_pool import NULL_BLOCK_ID, BlockPool, NoFreeBlocksError
-from maskkv_vllm.paging.kv_cache_manager import KVCacheManager
+from maskkv_vllm.paging.page_table_manager import PageTableManager
 
 LAYERS, HEADS, BLOCK, POOL = 2, 3, 4, 40
 
@@ -22,7 +22,7 @@ op = st.one_of(
 )
 
 
-def check_invariants(mgr: KVCacheManager) -> None:
+def check_invariants(mgr: PageTableManager) -> None:
     pool = mgr.pool
     owned = [b for t in mgr.tables.values() for b in t.all_block_ids()]
     assert len(owned) == len(set(owned)), "a block is owned twice"
@@ -42,7 +42,7 @@ def check_invariants(mgr: KVCacheManager) -> None:
 @settings(max_examples=200, deadline=None)
 @given(st.lists(op, min_size=1, max_size=60))
 def test_random_operations_keep_the_pool_consistent(ops):
-    mgr = KVCacheManager(BlockPool(POOL, BLOCK), LAYERS, HEADS)
+    mgr = PageTableManager(BlockPool(POOL, BLOCK), LAYERS, HEADS)
     for o in ops:
         if o[0] == "alloc":
             _, rid, layer, counts = o

@@ -15,10 +15,10 @@ import pytest
 
 pytest.importorskip("vllm")
 
+from maskkv_vllm.vllm_adapter.version import is_cpu_wheel  # noqa: E402
 from maskkv_vllm.vllm_adapter.worker.selection import (  # noqa: E402
     CPU_WORKER_CLS,
     GPU_WORKER_CLS,
-    is_cpu_wheel,
     worker_cls_for,
 )
 

@@ -209,7 +209,7 @@ def find_cli_env_setup() -> Callable[[], None]:
 def env_defaults() -> dict[str, str]:
     """Environment ``main`` sets unless set: the plugin allow-list, the CPU recipe
     on the CPU wheel (the V1 runner is the config hook's, not the environment's)."""
-    from maskkv_vllm.vllm_adapter.worker.selection import is_cpu_wheel
+    from maskkv_vllm.vllm_adapter.version import is_cpu_wheel
 
     return {**ENV_DEFAULTS, **(CPU_ENV_DEFAULTS if is_cpu_wheel() else {})}
 

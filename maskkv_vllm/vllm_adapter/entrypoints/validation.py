@@ -23,9 +23,8 @@ from vllm.v1.sample.logits_processor import BatchUpdate, LogitsProcessor
 
 from maskkv_vllm.openai_api.options import APIError, check_neutral
 from maskkv_vllm.vllm_adapter.params import FLAT_PREFIX, request_only_params
+from maskkv_vllm.vllm_adapter.qualnames import VALIDATOR_CLS as VALIDATOR_CLS
 
-VALIDATOR_CLS = "maskkv_vllm.vllm_adapter.entrypoints.validation:MaskKVParamsValidator"
-"""The ``<module>:<type>`` name vLLM's ``logits_processors`` takes."""
 SAMPLING_FIELDS = (
     "n",
     "logprobs",

