@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from maskkv_vllm.engine.engine_args import EngineArgs
-from maskkv_vllm.sampling_params import REMASKING, SamplingParams
+from maskkv_vllm.sampling_params import SAMPLING_OPTIONS, SamplingParams
 
 
 def port_number(value: str) -> int:
@@ -23,50 +23,27 @@ def port_number(value: str) -> int:
 
 
 def add_sampling_args(p: argparse.ArgumentParser) -> None:
-    d = SamplingParams()
-    p.add_argument(
-        "--gen-length",
-        type=int,
-        default=d.gen_length,
-        help="answer canvas: [MASK] slots after the prompt",
-    )
-    p.add_argument(
-        "--block-length",
-        type=int,
-        default=d.block_length,
-        help="semi-autoregressive block; divides --gen-length",
-    )
-    p.add_argument(
-        "--steps",
-        type=int,
-        default=None,
-        help="denoising steps, at most --gen-length (default: --gen-length)",
-    )
-    p.add_argument(
-        "--temperature",
-        type=float,
-        default=d.temperature,
-        help="0 is greedy; > 0 samples with Gumbel noise",
-    )
-    p.add_argument(
-        "--cfg-scale",
-        type=float,
-        default=d.cfg_scale,
-        help="classifier-free guidance; > 0 adds a prompt-masked branch",
-    )
-    p.add_argument(
-        "--remasking",
-        choices=REMASKING,
-        default=d.remasking,
-        help="what ranks the slots to commit",
-    )
-    p.add_argument(
-        "--threshold",
-        type=float,
-        default=None,
-        help="Fast-dLLM parallel decoding: commit every slot above this confidence",
-    )
-    p.add_argument("--seed", type=int, default=d.seed, help="the request's random seed")
+    """A flag per ``SamplingParams`` field (``SAMPLING_OPTIONS``): its name, default
+    and docstring; ``--steps`` defaults to ``--gen-length``."""
+    for opt in SAMPLING_OPTIONS.values():
+        if not opt.cli:
+            continue
+        flag, text = "--" + opt.name.replace("_", "-"), _flag_help(opt.help)
+        if opt.kinds == (bool,):  # every boolean option defaults to False
+            p.add_argument(flag, action="store_true", help=text)
+        elif opt.name == "steps":  # one token per step unless given
+            text += " (default: --gen-length)"
+            p.add_argument(flag, type=int, default=None, help=text)
+        else:
+            kind = opt.kinds[-1]  # int, float or str
+            p.add_argument(
+                flag, type=kind, default=opt.default, choices=opt.choices, help=text
+            )
+
+
+def _flag_help(doc: str) -> str:
+    """A field docstring as argparse help (no reST quotes; ``%`` is literal)."""
+    return doc.replace("``", "").replace("%", "%%")
 
 
 def sampling_params(args: argparse.Namespace) -> SamplingParams:
@@ -78,16 +55,10 @@ def sampling_params(args: argparse.Namespace) -> SamplingParams:
             f"{args.kv_policy}, which keeps every prompt entry: choose an evicting "
             "policy (maskkv, snapkv, ...) or drop --kv-budget"
         )
-    return SamplingParams(
-        gen_length=args.gen_length,
-        block_length=args.block_length,
-        steps=args.gen_length if args.steps is None else args.steps,
-        temperature=args.temperature,
-        cfg_scale=args.cfg_scale,
-        remasking=args.remasking,
-        threshold=args.threshold,
-        seed=args.seed,
-    )
+    given = {o.name: getattr(args, o.name) for o in SAMPLING_OPTIONS.values() if o.cli}
+    if given["steps"] is None:
+        given["steps"] = args.gen_length
+    return SamplingParams(**given)
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
@@ -148,7 +119,7 @@ def one_shot_llm(args: argparse.Namespace, params: SamplingParams):
     )
     ids = prompt_ids(args, tok)
     if engine_args.cache_mode == "paged" and engine_args.kv_cache_memory is None:
-        c, rows = model.config, 2 if params.cfg_scale > 0 else 1
+        c, rows = model.config, params.num_rows
         pages = sum(-(-len(p) // engine_args.block_size) for p in ids)
         blocks = 1 + rows * c.n_layers * c.n_kv_heads * pages  # + the null page
         engine_args = dataclasses.replace(engine_args, num_blocks=blocks)

@@ -129,13 +129,13 @@ class EngineConfig:
             raise ValueError(f"dtype={self.dtype!r} is not float32/bfloat16/float16")
         from maskkv_vllm.eviction.registry import (
             check_budget,
+            check_kv_budget,
             check_policy_name,
             policy_evicts,
         )
 
         check_policy_name(self.kv_policy)
-        if self.kv_budget is not None and self.kv_budget <= 0:
-            raise ValueError(f"kv_budget={self.kv_budget} must be positive")
+        check_kv_budget(self.kv_budget)
         check_budget(self.kv_policy, self.kv_budget)
         if policy_evicts(self.kv_policy) and self.cache.cache_mode != "paged":
             raise ValueError(

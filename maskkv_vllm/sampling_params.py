@@ -1,10 +1,21 @@
-"""Per-request diffusion sampling parameters (frozen, validated at construction)."""
+"""Per-request diffusion sampling parameters (frozen, validated at construction).
+
+``SamplingParams`` is the one table of sampling options: ``SAMPLING_OPTIONS`` reads
+its fields (name, default, type, docstring) and the front ends are built from it:
+the ``maskkv generate`` flags (``cli.add_sampling_args``), the OpenAI body fields
+(``openai_api.options``) and vLLM's ``maskkv_*`` request keys
+(``vllm_adapter.params``).
+"""
 
 from __future__ import annotations
 
+import ast
 import dataclasses
+import inspect
 import math
-from dataclasses import dataclass
+import textwrap
+from dataclasses import dataclass, field
+from typing import Any
 
 REMASKING = ("low_confidence", "random")
 
@@ -23,7 +34,7 @@ class SamplingParams:
     """0 is greedy; > 0 samples with float64 Gumbel noise."""
     cfg_scale: float = 0.0
     """Classifier-free guidance scale; > 0 runs a prompt-masked branch too."""
-    remasking: str = "low_confidence"
+    remasking: str = field(default="low_confidence", metadata={"choices": REMASKING})
     """What ranks positions: "low_confidence" (model probability) or "random"."""
     threshold: float | None = None
     """Fast-dLLM parallel decoding: commit every masked block position whose confidence
@@ -32,11 +43,11 @@ class SamplingParams:
     """Forbid EOS as a candidate (upstream's HumanEval setting)."""
     seed: int = 0
     """Seed of this request's own random stream (Gumbel noise, random remasking)."""
-    kv_policy: str | None = None
+    kv_policy: str | None = field(default=None, metadata={"cli": False})
     """Prompt-KV eviction policy ("full", "maskkv", "snapkv", ...; see
     ``maskkv_vllm.eviction.registry``); None takes the engine's default ("full" in
     the bare sampler). Anything but "full" needs the paged cache."""
-    kv_budget: int | None = None
+    kv_budget: int | None = field(default=None, metadata={"cli": False})
     """Average prompt KV entries kept per head per layer (the paper's B); every
     evicting policy needs one (None takes the engine's default); "full" ignores it."""
 
@@ -77,31 +88,22 @@ class SamplingParams:
         self._check_kv()
 
     def _check_types(self) -> None:
-        """A wrong type is named with its field, before any comparison trips on it."""
-        number = (int, float)
-        for name, kinds, what in (
-            ("temperature", number, "a number"),
-            ("cfg_scale", number, "a number"),
-            ("threshold", (*number, type(None)), "a number or null"),
-            ("remasking", str, "a string"),
-            ("logits_eos_inf", bool, "a boolean"),
-            ("kv_policy", (str, type(None)), "a string or null"),
-        ):
-            value = getattr(self, name)
-            is_bool = isinstance(value, bool) and kinds is not bool
-            if not isinstance(value, kinds) or is_bool:
-                raise ValueError(f"{name}={value!r:.80} must be {what}")
+        """A wrong type is named with its field, before any comparison trips on it
+        (integers are named by the range checks, with their range)."""
+        for opt in SAMPLING_OPTIONS.values():
+            value = getattr(self, opt.name)
+            if opt.kinds == (int,) or (value is None and opt.nullable):
+                continue
+            if not opt.accepts(value):
+                null = " or null" if opt.nullable else ""
+                raise ValueError(f"{opt.name}={value!r:.80} must be {opt.what}{null}")
 
     def _check_kv(self) -> None:
-        from maskkv_vllm.eviction.registry import check_policy_name
+        from maskkv_vllm.eviction.registry import check_kv_budget, check_policy_name
 
         if self.kv_policy is not None:
             check_policy_name(self.kv_policy)
-        budget = self.kv_budget
-        if budget is not None and (
-            not isinstance(budget, int) or isinstance(budget, bool) or budget <= 0
-        ):
-            raise ValueError(f"kv_budget={budget!r} must be a positive integer")
+        check_kv_budget(self.kv_budget)
 
     def with_kv_defaults(
         self, policy: str | None, budget: int | None
@@ -121,6 +123,12 @@ class SamplingParams:
         return _evicts(self.kv_policy)
 
     @property
+    def num_rows(self) -> int:
+        """Forward rows of the request: 2 with classifier-free guidance (the
+        prompt-masked branch beside the prompted one), else 1."""
+        return 2 if self.cfg_scale > 0 else 1
+
+    @property
     def num_blocks(self) -> int:
         return self.gen_length // self.block_length
 
@@ -134,3 +142,79 @@ def _evicts(name: str | None) -> bool:
     from maskkv_vllm.eviction.registry import policy_evicts
 
     return policy_evicts(name)
+
+
+def length_defaults(gen_length: int) -> dict[str, int]:
+    """``block_length`` and ``steps`` of a request that gives only its canvas
+    length (an OpenAI ``max_tokens``, vLLM's ``max_tokens``): one token per step,
+    in blocks of 32 (the default) when 32 divides the canvas, else one block."""
+    block = SamplingParams.block_length
+    return {
+        "block_length": block if gen_length % block == 0 else gen_length,
+        "steps": gen_length,
+    }
+
+
+@dataclass(frozen=True)
+class SamplingOption:
+    """One ``SamplingParams`` field as the front ends show it: the flag
+    ``--<name>``, the OpenAI body field ``<name>``, vLLM's ``maskkv_<name>``."""
+
+    name: str
+    default: Any
+    kinds: tuple[type, ...]
+    """Types a value may have (a bool only where the field is a bool)."""
+    what: str
+    """What an error calls them: "an integer", "a number", ..."""
+    nullable: bool
+    """None is a value (it takes the engine's default, or turns the option off)."""
+    help: str
+    """The field's docstring."""
+    choices: tuple[str, ...] | None = None
+    cli: bool = True
+    """``maskkv generate`` has a flag for it (kv_policy and kv_budget are set
+    there by the engine flags of the same names)."""
+
+    def accepts(self, value: Any) -> bool:
+        """Whether ``value`` has one of ``kinds`` (``True`` is not the number 1)."""
+        wrong_bool = isinstance(value, bool) and bool not in self.kinds
+        return isinstance(value, self.kinds) and not wrong_bool
+
+
+_KINDS: dict[str, tuple[tuple[type, ...], str]] = {
+    "int": ((int,), "an integer"),
+    "float": ((int, float), "a number"),
+    "str": ((str,), "a string"),
+    "bool": ((bool,), "a boolean"),
+}
+"""Annotation -> (accepted types, what to call them)."""
+
+
+def field_docs(cls: type) -> dict[str, str]:
+    """Field name -> its docstring (the string under it), whitespace folded: a
+    dataclass field's one help text, for every front end."""
+    body = ast.parse(textwrap.dedent(inspect.getsource(cls))).body[0].body
+    return {
+        node.target.id: " ".join(str(nxt.value.value).split())
+        for node, nxt in zip(body, body[1:], strict=False)
+        if isinstance(node, ast.AnnAssign)
+        and isinstance(nxt, ast.Expr)
+        and isinstance(nxt.value, ast.Constant)
+    }
+
+
+def _sampling_options() -> dict[str, SamplingOption]:
+    docs = field_docs(SamplingParams)
+    options = {}
+    for f in dataclasses.fields(SamplingParams):
+        base = f.type.removesuffix(" | None")
+        kinds, what = _KINDS[base]
+        options[f.name] = SamplingOption(
+            f.name, f.default, kinds, what, base != f.type, docs[f.name], **f.metadata
+        )
+    return options
+
+
+SAMPLING_OPTIONS: dict[str, SamplingOption] = _sampling_options()
+"""Every ``SamplingParams`` field, in declaration order: the one table of
+sampling options (names, defaults, types, help)."""

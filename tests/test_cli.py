@@ -86,10 +86,10 @@ def test_generate_paged_reports_the_pool(tmp_path, monkeypatch, capsys):
     rc = main([*argv, "--cache-mode", "paged", "--kv-cache-memory", "1MiB"])
     assert rc == 0
     out = capsys.readouterr().out
-    # 3 prompt tokens -> one 16-slot page per (layer, head): 8 pages of 4160 bytes;
-    # 1 MiB holds 252 pages, one of them the null page.
+    # 3 prompt tokens -> one 16-slot page per (layer, head): 8 pages of 4096 bytes;
+    # 1 MiB holds 256 pages, one of them the null page.
     assert "prompt KV: 8 pages, 24 entries kept, 0 evicted (paged, full)" in out
-    assert "251 pages of 4160 bytes, peak 8 used, 251 free now" in out
+    assert "255 pages of 4096 bytes, peak 8 used, 255 free now" in out
     rc = main([*argv, "--cache-mode", "paged", "--kv-cache-memory", "lots"])
     assert rc == 2 and "memory size 'lots'" in capsys.readouterr().err
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 from maskkv_vllm import machine_defaults
 from maskkv_vllm.config import CACHE_MODES, CacheConfig, EngineConfig, MaskKVConfig
+from maskkv_vllm.sampling_params import field_docs
 
 GROUPS = ("model", "device", "policy", "cache", "scheduler", "maskkv")
 """Option groups, in the order ``add_cli_args`` adds them."""
@@ -142,27 +143,13 @@ def _add(parser: argparse.ArgumentParser, name: str, **kwargs) -> None:
     )
 
 
-def _field_docs() -> dict[str, str]:
-    """Field name -> its docstring, read from this module's source."""
-    import ast
-    import inspect
-
-    tree = ast.parse(inspect.getsource(EngineArgs))
-    body = tree.body[0].body
-    docs = {}
-    for node, nxt in zip(body, body[1:], strict=False):
-        if isinstance(node, ast.AnnAssign) and isinstance(nxt, ast.Expr):
-            docs[node.target.id] = " ".join(str(nxt.value.value).split())
-    return docs
-
-
 def _policy_choices() -> list[str]:
     from maskkv_vllm.eviction.registry import policy_names
 
     return policy_names()
 
 
-_FIELD_DOCS = _field_docs()
+_FIELD_DOCS = field_docs(EngineArgs)
 _OPTIONS: dict[str, list[tuple[str, dict]]] = {
     "model": [
         ("model", {}),

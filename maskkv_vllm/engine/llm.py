@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
+from typing import Any
 
 from tqdm.auto import tqdm
 
@@ -18,57 +19,31 @@ from maskkv_vllm.sampling_params import SamplingParams
 class LLM:
     """Generate with a diffusion LLM and the paged, evicting KV cache.
 
+    Takes ``EngineArgs``' fields as keywords, with ``EngineArgs``' defaults: the
+    same ``auto`` device, dtype and pool as every ``maskkv`` command.
+
     Args:
-        model: checkpoint directory, or "tiny" (the built-in random tiny model).
-        kv_policy, kv_budget: eviction of requests that do not choose their own.
-        kv_cache_memory: page-pool size ("4GiB", bytes); or ``num_blocks`` pages.
-        block_size: token slots per page.
-        dtype, device, rope_scaling, max_model_len: how the model runs.
-        max_num_seqs, max_num_batched_tokens: scheduling limits.
-        cache_mode: "paged" (default), or "prefix"/"none" without a pool.
-        prompt_refresh_interval: recompute (and re-vote) the prompt KV every this
-            many steps; None never.
-        maskkv: MaskKV and baseline hyper-parameters (alpha, beta, profile, ...).
+        model: checkpoint directory, or a built-in name ("tiny", "retrieval").
+        maskkv: every MaskKV and baseline hyper-parameter (window sizes, ...),
+            beyond the ``maskkv_alpha``/``maskkv_beta``/``maskkv_profile`` fields.
+        **kwargs: ``EngineArgs`` fields: ``kv_policy``, ``kv_budget``,
+            ``kv_cache_memory`` or ``num_blocks``, ``dtype``, ``device``,
+            ``max_num_seqs``, ... (an unknown name is a TypeError naming it).
     """
 
     def __init__(
         self,
-        model: str = "tiny",
+        model: str = EngineArgs.model,
         *,
-        kv_policy: str = "full",
-        kv_budget: int | None = None,
-        kv_cache_memory: int | str | None = "1GiB",
-        num_blocks: int | None = None,
-        block_size: int = 16,
-        dtype: str = "float32",
-        device: str = "cpu",
-        rope_scaling: float = 1.0,
-        max_model_len: int | None = None,
-        max_num_seqs: int = 16,
-        max_num_batched_tokens: int = 65536,
-        cache_mode: str = "paged",
-        prompt_refresh_interval: int | None = None,
         maskkv: MaskKVConfig | None = None,
+        **kwargs: Any,
     ) -> None:
-        m = maskkv or MaskKVConfig()
-        config = EngineArgs(
-            model=str(model),
-            dtype=dtype,
-            device=device,
-            rope_scaling=rope_scaling,
-            max_model_len=max_model_len,
-            kv_policy=kv_policy,
-            kv_budget=kv_budget,
-            cache_mode=cache_mode,
-            prompt_refresh_interval=prompt_refresh_interval,
-            kv_cache_memory=None if num_blocks else kv_cache_memory,
-            num_blocks=num_blocks,
-            block_size=block_size,
-            max_num_seqs=max_num_seqs,
-            max_num_batched_tokens=max_num_batched_tokens,
-        ).create_engine_config()
-        # MaskKVConfig carries more than the three CLI knobs: keep all of it.
-        config = dataclasses.replace(config, maskkv=m)
+        config = _engine_args(model, kwargs).create_engine_config()
+        if maskkv is not None:
+            given = sorted(k for k in kwargs if k.startswith("maskkv_"))
+            if given:
+                raise ValueError(f"give maskkv or {', '.join(given)}, not both")
+            config = dataclasses.replace(config, maskkv=maskkv)
         self.engine = LLMEngine(config)
 
     @property
@@ -155,3 +130,15 @@ class LLM:
             conversations = [conversations]
         prompts = [self.tokenizer.encode_chat(c) for c in conversations]
         return self.generate(prompts, sampling_params, use_tqdm)
+
+
+def _engine_args(model: str, kwargs: dict[str, Any]) -> EngineArgs:
+    """``EngineArgs`` of ``LLM(model, **kwargs)``; TypeError names a keyword that
+    is not one of its fields."""
+    names = {f.name for f in dataclasses.fields(EngineArgs)}
+    unknown = sorted(set(kwargs) - names)
+    if unknown:
+        raise TypeError(
+            f"LLM() got unknown keyword arguments {unknown}: not EngineArgs fields"
+        )
+    return EngineArgs(model=str(model), **kwargs)

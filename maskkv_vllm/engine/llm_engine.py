@@ -171,7 +171,8 @@ class LLMEngine:
     def _start(self, r: Request) -> RequestOutput | None:
         """Give a just-admitted request its sequence; its output if that fails."""
         try:
-            r.seq = self.sampler.make_sequence(0, r.prompt_token_ids, r.params)
+            # make_request validated the prompt: the sequence is built as is.
+            r.seq = self.sampler.new_sequence(0, r.prompt_token_ids, r.params)
             # A restarted request keeps the blocks its client already has.
             r.seq.pin(r.token_ids_so_far)
         except Exception as e:  # noqa: BLE001 (one request's failure is its own)
@@ -286,7 +287,7 @@ class LLMEngine:
             return
         c = self.model.config
         kept = sum(cache.num_entries(k) for k in r.seq.cache_keys)
-        full = r.num_rows * c.n_layers * c.n_kv_heads * len(r.prompt_token_ids)
+        full = r.params.num_rows * c.n_layers * c.n_kv_heads * len(r.prompt_token_ids)
         r.stats.kept_kv_entries = kept
         r.stats.evicted_kv_entries = max(full - kept, 0) if r.params.evicts else 0
         self.metrics.evicted_kv_entries += r.stats.evicted_kv_entries
@@ -411,7 +412,7 @@ class LLMEngine:
         policy = self.policies.get(params.kv_policy)
         n_layers = self.model.config.n_layers
         budgets = policy.kept_per_layer(n_layers, params.kv_budget, prompt_len)
-        return (2 if params.cfg_scale > 0 else 1), budgets
+        return params.num_rows, budgets
 
     def _reserve(self, full_forwards: list[Request]) -> bool:
         """Make room before the forward, so no page runs short inside it: the pages

@@ -89,16 +89,12 @@ class Request:
     error_is_request: bool = False
 
     @property
-    def num_rows(self) -> int:
-        """Forward rows: 2 with classifier-free guidance."""
-        return 2 if self.params.cfg_scale > 0 else 1
-
-    @property
     def step_tokens(self) -> int:
         """Tokens of one denoising step once prefilled (the canvas rows)."""
-        return self.num_rows * self.params.gen_length
+        return self.params.num_rows * self.params.gen_length
 
     @property
     def prefill_tokens(self) -> int:
         """Tokens of the first step (prompt and canvas rows)."""
-        return self.num_rows * (len(self.prompt_token_ids) + self.params.gen_length)
+        rows = self.params.num_rows
+        return rows * (len(self.prompt_token_ids) + self.params.gen_length)

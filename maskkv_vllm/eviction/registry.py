@@ -112,6 +112,18 @@ def policy_evicts(name: str | None) -> bool:
     return _EVICTS[name]
 
 
+def check_kv_budget(budget: object) -> None:
+    """The one positive-budget rule (a request's, an engine's default, vLLM's):
+    None (unset) or a positive int; a bool or a float is refused, by value.
+
+    Raises:
+        ValueError: ``"kv_budget=<value> must be a positive integer"``.
+    """
+    is_int = isinstance(budget, int) and not isinstance(budget, bool)
+    if budget is not None and not (is_int and budget > 0):
+        raise ValueError(f"kv_budget={budget!r:.80} must be a positive integer")
+
+
 def check_budget(name: str | None, budget: int | None) -> None:
     """The one "an evicting policy needs a budget" rule, for every entry point."""
     if budget is None and policy_evicts(name):

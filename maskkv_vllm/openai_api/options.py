@@ -11,6 +11,9 @@ is either honoured by both engines or refused by both, by name (HTTP 400 whose
 - refused unless neutral: ``NEUTRAL`` (a value besides null that asks for nothing);
 - typed: ``TYPES``, checked before any value is used.
 
+The sampling fields, their types and defaults come from ``SamplingParams``
+(``SAMPLING_OPTIONS``): a new field there is a new body field here.
+
 Fields outside these tables (``user``, ``model``, vLLM's ``return_token_ids``, ...)
 do not change what is generated.
 """
@@ -19,20 +22,13 @@ from __future__ import annotations
 
 from typing import Any
 
-EXTRA_FIELDS = (
-    "gen_length",
-    "block_length",
-    "steps",
-    "remasking",
-    "cfg_scale",
-    "threshold",
-    "kv_policy",
-    "kv_budget",
-    "logits_eos_inf",
-)
-"""Diffusion options, as top-level body fields (the openai client's extra_body)."""
+from maskkv_vllm.sampling_params import SAMPLING_OPTIONS
+
 HONOURED = ("temperature", "seed")
 """OpenAI sampling options both engines honour (the diffusion sampler's own)."""
+EXTRA_FIELDS = tuple(name for name in SAMPLING_OPTIONS if name not in HONOURED)
+"""Diffusion options, as top-level body fields (the openai client's extra_body):
+every other ``SamplingParams`` field."""
 GEN_FIELDS = ("gen_length", "max_tokens", "max_completion_tokens")
 """The canvas length, by precedence."""
 NEUTRAL: dict[str, tuple] = {
@@ -76,17 +72,7 @@ TYPES: dict[str, tuple[tuple[type, ...], str]] = {
     "stream_options": ((dict,), "an object"),
     "max_tokens": ((int,), "an integer"),
     "max_completion_tokens": ((int,), "an integer"),
-    "gen_length": ((int,), "an integer"),
-    "block_length": ((int,), "an integer"),
-    "steps": ((int,), "an integer"),
-    "seed": ((int,), "an integer"),
-    "kv_budget": ((int,), "an integer"),
-    "temperature": ((int, float), "a number"),
-    "cfg_scale": ((int, float), "a number"),
-    "threshold": ((int, float), "a number"),
-    "remasking": ((str,), "a string"),
-    "kv_policy": ((str,), "a string"),
-    "logits_eos_inf": ((bool,), "a boolean"),
+    **{name: (o.kinds, o.what) for name, o in SAMPLING_OPTIONS.items()},
 }
 """Field -> (accepted types, what to call them)."""
 

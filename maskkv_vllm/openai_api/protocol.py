@@ -13,7 +13,7 @@ from maskkv_vllm.openai_api.options import (
     APIError,
     check_fields,
 )
-from maskkv_vllm.sampling_params import SamplingParams
+from maskkv_vllm.sampling_params import SamplingParams, length_defaults
 
 
 def sampling_params(body: dict[str, Any]) -> SamplingParams:
@@ -29,11 +29,7 @@ def sampling_params(body: dict[str, Any]) -> SamplingParams:
             raise APIError(
                 400, f"{length_field}={gen} must be at least 1", length_field
             )
-        kwargs["gen_length"] = gen
-        if "block_length" not in kwargs:
-            kwargs["block_length"] = 32 if gen % 32 == 0 else gen
-        if "steps" not in kwargs:
-            kwargs["steps"] = gen
+        kwargs = {**length_defaults(gen), **kwargs, "gen_length": gen}
     for name in HONOURED:
         if body.get(name) is not None:
             kwargs[name] = body[name]

@@ -11,7 +11,6 @@ from tqdm.auto import tqdm
 
 from maskkv_vllm.config import CacheConfig, MaskKVConfig
 from maskkv_vllm.eviction.evictor import Eviction
-from maskkv_vllm.eviction.policy import Policy
 from maskkv_vllm.eviction.policy_set import PolicySet
 from maskkv_vllm.eviction.registry import check_budget
 from maskkv_vllm.kv_cache.factory import make_prompt_cache
@@ -122,13 +121,20 @@ class DiffusionSampler:
     def make_sequence(
         self, request_id: int, prompt: Prompt, params: SamplingParams
     ) -> DiffusionSequence:
-        """Tokenize and validate one prompt into a fresh sequence."""
-        ids = self.validate(prompt, params)
+        """Tokenize and validate one prompt into a fresh sequence (standalone use;
+        the engine validates in ``make_request`` and calls ``new_sequence``)."""
+        return self.new_sequence(request_id, self.validate(prompt, params), params)
+
+    def new_sequence(
+        self, request_id: int, prompt_token_ids: list[int], params: SamplingParams
+    ) -> DiffusionSequence:
+        """A fresh sequence of prompt ids that ``validate`` returned: a request is
+        validated once, where it enters (not again at each (re)start)."""
         cfg = self.model.config
         return DiffusionSequence(
             next(self._uids),
             request_id,
-            ids,
+            prompt_token_ids,
             params,
             cfg.mask_token_id,
             cfg.eos_token_id,
@@ -266,10 +272,6 @@ class DiffusionSampler:
             return DenseAttention(mask)
         evictions = [self._eviction(s) for s, _ in rows]
         return self.prompt_cache.capturing_attention(keys, batch, evictions)
-
-    def policy(self, name: str | None) -> Policy:
-        """The named policy, built once with this sampler's config and profile."""
-        return self.policies.get(name)
 
     def _eviction(self, seq: DiffusionSequence) -> Eviction | None:
         p = seq.params

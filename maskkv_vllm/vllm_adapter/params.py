@@ -15,8 +15,16 @@ from dataclasses import dataclass
 from typing import Any
 
 from maskkv_vllm.config import MaskKVConfig
-from maskkv_vllm.eviction.registry import check_budget, check_policy_name
-from maskkv_vllm.sampling_params import SamplingParams
+from maskkv_vllm.eviction.registry import (
+    check_budget,
+    check_kv_budget,
+    check_policy_name,
+)
+from maskkv_vllm.sampling_params import (
+    SAMPLING_OPTIONS,
+    SamplingParams,
+    length_defaults,
+)
 
 CONFIG_KEY = "maskkv"
 """Key of our settings in ``additional_config`` and in ``extra_args``."""
@@ -24,8 +32,7 @@ FLAT_PREFIX = "maskkv_"
 """Prefix of the flat per-request keys (``vllm_xargs``)."""
 
 _MASKKV_FIELDS = {f.name for f in dataclasses.fields(MaskKVConfig)}
-_PARAM_FIELDS = {f.name for f in dataclasses.fields(SamplingParams)}
-_BOOL_FIELDS = {f.name for f in dataclasses.fields(SamplingParams) if f.type == "bool"}
+_BOOL_FIELDS = {n for n, o in SAMPLING_OPTIONS.items() if o.kinds == (bool,)}
 
 
 @dataclass(frozen=True)
@@ -44,10 +51,8 @@ class AdapterConfig:
 
     def __post_init__(self) -> None:
         check_policy_name(self.kv_policy)
-        budget = self.kv_budget
-        if budget is not None and (not isinstance(budget, int) or budget <= 0):
-            raise ValueError(f"kv_budget={budget!r} must be a positive int")
-        check_budget(self.kv_policy, budget)
+        check_kv_budget(self.kv_budget)
+        check_budget(self.kv_policy, self.kv_budget)
         if not isinstance(self.free_blocks, bool):
             raise ValueError(f"free_blocks={self.free_blocks!r} must be a bool")
 
@@ -76,8 +81,8 @@ def request_params(
     """Our validated ``SamplingParams`` for one vLLM request.
 
     Missing fields: ``gen_length`` = the request's ``max_tokens``; ``block_length``
-    = 32 when it divides ``gen_length``, else ``gen_length``; ``steps`` =
-    ``gen_length`` (one token per step); policy and budget from ``config``.
+    and ``steps`` as ``sampling_params.length_defaults`` gives them (the OpenAI
+    server's rule); policy and budget from ``config``.
 
     Args:
         extra_args: the vLLM ``SamplingParams.extra_args``.
@@ -104,15 +109,14 @@ def request_only_params(
         ValueError: an unknown key, an invalid value, or CFG.
     """
     raw = _raw_request_args(extra_args or {})
-    unknown = set(raw) - _PARAM_FIELDS
+    unknown = set(raw) - set(SAMPLING_OPTIONS)
     if unknown:
         raise ValueError(f"unknown maskkv request keys {sorted(unknown)}")
     gen = raw.setdefault("gen_length", max_tokens)
     if gen is None:
         raise ValueError("maskkv gen_length is missing and max_tokens is None")
     if isinstance(gen, int) and gen > 0:
-        raw.setdefault("block_length", 32 if gen % 32 == 0 else gen)
-        raw.setdefault("steps", gen)
+        raw = {**length_defaults(gen), **raw}
     params = SamplingParams(**raw)
     if params.cfg_scale > 0:
         raise ValueError(f"cfg_scale={params.cfg_scale}: CFG is not supported in vLLM")

@@ -266,14 +266,14 @@ def test_a_request_that_raises_in_the_batched_step_fails_alone(tiny, monkeypatch
 def test_a_request_that_cannot_start_fails_alone(tiny, monkeypatch):
     eng = engine(tiny)
     reqs = [eng.make_request(p, P) for p in PROMPTS[:2]]
-    real = eng.sampler.make_sequence
+    real = eng.sampler.new_sequence
 
-    def make_sequence(rid, ids, params):
+    def new_sequence(rid, ids, params):
         if ids == reqs[0].prompt_token_ids:
             raise RuntimeError("no canvas for you")
         return real(rid, ids, params)
 
-    monkeypatch.setattr(eng.sampler, "make_sequence", make_sequence)
+    monkeypatch.setattr(eng.sampler, "new_sequence", new_sequence)
     for r in reqs:
         eng.add_request(r)
     done = {}
@@ -282,6 +282,24 @@ def test_a_request_that_cannot_start_fails_alone(tiny, monkeypatch):
     assert done[reqs[0].request_id].finish_reason == "error"
     assert "no canvas for you" in done[reqs[0].request_id].error
     assert done[reqs[1].request_id].finish_reason in ("stop", "length")
+
+
+def test_a_request_is_validated_once(tiny, monkeypatch):
+    # make_request validated it, then the sampler again at each (re)start.
+    eng = engine(tiny)
+    calls, real = [], eng.sampler.validate
+
+    def validate(prompt, params):
+        calls.append(prompt)
+        return real(prompt, params)
+
+    monkeypatch.setattr(eng.sampler, "validate", validate)
+    run_all(eng, PROMPTS[:3], P)
+    assert calls == PROMPTS[:3]
+    # The sampler's own entry (standalone use) validates each prompt once too.
+    calls.clear()
+    eng.sampler.generate(PROMPTS[:2], P)
+    assert calls == PROMPTS[:2]
 
 
 @pytest.mark.parametrize("refresh", [None, 2])

@@ -57,3 +57,48 @@ def test_auto_resolves_for_this_machine(monkeypatch):
     a = EngineArgs().resolved()
     assert (a.device, a.dtype, a.kv_cache_memory) == ("cpu", "float32", "1GiB")
     assert set(GROUPS) == {"model", "device", "policy", "cache", "scheduler", "maskkv"}
+
+
+class _Recorder:
+    """Stands in for ``LLMEngine``: keeps the config ``LLM(...)`` built."""
+
+    def __init__(self, config):
+        self.config = config
+
+
+def _pretend_a_gpu(monkeypatch):
+    """``auto`` resolves as on a GPU machine (cuda, bfloat16, 8 GiB free)."""
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device: (2**33, 2**34))
+    monkeypatch.setattr("maskkv_vllm.engine.llm.LLMEngine", _Recorder)
+
+
+def test_llm_takes_engine_args_defaults(monkeypatch):
+    # LLM(...) had its own float32 / cpu / 1 GiB, so on a GPU it differed from
+    # `maskkv serve` (auto: cuda, bfloat16, half the free memory).
+    from maskkv_vllm.engine.llm import LLM
+
+    _pretend_a_gpu(monkeypatch)
+    config = LLM().engine.config
+    assert config == EngineArgs().create_engine_config()
+    assert (config.device, config.dtype) == ("cuda", "bfloat16")
+    assert config.cache.kv_cache_memory == 2**32
+
+
+def test_llm_takes_every_engine_args_field_and_names_an_unknown_one(monkeypatch):
+    from maskkv_vllm.engine.llm import LLM
+
+    _pretend_a_gpu(monkeypatch)
+    kw = {"max_queue_len": 5, "served_model_name": "x", "maskkv_alpha": 0.2,
+          "num_blocks": 64, "device": "cpu", "dtype": "float32"}  # fmt: skip
+    assert (
+        LLM("ck", **kw).engine.config == EngineArgs("ck", **kw).create_engine_config()
+    )
+    with pytest.raises(TypeError, match=r"\['kv_cache_mem'\]"):
+        LLM("ck", kv_cache_mem="1GiB")
+    alpha = MaskKVConfig(alpha=0.3)
+    assert LLM(maskkv=alpha).engine.config.maskkv == alpha
+    with pytest.raises(ValueError, match="give maskkv or maskkv_beta, not both"):
+        LLM(maskkv=alpha, maskkv_beta=0.5)

@@ -21,7 +21,7 @@ def samples(n: int, tokens: int, task: str = "kv"):
 def assert_answers(held_out, budget: int, need: int) -> None:
     """At least ``need`` of ``held_out`` right with the full cache and with MaskKV
     keeping B = ``budget`` entries per head per layer."""
-    llm = LLM("retrieval", kv_cache_memory="64MiB")
+    llm = LLM("retrieval", dtype="float32", kv_cache_memory="64MiB")
     for policy, b in (("full", None), ("maskkv", budget)):
         got = score(
             llm, held_out, SamplingParams(**GREEDY, kv_policy=policy, kv_budget=b)

@@ -55,7 +55,12 @@ def ckpt(tmp_path_factory):
 @pytest.fixture(scope="module")
 def embedded(ckpt):
     return EmbeddedLLM(
-        ckpt, kv_policy="full", dtype="bfloat16", device="cuda", block_size=BLOCK
+        ckpt,
+        kv_policy="full",
+        dtype="bfloat16",
+        device="cuda",
+        block_size=BLOCK,
+        kv_cache_memory="1GiB",
     )
 
 

@@ -67,7 +67,9 @@ def ckpt(tmp_path_factory):
 @pytest.fixture(scope="module")
 def embedded(ckpt):
     """The reference engine on CUDA; policy and budget come with each request."""
-    return EmbeddedLLM(ckpt, kv_policy="full", device="cuda")
+    return EmbeddedLLM(
+        ckpt, kv_policy="full", device="cuda", dtype="float32", kv_cache_memory="1GiB"
+    )
 
 
 def _reference(embedded, prompts, params):

@@ -128,7 +128,9 @@ def _check_workers(llm, tp: int) -> None:
 def _embedded_tokens(ckpt, prompt, params) -> list[int]:
     from maskkv_vllm.engine.llm import LLM as EmbeddedLLM
 
-    ref = EmbeddedLLM(ckpt, kv_policy="full", device="cuda")
+    ref = EmbeddedLLM(
+        ckpt, kv_policy="full", device="cuda", dtype="float32", kv_cache_memory="1GiB"
+    )
     (out,) = ref.generate([prompt], params, use_tqdm=False)
     return out.token_ids
 

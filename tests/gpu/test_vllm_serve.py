@@ -73,9 +73,9 @@ def test_vllm_serve_starts_and_completes_like_the_embedded_engine(server):
         choice = json.loads(resp.read())["choices"][0]
     # A bare max_tokens: one block of 16, one token per step (params.py).
     params = SamplingParams(gen_length=16, block_length=16, steps=16)
-    (want,) = EmbeddedLLM(str(ckpt), device="cuda").generate(
-        [HELLO], params, use_tqdm=False
-    )
+    (want,) = EmbeddedLLM(
+        str(ckpt), device="cuda", dtype="float32", kv_cache_memory="1GiB"
+    ).generate([HELLO], params, use_tqdm=False)
     assert choice["token_ids"][: len(want.token_ids)] == want.token_ids
     # Healthy means the config hook chose our CUDA worker and vLLM's V1 runner
     # (MaskKVGPUWorker refuses to start on Model Runner V2).

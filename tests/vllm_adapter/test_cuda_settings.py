@@ -115,7 +115,7 @@ def test_plain_vllm_llm_under_cuda_defaults_runs_one_engine_step_per_denoising_s
     params = SamplingParams(gen_length=16, block_length=8, steps=8)
     prompts = ["Hello", [256, 72, 101, 33]]
     ours = [(o.token_ids, o.text) for o in generate(llm, prompts, params)]
-    embedded = EmbeddedLLM(str(vllm_tiny_dir), kv_policy="full")
+    embedded = EmbeddedLLM(str(vllm_tiny_dir), kv_policy="full", dtype="float32")
     ref = [
         (o.token_ids, o.text)
         for o in embedded.generate(prompts, params, use_tqdm=False)

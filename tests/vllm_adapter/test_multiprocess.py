@@ -40,7 +40,7 @@ def test_multiprocess_engine_matches_the_embedded_engine(vllm_tiny_dir):
     params = SamplingParams(
         gen_length=32, block_length=8, steps=16, kv_policy="snapkv", kv_budget=4
     )
-    ref = EmbeddedLLM(str(vllm_tiny_dir), kv_policy="full")
+    ref = EmbeddedLLM(str(vllm_tiny_dir), kv_policy="full", dtype="float32")
     want = ref.generate(PROMPTS, params, use_tqdm=False)
     assert [g["token_ids"] for g in got] == [w.token_ids for w in want]
     assert [g["text"] for g in got] == [w.text for w in want]

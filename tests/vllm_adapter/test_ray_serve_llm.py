@@ -73,7 +73,7 @@ def client(endpoint):
 
 @pytest.fixture(scope="module")
 def embedded(vllm_tiny_dir):
-    return EmbeddedLLM(str(vllm_tiny_dir), kv_policy="full")
+    return EmbeddedLLM(str(vllm_tiny_dir), kv_policy="full", dtype="float32")
 
 
 def eviction_line(request_id: str, timeout_s: float = 30.0) -> str:

@@ -125,7 +125,7 @@ def test_completions_through_the_openai_client(server, vllm_tiny_dir):
     params = SamplingParams(
         gen_length=16, block_length=8, steps=8, kv_policy="snapkv", kv_budget=4
     )
-    ref = EmbeddedLLM(str(vllm_tiny_dir), kv_policy="full")
+    ref = EmbeddedLLM(str(vllm_tiny_dir), kv_policy="full", dtype="float32")
     want = ref.generate(["Hello", "The cat"], params, use_tqdm=False)
     got = sorted(resp.choices, key=lambda c: c.index)
     assert [c.token_ids for c in got] == [w.token_ids for w in want]
@@ -148,7 +148,7 @@ def test_chat_uses_llada_s_pinned_template(server, vllm_tiny_dir):
     params = SamplingParams(
         gen_length=16, block_length=8, steps=8, kv_policy="snapkv", kv_budget=4
     )
-    ref = EmbeddedLLM(str(vllm_tiny_dir), kv_policy="full")
+    ref = EmbeddedLLM(str(vllm_tiny_dir), kv_policy="full", dtype="float32")
     (want,) = ref.chat(messages, params, use_tqdm=False)
     got = resp.choices[0].token_ids
     assert got[: len(want.token_ids)] == want.token_ids
@@ -239,7 +239,7 @@ def test_options_the_engine_cannot_honour_are_refused_by_name(
 
 
 def _embedded(vllm_tiny_dir, prompt, **params):
-    ref = EmbeddedLLM(str(vllm_tiny_dir), kv_policy="full")
+    ref = EmbeddedLLM(str(vllm_tiny_dir), kv_policy="full", dtype="float32")
     (out,) = ref.generate([prompt], SamplingParams(**params), use_tqdm=False)
     return out.token_ids
 

@@ -94,7 +94,7 @@ async def _run(c: httpx.AsyncClient, sem: asyncio.Semaphore, plan: dict):
 
 def _solo(vllm_tiny_dir, plans) -> dict[int, list[int]]:
     """The embedded engine's tokens for every good request, one at a time."""
-    ref = EmbeddedLLM(str(vllm_tiny_dir), kv_policy="full")
+    ref = EmbeddedLLM(str(vllm_tiny_dir), kv_policy="full", dtype="float32")
     want = {}
     for plan in plans:
         body = plan["body"]

@@ -58,7 +58,7 @@ def _want(vllm_tiny_dir, prompt_ids, gen):
     params = SamplingParams(
         gen_length=gen, block_length=32 if gen % 32 == 0 else gen, steps=gen
     )
-    ref = EmbeddedLLM(str(vllm_tiny_dir), kv_policy="full")
+    ref = EmbeddedLLM(str(vllm_tiny_dir), kv_policy="full", dtype="float32")
     (out,) = ref.generate([prompt_ids], params, use_tqdm=False)
     return out.token_ids
 
@@ -158,7 +158,7 @@ def test_chat_needs_no_template_flag(client, vllm_tiny_dir):
         model="tiny", messages=messages, max_tokens=32, temperature=0.0,
         extra_body={"return_token_ids": True},
     )  # fmt: skip
-    ref = EmbeddedLLM(str(vllm_tiny_dir), kv_policy="full")
+    ref = EmbeddedLLM(str(vllm_tiny_dir), kv_policy="full", dtype="float32")
     (want,) = ref.chat(
         messages, SamplingParams(gen_length=32, block_length=32, steps=32),
         use_tqdm=False,

@@ -86,7 +86,7 @@ def tp_llm(vllm_tiny_dir):
 
 @pytest.fixture(scope="module")
 def embedded(vllm_tiny_dir):
-    return EmbeddedLLM(str(vllm_tiny_dir), kv_policy="full")
+    return EmbeddedLLM(str(vllm_tiny_dir), kv_policy="full", dtype="float32")
 
 
 @pytest.fixture

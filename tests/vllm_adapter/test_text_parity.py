@@ -30,7 +30,7 @@ def test_vllm_s_text_is_the_embedded_engine_s():
     rng = random.Random(3)
     prompts = [make_sample(rng, "kv", 96).prompt for _ in range(3)]
     params = SamplingParams(gen_length=8, block_length=8, steps=8)
-    want = EmbeddedLLM(path).generate(prompts, params, use_tqdm=False)
+    want = EmbeddedLLM(path, dtype="float32").generate(prompts, params, use_tqdm=False)
     llm = make_llm(path, max_model_len=256)
     ours = generate(llm, prompts, params)
     # vLLM's own detokenizer, as its server runs it (skip_special_tokens).

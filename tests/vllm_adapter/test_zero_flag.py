@@ -48,7 +48,7 @@ def _embedded(vllm_tiny_dir, prompts, gen):
     # canvas), one token per step.
     block = 32 if gen % 32 == 0 else gen
     params = SamplingParams(gen_length=gen, block_length=block, steps=gen)
-    ref = EmbeddedLLM(str(vllm_tiny_dir), kv_policy="full")
+    ref = EmbeddedLLM(str(vllm_tiny_dir), kv_policy="full", dtype="float32")
     outs = ref.generate(prompts, params, use_tqdm=False)
     # vLLM keeps the stop id in token_ids; the embedded engine strips it.
     return [o.token_ids for o in outs]
