@@ -5,7 +5,7 @@
 
 Needs ``pip install --no-deps rxnfp==0.1.0 antiberty==0.1.3`` (the weights ship in
 the wheels) and matplotlib for the plot. For each model, the infilling task of
-``maskkv_vllm.testbeds.bert.tasks`` runs through ``DiffusionSampler`` with the
+``maskkv_vllm.testbeds.bert.tasks`` runs through ``ModelRunner`` with the
 paged cache, greedy, one token unmasked per step, under every policy at budgets
 B = fraction x prompt length (entries kept per head per layer); retention is
 accuracy / full-cache accuracy. Writes ``benchmarks/results/bert_testbed.{json,png}``.
@@ -22,9 +22,9 @@ from pathlib import Path
 import torch
 
 from maskkv_vllm.config import CacheConfig
-from maskkv_vllm.sampler.diffusion_sampler import DiffusionSampler
 from maskkv_vllm.testbeds.bert import load_antiberty, load_rxnfp
 from maskkv_vllm.testbeds.bert.tasks import evaluate, make_samples
+from maskkv_vllm.worker.model_runner import ModelRunner
 
 POLICIES = (
     "maskkv",
@@ -55,7 +55,7 @@ def run_model(name: str, args) -> dict:
     block = 16
     pages = args.max_num_seqs * c.n_layers * c.n_kv_heads * math.ceil(longest / block)
     cache = CacheConfig("paged", block_size=block, num_blocks=pages + 1)
-    sampler = DiffusionSampler(
+    sampler = ModelRunner(
         model, tok, cache, max_num_seqs=args.max_num_seqs, early_stop=False
     )
     prompt_lens = [len(s.prompt_ids) for s in samples]

@@ -20,8 +20,8 @@ import torch
 
 from maskkv_vllm.bench.common import ModelSize, bench_model, english_ids
 from maskkv_vllm.config import CacheConfig
-from maskkv_vllm.sampler.diffusion_sampler import DiffusionSampler
 from maskkv_vllm.sampling_params import SamplingParams
+from maskkv_vllm.worker.model_runner import ModelRunner
 
 
 def run(sampler, prompt_ids, params):
@@ -57,7 +57,7 @@ def main() -> None:
     model, tok = bench_model(size, args.prompt_len + args.gen_length)
     prompt = english_ids(tok, args.prompt_len)
     cache = CacheConfig("paged", block_size=args.block_size, kv_cache_memory="2GiB")
-    sampler = DiffusionSampler(model, tok, cache)
+    sampler = ModelRunner(model, tok, cache)
     page_bytes = sampler.prompt_cache.pool_stats()["bytes_per_block"]
     g = args.gen_length
     base = {"gen_length": g, "block_length": 8, "steps": g}

@@ -10,8 +10,8 @@ import argparse
 from maskkv_vllm.config import CacheConfig
 from maskkv_vllm.models.builtin import resolve_model
 from maskkv_vllm.models.loader import load_checkpoint
-from maskkv_vllm.sampler.diffusion_sampler import DiffusionSampler
 from maskkv_vllm.sampling_params import SamplingParams
+from maskkv_vllm.worker.model_runner import ModelRunner
 
 
 def main() -> None:
@@ -19,7 +19,7 @@ def main() -> None:
     ap.add_argument("--model", default="tiny")
     args = ap.parse_args()
     model, tokenizer = load_checkpoint(resolve_model(args.model))
-    sampler = DiffusionSampler(model, tokenizer, CacheConfig("prefix"))
+    sampler = ModelRunner(model, tokenizer, CacheConfig("prefix"))
     params = SamplingParams(gen_length=32, block_length=8, steps=32)
     prompts = ["What is a diffusion language model?", "Name three colours."]
     chats = [tokenizer.encode_chat([{"role": "user", "content": p}]) for p in prompts]

@@ -369,7 +369,11 @@ def mode_tokens(model, tok, prompts, params, pool) -> tuple[dict, list[str]]:
         except Exception as e:  # noqa: BLE001 (reported; the other runs go on)
             tokens[label] = None
             bad.append(f"{label}: {_error(e)}")
-        used = engine.pool.num_used_blocks if engine.pool is not None else 0
+        used = (
+            engine.kv_cache_manager.pool.num_used_blocks
+            if engine.kv_cache_manager.pool is not None
+            else 0
+        )
         if used:
             bad.append(f"{label} left {used} pages in use")
     return tokens, bad
@@ -393,7 +397,7 @@ def first_step_logits_gap(model, tok, prompts, params, pool) -> float:
     token choice can amplify it (step 0 is the same full forward in both)."""
     captured = {}
     for label in ("prefix", "paged"):
-        sampler = make_engine(model, tok, label, pool).sampler
+        sampler = make_engine(model, tok, label, pool).model_runner
         seqs = [sampler.make_sequence(i, p, params) for i, p in enumerate(prompts)]
         sampler.step(seqs)  # step 0
         real, seen = model.logits, []
@@ -423,7 +427,7 @@ def page_accounting(model, tok, prompt, s: Sizes) -> dict:
     from maskkv_vllm.sampling_params import SamplingParams
 
     engine = make_engine(model, tok, "paged", s.engine_pool)
-    pool, c = engine.pool, model.config
+    pool, c = engine.kv_cache_manager.pool, model.config
     out = {"full_bound": c.n_layers * c.n_kv_heads * pool.blocks_for(len(prompt))}
     for policy, budget in (("full", None), ("maskkv", s.engine_budget)):
         params = SamplingParams(

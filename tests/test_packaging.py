@@ -61,7 +61,7 @@ def test_vllm_and_ray_imported_only_in_their_subpackages():
 def test_core_imports_without_vllm():
     code = (
         "import sys; sys.modules['vllm'] = None; sys.modules['ray'] = None\n"
-        "import maskkv_vllm.cli, maskkv_vllm.sampler.diffusion_sampler\n"
+        "import maskkv_vllm.cli, maskkv_vllm.worker.model_runner\n"
         "import maskkv_vllm.models.loader"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
@@ -88,15 +88,16 @@ RANKS = {
     "kv_cache": 4,
     "openai_api": 4,
     "sampler": 5,
-    "engine": 6,
-    "vllm_adapter": 6,
-    "calibration": 6,
-    "entrypoints": 7,
-    "evaluation": 7,
-    "testbeds": 7,
-    "bench": 7,
-    "distributed": 8,
-    "cli": 9,
+    "worker": 6,
+    "engine": 7,
+    "vllm_adapter": 7,
+    "calibration": 7,
+    "entrypoints": 8,
+    "evaluation": 8,
+    "testbeds": 8,
+    "bench": 8,
+    "distributed": 9,
+    "cli": 10,
 }
 
 # The same rule inside a package of subpackages, over its subpackages and its own
@@ -325,3 +326,17 @@ def test_bookkeeping_needs_neither_torch_nor_vllm():
                 assert not any(
                     n and n.split(".")[0] in ("torch", "vllm") for n in names
                 )
+
+
+def test_the_scheduler_and_its_view_of_the_cache_run_without_torch():
+    # The scheduler decides admission, reservation and preemption by page counts:
+    # plain Python, importable where torch is not (blocked here).
+    code = (
+        "import sys; sys.modules['torch'] = None; sys.modules['vllm'] = None\n"
+        "import maskkv_vllm.engine.scheduler, maskkv_vllm.engine.kv_cache_manager\n"
+        "import maskkv_vllm.paging.page_table_manager\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT
+    )
+    assert done.returncode == 0, done.stderr[-2000:]

@@ -15,8 +15,8 @@ from maskkv_vllm.models.llada import LLaDAModel
 from maskkv_vllm.models.loader import load_checkpoint
 from maskkv_vllm.models.tiny import write_tiny_checkpoint
 from maskkv_vllm.models.tokenizer import Tokenizer
-from maskkv_vllm.sampler.diffusion_sampler import DiffusionSampler
 from maskkv_vllm.sampler.sequence import DiffusionSequence
+from maskkv_vllm.worker.model_runner import ModelRunner
 
 
 @dataclass(frozen=True)
@@ -68,7 +68,7 @@ def sync(device: str) -> None:
 
 
 def step_times(
-    sampler: DiffusionSampler, seq: DiffusionSequence, device: str
+    sampler: ModelRunner, seq: DiffusionSequence, device: str
 ) -> list[float]:
     """Seconds of every denoising step of one sequence, run to completion."""
     times = []
@@ -85,7 +85,7 @@ def step_times(
 
 
 def lockstep_times(
-    samplers: dict[str, DiffusionSampler],
+    samplers: dict[str, ModelRunner],
     seqs: dict[str, DiffusionSequence],
     device: str,
 ) -> dict[str, list[float]]:

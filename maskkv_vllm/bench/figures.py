@@ -13,8 +13,8 @@ from maskkv_vllm.bench.common import (
 )
 from maskkv_vllm.config import CacheConfig, EngineConfig
 from maskkv_vllm.engine.llm_engine import LLMEngine
-from maskkv_vllm.sampler.diffusion_sampler import DiffusionSampler
 from maskkv_vllm.sampling_params import SamplingParams
+from maskkv_vllm.worker.model_runner import ModelRunner
 
 MODES = (
     ("none", "none", "full"),
@@ -34,10 +34,10 @@ def params(
     )  # fmt: skip
 
 
-def sampler_for(model, tok, mode: str, pool: str) -> DiffusionSampler:
+def sampler_for(model, tok, mode: str, pool: str) -> ModelRunner:
     cache = CacheConfig(mode, kv_cache_memory=pool if mode == "paged" else None)
     # early_stop off: every run does the same number of steps.
-    return DiffusionSampler(model, tok, cache, early_stop=False)
+    return ModelRunner(model, tok, cache, early_stop=False)
 
 
 def page_bytes(model) -> int:
@@ -119,7 +119,7 @@ def capacity(model, tok, prompt_len, gen, budget, pool, limit=512):
             engine.step()
             if engine.scheduler.waiting:
                 break
-        pool_ = engine.pool
+        pool_ = engine.kv_cache_manager.pool
         out[policy] = {
             "running": len(engine.scheduler.running),
             "pages_used": pool_.num_used_blocks,
@@ -166,7 +166,7 @@ def long_capacity(model, tok, prompt_len, gen, budget, pool):
         r = engine.make_request(english_ids(tok, prompt_len), params(gen, policy, b))
         engine.add_request(r)
         engine.step()  # the prefill
-        usable = engine.pool.num_usable_blocks
+        usable = engine.kv_cache_manager.pool.num_usable_blocks
         held = r.stats.num_pages
         out[policy] = {
             "pool_pages": usable,
@@ -176,7 +176,7 @@ def long_capacity(model, tok, prompt_len, gen, budget, pool):
             "fit_by_held": usable // max(1, held),
         }
         engine.abort_request(r.request_id)
-        assert engine.pool.num_free_blocks == usable
+        assert engine.kv_cache_manager.pool.num_free_blocks == usable
     return out
 
 

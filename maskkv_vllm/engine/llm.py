@@ -12,8 +12,8 @@ from maskkv_vllm.config import MaskKVConfig
 from maskkv_vllm.engine.engine_args import EngineArgs
 from maskkv_vllm.engine.llm_engine import LLMEngine
 from maskkv_vllm.engine.request import RequestOutput
-from maskkv_vllm.sampler.diffusion_sampler import Prompt
 from maskkv_vllm.sampling_params import SamplingParams
+from maskkv_vllm.worker.model_runner import Prompt
 
 
 class LLM:

@@ -1,6 +1,8 @@
-"""The engine loop: admit by free pages, reserve what this step's forwards may take
-(preempting the newest request when they would run short), denoise every running
-request one step per iteration in one batched forward, stream completed blocks."""
+"""The engine loop over a scheduler and a model runner: the scheduler admits,
+reserves and preempts by pages; the model runner (``worker.model_runner``)
+denoises every running request one step per iteration in one batched forward;
+the loop turns committed blocks into outputs and confines a failure to its
+request."""
 
 from __future__ import annotations
 
@@ -9,6 +11,7 @@ import logging
 import time
 
 from maskkv_vllm.config import EngineConfig
+from maskkv_vllm.engine.kv_cache_manager import KVCacheManager
 from maskkv_vllm.engine.metrics import EngineMetrics
 from maskkv_vllm.engine.request import (
     Request,
@@ -16,7 +19,6 @@ from maskkv_vllm.engine.request import (
     RequestStatus,
 )
 from maskkv_vllm.engine.scheduler import Scheduler
-from maskkv_vllm.eviction.budget import fewest_pages, reserved_pages
 from maskkv_vllm.eviction.policy_set import PolicySet
 from maskkv_vllm.kv_cache.factory import make_prompt_cache
 from maskkv_vllm.models.builtin import resolve_model
@@ -25,9 +27,9 @@ from maskkv_vllm.models.llada import LLaDAModel
 from maskkv_vllm.models.loader import load_checkpoint
 from maskkv_vllm.models.tokenizer import Tokenizer
 from maskkv_vllm.paging.block_pool import NoFreeBlocksError
-from maskkv_vllm.sampler.diffusion_sampler import DiffusionSampler, Prompt
 from maskkv_vllm.sampler.stops import first_stop
 from maskkv_vllm.sampling_params import SamplingParams
+from maskkv_vllm.worker.model_runner import ModelRunner, Prompt
 
 logger = logging.getLogger(__name__)
 
@@ -57,14 +59,15 @@ class LLMEngine:
         self.model, self.tokenizer = model, tokenizer
         _check_max_model_len(config, model.config.max_sequence_length)
         c, param = model.config, next(model.parameters())
-        # The engine owns the pool (it admits and preempts by it) and the policies
-        # (it reserves by their budgets); the sampler runs the model over them.
+        # The scheduler admits and preempts by the cache's pages (through the
+        # KVCacheManager) and reserves by the policies' budgets; the runner runs
+        # the model over the same cache and policies.
         self.kv_cache = make_prompt_cache(
             config.cache, c.n_layers, c.n_kv_heads, c.head_dim, param.dtype,
             param.device,
         )  # fmt: skip
         self.policies = PolicySet(config.maskkv, c.n_layers)
-        self.sampler = DiffusionSampler(
+        self.model_runner = ModelRunner(
             model,
             tokenizer,
             config.cache,
@@ -74,10 +77,17 @@ class LLMEngine:
             prompt_cache=self.kv_cache,
             policies=self.policies,
         )
-        self.scheduler = Scheduler(
-            config.max_num_seqs, config.max_num_batched_tokens, config.max_queue_len
+        self.kv_cache_manager = KVCacheManager(
+            self.kv_cache, self.policies, c.n_layers, c.n_kv_heads
         )
         self.metrics = EngineMetrics()
+        self.scheduler = Scheduler(
+            config.max_num_seqs,
+            config.max_num_batched_tokens,
+            config.max_queue_len,
+            self.kv_cache_manager,
+            self.metrics,
+        )
         self._ids = itertools.count()
         self._ids_in_use: set[str] = set()
 
@@ -96,17 +106,17 @@ class LLMEngine:
         params = (params or SamplingParams()).with_kv_defaults(
             self.config.kv_policy, self.config.kv_budget
         )
-        ids = self.sampler.validate(prompt, params)
+        ids = self.model_runner.validate(prompt, params)
         request_id = request_id or f"req-{next(self._ids)}"
-        fewest = self._fewest_pages(params, len(ids))
-        pool = self.pool
+        kv = self.kv_cache_manager
+        fewest, pool = kv.fewest_pages(params, len(ids)), kv.pool
         if pool is not None and fewest > pool.num_usable_blocks:
             raise ValueError(
                 f"a {len(ids)}-token prompt needs {fewest} KV pages but the pool "
                 f"holds {pool.num_usable_blocks}: raise kv_cache_memory or lower "
                 "kv_budget"
             )
-        predicted = self.predict_pages(params, len(ids))
+        predicted = kv.reserved_pages(params, len(ids))
         return Request(request_id, ids, params, predicted)
 
     def add_request(self, request: Request) -> None:
@@ -124,7 +134,6 @@ class LLMEngine:
         request = self.scheduler.find(request_id)
         if request is None:
             return None
-        self._release(request)
         self.metrics.num_requests_aborted += 1
         return self._finish(request, RequestStatus.FINISHED_ABORTED)
 
@@ -145,23 +154,22 @@ class LLMEngine:
         """One denoising step for every running request; outputs of the requests
         that committed a block or finished."""
         start = time.perf_counter()
-        failed = [
-            out
-            for r in self.scheduler.schedule(self.num_free_pages)
-            if (out := self._start(r))
-        ]
+        admitted = self.scheduler.schedule()
+        failed = [out for r in admitted if (out := self._start(r))]
+        prefilling = [
+            r for r in self.scheduler.running
+            if self.model_runner.needs_full_forward(r.seq)
+        ]  # fmt: skip
+        self.scheduler.reserve(prefilling)
         running = list(self.scheduler.running)
         if not running:
             return failed
-        prefilling = [r for r in running if self.sampler.needs_full_forward(r.seq)]
-        if self._reserve(prefilling):
-            running = list(self.scheduler.running)
-            prefilling = [r for r in prefilling if r in running]
+        prefilling = [r for r in prefilling if r in running]
         steps_before = [r.seq.num_steps for r in running]
         try:
-            self.sampler.step([r.seq for r in running])
+            self.model_runner.step([r.seq for r in running])
         except NoFreeBlocksError as e:
-            return failed + self._recover(prefilling, running, e)
+            return failed + self._out_of_pages(prefilling, e)
         except Exception as e:  # noqa: BLE001 (find the request that fails)
             return failed + self._isolate(running, prefilling, steps_before, e)
         outputs = [out for r in running if (out := self._progress(r, r in prefilling))]
@@ -172,7 +180,7 @@ class LLMEngine:
         """Give a just-admitted request its sequence; its output if that fails."""
         try:
             # make_request validated the prompt: the sequence is built as is.
-            r.seq = self.sampler.new_sequence(0, r.prompt_token_ids, r.params)
+            r.seq = self.model_runner.new_sequence(0, r.prompt_token_ids, r.params)
             # A restarted request keeps the blocks its client already has.
             r.seq.pin(r.token_ids_so_far)
         except Exception as e:  # noqa: BLE001 (one request's failure is its own)
@@ -195,15 +203,13 @@ class LLMEngine:
             first = r in prefilling
             if r.seq.num_steps == before:
                 if first:  # its prefill may have written part of its pages
-                    self._release(r)
+                    self.kv_cache_manager.free(r)
                     if (out := self._start(r)) is not None:
                         outputs.append(out)
                         continue
                 try:
-                    self.sampler.step([r.seq])
+                    self.model_runner.step([r.seq])
                 except NoFreeBlocksError:
-                    self._release(r)
-                    self.metrics.num_preemptions += 1
                     self.scheduler.preempt([r])
                     continue
                 except Exception as e:  # noqa: BLE001
@@ -215,38 +221,24 @@ class LLMEngine:
         return outputs
 
     def _fail(self, r: Request, message: str) -> RequestOutput:
-        self._release(r)
         r.error = message
         self.metrics.num_requests_failed += 1
         return self._finish(r, RequestStatus.FINISHED_ERROR)
 
-    def _recover(
-        self, prefilling: list[Request], running: list[Request], error: Exception
+    def _out_of_pages(
+        self, prefilling: list[Request], error: Exception
     ) -> list[RequestOutput]:
-        """A first step ran out of pages although ``_reserve`` made room (a page
-        count that was predicted wrong): undo the prefills, preempt the newest
-        other request, and retry next step with the bound reserved."""
-        for r in prefilling:
-            self._release(r)
-            r.predicted_pages = self.predict_pages(r.params, len(r.prompt_token_ids))
-        others = [r for r in running if r not in prefilling]
-        if not others and len(prefilling) == 1:
-            (r,) = prefilling
-            r.error_is_request = True
-            message = (
-                f"a {len(r.prompt_token_ids)}-token prompt does not fit in the KV "
-                f"pool even alone: {error}"
-            )
-            return [self._fail(r, message)]
-        victims = list(prefilling)
-        newest = self.scheduler.newest_running(exclude=prefilling)
-        if newest is not None:
-            self._release(newest)
-            victims.append(newest)
-        logger.info("out of KV pages: preempting %d requests", len(victims))
-        self.metrics.num_preemptions += len(victims)
-        self.scheduler.preempt(victims)
-        return []
+        """A step's first forwards ran out of pages: the scheduler preempts (to
+        retry next step), or hands back a request that cannot fit even alone."""
+        r = self.scheduler.recover(prefilling)
+        if r is None:
+            return []
+        r.error_is_request = True
+        message = (
+            f"a {len(r.prompt_token_ids)}-token prompt does not fit in the KV "
+            f"pool even alone: {error}"
+        )
+        return [self._fail(r, message)]
 
     def _progress(self, r: Request, first_step: bool) -> RequestOutput | None:
         seq = r.seq
@@ -261,7 +253,7 @@ class LLMEngine:
         if r.stats.time_to_first_block is None and committed:
             r.stats.time_to_first_block = time.monotonic() - r.arrival_time
         if done:
-            out = self.sampler.make_output(seq)
+            out = self.model_runner.make_output(seq)
             status = (
                 RequestStatus.FINISHED_STOPPED
                 if out.finish_reason == "stop"
@@ -275,7 +267,7 @@ class LLMEngine:
 
     def _partial(self, r: Request) -> tuple[list[int], str]:
         ids = r.token_ids_so_far
-        cut = first_stop(ids, self.sampler.stop_token_ids)
+        cut = first_stop(ids, self.model_runner.stop_token_ids)
         cut = len(ids) if cut is None else cut
         text = self._decode(r, ids[:cut])
         # A multi-byte character split across blocks decodes as U+FFFD for now.
@@ -291,7 +283,7 @@ class LLMEngine:
         r.stats.kept_kv_entries = kept
         r.stats.evicted_kv_entries = max(full - kept, 0) if r.params.evicts else 0
         self.metrics.evicted_kv_entries += r.stats.evicted_kv_entries
-        r.stats.num_pages = sum(cache.num_pages(k) for k in r.seq.cache_keys)
+        r.stats.num_pages = self.kv_cache_manager.held_pages(r)
 
     # -- outputs -----------------------------------------------------------------
 
@@ -328,16 +320,7 @@ class LLMEngine:
             token_ids, text = [], r.emitted_text
         else:
             text = self._decode(r, token_ids)
-        r.seq = None
         return self._output(r, token_ids, text, finished=True)
-
-    def _release(self, r: Request) -> None:
-        """Give a request's pages back and drop its sequence. A preempted request
-        restarts from its prompt with the blocks already streamed pinned, so the
-        text its client has stays the text it gets."""
-        if r.seq is not None:
-            self.sampler.free(r.seq)
-            r.seq = None
 
     def _decode(self, r: Request, ids: list[int]) -> str:
         """The answer's text as it reads after the prompt (as vLLM gives it)."""
@@ -361,88 +344,13 @@ class LLMEngine:
         return (
             f"model {cfg.model} ({c.n_layers} layers x {c.n_kv_heads} KV heads x "
             f"{c.head_dim}), {param.dtype} on {param.device}, {pool}, "
-            f"max_model_len {self.sampler.max_model_len}, default policy "
+            f"max_model_len {self.model_runner.max_model_len}, default policy "
             f"{cfg.kv_policy}{budget}, max_num_seqs {cfg.max_num_seqs}"
         )
-
-    # -- pages -------------------------------------------------------------------
-
-    @property
-    def pool(self):
-        """The page pool admission counts (None without a paged cache)."""
-        return self.kv_cache.page_pool if self.kv_cache is not None else None
 
     def pool_stats(self) -> dict | None:
         """Pages, page bytes, peak and free pages; None without a page pool."""
         return self.kv_cache.pool_stats() if self.kv_cache is not None else None
-
-    @property
-    def num_free_pages(self) -> int:
-        pool = self.pool
-        return pool.num_free_blocks if pool is not None else 1 << 62
-
-    def predict_pages(self, params: SamplingParams, prompt_len: int) -> int:
-        """Pages a request's prompt KV may take in its first step, whatever the
-        head split (``reserved_pages`` over its policy's per-layer budgets, per
-        forward row), capped at the pool: admission and ``_reserve`` count by it.
-        A bound above the pool would keep the request (and, FCFS, everyone
-        behind it) waiting forever; with the pool to itself it runs or fails.
-        """
-        pool = self.pool
-        if pool is None:
-            return 0
-        rows, budgets = self._kept(params, prompt_len)
-        bound = reserved_pages(
-            budgets, prompt_len, self.model.config.n_kv_heads, pool.block_size
-        )
-        return min(rows * bound, pool.num_usable_blocks)
-
-    def _fewest_pages(self, params: SamplingParams, prompt_len: int) -> int:
-        """The least a request's prompt KV can take (``fewest_pages``), uncapped."""
-        pool = self.pool
-        if pool is None:
-            return 0
-        rows, budgets = self._kept(params, prompt_len)
-        n = self.model.config.n_kv_heads
-        return rows * fewest_pages(budgets, prompt_len, n, pool.block_size)
-
-    def _kept(self, params: SamplingParams, prompt_len: int) -> tuple[int, list[int]]:
-        """Forward rows of a request (2 with CFG) and the per-head entries each
-        layer may keep."""
-        policy = self.policies.get(params.kv_policy)
-        n_layers = self.model.config.n_layers
-        budgets = policy.kept_per_layer(n_layers, params.kv_budget, prompt_len)
-        return params.num_rows, budgets
-
-    def _reserve(self, full_forwards: list[Request]) -> bool:
-        """Make room before the forward, so no page runs short inside it: the pages
-        this step's full forwards may take beyond what they hold must be free.
-        Preempts the newest running requests until they are; True if any was.
-
-        Admission already counted a prefill's bound; a refresh (re-voting every
-        ``prompt_refresh_interval`` steps) may need more pages than it holds.
-        """
-        if self.pool is None:
-            return False
-        preempted = False
-        while len(self.scheduler.running) > 1:
-            need = sum(
-                max(0, r.predicted_pages - self._held_pages(r))
-                for r in full_forwards
-                if r in self.scheduler.running
-            )
-            if need <= self.pool.num_free_blocks:
-                break
-            victim = self.scheduler.newest_running(exclude=[])
-            logger.info("reserving KV pages: preempting %s", victim.request_id)
-            self._release(victim)
-            self.metrics.num_preemptions += 1
-            self.scheduler.preempt([victim])
-            preempted = True
-        return preempted
-
-    def _held_pages(self, r: Request) -> int:
-        return sum(self.kv_cache.num_pages(k) for k in r.seq.cache_keys)
 
 
 def _check_max_model_len(config: EngineConfig, trained: int) -> None:

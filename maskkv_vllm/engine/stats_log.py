@@ -46,7 +46,7 @@ class StatsLog:
         sched = e.scheduler
         if not (steps or sched.running or sched.waiting):
             return
-        pool = e.pool
+        pool = e.kv_cache_manager.pool
         usage = (
             f"{pool.num_used_blocks}/{pool.num_usable_blocks} KV pages used"
             if pool is not None

@@ -82,7 +82,7 @@ def build_app(engine: LLMEngine, server: ServerConfig) -> FastAPI:
             "object": "model",
             "created": 0,
             "owned_by": "maskkv",
-            "max_model_len": engine.sampler.max_model_len,
+            "max_model_len": engine.model_runner.max_model_len,
         }
         return {"object": "list", "data": [card]}
 
@@ -351,7 +351,7 @@ class _EngineCollector:
         sched = e.scheduler
         yield _gauge("maskkv_requests_running", "Requests running", len(sched.running))
         yield _gauge("maskkv_requests_waiting", "Requests waiting", len(sched.waiting))
-        pool = e.pool
+        pool = e.kv_cache_manager.pool
         if pool is not None:
             yield _gauge("maskkv_kv_pages_free", "Free KV pages", pool.num_free_blocks)
             yield _gauge("maskkv_kv_pages_total", "KV pages", pool.num_usable_blocks)

@@ -1,5 +1,5 @@
-"""What the sampler needs of a model: the one interface LLaDA, the BERT testbed and
-any future diffusion LM implement (``DiffusionSampler`` is typed on it)."""
+"""What the model runner needs of a model: the one interface LLaDA, the BERT testbed and
+any future diffusion LM implement (``ModelRunner`` is typed on it)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from maskkv_vllm.models.attention import Attention
 
 @runtime_checkable
 class ModelConfig(Protocol):
-    """The config fields the sampler, caches and policies read."""
+    """The config fields the model runner, caches and policies read."""
 
     n_layers: int
     n_kv_heads: int
@@ -45,5 +45,5 @@ class DiffusionLM(Protocol):
         ...
 
     def parameters(self):
-        """Its tensors (the sampler reads device and dtype from the first)."""
+        """Its tensors (the model runner reads device and dtype from the first)."""
         ...

@@ -7,12 +7,10 @@ import pytest
 from maskkv_vllm.config import CacheConfig, EngineConfig
 from maskkv_vllm.engine.llm import LLM
 from maskkv_vllm.engine.llm_engine import LLMEngine, QueueFullError
-from maskkv_vllm.engine.request import Request
-from maskkv_vllm.engine.scheduler import Scheduler
 from maskkv_vllm.eviction import registry
 from maskkv_vllm.eviction.policy import Policy
-from maskkv_vllm.sampler.diffusion_sampler import DiffusionSampler
 from maskkv_vllm.sampling_params import SamplingParams
+from maskkv_vllm.worker.model_runner import ModelRunner
 
 P = SamplingParams(gen_length=16, block_length=8, steps=16)
 PROMPTS = [f"request number {i}: " + "abc " * i for i in range(10)]
@@ -47,56 +45,16 @@ def optimistic(make_request):
     return make
 
 
-def make(rid, pages, m=10, gen=16):
-    return Request(
-        rid, [1] * m, SamplingParams(gen_length=gen, block_length=gen, steps=gen), pages
-    )
-
-
-def test_scheduler_admits_fcfs_by_pages_and_limits():
-    s = Scheduler(max_num_seqs=3, max_num_batched_tokens=100, max_queue_len=10)
-    for rid, pages in [("a", 4), ("b", 5), ("c", 1), ("d", 1)]:
-        s.add(make(rid, pages))
-    # 8 free pages: a (4) fits, b (5) does not, and c may not jump the queue.
-    assert [r.request_id for r in s.schedule(8)] == ["a"]
-    assert [r.request_id for r in s.waiting] == ["b", "c", "d"]
-    # Tokens: a steps with 16; b's first step is 10 + 16 = 26 more -> 42.
-    assert [r.request_id for r in s.schedule(20)] == ["b", "c"]
-    assert len(s.running) == 3  # max_num_seqs stops d
-    assert s.schedule(100) == []
-
-
-def test_scheduler_token_limit_and_lone_request():
-    s = Scheduler(max_num_seqs=8, max_num_batched_tokens=30, max_queue_len=10)
-    s.add(make("big", 1, m=50))
-    s.add(make("small", 1, m=2))
-    # Alone, a request above the token limit still runs (else it never would).
-    assert [r.request_id for r in s.schedule(10)] == ["big"]
-    assert s.schedule(10) == []  # 16 + 18 > 30
-
-
-def test_scheduler_preempts_back_to_the_front_in_arrival_order():
-    s = Scheduler(max_num_seqs=8, max_num_batched_tokens=1000, max_queue_len=10)
-    for rid in "abcd":
-        s.add(make(rid, 1))
-    s.schedule(3)
-    assert [r.request_id for r in s.running] == ["a", "b", "c"]
-    assert s.newest_running(exclude=[]).request_id == "c"
-    s.preempt([s.running[2], s.running[1]])
-    assert [r.request_id for r in s.waiting] == ["b", "c", "d"]
-    assert s.waiting[0].stats.num_preemptions == 1
-
-
-def test_scheduler_bad_limits():
-    with pytest.raises(ValueError, match="max_num_seqs=0"):
-        Scheduler(0, 10, 10)
+def all_pages_free(eng) -> bool:
+    pool = eng.kv_cache_manager.pool
+    return pool.num_free_blocks == pool.num_usable_blocks
 
 
 @pytest.mark.parametrize("policy, budget", [("full", None), ("maskkv", 8)])
 def test_engine_matches_the_sampler(tiny, policy, budget):
     params = SamplingParams(**{**P.__dict__, "kv_policy": policy, "kv_budget": budget})
     model, tok = tiny
-    ref = DiffusionSampler(model, tok, CacheConfig("paged", num_blocks=4000))
+    ref = ModelRunner(model, tok, CacheConfig("paged", num_blocks=4000))
     want = [o.token_ids for o in ref.generate(PROMPTS, params)]
     got = run_all(engine(tiny, max_num_seqs=3), PROMPTS, params)
     assert [o.token_ids for o in got] == want
@@ -112,7 +70,7 @@ def test_small_pool_queues_and_finishes_everything_with_the_same_outputs(tiny):
     got = run_all(small, PROMPTS, P)
     assert [o.text for o in got] == [o.text for o in want]
     assert small.scheduler.max_running < len(PROMPTS)
-    assert small.pool.num_free_blocks == small.pool.num_usable_blocks
+    assert all_pages_free(small)
 
 
 def test_preemption_when_pages_run_out_gives_the_same_outputs(tiny, monkeypatch):
@@ -123,7 +81,7 @@ def test_preemption_when_pages_run_out_gives_the_same_outputs(tiny, monkeypatch)
     got = run_all(small, PROMPTS, P)
     assert [o.text for o in got] == [o.text for o in want]
     assert small.metrics.num_preemptions > 0
-    assert small.pool.num_free_blocks == small.pool.num_usable_blocks
+    assert all_pages_free(small)
 
 
 def test_request_larger_than_the_pool_is_refused(tiny):
@@ -138,10 +96,10 @@ def test_abort_frees_pages_and_reports(tiny):
     eng.add_request(r)
     eng.step()
     eng.step()
-    assert eng.pool.num_used_blocks == 8
+    assert eng.kv_cache_manager.pool.num_used_blocks == 8
     out = eng.abort_request(r.request_id)
     assert out.finished and out.finish_reason == "abort"
-    assert eng.pool.num_used_blocks == 0 and not eng.has_unfinished
+    assert eng.kv_cache_manager.pool.num_used_blocks == 0 and not eng.has_unfinished
     assert eng.abort_request(r.request_id) is None
 
 
@@ -191,7 +149,7 @@ def test_llm_generate_api(tiny_dir):
     assert chat[0].finished
     with pytest.raises(ValueError, match="got 1 SamplingParams for 2 prompts"):
         llm.generate(["a", "b"], [P])
-    assert llm.engine.pool.num_free_blocks == llm.engine.pool.num_usable_blocks
+    assert all_pages_free(llm.engine)
 
 
 def test_a_request_whose_safe_bound_exceeds_the_pool_still_runs(tiny_dir):
@@ -212,7 +170,7 @@ def test_a_request_whose_safe_bound_exceeds_the_pool_still_runs(tiny_dir):
     assert finished == ["length"] * 3
     assert eng.scheduler.max_running == 1
     assert eng.metrics.num_preemptions == 0
-    assert eng.num_free_pages == 9
+    assert eng.kv_cache_manager.num_free_pages == 9
 
 
 def test_a_preempted_stream_sends_each_block_once(tiny, monkeypatch):
@@ -233,7 +191,7 @@ def test_a_preempted_stream_sends_each_block_once(tiny, monkeypatch):
     assert eng.metrics.num_preemptions >= 2  # b and a
     assert outs[-1].finished and outs[-1].text
     assert "".join(o.delta_text for o in outs) == outs[-1].text
-    assert eng.num_free_pages == 12
+    assert eng.kv_cache_manager.num_free_pages == 12
 
 
 class BrokenScorer(Policy):
@@ -260,20 +218,20 @@ def test_a_request_that_raises_in_the_batched_step_fails_alone(tiny, monkeypatch
     assert outs[1].finish_reason == "error" and "broken scorer" in outs[1].error
     assert [o.text for o in outs[:1] + outs[2:]] == [o.text for o in want]
     assert eng.metrics.num_requests_failed == 1
-    assert eng.num_free_pages == eng.pool.num_usable_blocks
+    assert all_pages_free(eng)
 
 
 def test_a_request_that_cannot_start_fails_alone(tiny, monkeypatch):
     eng = engine(tiny)
     reqs = [eng.make_request(p, P) for p in PROMPTS[:2]]
-    real = eng.sampler.new_sequence
+    real = eng.model_runner.new_sequence
 
     def new_sequence(rid, ids, params):
         if ids == reqs[0].prompt_token_ids:
             raise RuntimeError("no canvas for you")
         return real(rid, ids, params)
 
-    monkeypatch.setattr(eng.sampler, "new_sequence", new_sequence)
+    monkeypatch.setattr(eng.model_runner, "new_sequence", new_sequence)
     for r in reqs:
         eng.add_request(r)
     done = {}
@@ -287,18 +245,18 @@ def test_a_request_that_cannot_start_fails_alone(tiny, monkeypatch):
 def test_a_request_is_validated_once(tiny, monkeypatch):
     # make_request validated it, then the sampler again at each (re)start.
     eng = engine(tiny)
-    calls, real = [], eng.sampler.validate
+    calls, real = [], eng.model_runner.validate
 
     def validate(prompt, params):
         calls.append(prompt)
         return real(prompt, params)
 
-    monkeypatch.setattr(eng.sampler, "validate", validate)
+    monkeypatch.setattr(eng.model_runner, "validate", validate)
     run_all(eng, PROMPTS[:3], P)
     assert calls == PROMPTS[:3]
     # The sampler's own entry (standalone use) validates each prompt once too.
     calls.clear()
-    eng.sampler.generate(PROMPTS[:2], P)
+    eng.model_runner.generate(PROMPTS[:2], P)
     assert calls == PROMPTS[:2]
 
 
@@ -315,21 +273,21 @@ def test_pages_are_reserved_before_the_forward(tiny, monkeypatch, refresh):
         "paged", block_size=16, num_blocks=25, prompt_refresh_interval=refresh
     )
     eng = LLMEngine(EngineConfig(cache=cache, **kw), model, tok)
-    short, allocate = [], eng.pool.allocate
+    short, allocate = [], eng.kv_cache_manager.pool.allocate
 
     def counted(n):
-        if not eng.pool.can_allocate(n):
+        if not eng.kv_cache_manager.pool.can_allocate(n):
             short.append(n)
         return allocate(n)
 
-    monkeypatch.setattr(eng.pool, "allocate", counted)
+    monkeypatch.setattr(eng.kv_cache_manager.pool, "allocate", counted)
     got = run_all(eng, PROMPTS, P)
     # The engine owns the pool and the policies; the sampler runs over them.
-    assert eng.sampler.prompt_cache is eng.kv_cache
-    assert eng.sampler.policies is eng.policies
+    assert eng.model_runner.prompt_cache is eng.kv_cache
+    assert eng.model_runner.policies is eng.policies
     assert short == []
     assert eng.scheduler.max_running > 1
-    assert eng.pool.num_free_blocks == eng.pool.num_usable_blocks
+    assert all_pages_free(eng)
     if refresh is None:
         assert eng.metrics.num_preemptions == 0
         assert [o.text for o in got] == [o.text for o in want]

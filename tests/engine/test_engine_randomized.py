@@ -22,8 +22,8 @@ ABORT_POINTS = [None, None, None, "waiting", "admitted", "after_first_step", "st
 
 def check_pages(eng: LLMEngine) -> None:
     """No page owned twice, none lost, owners are live requests."""
-    cache = eng.sampler.prompt_cache.cache
-    pool, tables = eng.pool, cache.manager.tables
+    cache = eng.model_runner.prompt_cache.cache
+    pool, tables = eng.kv_cache_manager.pool, cache.manager.tables
     owned = [b for t in tables.values() for b in t.all_block_ids()]
     free = list(pool.free_block_queue)
     assert len(owned) == len(set(owned)), "a page is owned twice"
@@ -101,7 +101,10 @@ def run_workload(tiny, seed: int, monkeypatch) -> dict:
         check_pages(eng)
         step += 1
     assert not eng.has_unfinished, f"seed {seed}: requests left after {step} steps"
-    assert eng.num_free_pages == eng.pool.num_usable_blocks
+    assert (
+        eng.kv_cache_manager.num_free_pages
+        == eng.kv_cache_manager.pool.num_usable_blocks
+    )
     for rid, seen in outs.items():
         finals = [o for o in seen if o.finished]
         assert len(finals) == 1, f"{rid} ended {len(finals)} times"

@@ -238,7 +238,10 @@ def test_a_request_that_cannot_fit_even_alone_is_a_400(tiny):
         r = post(c, {"prompt": "a prompt of some length", **SMALL})
         assert r.status_code == 400, r.text
         assert "does not fit in the KV pool even alone" in error(r)["message"]
-        assert eng.num_free_pages == eng.pool.num_usable_blocks
+        assert (
+            eng.kv_cache_manager.num_free_pages
+            == eng.kv_cache_manager.pool.num_usable_blocks
+        )
 
 
 # -- item 5: a non-streaming client that leaves ----------------------------------

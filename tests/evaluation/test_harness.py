@@ -103,7 +103,10 @@ def test_evaluate_writes_table_json_and_plot(tiny_dir, tmp_path):
     assert data["budgets"] == {"0.05": 5, "0.25": 24}
     assert (tmp_path / "eval.png").stat().st_size > 1000
     assert "maskkv" in (tmp_path / "eval.txt").read_text()
-    assert llm.engine.pool.num_free_blocks == llm.engine.pool.num_usable_blocks
+    assert (
+        llm.engine.kv_cache_manager.pool.num_free_blocks
+        == llm.engine.kv_cache_manager.pool.num_usable_blocks
+    )
 
 
 def test_eval_cli(tiny_dir, tmp_path, capsys):

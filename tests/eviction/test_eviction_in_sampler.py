@@ -11,8 +11,8 @@ from maskkv_vllm.calibration import compute_profile
 from maskkv_vllm.cli import main
 from maskkv_vllm.config import CacheConfig, MaskKVConfig
 from maskkv_vllm.eviction.profile import LayerProfile
-from maskkv_vllm.sampler.diffusion_sampler import DiffusionSampler
 from maskkv_vllm.sampling_params import SamplingParams
+from maskkv_vllm.worker.model_runner import ModelRunner
 
 PROMPT = "Eviction keeps the prompt tokens that the mask queries vote for. " * 2
 
@@ -25,7 +25,7 @@ def params(policy="maskkv", budget=16, **kw):
 def paged(model_tok, num_blocks=2000, **maskkv):
     model, tok = model_tok
     cache = CacheConfig("paged", num_blocks=num_blocks, block_size=4)
-    return DiffusionSampler(model, tok, cache, maskkv_config=MaskKVConfig(**maskkv))
+    return ModelRunner(model, tok, cache, maskkv_config=MaskKVConfig(**maskkv))
 
 
 def pool(s):
@@ -166,7 +166,7 @@ def test_evicting_policy_needs_a_budget(tiny):
 
 def test_eviction_needs_the_paged_cache(tiny):
     model, tok = tiny
-    s = DiffusionSampler(model, tok, CacheConfig("prefix"))
+    s = ModelRunner(model, tok, CacheConfig("prefix"))
     with pytest.raises(ValueError, match="needs cache_mode='paged' \\(got 'prefix'\\)"):
         s.generate(["hi"], params("maskkv", 4))
 

@@ -15,8 +15,8 @@ from maskkv_vllm.config import CacheConfig
 from maskkv_vllm.kv_cache.paged_attention import backend_for
 from maskkv_vllm.models.llada_config import LLaDAConfig
 from maskkv_vllm.models.loader import load_checkpoint, load_model
-from maskkv_vllm.sampler.diffusion_sampler import DiffusionSampler
 from maskkv_vllm.sampling_params import SamplingParams
+from maskkv_vllm.worker.model_runner import ModelRunner
 from tests.gpu.conftest import gpu_model
 
 pytestmark = pytest.mark.gpu
@@ -40,10 +40,8 @@ def test_cuda_prefix_refresh_every_step_equals_none(tiny_dir, dtype):
     model_tok = load_checkpoint(tiny_dir, dtype=dtype, device="cuda")
     params = SamplingParams(gen_length=16, block_length=8, steps=16)
     prompts = ["hello there", "x"]
-    none = DiffusionSampler(*model_tok, CacheConfig("none")).generate(prompts, params)
-    prefix = DiffusionSampler(*model_tok, CacheConfig("prefix", 1)).generate(
-        prompts, params
-    )
+    none = ModelRunner(*model_tok, CacheConfig("none")).generate(prompts, params)
+    prefix = ModelRunner(*model_tok, CacheConfig("prefix", 1)).generate(prompts, params)
     assert [o.token_ids for o in none] == [o.token_ids for o in prefix]
 
 
@@ -62,7 +60,7 @@ def test_real_llada_checkpoint_config_and_load():
     assert tok.mask_token_id == 126336
     ids = tok.encode_chat([{"role": "user", "content": "What is 2 + 2?"}])
     params = SamplingParams(gen_length=32, block_length=32, steps=32)
-    (out,) = DiffusionSampler(model, tok).generate([ids], params)
+    (out,) = ModelRunner(model, tok).generate([ids], params)
     assert "4" in out.text
 
 
@@ -84,15 +82,11 @@ def test_bf16_llada8b_shapes_paged_equals_prefix_on_the_torch_path(
     model, tok = llada8b_bf16
     prompts = [_prompt(512, 0), _prompt(301, 1)]
     params = SamplingParams(gen_length=32, block_length=8, steps=32)
-    prefix = DiffusionSampler(model, tok, CacheConfig("prefix")).generate(
-        prompts, params
-    )
+    prefix = ModelRunner(model, tok, CacheConfig("prefix")).generate(prompts, params)
     monkeypatch.setenv("MASKKV_PAGED_ATTENTION", "torch")
     backend_for.cache_clear()
     try:
-        paged = DiffusionSampler(
-            model, tok, CacheConfig("paged", kv_cache_memory="1GiB")
-        )
+        paged = ModelRunner(model, tok, CacheConfig("paged", kv_cache_memory="1GiB"))
         got = paged.generate(prompts, params)
     finally:
         monkeypatch.undo()
@@ -104,7 +98,7 @@ def test_bf16_llada8b_shapes_paged_equals_prefix_on_the_torch_path(
 
 def test_bf16_llada8b_shapes_maskkv_holds_the_pages_its_heads_fill(llada8b_bf16):
     model, tok = llada8b_bf16
-    sampler = DiffusionSampler(model, tok, CacheConfig("paged", kv_cache_memory="1GiB"))
+    sampler = ModelRunner(model, tok, CacheConfig("paged", kv_cache_memory="1GiB"))
     params = SamplingParams(
         gen_length=32, block_length=8, steps=32, kv_policy="maskkv", kv_budget=64
     )

@@ -15,13 +15,13 @@ from torch import nn
 
 from maskkv_vllm.config import CacheConfig
 from maskkv_vllm.models.llada_config import LLaDAConfig
-from maskkv_vllm.sampler.diffusion_sampler import DiffusionSampler
 from maskkv_vllm.sampler.remasking import (
     gumbel_candidates,
     low_confidences,
     select_transfer,
 )
 from maskkv_vllm.sampling_params import SamplingParams
+from maskkv_vllm.worker.model_runner import ModelRunner
 
 MASK, EOS = 3, 2
 CONFIG = LLaDAConfig(
@@ -62,7 +62,7 @@ def word(token, a):
 
 
 def run_steps(table, params, num_steps, prompt=(0,)):
-    sampler = DiffusionSampler(StubModel(table), cache_config=CacheConfig("none"))
+    sampler = ModelRunner(StubModel(table), cache_config=CacheConfig("none"))
     seq = sampler.make_sequence(0, list(prompt), params)
     history = []
     for _ in range(num_steps):
@@ -188,7 +188,7 @@ def test_temperature_samples_from_softmax():
 def test_output_cuts_at_first_eos():
     table = {1: word(1, 3.0), 2: word(EOS, 2.0), 3: word(0, 1.0), 4: word(EOS, 1.5)}
     params = SamplingParams(gen_length=4, block_length=4, steps=4)
-    sampler = DiffusionSampler(StubModel(table), cache_config=CacheConfig("none"))
+    sampler = ModelRunner(StubModel(table), cache_config=CacheConfig("none"))
     (out,) = sampler.generate([[0]], params)
     assert out.token_ids == [1] and out.finish_reason == "stop"
     (out,) = sampler.generate(
@@ -213,7 +213,7 @@ def test_pinned_tokens_replace_a_completed_block_and_only_it():
     # The stub commits [0, 1] in block 0 and [0, 1] in block 1; pins of block 0
     # (a restarted request's streamed tokens) win once block 0 completes.
     p = SamplingParams(gen_length=4, block_length=2, steps=4)
-    sampler = DiffusionSampler(StubModel(FOUR), cache_config=CacheConfig("none"))
+    sampler = ModelRunner(StubModel(FOUR), cache_config=CacheConfig("none"))
     seq = sampler.make_sequence(0, [0], p)
     seq.pin([1, 0])
     sampler.step([seq])
@@ -227,7 +227,7 @@ def test_pinned_tokens_replace_a_completed_block_and_only_it():
 
 def test_pinning_more_than_the_canvas_is_refused():
     p = SamplingParams(gen_length=2, block_length=2, steps=2)
-    sampler = DiffusionSampler(StubModel(FOUR), cache_config=CacheConfig("none"))
+    sampler = ModelRunner(StubModel(FOUR), cache_config=CacheConfig("none"))
     seq = sampler.make_sequence(0, [0], p)
     with pytest.raises(ValueError, match="3 pinned tokens exceed gen_length 2"):
         seq.pin([0, 0, 0])

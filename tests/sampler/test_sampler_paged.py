@@ -7,8 +7,8 @@ import torch
 
 from maskkv_vllm.config import CacheConfig
 from maskkv_vllm.paging.block_pool import NoFreeBlocksError
-from maskkv_vllm.sampler.diffusion_sampler import DiffusionSampler
 from maskkv_vllm.sampling_params import SamplingParams
+from maskkv_vllm.worker.model_runner import ModelRunner
 
 PROMPTS = ["The quick brown fox jumps", "x", "Paged KV for a diffusion LLM, " * 3]
 GREEDY = SamplingParams(gen_length=16, block_length=8, steps=16)
@@ -23,7 +23,7 @@ ALL = [GREEDY, SAMPLED, CFG, THRESHOLD]
 def paged(model_tok, **kw):
     model, tok = model_tok
     cfg = CacheConfig("paged", block_size=kw.pop("block_size", 16), **kw)
-    return DiffusionSampler(model, tok, cfg)
+    return ModelRunner(model, tok, cfg)
 
 
 def pool(sampler):
@@ -36,9 +36,7 @@ def pool(sampler):
 def test_paged_produces_exactly_the_prefix_tokens(request, fixture, params, block_size):
     model_tok = request.getfixturevalue(fixture)
     model, tok = model_tok
-    prefix = DiffusionSampler(model, tok, CacheConfig("prefix")).generate(
-        PROMPTS, params
-    )
+    prefix = ModelRunner(model, tok, CacheConfig("prefix")).generate(PROMPTS, params)
     s = paged(model_tok, block_size=block_size, num_blocks=1000)
     out = s.generate(PROMPTS, params)
     assert [o.token_ids for o in out] == [o.token_ids for o in prefix]
@@ -47,7 +45,7 @@ def test_paged_produces_exactly_the_prefix_tokens(request, fixture, params, bloc
 
 def test_paged_with_refresh_every_step_equals_none(tiny):
     model, tok = tiny
-    none = DiffusionSampler(model, tok, CacheConfig("none")).generate(PROMPTS, SAMPLED)
+    none = ModelRunner(model, tok, CacheConfig("none")).generate(PROMPTS, SAMPLED)
     s = paged(tiny, num_blocks=400, prompt_refresh_interval=1)
     out = s.generate(PROMPTS, SAMPLED)
     assert [o.token_ids for o in out] == [o.token_ids for o in none]
@@ -121,7 +119,7 @@ def test_running_out_of_pages_is_a_clear_error_and_leaks_nothing(tiny):
         s.generate(["first prompt", "second prompt"], GREEDY)
     assert pool(s).num_free_blocks == 9
     # The same pool serves them one at a time.
-    narrow = DiffusionSampler(s.model, s.tokenizer, s.cache_config, max_num_seqs=1)
+    narrow = ModelRunner(s.model, s.tokenizer, s.cache_config, max_num_seqs=1)
     outs = narrow.generate(["first prompt", "second prompt"], GREEDY)
     assert len(outs) == 2 and pool(narrow).num_free_blocks == 9
 
@@ -136,10 +134,8 @@ def test_bf16_paged_matches_prefix(tiny_dir):
     from maskkv_vllm.models.loader import load_checkpoint
 
     model, tok = load_checkpoint(tiny_dir, dtype="bfloat16")
-    prefix = DiffusionSampler(model, tok, CacheConfig("prefix")).generate(
-        PROMPTS, GREEDY
-    )
-    s = DiffusionSampler(model, tok, CacheConfig("paged", num_blocks=200))
+    prefix = ModelRunner(model, tok, CacheConfig("prefix")).generate(PROMPTS, GREEDY)
+    s = ModelRunner(model, tok, CacheConfig("paged", num_blocks=200))
     out = s.generate(PROMPTS, GREEDY)
     assert s.prompt_cache.cache.store.k_cache.dtype == torch.bfloat16
     # Both run their attention in bf16 (issue 18: paged ran it in fp32, so bf16

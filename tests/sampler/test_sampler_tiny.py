@@ -12,9 +12,9 @@ from maskkv_vllm.kv_cache.dense_prompt_cache import (
     PromptKV,
 )
 from maskkv_vllm.kv_cache.forward_batch import canvas_batch, full_batch
-from maskkv_vllm.sampler import diffusion_sampler
-from maskkv_vllm.sampler.diffusion_sampler import DiffusionSampler
 from maskkv_vllm.sampling_params import SamplingParams
+from maskkv_vllm.worker import model_runner
+from maskkv_vllm.worker.model_runner import ModelRunner
 
 PROMPTS = ["The quick brown fox", "x", "Diffusion models unmask a canvas of tokens."]
 GREEDY = SamplingParams(gen_length=16, block_length=8, steps=16)
@@ -29,7 +29,7 @@ PARAM_IDS = ["greedy", "sampled", "cfg", "threshold"]
 
 def sampler(model_tok, mode="prefix", refresh=None, **kw):
     model, tok = model_tok
-    return DiffusionSampler(model, tok, CacheConfig(mode, refresh), **kw)
+    return ModelRunner(model, tok, CacheConfig(mode, refresh), **kw)
 
 
 @pytest.mark.parametrize("params", ALL_PARAMS, ids=PARAM_IDS)
@@ -70,9 +70,9 @@ def test_cached_prompt_attention_reproduces_the_full_forward(gqa):
 
 def test_prefix_recomputes_prompt_only_on_refresh(tiny, monkeypatch):
     calls = []
-    real = diffusion_sampler.full_batch
+    real = model_runner.full_batch
     monkeypatch.setattr(
-        diffusion_sampler, "full_batch", lambda *a: calls.append(1) or real(*a)
+        model_runner, "full_batch", lambda *a: calls.append(1) or real(*a)
     )
     sampler(tiny, "prefix").generate(["abc"], GREEDY)
     assert len(calls) == 1  # the first step only
@@ -181,10 +181,8 @@ def test_early_stop_changes_no_output(tiny, params):
     model, tok = tiny
     eos_prompt = "x"  # a prompt whose answer holds an EOS on the tiny model
     prompts = [*PROMPTS, eos_prompt]
-    early = DiffusionSampler(model, tok, CacheConfig("prefix")).generate(
-        prompts, params
-    )
-    full = DiffusionSampler(model, tok, CacheConfig("prefix"), early_stop=False)
+    early = ModelRunner(model, tok, CacheConfig("prefix")).generate(prompts, params)
+    full = ModelRunner(model, tok, CacheConfig("prefix"), early_stop=False)
     late = full.generate(prompts, params)
     assert [o.token_ids for o in early] == [o.token_ids for o in late]
     assert [o.finish_reason for o in early] == [o.finish_reason for o in late]

@@ -11,7 +11,6 @@ import pytest
 import torch
 
 from maskkv_vllm.config import CacheConfig
-from maskkv_vllm.sampler.diffusion_sampler import DiffusionSampler
 from maskkv_vllm.sampling_params import SamplingParams
 from maskkv_vllm.testbeds.bert import (
     BertConfig,
@@ -20,6 +19,7 @@ from maskkv_vllm.testbeds.bert import (
     load_bert,
 )
 from maskkv_vllm.testbeds.bert.tokenizers import read_vocab
+from maskkv_vllm.worker.model_runner import ModelRunner
 
 TINY_VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *"ACDEFGHIKLMNPQRSTVWY"]
 D, H, LAYERS, FF, MAXLEN = 32, 4, 2, 64, 64
@@ -209,12 +209,12 @@ def test_paged_cache_matches_no_cache(tiny):
     }
     outs = {}
     for name, cache in caches.items():
-        sampler = DiffusionSampler(model, tok, cache, early_stop=False)
+        sampler = ModelRunner(model, tok, cache, early_stop=False)
         outs[name] = [o.token_ids for o in sampler.generate(prompts, params)]
     assert outs["paged_refresh"] == outs["none"]
     assert outs["paged"] == outs["prefix"]
     # An evicting policy runs on the adapter and gives every page back.
-    sampler = DiffusionSampler(
+    sampler = ModelRunner(
         model, tok, CacheConfig("paged", num_blocks=256), early_stop=False
     )
     evict = SamplingParams(

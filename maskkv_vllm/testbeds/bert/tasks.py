@@ -337,7 +337,7 @@ def evaluate(
     """Run every sample through ``sampler.generate`` and score it.
 
     Args:
-        sampler: a ``DiffusionSampler`` over the task's model (paged cache for
+        sampler: a ``ModelRunner`` over the task's model (paged cache for
             evicting policies), built with ``early_stop=False`` or not: the answer
             is cut at ``[SEP]`` either way.
         budget_fraction: kv_budget = max(1, round(fraction * prompt length)).

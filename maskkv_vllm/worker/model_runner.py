@@ -1,4 +1,5 @@
-"""The batched denoising loop over a LLaDA model, with the prompt KV cache modes."""
+"""The model runner: batched denoising steps over a LLaDA model, with the prompt
+KV cache modes (the engine's scheduler decides which sequences step)."""
 
 from __future__ import annotations
 
@@ -31,8 +32,9 @@ logger = logging.getLogger(__name__)
 Prompt = str | list[int]
 
 
-class DiffusionSampler:
-    """Runs LLaDA's reverse process for a batch of prompts.
+class ModelRunner:
+    """Runs LLaDA's reverse process: one step for what the engine hands it
+    (``step``), or whole prompts standalone (``generate``).
 
     Args:
         model: a loaded ``DiffusionLM`` (``LLaDAModel``, the BERT testbed, ...).
