@@ -106,7 +106,7 @@ INNER_RANKS = {
     "vllm_adapter": {
         "hf_config": 0,
         "kv_spec": 0,
-        "page_pool": 0,
+        "request_pages": 0,
         "params": 0,
         "qualnames": 0,
         "version": 0,

@@ -4,7 +4,7 @@ Both engines keep the prompt KV the same way: ``PageStore`` holds the K and V
 tensors (page ``i`` of both belongs to one (layer, KV head) of one request), a
 torch-free ``PageTableManager`` decides which pages a layer's heads get, and
 ``write_layer`` puts a layer's kept entries there. The embedded engine's store
-is allocated here (``PageStore.zeros``); vLLM's (``vllm_adapter.page_pool``)
+is allocated here (``PageStore.zeros``); vLLM's (``vllm_adapter.request_pages``)
 is a view of vLLM's own KV cache tensor.
 """
 
@@ -14,7 +14,7 @@ from collections.abc import Hashable
 
 import torch
 
-from maskkv_vllm.kv_cache.page_tables import head_slots
+from maskkv_vllm.kv_cache.page_table_tensors import head_slots
 from maskkv_vllm.paging.page_table_manager import PageTableManager
 
 

@@ -10,7 +10,7 @@ import torch
 
 from maskkv_vllm.config import CacheConfig
 from maskkv_vllm.kv_cache.page_store import PageStore, write_layer
-from maskkv_vllm.kv_cache.page_tables import layer_table, stack_tables
+from maskkv_vllm.kv_cache.page_table_tensors import layer_table, stack_tables
 from maskkv_vllm.paging.block_pool import BlockPool
 from maskkv_vllm.paging.page_table_manager import PageTableManager
 

@@ -9,7 +9,7 @@ Grouped by the process each part runs in, as vLLM itself is:
 - here, what both sides share: ``plugin``, ``hf_config`` (LLaDA's config for
   transformers), ``engine_config`` (LLaDA configures its own engine), ``params``
   (engine and per-request MaskKV settings), ``kv_spec`` (the pool as head-pages),
-  ``page_pool``, ``diffusion_state``, ``version`` (the pinned vLLM, which wheel),
+  ``request_pages``, ``diffusion_state``, ``version`` (the pinned vLLM, which wheel),
   ``qualnames`` (classes vLLM loads by name);
 - ``core/``, the engine core: ``scheduler.MaskKVDiffusionScheduler`` keeps a
   request on its canvas and frees evicted blocks, ``footprint`` counts them,

@@ -8,7 +8,7 @@ from typing import Any
 from maskkv_vllm.eviction.evictor import Eviction
 from maskkv_vllm.sampler.sequence import DiffusionSequence
 from maskkv_vllm.sampler.stops import first_stop, stop_ids
-from maskkv_vllm.vllm_adapter.page_pool import RequestPages
+from maskkv_vllm.vllm_adapter.request_pages import RequestPages
 
 
 def stop_token_ids(sampling_params: Any, eos_token_id: int | None) -> tuple[int, ...]:

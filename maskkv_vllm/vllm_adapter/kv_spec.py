@@ -4,7 +4,7 @@ The model registers ONE vLLM attention layer (``model.kv_pool``) whose cache is
 the pool of every LLaDA layer: a vLLM block is one layer's KV heads for
 ``block_size`` slots, i.e. ``Hkv`` head-pages. A request's blocks carry its
 head-pages of all layers, packed in (layer, head) order by the runner
-(``page_pool.RequestPages``), so after step 0 it holds
+(``request_pages.RequestPages``), so after step 0 it holds
 ``ceil(sum_{l,h} ceil(k_{l,h} / P) / Hkv)`` blocks: the embedded engine's
 head-granular footprint plus less than one block.
 

@@ -75,12 +75,12 @@ def _pool_probe(worker) -> dict:
     vLLM's ``WorkerWrapperBase``; the worker is its ``.worker``)."""
     from vllm.v1.worker.gpu_model_runner import GPUModelRunner
 
-    from maskkv_vllm.vllm_adapter.page_pool import PagePool
+    from maskkv_vllm.vllm_adapter.request_pages import VllmPageStore
 
     runner = worker.model_runner
     model = runner.get_model()
     heads, head_dim = model.num_local_kv_heads, model.config.head_dim
-    pool = PagePool(model.kv_pool.kv_cache, heads, BLOCK, head_dim)
+    pool = VllmPageStore(model.kv_pool.kv_cache, heads, BLOCK, head_dim)
     return {
         "classes": (type(worker.worker).__name__, type(runner).__name__),
         "v1": isinstance(runner, GPUModelRunner) and not worker.use_v2_model_runner,

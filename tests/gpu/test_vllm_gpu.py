@@ -15,7 +15,7 @@ Oracles as on the CPU (``tests/vllm_adapter``), on the same device:
 LLaDA's config hook chooses the V1 runner, so these tests leave
 ``VLLM_USE_V2_MODEL_RUNNER`` unset and check which runner ran. vLLM's kernels
 never touch the pool: our step attention reads it as head-pages
-(``page_pool.PagePool``, any backend layout) through ``kv.paged_attention``
+(``request_pages.VllmPageStore``, any backend layout) through ``kv.paged_attention``
 (the Triton kernel when Triton is installed). The same logic runs on the CPU in
 ``tests/vllm_logic`` and ``tests/vllm_adapter``; bf16 at LLaDA-8B attention
 shapes with vLLM's memory profiling is ``test_vllm_bf16.py``.
@@ -109,18 +109,18 @@ def _cuda_probe(worker):
     ``WorkerWrapperBase``; the worker is its ``.worker``."""
     from vllm.v1.worker.gpu_model_runner import GPUModelRunner
 
-    from maskkv_vllm.vllm_adapter.page_pool import PagePool
+    from maskkv_vllm.vllm_adapter.request_pages import VllmPageStore
 
     runner = worker.model_runner
     model = runner.get_model()
     cache = model.kv_pool.kv_cache
-    pool = PagePool(cache, model.num_local_kv_heads, BLOCK, model.config.head_dim)
+    store = VllmPageStore(cache, model.num_local_kv_heads, BLOCK, model.config.head_dim)
     return (
         type(worker.worker).__name__,
         type(runner).__name__,
         isinstance(runner, GPUModelRunner) and not worker.use_v2_model_runner,
-        pool.k_cache.device.type,
-        pool.k_cache.shape[0] == NUM_BLOCKS * model.num_local_kv_heads,
+        store.k_cache.device.type,
+        store.k_cache.shape[0] == NUM_BLOCKS * model.num_local_kv_heads,
     )
 
 

@@ -1,7 +1,7 @@
 """The CUDA path's pure logic on the CPU: worker choice, class wiring, env.
 
 No engine and no GPU. The CUDA runner reads the KV pool only through
-``page_pool.PagePool`` (tested with strided CUDA-like views in
+``request_pages.VllmPageStore`` (tested with strided CUDA-like views in
 ``tests/vllm_logic/test_pages.py``), so no backend layout is involved.
 """
 

@@ -17,7 +17,7 @@ from maskkv_vllm.sampler.sequence import DiffusionSequence
 from maskkv_vllm.sampling_params import SamplingParams
 from maskkv_vllm.vllm_adapter.core.footprint import held_blocks, reserved_blocks
 from maskkv_vllm.vllm_adapter.diffusion_state import DiffusionState
-from maskkv_vllm.vllm_adapter.page_pool import PagePool, RequestPages
+from maskkv_vllm.vllm_adapter.request_pages import RequestPages, VllmPageStore
 from maskkv_vllm.vllm_adapter.worker.diffusion_attention import (
     DiffusionAttention,
     RowPlan,
@@ -67,26 +67,26 @@ def test_request_pages_pack_heads_in_order_inside_the_blocks():
         [5, 9], num_layers=2, num_kv_heads=H, block_size=P, device="cpu"
     )
     kv = torch.zeros(16, H, P, 2 * D)
-    pool = PagePool(kv, H, P, D)
+    store = VllmPageStore(kv, H, P, D)
     k = torch.randn(H, 70, D)
-    pages.write_layer(pool, 0, k, -k, [70, 3, 0, 32])
+    pages.write_layer(store, 0, k, -k, [70, 3, 0, 32])
     table, lens = pages.table(0)
     # block 5 holds pages 20..23, block 9 pages 36..39; packed head by head
     assert table.tolist() == [[20, 21, 22], [23, 0, 0], [0, 0, 0], [36, 0, 0]]
     assert lens.tolist() == [70, 3, 0, 32]
-    torch.testing.assert_close(pool.k_cache[20:23].reshape(-1, D)[:70], k[0])
-    torch.testing.assert_close(pool.v_cache[36], -k[3, :32])
+    torch.testing.assert_close(store.k_cache[20:23].reshape(-1, D)[:70], k[0])
+    torch.testing.assert_close(store.v_cache[36], -k[3, :32])
     assert pages.num_pages == 5
     # layer 1 continues in block 9; 3 pages are left, 4 are asked for
     with pytest.raises(NoFreeBlocksError):
-        pages.write_layer(pool, 1, k, k, [64, 64, 0, 0])
-    pages.write_layer(pool, 1, k, k, [64, 1, 0, 0])
+        pages.write_layer(store, 1, k, k, [64, 64, 0, 0])
+    pages.write_layer(store, 1, k, k, [64, 1, 0, 0])
     assert pages.table(1)[0].tolist() == [[37, 38], [39, 0], [0, 0], [0, 0]]
 
 
-def test_page_pool_refuses_a_cache_of_another_shape():
+def test_the_page_store_refuses_a_cache_of_another_shape():
     with pytest.raises(ValueError, match="not a whole number of blocks"):
-        PagePool(torch.zeros(3, H, P, D), H, P, D)
+        VllmPageStore(torch.zeros(3, H, P, D), H, P, D)
 
 
 def _state(prompt_len: int, gen: int, policy=None, budget=None) -> DiffusionState:
@@ -105,14 +105,14 @@ def test_step_attention_prefill_then_canvas_matches_dense(policy, budget):
     torch.manual_seed(0)
     hq, m, gen = 8, 40, 8
     kv = torch.zeros(12, H, P, 2 * D)
-    pool = PagePool(kv, H, P, D)
+    store = VllmPageStore(kv, H, P, D)
     a, b = _state(m, gen, policy, budget), _state(m - 9, gen)
     rows = [RowPlan(a, 0, m + gen), RowPlan(b, m + gen, m - 9 + gen)]
     for row, ids in zip(rows, ([1, 2, 3, 4], [7, 8]), strict=True):
         row.state.pages = RequestPages(ids, 1, H, P, "cpu")
     t = sum(r.num_tokens for r in rows)
     q, k, v = torch.randn(1, hq, t, D), torch.randn(1, H, t, D), torch.randn(1, H, t, D)
-    out = DiffusionAttention(rows, pool, 1, HeadShard())(0, q, k, v)
+    out = DiffusionAttention(rows, store, 1, HeadShard())(0, q, k, v)
     for r in rows:  # step 0 is dense over the row
         s = slice(r.start, r.start + r.num_tokens)
         ref = dense_attention(q[:, :, s], k[:, :, s], v[:, :, s], None)[0]
@@ -131,15 +131,15 @@ def test_step_attention_prefill_then_canvas_matches_dense(policy, budget):
         torch.randn(1, H, 16, D),
         torch.randn(1, H, 16, D),
     )
-    out2 = DiffusionAttention(rows2, pool, 1, HeadShard())(0, q2, k2, v2)
+    out2 = DiffusionAttention(rows2, store, 1, HeadShard())(0, q2, k2, v2)
     for r, r0 in zip(rows2, rows, strict=True):
         table, lens = r.state.pages.table(0)
         s = slice(r.start, r.start + gen)
         for h in range(H):
             n = int(lens[h])
             slots = (table[h].long()[:, None] * P + torch.arange(P)).flatten()[:n]
-            pk = pool.k_cache.view(-1, D)[slots]
-            pv = pool.v_cache.view(-1, D)[slots]
+            pk = store.k_cache.view(-1, D)[slots]
+            pv = store.v_cache.view(-1, D)[slots]
             s0 = slice(r0.start, r0.start + r0.state.prompt_len)
             if policy is None or r0.state.eviction is None:
                 torch.testing.assert_close(pk, k[0, h, s0])
@@ -161,11 +161,11 @@ def test_pages_tile_any_cache_layout_exactly_once(layout):
         cache = torch.zeros(nb, P, H, 2 * D).permute(0, 2, 1, 3)
     else:  # FlashAttention's (2, B, N, H, d)
         cache = torch.zeros(2, nb, P, H, D)
-    pool = PagePool(cache, H, P, D)
-    assert pool.k_cache.shape == pool.v_cache.shape == (nb * H, P, D)
+    store = VllmPageStore(cache, H, P, D)
+    assert store.k_cache.shape == store.v_cache.shape == (nb * H, P, D)
     pages = torch.arange(nb * H, dtype=torch.float32)
-    pool.k_cache.copy_(pages[:, None, None].expand(-1, P, D))
-    pool.v_cache.copy_(-1 - pages[:, None, None].expand(-1, P, D))
+    store.k_cache.copy_(pages[:, None, None].expand(-1, P, D))
+    store.v_cache.copy_(-1 - pages[:, None, None].expand(-1, P, D))
     # every element of the cache belongs to exactly one page: all were written
     # once, each value appears P * d times
     values = cache.flatten().sort().values

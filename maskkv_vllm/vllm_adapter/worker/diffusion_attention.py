@@ -8,7 +8,7 @@ the batch's post-RoPE q/k/v. Per request row:
   row (the full context, so step 0's own output is exact), then
   ``kv_cache.step_zero.capture_layer`` -- the embedded engine's step 0 --
   writes the layer's kept prompt entries per KV head (the request's policy, or
-  all M for the full cache) into the request's head-pages (``page_pool``).
+  all M for the full cache) into the request's head-pages (``request_pages``).
 - **canvas steps**: the canvas attends to its kept prompt pages plus its own
   fresh K/V through ``kv.paged_attention`` (the embedded engine's attention:
   the torch reference here, the Triton kernel on CUDA); all such rows of the
@@ -29,12 +29,12 @@ from dataclasses import dataclass
 import torch
 
 from maskkv_vllm.eviction.sharded import SINGLE_RANK, HeadShard
-from maskkv_vllm.kv_cache.page_tables import stack_tables
+from maskkv_vllm.kv_cache.page_table_tensors import stack_tables
 from maskkv_vllm.kv_cache.paged_attention import Workspace, paged_attention
 from maskkv_vllm.kv_cache.step_zero import capture_layer
 from maskkv_vllm.models.attention import dense_attention
 from maskkv_vllm.vllm_adapter.diffusion_state import DiffusionState
-from maskkv_vllm.vllm_adapter.page_pool import PagePool
+from maskkv_vllm.vllm_adapter.request_pages import VllmPageStore
 
 
 @dataclass
@@ -85,7 +85,7 @@ class DiffusionAttention:
 
     Args:
         rows: every request of the step, in batch order.
-        pool: the KV pages of this rank.
+        store: the KV pages of this rank.
         num_layers: D.
         shard: this rank's heads; default: vLLM's current TP group.
         workspace: scratch buffers of the paged attention, reused across steps.
@@ -94,12 +94,12 @@ class DiffusionAttention:
     def __init__(
         self,
         rows: list[RowPlan],
-        pool: PagePool,
+        store: VllmPageStore,
         num_layers: int,
         shard: HeadShard | None = None,
         workspace: Workspace | None = None,
     ):
-        self.rows, self.pool, self.num_layers = rows, pool, num_layers
+        self.rows, self.store, self.num_layers = rows, store, num_layers
         self.shard = shard if shard is not None else current_shard()
         self.workspace = workspace or Workspace()
 
@@ -135,7 +135,7 @@ class DiffusionAttention:
         out[span] = o.transpose(0, 1).reshape(row.num_tokens, -1)
         st = row.state
         st.kept_lengths[layer] = capture_layer(
-            functools.partial(st.pages.write_layer, self.pool),
+            functools.partial(st.pages.write_layer, self.store),
             st.eviction,
             layer,
             self.num_layers,
@@ -161,7 +161,7 @@ class DiffusionAttention:
             mask[i, : r.num_tokens] = True
         tables, lens = stack_tables([r.state.pages.table(layer) for r in rows])
         o = paged_attention(
-            qb, kb, vb, mask, self.pool.k_cache, self.pool.v_cache,
+            qb, kb, vb, mask, self.store.k_cache, self.store.v_cache,
             tables, lens, self.workspace,
         )  # fmt: skip
         for i, r in enumerate(rows):

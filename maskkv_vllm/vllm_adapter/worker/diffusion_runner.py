@@ -39,8 +39,8 @@ from maskkv_vllm.sampler.step_proposal import (
     propose_chunk,
 )
 from maskkv_vllm.vllm_adapter.diffusion_state import DiffusionState, stop_token_ids
-from maskkv_vllm.vllm_adapter.page_pool import PagePool, RequestPages
 from maskkv_vllm.vllm_adapter.params import AdapterConfig, request_params
+from maskkv_vllm.vllm_adapter.request_pages import RequestPages, VllmPageStore
 from maskkv_vllm.vllm_adapter.version import require_vllm_version
 from maskkv_vllm.vllm_adapter.worker.diffusion_attention import (
     DiffusionAttention,
@@ -79,7 +79,7 @@ class DiffusionRunnerMixin:
         self.diffusion: dict[str, DiffusionState] = {}
         self._uids = itertools.count()
         self._rows: list[tuple[str, int, int]] = []  # (req_id, start, n) this step
-        self._pool: PagePool | None = None
+        self._store: VllmPageStore | None = None
         self._workspace = Workspace()
 
     # -- per-step state -----------------------------------------------------
@@ -137,8 +137,8 @@ class DiffusionRunnerMixin:
         if not self._rows:
             model.set_step_attention(None)
             return
-        if self._pool is None:
-            self._pool = PagePool(
+        if self._store is None:
+            self._store = VllmPageStore(
                 model.kv_pool.kv_cache, model.num_local_kv_heads,
                 self.cache_config.block_size, model.config.head_dim,
             )  # fmt: skip
@@ -155,7 +155,7 @@ class DiffusionRunnerMixin:
             plans.append(RowPlan(st, start, n))
         model.set_step_attention(
             DiffusionAttention(
-                plans, self._pool, self.num_layers, None, self._workspace
+                plans, self._store, self.num_layers, None, self._workspace
             )
         )
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 import torch
 
 from maskkv_vllm.kv_cache.page_store import PageStore, write_layer
-from maskkv_vllm.kv_cache.page_tables import layer_table
+from maskkv_vllm.kv_cache.page_table_tensors import layer_table
 from maskkv_vllm.paging.block_pool import BlockPool
 from maskkv_vllm.paging.page_table_manager import PageTableManager
 
@@ -28,7 +28,7 @@ _SELF = "request"
 """The one request id of a per-request manager."""
 
 
-class PagePool(PageStore):
+class VllmPageStore(PageStore):
     """Key and value pages over one vLLM KV cache tensor.
 
     Args:
@@ -84,13 +84,13 @@ class RequestPages:
         )
         pages = [b * num_kv_heads + j for b in block_ids for j in range(num_kv_heads)]
         self.page_map = torch.tensor([0, *pages], dtype=torch.long)
-        """local page id -> page id of the pool (local 0 is the null page)."""
+        """local page id -> page id of the store (local 0 is the null page)."""
         self.block_size, self.device = block_size, device
         self._tables: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def write_layer(
         self,
-        pool: PagePool,
+        store: VllmPageStore,
         layer: int,
         k: torch.Tensor,
         v: torch.Tensor,
@@ -106,10 +106,10 @@ class RequestPages:
                 reservation was too small); nothing of the layer is stored.
         """
         self._tables.pop(layer, None)
-        write_layer(pool, self.manager, _SELF, layer, k, v, lengths, self.page_map)
+        write_layer(store, self.manager, _SELF, layer, k, v, lengths, self.page_map)
 
     def table(self, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """(Hkv, max_pages) int32 pool page ids and (Hkv,) int32 lengths."""
+        """(Hkv, max_pages) int32 page ids of the store and (Hkv,) int32 lengths."""
         if layer not in self._tables:
             heads = self.manager.tables[_SELF].layer(layer)
             self._tables[layer] = layer_table(heads, self.device, self.page_map)
