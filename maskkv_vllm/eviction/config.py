@@ -1,14 +1,28 @@
-"""Engine-wide hyper-parameters of MaskKV and the baselines (frozen, validated)."""
+"""An engine's settings for its policies (frozen): the values the registry builds
+each policy with, checked by the policies themselves."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from maskkv_vllm.eviction.allocators import (
+    AdaKVHeads,
+    BoundaryAwareLayers,
+    PromptPreferenceHeads,
+    PyramidLayers,
+    SqueezeLayers,
+)
+from maskkv_vllm.eviction.scorers import SnapKVScorer, StreamingScorer
+from maskkv_vllm.eviction.settings import check_int
+
 
 @dataclass(frozen=True)
 class MaskKVConfig:
-    """Hyper-parameters of MaskKV and the baseline policies (engine-wide; the policy
-    name and budget are chosen per request in ``SamplingParams``)."""
+    """The engine's value of each policy setting (the policy name and budget are
+    chosen per request in ``SamplingParams``). A setting lives on the policy
+    dataclass of the same field name (``SnapKVScorer.pool_kernel``,
+    ``AdaKVHeads.adakv_floor``, ...), which checks it; this is the one place an
+    engine, its CLI flags and vLLM's ``additional_config`` set them."""
 
     alpha: float = 0.1
     """MaskKV head floor: every head keeps at least ``alpha * k_l`` (eq. 15)."""
@@ -35,26 +49,12 @@ class MaskKVConfig:
     """Keys per chunk in the voting passes (bounds their scratch memory)."""
 
     def __post_init__(self) -> None:
-        for name in ("alpha", "beta", "adakv_floor", "squeeze_fraction"):
-            value = getattr(self, name)
-            if not isinstance(value, int | float) or not 0 <= value <= 1:
-                raise ValueError(f"{name}={value!r} must lie in [0, 1]")
-        for name in ("window", "sinks"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value < 0:
-                raise ValueError(f"{name}={value!r} must be an int >= 0")
-        for name in ("pool_kernel", "vote_chunk"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name}={value!r} must be a positive int")
-        if self.pool_kernel % 2 == 0:
-            raise ValueError(f"pool_kernel={self.pool_kernel} must be odd")
-        if not self.pyramid_beta > 0:
-            raise ValueError(f"pyramid_beta={self.pyramid_beta} must be positive")
-        if self.boundary_layers is not None and (
-            not self.boundary_layers
-            or any(not isinstance(i, int) or i < 0 for i in self.boundary_layers)
-        ):
-            raise ValueError(
-                f"boundary_layers={self.boundary_layers!r} must be non-negative ints"
-            )
+        # Each setting is checked by the policy that takes it (its own rules).
+        snapkv = SnapKVScorer(self.window, self.pool_kernel)
+        StreamingScorer(self.sinks)
+        BoundaryAwareLayers(snapkv, self.beta, None, self.boundary_layers)
+        PromptPreferenceHeads(snapkv, self.alpha)
+        PyramidLayers(snapkv, self.pyramid_beta, self.window)
+        AdaKVHeads(snapkv, self.adakv_floor)
+        SqueezeLayers(snapkv, None, self.squeeze_fraction)
+        check_int("vote_chunk", self.vote_chunk, 1)

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 
 from maskkv_vllm.eviction.context import LayerContext
 from maskkv_vllm.eviction.policy import Policy
+from maskkv_vllm.eviction.settings import check_int
 
 
 @dataclass
@@ -34,26 +35,31 @@ class MaskVoteScorer(Policy):
 @dataclass
 class SnapKVScorer(Policy):
     """SnapKV: the last ``window`` prompt tokens vote (softmax over all keys), the
-    votes are max-pooled along the sequence with ``kernel``, and the window itself
+    votes are max-pooled along the sequence with ``pool_kernel``, and the window itself
     is always kept (most recent first when the budget is smaller than it)."""
 
     window: int = 32
     """Observation window: how many of the last queries vote."""
-    kernel: int = 7
-    """Max-pool width along the sequence (1: no pooling)."""
+    pool_kernel: int = 7
+    """Max-pool width along the sequence, odd (1: no pooling)."""
     canvas_in_window: bool = False
     """Ablation: the window is the last ``window`` tokens of the whole input, the
     canvas's mask tokens included (SnapKV proper stops at the prompt's end)."""
+
+    def __post_init__(self) -> None:
+        check_int("window", self.window, 0)
+        check_int("pool_kernel", self.pool_kernel, 1)
+        if self.pool_kernel % 2 == 0:
+            raise ValueError(f"pool_kernel={self.pool_kernel} must be odd")
 
     def scores(self, ctx: LayerContext) -> torch.Tensor:
         m = ctx.prompt_len
         tail = ctx.canvas_len if self.canvas_in_window else 0
         w = min(self.window, m + tail)
         votes = ctx.window_votes(w, through_canvas=self.canvas_in_window)
-        if self.kernel > 1:
-            votes = F.max_pool1d(
-                votes[:, None], self.kernel, stride=1, padding=self.kernel // 2
-            )[:, 0, :m]
+        if self.pool_kernel > 1:
+            k = self.pool_kernel
+            votes = F.max_pool1d(votes[:, None], k, stride=1, padding=k // 2)[:, 0, :m]
         # Votes sum to at most w, so w + 1 + rank puts every prompt token of the
         # window above every other token, the most recent first.
         inside = max(0, min(m, w - tail))
@@ -67,6 +73,9 @@ class StreamingScorer(Policy):
     """StreamingLLM: the first ``sinks`` prompt tokens plus the most recent ones."""
 
     sinks: int = 4
+
+    def __post_init__(self) -> None:
+        check_int("sinks", self.sinks, 0)
 
     def scores(self, ctx: LayerContext) -> torch.Tensor:
         m = ctx.prompt_len

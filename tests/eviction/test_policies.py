@@ -8,6 +8,7 @@ import torch
 from maskkv_vllm.config import MaskKVConfig
 from maskkv_vllm.eviction.allocators import (
     AdaKVHeads,
+    BoundaryAwareLayers,
     PromptPreferenceHeads,
     PyramidLayers,
     SqueezeLayers,
@@ -75,10 +76,10 @@ def test_streaming_keeps_sinks_and_the_recent_window():
 
 def test_snapkv_always_keeps_its_window():
     ctx = make_ctx(m=40)
-    for idx in SnapKVScorer(window=8, kernel=7).select(ctx, 12):
+    for idx in SnapKVScorer(window=8, pool_kernel=7).select(ctx, 12):
         assert set(range(32, 40)) <= set(idx.tolist())
     # A budget below the window keeps the most recent window tokens.
-    for idx in SnapKVScorer(window=8, kernel=1).select(ctx, 3):
+    for idx in SnapKVScorer(window=8, pool_kernel=1).select(ctx, 3):
         assert idx.tolist() == [37, 38, 39]
 
 
@@ -112,7 +113,7 @@ def test_snapkv_with_the_canvas_in_its_window_hears_the_mask_tokens():
 def test_snapkv_pooling_spreads_a_peak_to_its_neighbours():
     ctx = make_ctx(m=40)
     raw = ctx.window_votes(8)[:, :32]
-    pooled = SnapKVScorer(window=8, kernel=3).scores(ctx)[:, :32]
+    pooled = SnapKVScorer(window=8, pool_kernel=3).scores(ctx)[:, :32]
     peak = raw[0].argmax().item()
     for j in (peak - 1, peak, peak + 1):
         if 0 <= j < 32:
@@ -145,7 +146,7 @@ def test_prompt_preference_heads_follow_eq_15():
 
 def test_adakv_floor_and_total():
     scores = [[9.0, 8.0, 7.0, 6.0, 5.0, 4.0], [0.1, 0.2, 0.3, 0.0, 0.0, 0.0]]
-    policy = AdaKVHeads(Fixed(scores), floor=0.2)
+    policy = AdaKVHeads(Fixed(scores), adakv_floor=0.2)
     ctx = make_ctx(m=6, hkv=2)
     # k_l = 5: floor(0.2 * 5) = 1 each; the other 8 go to the best remaining
     # scores: head 0's five and head 1's three (0.3 > 0.2 > 0.1 > 0.0...)
@@ -156,7 +157,7 @@ def test_adakv_floor_and_total():
 
 
 def test_pyramid_wrapper_budgets_fall_across_layers():
-    policy = PyramidLayers(SnapKVScorer(8, 1), beta=20, window=8)
+    policy = PyramidLayers(SnapKVScorer(8, 1), pyramid_beta=20, window=8)
     budgets = policy.layer_budgets(4, 24, prompt_len=1000)
     assert budgets == sorted(budgets, reverse=True) and budgets[0] > budgets[-1]
     ctx = make_ctx(m=100, layer=3, layers=4)
@@ -205,6 +206,27 @@ def test_maskkv_composition():
 def test_bad_maskkv_config(kwargs, message):
     with pytest.raises(ValueError, match=message):
         MaskKVConfig(**kwargs)
+
+
+@pytest.mark.parametrize(
+    "build, message",
+    [
+        (lambda: SnapKVScorer(8, 4), "pool_kernel=4 must be odd"),
+        (lambda: SnapKVScorer(-1), "window=-1 must be an int >= 0"),
+        (lambda: StreamingScorer(-2), "sinks=-2 must be an int >= 0"),
+        (lambda: PromptPreferenceHeads(MaskVoteScorer(), 1.5), "alpha=1.5"),
+        (lambda: BoundaryAwareLayers(MaskVoteScorer(), 0.4, None, ()), "boundary"),
+        (lambda: PyramidLayers(MaskVoteScorer(), 0), "pyramid_beta=0 must be positive"),
+        (lambda: AdaKVHeads(MaskVoteScorer(), True), "adakv_floor=True"),
+        (lambda: SqueezeLayers(MaskVoteScorer(), None, 2), "squeeze_fraction=2"),
+    ],
+)
+def test_a_policy_checks_its_own_settings(build, message):
+    # Settings live on the policy: one built by hand is checked as the engine's
+    # (they were checked only in MaskKVConfig: SnapKVScorer(8, 4) pooled with an
+    # even, off-centre kernel).
+    with pytest.raises(ValueError, match=message):
+        build()
 
 
 @pytest.mark.parametrize("name", ["maskkv", "adakv", "pyramidkv", "snapkv"])
