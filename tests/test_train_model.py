@@ -190,3 +190,34 @@ def test_prior_heads_stay_frozen_by_default_and_evals_leave_the_stream_alone(tok
                           torch.Generator().manual_seed(5))  # fmt: skip
     assert all(torch.equal(a, b) for a, b in zip(batch, again, strict=True))
     assert torch.equal(run.model.blocks[0].q_proj.weight, q0)  # prior kept
+
+
+def test_the_gate_is_the_samplers_answer_up_to_its_eos(tok, monkeypatch):
+    # The stage gate read one argmax over the whole all-masked canvas, EOS
+    # padding included: a model with every digit right (per-digit 0.97) scored
+    # 0.08-0.88 there, from a stray fourth slot that the sampler never commits
+    # past its first EOS. It reads the sampler's answer now, as `maskkv eval` does.
+    model = micro_model(tok, prior=False)
+    rng = random.Random(tm.EVAL_SEED + 32 + tm.TASK_SEED["kv"])
+    eos = model.config.eos_token_id
+    digits = [
+        [t for t in tm.prompt_targets(rng, tok, "kv", 32, 0)[1] if t != eos]
+        for _ in range(4)
+    ]
+    given = [digits[0], digits[1], digits[2] + digits[2][-1:], []]
+    monkeypatch.setattr(tm, "sampled_answers", lambda model, prompts: given)
+    scores = tm.evaluate(model, tok, model.config, "kv", 32, 4)
+    assert scores["answer"] == 0.5
+
+
+def test_sampled_answers_are_what_the_engine_answers():
+    from maskkv_vllm.engine.llm import LLM
+
+    llm = LLM("retrieval", dtype="float32", kv_cache_memory="64MiB")
+    rng = random.Random(5)
+    prompts = [
+        tm.prompt_targets(rng, word_tokenizer(), "kv", 64, 0)[0] for _ in range(4)
+    ]
+    params = tm.SamplingParams(gen_length=8, block_length=8, steps=8)
+    want = [out.token_ids for out in llm.generate(prompts, params)]
+    assert tm.sampled_answers(llm.engine.model, prompts) == want
