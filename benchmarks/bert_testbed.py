@@ -54,7 +54,7 @@ def run_model(name: str, args) -> dict:
     longest = max(len(s.prompt_ids) + s.gen_length for s in samples)
     block = 16
     pages = args.max_num_seqs * c.n_layers * c.n_kv_heads * math.ceil(longest / block)
-    cache = CacheConfig("paged", block_size=block, num_blocks=pages + 1)
+    cache = CacheConfig("paged", page_size=block, num_pages=pages + 1)
     sampler = ModelRunner(
         model, tok, cache, max_num_seqs=args.max_num_seqs, early_stop=False
     )
@@ -163,7 +163,7 @@ def main() -> None:
     meta = {
         "greedy": True,
         "steps": "one token per step, one block",
-        "cache": "paged, block_size 16",
+        "cache": "paged, page_size 16",
         "torch": torch.__version__,
         "threads": args.threads,
     }

@@ -34,9 +34,9 @@ def run(sampler, prompt_ids, params):
         sampler.step([seq])
         times.append(time.perf_counter() - start)
         if pages is None:
-            pages = pool.num_used_blocks
+            pages = pool.num_used_pages
     sampler.free(seq)
-    assert pool.num_free_blocks == pool.num_usable_blocks
+    assert pool.num_free_pages == pool.num_usable_pages
     return seq.canvas.tolist(), pages, 1e3 * statistics.median(times[1:])
 
 
@@ -56,16 +56,16 @@ def main() -> None:
     size = ModelSize(args.layers, args.heads, args.head_dim)
     model, tok = bench_model(size, args.prompt_len + args.gen_length)
     prompt = english_ids(tok, args.prompt_len)
-    cache = CacheConfig("paged", block_size=args.block_size, kv_cache_memory="2GiB")
+    cache = CacheConfig("paged", page_size=args.page_size, kv_cache_memory="2GiB")
     sampler = ModelRunner(model, tok, cache)
-    page_bytes = sampler.prompt_cache.pool_stats()["bytes_per_block"]
+    page_bytes = sampler.prompt_cache.pool_stats()["bytes_per_page"]
     g = args.gen_length
     base = {"gen_length": g, "block_length": 8, "steps": g}
     c = model.config
     print(
         f"model: {c.n_layers} layers x {c.n_kv_heads} KV heads x {c.head_dim}, "
         f"prompt {len(prompt)} tokens, gen {g}, block 8, greedy; "
-        f"page = {args.block_size} slots = {page_bytes} bytes"
+        f"page = {args.page_size} slots = {page_bytes} bytes"
     )
     full_ids, full_pages, full_ms = run(sampler, prompt, SamplingParams(**base))
     header = (

@@ -82,9 +82,9 @@ def cmd_generate(args: argparse.Namespace) -> int:
     stats = llm.engine.pool_stats()
     if stats is not None and not args.json:
         print(
-            f"[page pool: {stats['num_blocks']} pages of {stats['bytes_per_block']} "
-            f"bytes, peak {stats['max_used_blocks']} used, "
-            f"{stats['num_free_blocks']} free now]"
+            f"[page pool: {stats['num_pages']} pages of {stats['bytes_per_page']} "
+            f"bytes, peak {stats['max_used_pages']} used, "
+            f"{stats['num_free_pages']} free now]"
         )
     return 0
 
@@ -120,9 +120,9 @@ def one_shot_llm(args: argparse.Namespace, params: SamplingParams):
     ids = prompt_ids(args, tok)
     if engine_args.cache_mode == "paged" and engine_args.kv_cache_memory is None:
         c, rows = model.config, params.num_rows
-        pages = sum(-(-len(p) // engine_args.block_size) for p in ids)
-        blocks = 1 + rows * c.n_layers * c.n_kv_heads * pages  # + the null page
-        engine_args = dataclasses.replace(engine_args, num_blocks=blocks)
+        pages = sum(-(-len(p) // engine_args.page_size) for p in ids)
+        total = 1 + rows * c.n_layers * c.n_kv_heads * pages  # + the null page
+        engine_args = dataclasses.replace(engine_args, num_pages=total)
     config = engine_args.create_engine_config()
     return LLM.from_engine(LLMEngine(config, model, tok)), ids
 

@@ -53,11 +53,11 @@ class CacheConfig:
     prompt_refresh_interval: int | None = None
     """With "prefix"/"paged": recompute the prompt KV every this many denoising steps
     (1 = every step, which reproduces "none" exactly); None never refreshes."""
-    block_size: int = 16
+    page_size: int = 16
     """"paged": token slots per page (one page holds one KV head of one layer)."""
     kv_cache_memory: int | str | None = None
-    """"paged": pool size in bytes or as "4GiB"; default 512MiB unless num_blocks."""
-    num_blocks: int | None = None
+    """"paged": pool size in bytes or as "4GiB"; default 512MiB unless num_pages."""
+    num_pages: int | None = None
     """"paged": pool size in pages (the null page included), instead of bytes."""
 
     def __post_init__(self) -> None:
@@ -70,16 +70,16 @@ class CacheConfig:
             raise ValueError(
                 f"prompt_refresh_interval={interval!r} must be a positive int or None"
             )
-        if not isinstance(self.block_size, int) or self.block_size <= 0:
-            raise ValueError(f"block_size={self.block_size!r} must be a positive int")
-        if self.kv_cache_memory is not None and self.num_blocks is not None:
-            raise ValueError("give kv_cache_memory or num_blocks, not both")
+        if not isinstance(self.page_size, int) or self.page_size <= 0:
+            raise ValueError(f"page_size={self.page_size!r} must be a positive int")
+        if self.kv_cache_memory is not None and self.num_pages is not None:
+            raise ValueError("give kv_cache_memory or num_pages, not both")
         if self.kv_cache_memory is not None:
             parse_size(self.kv_cache_memory)
-        if self.num_blocks is not None and (
-            not isinstance(self.num_blocks, int) or self.num_blocks < 2
+        if self.num_pages is not None and (
+            not isinstance(self.num_pages, int) or self.num_pages < 2
         ):
-            raise ValueError(f"num_blocks={self.num_blocks!r} must be an int >= 2")
+            raise ValueError(f"num_pages={self.num_pages!r} must be an int >= 2")
 
     @property
     def kv_cache_bytes(self) -> int:

@@ -67,10 +67,11 @@ class SamplingParams:
                 f"steps={self.steps} exceeds gen_length={self.gen_length}: each "
                 "step unmasks at least one token"
             )
-        if self.steps % self.num_blocks:
+        n = self.num_diffusion_blocks
+        if self.steps % n:
             raise ValueError(
                 f"steps={self.steps} is not divisible by the number of blocks "
-                f"({self.num_blocks} = gen_length {self.gen_length} / block_length "
+                f"({n} = gen_length {self.gen_length} / block_length "
                 f"{self.block_length})"
             )
         if not 0 <= self.temperature < math.inf:
@@ -129,12 +130,12 @@ class SamplingParams:
         return 2 if self.cfg_scale > 0 else 1
 
     @property
-    def num_blocks(self) -> int:
+    def num_diffusion_blocks(self) -> int:
         return self.gen_length // self.block_length
 
     @property
     def steps_per_block(self) -> int:
-        return self.steps // self.num_blocks
+        return self.steps // self.num_diffusion_blocks
 
 
 def _evicts(name: str | None) -> bool:

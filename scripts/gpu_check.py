@@ -210,7 +210,7 @@ def paged_case(s: Sizes, dtype, seed: int, requests: int = 4, canvas: int = 32):
     )
     mask = torch.ones(requests, canvas, dtype=torch.bool, device=s.device)
     mask[2, 7:] = False
-    tables, lens = cache.block_tables(list(range(requests)), 0)
+    tables, lens = cache.page_tables(list(range(requests)), 0)
     store = cache.store
     return (q, ck, cv, mask, store.k_cache, store.v_cache, tables, lens), mask
 
@@ -370,7 +370,7 @@ def mode_tokens(model, tok, prompts, params, pool) -> tuple[dict, list[str]]:
             tokens[label] = None
             bad.append(f"{label}: {_error(e)}")
         used = (
-            engine.kv_cache_manager.pool.num_used_blocks
+            engine.kv_cache_manager.pool.num_used_pages
             if engine.kv_cache_manager.pool is not None
             else 0
         )
@@ -428,7 +428,7 @@ def page_accounting(model, tok, prompt, s: Sizes) -> dict:
 
     engine = make_engine(model, tok, "paged", s.engine_pool)
     pool, c = engine.kv_cache_manager.pool, model.config
-    out = {"full_bound": c.n_layers * c.n_kv_heads * pool.blocks_for(len(prompt))}
+    out = {"full_bound": c.n_layers * c.n_kv_heads * pool.pages_for(len(prompt))}
     for policy, budget in (("full", None), ("maskkv", s.engine_budget)):
         params = SamplingParams(
             gen_length=s.gen, block_length=8, steps=s.gen,
@@ -444,13 +444,13 @@ def page_accounting(model, tok, prompt, s: Sizes) -> dict:
             for n in layer
         ]
         out[policy] = {
-            "held": pool.num_used_blocks,
-            "filled": sum(pool.blocks_for(n) for n in kept),
+            "held": pool.num_used_pages,
+            "filled": sum(pool.pages_for(n) for n in kept),
             "kept_entries": sum(kept),
         }
         while engine.has_unfinished:
             engine.step()
-        out[policy]["returned"] = pool.num_free_blocks == pool.num_usable_blocks
+        out[policy]["returned"] = pool.num_free_pages == pool.num_usable_pages
     return out
 
 

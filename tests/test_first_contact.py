@@ -187,7 +187,7 @@ def test_profile_shows_progress(cache_home, capsys):
 
 def test_the_server_logs_a_summary_each_request_and_engine_stats(tiny, caplog):
     model, tok = tiny
-    cache = CacheConfig("paged", block_size=16, num_blocks=64)
+    cache = CacheConfig("paged", page_size=16, num_pages=64)
     engine = LLMEngine(EngineConfig(model="tiny", cache=cache), model, tok)
     server = ServerConfig(model_name="tiny-llada", stats_interval=0.01)
     body = {"prompt": "hello", "max_tokens": 8, "block_length": 8, "steps": 8}

@@ -260,9 +260,9 @@ def write_tree(root: Path, files: dict[str, str]) -> Path:
 def test_every_spelling_of_an_upward_import_is_caught(tmp_path, line):
     root = write_tree(
         tmp_path,
-        {"paging/block_pool.py": f"def f():\n    {line}\n", "cli.py": "main = 1\n"},
+        {"paging/page_pool.py": f"def f():\n    {line}\n", "cli.py": "main = 1\n"},
     )
-    up = ["maskkv_vllm.paging.block_pool imports maskkv_vllm.cli"]
+    up = ["maskkv_vllm.paging.page_pool imports maskkv_vllm.cli"]
     assert upward_arrows(root) == up
 
 
@@ -297,7 +297,7 @@ def test_an_upward_import_between_units_of_vllm_adapter_is_caught(tmp_path, line
 
 def test_a_name_of_the_top_level_package_is_no_arrow(tmp_path):
     root = write_tree(
-        tmp_path, {"paging/block_pool.py": "from maskkv_vllm import __version__\n"}
+        tmp_path, {"paging/page_pool.py": "from maskkv_vllm import __version__\n"}
     )
     assert upward_arrows(root) == []
 

@@ -122,12 +122,12 @@ def capacity(model, tok, prompt_len, gen, budget, pool, limit=512):
         pool_ = engine.kv_cache_manager.pool
         out[policy] = {
             "running": len(engine.scheduler.running),
-            "pages_used": pool_.num_used_blocks,
-            "pages_total": pool_.num_usable_blocks,
+            "pages_used": pool_.num_used_pages,
+            "pages_total": pool_.num_usable_pages,
         }
         for r in list(engine.scheduler.running) + list(engine.scheduler.waiting):
             engine.abort_request(r.request_id)
-        assert pool_.num_free_blocks == pool_.num_usable_blocks
+        assert pool_.num_free_pages == pool_.num_usable_pages
     return out
 
 
@@ -140,10 +140,10 @@ def prefill_peak(model, tok, prompt_len, gen, budget, pool):
         0, english_ids(tok, prompt_len), params(gen, "maskkv", budget)
     )
     s.step([seq])
-    compressed = pool.num_used_blocks
-    peak = pool.max_used_blocks
+    compressed = pool.num_used_pages
+    peak = pool.max_used_pages
     c = model.config
-    one_layer = c.n_kv_heads * -(-prompt_len // pool.block_size)
+    one_layer = c.n_kv_heads * -(-prompt_len // pool.page_size)
     s.free(seq)
     return {
         "peak_pages": peak,
@@ -166,7 +166,7 @@ def long_capacity(model, tok, prompt_len, gen, budget, pool):
         r = engine.make_request(english_ids(tok, prompt_len), params(gen, policy, b))
         engine.add_request(r)
         engine.step()  # the prefill
-        usable = engine.kv_cache_manager.pool.num_usable_blocks
+        usable = engine.kv_cache_manager.pool.num_usable_pages
         held = r.stats.num_pages
         out[policy] = {
             "pool_pages": usable,
@@ -176,7 +176,7 @@ def long_capacity(model, tok, prompt_len, gen, budget, pool):
             "fit_by_held": usable // max(1, held),
         }
         engine.abort_request(r.request_id)
-        assert engine.kv_cache_manager.pool.num_free_blocks == usable
+        assert engine.kv_cache_manager.pool.num_free_pages == usable
     return out
 
 

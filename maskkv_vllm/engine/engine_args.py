@@ -9,11 +9,17 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import sys
+import warnings
 from dataclasses import dataclass
 
 from maskkv_vllm import machine_defaults
 from maskkv_vllm.config import CACHE_MODES, CacheConfig, EngineConfig, MaskKVConfig
 from maskkv_vllm.sampling_params import field_docs
+
+RENAMED = {"block_size": "page_size", "num_blocks": "num_pages"}
+"""Old keyword -> new (0.1.1): the embedded pool's unit is a page, one (layer, KV
+head)'s slots; "block" now means only vLLM's block or a diffusion block."""
 
 GROUPS = ("model", "device", "policy", "cache", "scheduler", "maskkv")
 """Option groups, in the order ``add_cli_args`` adds them."""
@@ -43,9 +49,9 @@ class EngineArgs:
     """Recompute the prompt KV every this many steps (None: never)."""
     kv_cache_memory: int | str | None = machine_defaults.AUTO
     """Page pool size ("4GiB"); auto: half the GPU's free memory, or 1GiB."""
-    num_blocks: int | None = None
+    num_pages: int | None = None
     """Page pool in pages (instead of kv_cache_memory)."""
-    block_size: int = 16
+    page_size: int = 16
     """Token slots per KV page."""
     max_num_seqs: int = 16
     """Requests denoised together."""
@@ -92,7 +98,7 @@ class EngineArgs:
         """These args with ``auto`` device, dtype and pool resolved for this machine."""
         device = machine_defaults.device(self.device)
         memory = self.kv_cache_memory
-        if self.num_blocks is None and memory is not None:
+        if self.num_pages is None and memory is not None:
             memory = machine_defaults.pool(memory, device)
         return dataclasses.replace(
             self,
@@ -108,9 +114,9 @@ class EngineArgs:
         cache = CacheConfig(
             a.cache_mode,
             a.prompt_refresh_interval,
-            block_size=a.block_size,
-            kv_cache_memory=a.kv_cache_memory if paged and not a.num_blocks else None,
-            num_blocks=a.num_blocks if paged else None,
+            page_size=a.page_size,
+            kv_cache_memory=a.kv_cache_memory if paged and not a.num_pages else None,
+            num_pages=a.num_pages if paged else None,
         )
         return EngineConfig(
             model=str(a.model),
@@ -131,6 +137,32 @@ class EngineArgs:
         )
 
 
+def renamed_keywords(kwargs: dict) -> dict:
+    """``kwargs`` with the old names of ``RENAMED`` replaced by the new ones, with a
+    DeprecationWarning each; ValueError when both names of one field are given."""
+    out = dict(kwargs)
+    for old, new in RENAMED.items():
+        if old in out:
+            if new in out:
+                raise ValueError(f"give {new} or its old name {old}, not both")
+            warnings.warn(_renamed(old, new), DeprecationWarning, stacklevel=3)
+            out[new] = out.pop(old)
+    return out
+
+
+def _renamed(old: str, new: str) -> str:
+    return f"{old} is deprecated and will be removed: use {new}"
+
+
+class _DeprecatedFlag(argparse.Action):
+    """An old flag name: stores into the new field and says so on stderr."""
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        new = "--" + self.dest.replace("_", "-")
+        print(f"warning: {_renamed(option_string, new)}", file=sys.stderr)
+        setattr(namespace, self.dest, values)
+
+
 def _help(name: str) -> str:
     """The field's docstring is its help text (one source)."""
     return _FIELD_DOCS[name]
@@ -141,6 +173,12 @@ def _add(parser: argparse.ArgumentParser, name: str, **kwargs) -> None:
     parser.add_argument(
         "--" + name.replace("_", "-"), default=default, help=_help(name), **kwargs
     )
+    old = next((o for o, n in RENAMED.items() if n == name), None)
+    if old is not None:
+        flag = "--" + old.replace("_", "-")
+        parser.add_argument(
+            flag, dest=name, action=_DeprecatedFlag, help=argparse.SUPPRESS, **kwargs
+        )
 
 
 def _policy_choices() -> list[str]:
@@ -168,7 +206,7 @@ _OPTIONS: dict[str, list[tuple[str, dict]]] = {
         ("cache_mode", {"choices": CACHE_MODES}),
         ("prompt_refresh_interval", {"type": int}),
         ("kv_cache_memory", {}),
-        ("block_size", {"type": int}),
+        ("page_size", {"type": int}),
     ],
     "scheduler": [
         ("max_num_seqs", {"type": int}),

@@ -45,13 +45,13 @@ class KVCacheManager:
 
     @property
     def pool(self):
-        """The ``BlockPool`` admission counts (None without a paged cache)."""
+        """The ``PagePool`` admission counts (None without a paged cache)."""
         return self.prompt_cache.page_pool if self.prompt_cache is not None else None
 
     @property
     def num_free_pages(self) -> int:
         pool = self.pool
-        return pool.num_free_blocks if pool is not None else UNBOUNDED
+        return pool.num_free_pages if pool is not None else UNBOUNDED
 
     def reserved_pages(self, params: SamplingParams, prompt_len: int) -> int:
         """Pages a request's step 0 may take, whatever the head split
@@ -60,7 +60,7 @@ class KVCacheManager:
         FCFS, everyone behind it) waiting forever; alone it runs or fails."""
         pool = self.pool
         bound = self._per_request(reserved_pages, params, prompt_len)
-        return min(bound, pool.num_usable_blocks) if pool is not None else 0
+        return min(bound, pool.num_usable_pages) if pool is not None else 0
 
     def fewest_pages(self, params: SamplingParams, prompt_len: int) -> int:
         """The least a request's prompt KV can take (``fewest_pages``), uncapped."""
@@ -71,6 +71,19 @@ class KVCacheManager:
         if self.prompt_cache is None or request.seq is None:
             return 0
         return sum(self.prompt_cache.num_pages(k) for k in request.seq.cache_keys)
+
+    def held_entries(self, request: Request) -> int:
+        """Prompt K/V entries (token x layer x KV head) the request's rows keep."""
+        if self.prompt_cache is None or request.seq is None:
+            return 0
+        return sum(self.prompt_cache.num_entries(k) for k in request.seq.cache_keys)
+
+    def full_entries(self, request: Request) -> int:
+        """Entries its rows would keep with the full cache."""
+        rows = request.params.num_rows
+        return (
+            rows * self.num_layers * self.num_kv_heads * len(request.prompt_token_ids)
+        )
 
     def free(self, request: Request) -> None:
         """Give a request's pages back and drop its sequence; idempotent."""
@@ -87,5 +100,5 @@ class KVCacheManager:
             return 0
         policy = self.policies.get(params.kv_policy)
         budgets = policy.kept_per_layer(self.num_layers, params.kv_budget, prompt_len)
-        n = bound(budgets, prompt_len, self.num_kv_heads, pool.block_size)
+        n = bound(budgets, prompt_len, self.num_kv_heads, pool.page_size)
         return params.num_rows * n

@@ -9,7 +9,7 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from maskkv_vllm.config import MaskKVConfig
-from maskkv_vllm.engine.engine_args import EngineArgs
+from maskkv_vllm.engine.engine_args import EngineArgs, renamed_keywords
 from maskkv_vllm.engine.llm_engine import LLMEngine
 from maskkv_vllm.engine.request import RequestOutput
 from maskkv_vllm.sampling_params import SamplingParams
@@ -27,7 +27,7 @@ class LLM:
         maskkv: every MaskKV and baseline hyper-parameter (window sizes, ...),
             beyond the ``maskkv_alpha``/``maskkv_beta``/``maskkv_profile`` fields.
         **kwargs: ``EngineArgs`` fields: ``kv_policy``, ``kv_budget``,
-            ``kv_cache_memory`` or ``num_blocks``, ``dtype``, ``device``,
+            ``kv_cache_memory`` or ``num_pages``, ``dtype``, ``device``,
             ``max_num_seqs``, ... (an unknown name is a TypeError naming it).
     """
 
@@ -134,7 +134,8 @@ class LLM:
 
 def _engine_args(model: str, kwargs: dict[str, Any]) -> EngineArgs:
     """``EngineArgs`` of ``LLM(model, **kwargs)``; TypeError names a keyword that
-    is not one of its fields."""
+    is not one of its fields (an old name of ``RENAMED`` is taken, with a warning)."""
+    kwargs = renamed_keywords(kwargs)
     names = {f.name for f in dataclasses.fields(EngineArgs)}
     unknown = sorted(set(kwargs) - names)
     if unknown:

@@ -26,7 +26,7 @@ from maskkv_vllm.models.continuation import continuation_text
 from maskkv_vllm.models.llada import LLaDAModel
 from maskkv_vllm.models.loader import load_checkpoint
 from maskkv_vllm.models.tokenizer import Tokenizer
-from maskkv_vllm.paging.block_pool import NoFreeBlocksError
+from maskkv_vllm.paging.page_pool import NoFreePagesError
 from maskkv_vllm.sampler.stops import first_stop
 from maskkv_vllm.sampling_params import SamplingParams
 from maskkv_vllm.worker.model_runner import ModelRunner, Prompt
@@ -110,10 +110,10 @@ class LLMEngine:
         request_id = request_id or f"req-{next(self._ids)}"
         kv = self.kv_cache_manager
         fewest, pool = kv.fewest_pages(params, len(ids)), kv.pool
-        if pool is not None and fewest > pool.num_usable_blocks:
+        if pool is not None and fewest > pool.num_usable_pages:
             raise ValueError(
                 f"a {len(ids)}-token prompt needs {fewest} KV pages but the pool "
-                f"holds {pool.num_usable_blocks}: raise kv_cache_memory or lower "
+                f"holds {pool.num_usable_pages}: raise kv_cache_memory or lower "
                 "kv_budget"
             )
         predicted = kv.reserved_pages(params, len(ids))
@@ -168,7 +168,7 @@ class LLMEngine:
         steps_before = [r.seq.num_steps for r in running]
         try:
             self.model_runner.step([r.seq for r in running])
-        except NoFreeBlocksError as e:
+        except NoFreePagesError as e:
             return failed + self._out_of_pages(prefilling, e)
         except Exception as e:  # noqa: BLE001 (find the request that fails)
             return failed + self._isolate(running, prefilling, steps_before, e)
@@ -209,7 +209,7 @@ class LLMEngine:
                         continue
                 try:
                     self.model_runner.step([r.seq])
-                except NoFreeBlocksError:
+                except NoFreePagesError:
                     self.scheduler.preempt([r])
                     continue
                 except Exception as e:  # noqa: BLE001
@@ -274,16 +274,15 @@ class LLMEngine:
         return ids[:cut], text.rstrip("\ufffd")
 
     def _record_kv(self, r: Request) -> None:
-        cache = self.kv_cache
-        if cache is None:
+        kv = self.kv_cache_manager
+        if kv.prompt_cache is None:
             return
-        c = self.model.config
-        kept = sum(cache.num_entries(k) for k in r.seq.cache_keys)
-        full = r.params.num_rows * c.n_layers * c.n_kv_heads * len(r.prompt_token_ids)
+        kept = kv.held_entries(r)
         r.stats.kept_kv_entries = kept
-        r.stats.evicted_kv_entries = max(full - kept, 0) if r.params.evicts else 0
-        self.metrics.evicted_kv_entries += r.stats.evicted_kv_entries
-        r.stats.num_pages = self.kv_cache_manager.held_pages(r)
+        evicted = max(kv.full_entries(r) - kept, 0) if r.params.evicts else 0
+        r.stats.evicted_kv_entries = evicted
+        self.metrics.evicted_kv_entries += evicted
+        r.stats.num_pages = kv.held_pages(r)
 
     # -- outputs -----------------------------------------------------------------
 
@@ -335,9 +334,9 @@ class LLMEngine:
         pool = "no page pool"
         st = self.pool_stats()
         if st is not None:
-            total = st["num_blocks"] * st["bytes_per_block"]
+            total = st["num_pages"] * st["bytes_per_page"]
             pool = (
-                f"{st['num_blocks']} KV pages of {st['block_size']} slots "
+                f"{st['num_pages']} KV pages of {st['page_size']} slots "
                 f"({total / 2**20:.1f} MiB)"
             )
         budget = f" B={cfg.kv_budget}" if cfg.kv_budget is not None else ""

@@ -128,15 +128,16 @@ class Scheduler:
 
     def recover(self, full_forwards: list[Request]) -> Request | None:
         """A step's full forwards ran out of pages although ``reserve`` made room
-        (a page count predicted wrong): undo them, re-reserve their bound, and
-        preempt them with the newest other request, to retry next step.
+        (a page count predicted wrong): re-reserve their bound and preempt them,
+        with the newest other request, to retry next step (``preempt`` frees
+        what their step 0 wrote, once).
 
         Returns:
-            the request to fail instead, when it ran alone and cannot fit.
+            the request to fail instead, when it ran alone and cannot fit (its
+            pages go back when it is finished).
         """
         kv = self.kv_cache_manager
         for r in full_forwards:
-            kv.free(r)
             r.predicted_pages = kv.reserved_pages(r.params, len(r.prompt_token_ids))
         others = [r for r in self.running if r not in full_forwards]
         if not others and len(full_forwards) == 1:

@@ -48,7 +48,7 @@ class StatsLog:
             return
         pool = e.kv_cache_manager.pool
         usage = (
-            f"{pool.num_used_blocks}/{pool.num_usable_blocks} KV pages used"
+            f"{pool.num_used_pages}/{pool.num_usable_pages} KV pages used"
             if pool is not None
             else "no page pool"
         )

@@ -353,8 +353,8 @@ class _EngineCollector:
         yield _gauge("maskkv_requests_waiting", "Requests waiting", len(sched.waiting))
         pool = e.kv_cache_manager.pool
         if pool is not None:
-            yield _gauge("maskkv_kv_pages_free", "Free KV pages", pool.num_free_blocks)
-            yield _gauge("maskkv_kv_pages_total", "KV pages", pool.num_usable_blocks)
+            yield _gauge("maskkv_kv_pages_free", "Free KV pages", pool.num_free_pages)
+            yield _gauge("maskkv_kv_pages_total", "KV pages", pool.num_usable_pages)
         for name, doc, value in (
             ("maskkv_requests_finished", "Requests finished", m.num_requests_finished),
             ("maskkv_requests_aborted", "Requests aborted", m.num_requests_aborted),

@@ -133,7 +133,7 @@ def reserved_pages(
     layer_budgets: Sequence[int],
     prompt_len: int,
     num_kv_heads: int,
-    block_size: int,
+    page_size: int,
     budget_heads: int | None = None,
 ) -> int:
     """Upper bound on pages a request's prompt needs after eviction, whatever the
@@ -144,30 +144,30 @@ def reserved_pages(
         layer_budgets: k_l per layer (a layer's heads keep at most ``H * k_l``).
         prompt_len: M.
         num_kv_heads: N, the KV heads whose pages are counted.
-        block_size: P, token slots per page.
+        page_size: P, token slots per page.
         budget_heads: H, the heads that share the layer budget; default N. Under
             tensor parallelism a rank counts its own N heads, but MaskKV may give
             the layer's whole budget to them, so H is every head of the layer.
     """
     heads = num_kv_heads if budget_heads is None else budget_heads
-    full = num_kv_heads * math.ceil(prompt_len / block_size)
+    full = num_kv_heads * math.ceil(prompt_len / page_size)
     pages = 0
     for k in layer_budgets:
         kept = min(num_kv_heads * prompt_len, heads * min(k, prompt_len))
-        pages += min(full, math.ceil(kept / block_size) + num_kv_heads)
+        pages += min(full, math.ceil(kept / page_size) + num_kv_heads)
     return pages
 
 
 def fewest_pages(
-    layer_budgets: Sequence[int], prompt_len: int, num_kv_heads: int, block_size: int
+    layer_budgets: Sequence[int], prompt_len: int, num_kv_heads: int, page_size: int
 ) -> int:
     """Pages a request's prompt needs at the least: ``ceil(N * k_l / P)`` per
     layer, all ``N * ceil(M / P)`` of the full prompt where ``k_l >= M`` (every
     head keeps everything); a request above the pool can never run.
     ``reserved_pages`` is the matching upper bound.
     """
-    full = num_kv_heads * math.ceil(prompt_len / block_size)
+    full = num_kv_heads * math.ceil(prompt_len / page_size)
     return sum(
-        full if k >= prompt_len else math.ceil(num_kv_heads * k / block_size)
+        full if k >= prompt_len else math.ceil(num_kv_heads * k / page_size)
         for k in layer_budgets
     )

@@ -29,34 +29,34 @@ class PageStore:
         if k_cache.shape != v_cache.shape or k_cache.dim() != 3:
             raise ValueError(
                 f"k_cache {tuple(k_cache.shape)} and v_cache {tuple(v_cache.shape)} "
-                "must both be (num_pages, block_size, head_dim)"
+                "must both be (num_pages, page_size, head_dim)"
             )
         self.k_cache, self.v_cache = k_cache, v_cache
-        self.num_pages, self.block_size, self.head_dim = k_cache.shape
+        self.num_pages, self.page_size, self.head_dim = k_cache.shape
 
     @classmethod
     def zeros(
         cls,
         num_pages: int,
-        block_size: int,
+        page_size: int,
         head_dim: int,
         dtype: torch.dtype,
         device: torch.device | str,
     ) -> PageStore:
         """A store of its own, zero-filled."""
-        shape = (num_pages, block_size, head_dim)
+        shape = (num_pages, page_size, head_dim)
         k = torch.zeros(shape, dtype=dtype, device=device)
         return cls(k, torch.zeros_like(k))
 
     @staticmethod
-    def bytes_per_page(block_size: int, head_dim: int, dtype: torch.dtype) -> int:
+    def bytes_per_page(page_size: int, head_dim: int, dtype: torch.dtype) -> int:
         """Bytes of one page: its K and V slots."""
         itemsize = torch.empty((), dtype=dtype).element_size()
-        return 2 * block_size * head_dim * itemsize
+        return 2 * page_size * head_dim * itemsize
 
     @property
     def page_bytes(self) -> int:
-        return self.bytes_per_page(self.block_size, self.head_dim, self.k_cache.dtype)
+        return self.bytes_per_page(self.page_size, self.head_dim, self.k_cache.dtype)
 
     def write(self, slots: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
         """Scatter tokens into flat slots (page * P + offset).
@@ -93,7 +93,7 @@ def write_layer(
 
     Raises:
         ValueError: a length outside [0, N].
-        NoFreeBlocksError: the pool is short; nothing of the layer is stored.
+        NoFreePagesError: the pool is short; nothing of the layer is stored.
     """
     n = k.shape[1]
     if any(not 0 <= x <= n for x in lengths):
@@ -104,9 +104,9 @@ def write_layer(
         return
     slots = []
     for h, x in rows:
-        ids = torch.tensor(heads[h].block_ids, dtype=torch.long)
+        ids = torch.tensor(heads[h].page_ids, dtype=torch.long)
         ids = ids if page_map is None else page_map[ids]
-        slots.append(head_slots(ids, x, store.block_size))
+        slots.append(head_slots(ids, x, store.page_size))
     store.write(
         torch.cat(slots).to(store.k_cache.device),
         torch.cat([k[h, :x] for h, x in rows]),

@@ -10,37 +10,35 @@ from collections.abc import Sequence
 
 import torch
 
-from maskkv_vllm.paging.page_table import HeadBlocks
+from maskkv_vllm.paging.page_table import HeadPages
 
 
-def head_slots(
-    page_ids: torch.Tensor, num_tokens: int, block_size: int
-) -> torch.Tensor:
+def head_slots(page_ids: torch.Tensor, num_tokens: int, page_size: int) -> torch.Tensor:
     """(num_tokens,) flat slot ids (page * P + offset) of a head's first tokens.
 
     Args:
         page_ids: (n,) int64 the head's pages, in order.
     """
-    offsets = torch.arange(block_size, device=page_ids.device)
-    return (page_ids[:, None] * block_size + offsets).flatten()[:num_tokens]
+    offsets = torch.arange(page_size, device=page_ids.device)
+    return (page_ids[:, None] * page_size + offsets).flatten()[:num_tokens]
 
 
 def layer_table(
-    heads: Sequence[HeadBlocks], device: torch.device | str, page_map=None
+    heads: Sequence[HeadPages], device: torch.device | str, page_map=None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One request's page table for one layer.
 
     Args:
-        heads: the layer's ``HeadBlocks``, one per KV head.
+        heads: the layer's ``HeadPages``, one per KV head.
         page_map: optional (n,) tensor mapping the heads' page ids to the ids
             the cache tensors use (None: the ids are those ids).
 
     Returns:
-        block_table: (Hkv, max_pages) int32, padded with page 0 (the null page).
+        page_table: (Hkv, max_pages) int32, padded with page 0 (the null page).
         seq_lens: (Hkv,) int32 tokens held per head.
     """
-    width = max(1, max(len(h.block_ids) for h in heads))
-    rows = [h.block_ids + [0] * (width - len(h.block_ids)) for h in heads]
+    width = max(1, max(len(h.page_ids) for h in heads))
+    rows = [h.page_ids + [0] * (width - len(h.page_ids)) for h in heads]
     table = torch.tensor(rows, dtype=torch.long)
     if page_map is not None:
         table = page_map[table]

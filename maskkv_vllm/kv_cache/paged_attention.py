@@ -49,22 +49,22 @@ class Workspace:
 
 
 def held_pages(
-    block_tables: torch.Tensor, seq_lens: torch.Tensor, block_size: int
+    page_tables: torch.Tensor, seq_lens: torch.Tensor, page_size: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The pages every head holds, and which of their slots are real tokens.
 
     Args:
-        block_tables: (B, H, max_blocks) int page ids, padded with the null page.
+        page_tables: (B, H, max_pages) int page ids, padded with the null page.
         seq_lens: (B, H) tokens held per head.
 
     Returns:
         pages: (B, H, W) int64 page ids, W = the most pages a head holds (padding is
             the null page).
-        valid: (B, H, W * block_size) bool, True for the slots that hold a token.
+        valid: (B, H, W * page_size) bool, True for the slots that hold a token.
     """
-    width = -(-int(seq_lens.max()) // block_size) if seq_lens.numel() else 0
-    pages = block_tables[..., :width].long()
-    j = torch.arange(width * block_size, device=block_tables.device)
+    width = -(-int(seq_lens.max()) // page_size) if seq_lens.numel() else 0
+    pages = page_tables[..., :width].long()
+    j = torch.arange(width * page_size, device=page_tables.device)
     return pages, j < seq_lens[..., None]
 
 
@@ -77,8 +77,8 @@ def _with_canvas(
 ) -> torch.Tensor:
     """(B, H, W * P + Lc, d): each head's pages in order, then the canvas tokens."""
     b, h, width = pages.shape
-    num_blocks, page, d = cache.shape
-    rows = cache.view(num_blocks, page * d).to(canvas.dtype)
+    num_pages, page, d = cache.shape
+    rows = cache.view(num_pages, page * d).to(canvas.dtype)
     n = width * page
     out = workspace.get(name, (b, h, n + canvas.shape[2], d), canvas)
     # Whole pages straight into place, one copy of the prompt KV per step: a
@@ -101,7 +101,7 @@ def paged_attention_torch(
     canvas_mask: torch.Tensor,
     k_cache: torch.Tensor,
     v_cache: torch.Tensor,
-    block_tables: torch.Tensor,
+    page_tables: torch.Tensor,
     seq_lens: torch.Tensor,
     workspace: Workspace | None = None,
 ) -> torch.Tensor:
@@ -109,7 +109,7 @@ def paged_attention_torch(
     model's dtype, as the dense prefix path runs it (SDPA accumulates in fp32
     either way): bf16 paged and prefix outputs then agree (issue 18)."""
     workspace = workspace or Workspace()
-    pages, valid = held_pages(block_tables, seq_lens, k_cache.shape[1])
+    pages, valid = held_pages(page_tables, seq_lens, k_cache.shape[1])
     b, hkv, lq, _ = k.shape
     keys = _with_canvas(k_cache, pages, k.to(k_cache.dtype), "keys", workspace)
     values = _with_canvas(v_cache, pages, v.to(v_cache.dtype), "values", workspace)
@@ -133,7 +133,7 @@ def paged_attention(
     canvas_mask: torch.Tensor,
     k_cache: torch.Tensor,
     v_cache: torch.Tensor,
-    block_tables: torch.Tensor,
+    page_tables: torch.Tensor,
     seq_lens: torch.Tensor,
     workspace: Workspace | None = None,
 ) -> torch.Tensor:
@@ -143,8 +143,8 @@ def paged_attention(
         q: (B, Hq, Lc, d) post-RoPE canvas queries.
         k, v: (B, Hkv, Lc, d) the canvas's own post-RoPE keys and values.
         canvas_mask: (B, Lc) bool, True for real canvas slots.
-        k_cache, v_cache: (num_blocks, block_size, d) page tensors.
-        block_tables: (B, Hkv, max_blocks) int32 page ids per (request, KV head).
+        k_cache, v_cache: (num_pages, page_size, d) page tensors.
+        page_tables: (B, Hkv, max_pages) int32 page ids per (request, KV head).
         seq_lens: (B, Hkv) int32 prompt tokens held per (request, KV head).
         workspace: scratch buffers to reuse across calls (one per thread).
 
@@ -155,10 +155,10 @@ def paged_attention(
         from maskkv_vllm.kv_cache.triton_paged_attention import paged_attention_triton
 
         return paged_attention_triton(
-            q, k, v, canvas_mask, k_cache, v_cache, block_tables, seq_lens
+            q, k, v, canvas_mask, k_cache, v_cache, page_tables, seq_lens
         )
     return paged_attention_torch(
-        q, k, v, canvas_mask, k_cache, v_cache, block_tables, seq_lens, workspace
+        q, k, v, canvas_mask, k_cache, v_cache, page_tables, seq_lens, workspace
     )
 
 

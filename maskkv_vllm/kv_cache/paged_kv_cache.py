@@ -11,7 +11,7 @@ import torch
 from maskkv_vllm.config import CacheConfig
 from maskkv_vllm.kv_cache.page_store import PageStore, write_layer
 from maskkv_vllm.kv_cache.page_table_tensors import layer_table, stack_tables
-from maskkv_vllm.paging.block_pool import BlockPool
+from maskkv_vllm.paging.page_pool import PagePool
 from maskkv_vllm.paging.page_table_manager import PageTableManager
 
 RequestId = Hashable
@@ -22,8 +22,8 @@ class PagedKVCache:
 
     Args:
         num_layers, num_kv_heads, head_dim: the model's KV shape.
-        block_size: token slots per page.
-        num_blocks: pages in the pool (the null page included).
+        page_size: token slots per page.
+        num_pages: pages in the pool (the null page included).
         dtype, device: those of the model.
     """
 
@@ -32,15 +32,15 @@ class PagedKVCache:
         num_layers: int,
         num_kv_heads: int,
         head_dim: int,
-        block_size: int,
-        num_blocks: int,
+        page_size: int,
+        num_pages: int,
         dtype: torch.dtype = torch.float32,
         device: torch.device | str = "cpu",
     ) -> None:
-        self.pool = BlockPool(num_blocks, block_size)
+        self.pool = PagePool(num_pages, page_size)
         self.manager = PageTableManager(self.pool, num_layers, num_kv_heads)
-        self.store = PageStore.zeros(num_blocks, block_size, head_dim, dtype, device)
-        self.block_size = block_size
+        self.store = PageStore.zeros(num_pages, page_size, head_dim, dtype, device)
+        self.page_size = page_size
         self.device = self.store.k_cache.device
         self._tables: dict[
             tuple[RequestId, int], tuple[torch.Tensor, torch.Tensor]
@@ -56,20 +56,20 @@ class PagedKVCache:
         dtype: torch.dtype,
         device: torch.device | str,
     ) -> PagedKVCache:
-        """Size the pool from ``num_blocks`` or the ``kv_cache_memory`` byte budget."""
-        page_bytes = PageStore.bytes_per_page(config.block_size, head_dim, dtype)
-        num_blocks = config.num_blocks or config.kv_cache_bytes // page_bytes
-        if num_blocks < 2:
+        """Size the pool from ``num_pages`` or the ``kv_cache_memory`` byte budget."""
+        page_bytes = PageStore.bytes_per_page(config.page_size, head_dim, dtype)
+        num_pages = config.num_pages or config.kv_cache_bytes // page_bytes
+        if num_pages < 2:
             raise ValueError(
-                f"kv_cache_memory={config.kv_cache_memory!r} holds {num_blocks} pages "
+                f"kv_cache_memory={config.kv_cache_memory!r} holds {num_pages} pages "
                 f"of {page_bytes} bytes; at least 2 are needed"
             )
         return cls(
             num_layers,
             num_kv_heads,
             head_dim,
-            config.block_size,
-            num_blocks,
+            config.page_size,
+            num_pages,
             dtype,
             device,
         )
@@ -92,7 +92,7 @@ class PagedKVCache:
                 default all N for every head.
 
         Raises:
-            NoFreeBlocksError: the pool is short; nothing of this layer is stored.
+            NoFreePagesError: the pool is short; nothing of this layer is stored.
         """
         h, n, _ = k.shape
         lengths = [n] * h if lengths is None else list(lengths)
@@ -110,13 +110,13 @@ class PagedKVCache:
     def has(self, request_id: RequestId) -> bool:
         return request_id in self.manager.tables
 
-    def block_tables(
+    def page_tables(
         self, request_ids: list[RequestId], layer: int
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Page tables of a batch for one layer.
 
         Returns:
-            block_tables: (B, n_kv_heads, max_blocks) int32, padded with the null page.
+            page_tables: (B, n_kv_heads, max_pages) int32, padded with the null page.
             seq_lens: (B, n_kv_heads) int32 tokens held per head.
         """
         return stack_tables([self._request_table(r, layer) for r in request_ids])
@@ -125,23 +125,23 @@ class PagedKVCache:
 
     def request_stats(self, request_id: RequestId) -> dict:
         table = self.manager.tables.get(request_id)
-        blocks = table.num_blocks if table else 0
+        pages = table.num_pages if table else 0
         return {
-            "num_blocks": blocks,
-            "bytes": blocks * self.store.page_bytes,
+            "num_pages": pages,
+            "bytes": pages * self.store.page_bytes,
             "tokens_per_head": table.tokens_per_head() if table else [],
         }
 
     def pool_stats(self) -> dict:
         p = self.pool
         return {
-            "block_size": p.block_size,
-            "bytes_per_block": self.store.page_bytes,
-            "num_blocks": p.num_usable_blocks,
-            "num_free_blocks": p.num_free_blocks,
-            "num_used_blocks": p.num_used_blocks,
-            "max_used_blocks": p.max_used_blocks,
-            "used_bytes": p.num_used_blocks * self.store.page_bytes,
+            "page_size": p.page_size,
+            "bytes_per_page": self.store.page_bytes,
+            "num_pages": p.num_usable_pages,
+            "num_free_pages": p.num_free_pages,
+            "num_used_pages": p.num_used_pages,
+            "max_used_pages": p.max_used_pages,
+            "used_bytes": p.num_used_pages * self.store.page_bytes,
             "num_requests": len(self.manager.tables),
         }
 

@@ -73,11 +73,11 @@ class PagedPromptAttention:
     def __call__(
         self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
     ) -> torch.Tensor:
-        block_tables, seq_lens = self.cache.block_tables(self.keys, layer)
+        page_tables, seq_lens = self.cache.page_tables(self.keys, layer)
         store = self.cache.store
         return paged_attention(
             q, k, v, self.canvas_mask, store.k_cache, store.v_cache,
-            block_tables, seq_lens, self.workspace,
+            page_tables, seq_lens, self.workspace,
         )  # fmt: skip
 
 
@@ -95,7 +95,7 @@ class PagedPromptCache:
         return self.cache.pool
 
     def num_pages(self, key: CacheKey) -> int:
-        return self.cache.request_stats(key)["num_blocks"] if self.has(key) else 0
+        return self.cache.request_stats(key)["num_pages"] if self.has(key) else 0
 
     def pool_stats(self) -> dict:
         return self.cache.pool_stats()

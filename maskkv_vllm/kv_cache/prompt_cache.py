@@ -10,7 +10,7 @@ import torch
 from maskkv_vllm.eviction.evictor import Eviction
 from maskkv_vllm.kv_cache.forward_batch import ForwardBatch
 from maskkv_vllm.models.attention import Attention
-from maskkv_vllm.paging.block_pool import BlockPool
+from maskkv_vllm.paging.page_pool import PagePool
 
 CacheKey = Hashable
 """One forward row of a request: (sequence uid, branch index)."""
@@ -58,7 +58,7 @@ class PromptCache(Protocol):
         ...
 
     @property
-    def page_pool(self) -> BlockPool | None:
+    def page_pool(self) -> PagePool | None:
         """The pool admission counts pages of; None for a cache without one."""
         ...
 

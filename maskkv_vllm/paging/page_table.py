@@ -7,10 +7,10 @@ from dataclasses import dataclass, field
 
 
 @dataclass
-class HeadBlocks:
+class HeadPages:
     """The pages of one (request, layer, KV head); tokens fill them in order."""
 
-    block_ids: list[int] = field(default_factory=list)
+    page_ids: list[int] = field(default_factory=list)
     num_tokens: int = 0
 
 
@@ -24,30 +24,30 @@ class RequestPageTable:
 
     def __init__(self, num_layers: int, num_kv_heads: int) -> None:
         self.heads = [
-            [HeadBlocks() for _ in range(num_kv_heads)] for _ in range(num_layers)
+            [HeadPages() for _ in range(num_kv_heads)] for _ in range(num_layers)
         ]
 
-    def layer(self, layer: int) -> list[HeadBlocks]:
+    def layer(self, layer: int) -> list[HeadPages]:
         return self.heads[layer]
 
-    def all_block_ids(self) -> list[int]:
-        return [b for row in self.heads for h in row for b in h.block_ids]
+    def all_page_ids(self) -> list[int]:
+        return [b for row in self.heads for h in row for b in h.page_ids]
 
     @property
-    def num_blocks(self) -> int:
-        return sum(len(h.block_ids) for row in self.heads for h in row)
+    def num_pages(self) -> int:
+        return sum(len(h.page_ids) for row in self.heads for h in row)
 
     def tokens_per_head(self) -> list[list[int]]:
         """(num_layers, num_kv_heads) token counts."""
         return [[h.num_tokens for h in row] for row in self.heads]
 
 
-def pages_for(tokens_per_head: Iterable[int], block_size: int) -> int:
+def pages_for(tokens_per_head: Iterable[int], page_size: int) -> int:
     """Head-pages that hold the given token counts, one head's tokens per page.
 
     Example: tokens (70, 3, 0) with 32-slot pages -> 3 + 1 + 0 = 4 pages.
     """
-    return sum(-(-n // block_size) for n in tokens_per_head)
+    return sum(-(-n // page_size) for n in tokens_per_head)
 
 
 def blocks_for_pages(num_pages: int, pages_per_block: int) -> int:

@@ -90,7 +90,7 @@ class DiffusionSequence:
 
     @property
     def is_finished(self) -> bool:
-        return self.block >= self.params.num_blocks
+        return self.block >= self.params.num_diffusion_blocks
 
     @property
     def block_start(self) -> int:
@@ -139,7 +139,7 @@ class DiffusionSequence:
             self.block += 1
             self.step_in_block = 0
             if self.stop_token_ids and bool(torch.isin(blk, self._stop_ids()).any()):
-                self.block = p.num_blocks
+                self.block = p.num_diffusion_blocks
 
     def _apply_pins(self) -> None:
         start, end = self.block_start, self.block_start + self.params.block_length
@@ -155,4 +155,6 @@ class DiffusionSequence:
     @property
     def num_committed_tokens(self) -> int:
         """Canvas slots of the completed blocks."""
-        return min(self.block, self.params.num_blocks) * self.params.block_length
+        return (
+            min(self.block, self.params.num_diffusion_blocks) * self.params.block_length
+        )

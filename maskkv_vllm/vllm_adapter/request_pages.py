@@ -10,7 +10,7 @@ pads the page tables (its reads are masked).
 
 ``RequestPages`` assigns a request's head-pages layer by layer inside the
 blocks the scheduler gave it, through the torch-free ``paging.PageTableManager``
-over a local ``BlockPool`` (local page ``i`` = the i-th page of its blocks), so
+over a local ``PagePool`` (local page ``i`` = the i-th page of its blocks), so
 the pages of every layer and head are packed from the first block on: the
 scheduler frees the unused tail blocks by count alone.
 """
@@ -21,7 +21,7 @@ import torch
 
 from maskkv_vllm.kv_cache.page_store import PageStore, write_layer
 from maskkv_vllm.kv_cache.page_table_tensors import layer_table
-from maskkv_vllm.paging.block_pool import BlockPool
+from maskkv_vllm.paging.page_pool import PagePool
 from maskkv_vllm.paging.page_table_manager import PageTableManager
 
 _SELF = "request"
@@ -80,12 +80,12 @@ class RequestPages:
     ) -> None:
         n = len(block_ids) * num_kv_heads
         self.manager = PageTableManager(
-            BlockPool(n + 1, block_size), num_layers, num_kv_heads
+            PagePool(n + 1, block_size), num_layers, num_kv_heads
         )
         pages = [b * num_kv_heads + j for b in block_ids for j in range(num_kv_heads)]
         self.page_map = torch.tensor([0, *pages], dtype=torch.long)
         """local page id -> page id of the store (local 0 is the null page)."""
-        self.block_size, self.device = block_size, device
+        self.page_size, self.device = block_size, device
         self._tables: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def write_layer(
@@ -102,7 +102,7 @@ class RequestPages:
             k, v: (Hkv, N, d).
 
         Raises:
-            NoFreeBlocksError: the request's blocks cannot hold them (its
+            NoFreePagesError: the request's blocks cannot hold them (its
                 reservation was too small); nothing of the layer is stored.
         """
         self._tables.pop(layer, None)
@@ -119,4 +119,4 @@ class RequestPages:
     def num_pages(self) -> int:
         """Head-pages written so far (all layers)."""
         table = self.manager.tables.get(_SELF)
-        return table.num_blocks if table else 0
+        return table.num_pages if table else 0

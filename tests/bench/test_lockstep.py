@@ -70,7 +70,7 @@ def test_a_finished_lockstep_round_returns_every_page(tiny):
     pool = s.prompt_cache.page_pool
     seqs = {"x": s.make_sequence(0, list(range(30)), _params())}
     lockstep_times({"x": s}, seqs, "cpu")
-    assert pool.num_free_blocks == pool.num_usable_blocks
+    assert pool.num_free_pages == pool.num_usable_pages
 
 
 def _params():

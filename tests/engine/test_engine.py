@@ -16,9 +16,9 @@ P = SamplingParams(gen_length=16, block_length=8, steps=16)
 PROMPTS = [f"request number {i}: " + "abc " * i for i in range(10)]
 
 
-def engine(tiny, num_blocks=4000, **kw):
+def engine(tiny, num_pages=4000, **kw):
     model, tok = tiny
-    cache = CacheConfig("paged", block_size=16, num_blocks=num_blocks)
+    cache = CacheConfig("paged", page_size=16, num_pages=num_pages)
     return LLMEngine(EngineConfig(cache=cache, **kw), model, tok)
 
 
@@ -47,14 +47,14 @@ def optimistic(make_request):
 
 def all_pages_free(eng) -> bool:
     pool = eng.kv_cache_manager.pool
-    return pool.num_free_blocks == pool.num_usable_blocks
+    return pool.num_free_pages == pool.num_usable_pages
 
 
 @pytest.mark.parametrize("policy, budget", [("full", None), ("maskkv", 8)])
 def test_engine_matches_the_sampler(tiny, policy, budget):
     params = SamplingParams(**{**P.__dict__, "kv_policy": policy, "kv_budget": budget})
     model, tok = tiny
-    ref = ModelRunner(model, tok, CacheConfig("paged", num_blocks=4000))
+    ref = ModelRunner(model, tok, CacheConfig("paged", num_pages=4000))
     want = [o.token_ids for o in ref.generate(PROMPTS, params)]
     got = run_all(engine(tiny, max_num_seqs=3), PROMPTS, params)
     assert [o.token_ids for o in got] == want
@@ -66,7 +66,7 @@ def test_small_pool_queues_and_finishes_everything_with_the_same_outputs(tiny):
     want = run_all(big, PROMPTS, P)
     # Each prompt needs 8 pages (2 layers x 4 heads, < 16 tokens per head)
     # or 16; 40 pages hold only a few at a time.
-    small = engine(tiny, num_blocks=41)
+    small = engine(tiny, num_pages=41)
     got = run_all(small, PROMPTS, P)
     assert [o.text for o in got] == [o.text for o in want]
     assert small.scheduler.max_running < len(PROMPTS)
@@ -75,7 +75,7 @@ def test_small_pool_queues_and_finishes_everything_with_the_same_outputs(tiny):
 
 def test_preemption_when_pages_run_out_gives_the_same_outputs(tiny, monkeypatch):
     want = run_all(engine(tiny), PROMPTS, P)
-    small = engine(tiny, num_blocks=41)
+    small = engine(tiny, num_pages=41)
     # Predict too few pages so that admission overshoots and prefill runs short.
     monkeypatch.setattr(small, "make_request", optimistic(small.make_request))
     got = run_all(small, PROMPTS, P)
@@ -85,7 +85,7 @@ def test_preemption_when_pages_run_out_gives_the_same_outputs(tiny, monkeypatch)
 
 
 def test_request_larger_than_the_pool_is_refused(tiny):
-    eng = engine(tiny, num_blocks=5)
+    eng = engine(tiny, num_pages=5)
     with pytest.raises(ValueError, match="needs 8 KV pages but the pool holds 4"):
         eng.make_request("hello", P)
 
@@ -96,10 +96,10 @@ def test_abort_frees_pages_and_reports(tiny):
     eng.add_request(r)
     eng.step()
     eng.step()
-    assert eng.kv_cache_manager.pool.num_used_blocks == 8
+    assert eng.kv_cache_manager.pool.num_used_pages == 8
     out = eng.abort_request(r.request_id)
     assert out.finished and out.finish_reason == "abort"
-    assert eng.kv_cache_manager.pool.num_used_blocks == 0 and not eng.has_unfinished
+    assert eng.kv_cache_manager.pool.num_used_pages == 0 and not eng.has_unfinished
     assert eng.abort_request(r.request_id) is None
 
 
@@ -157,7 +157,7 @@ def test_a_request_whose_safe_bound_exceeds_the_pool_still_runs(tiny_dir):
     # above the pool; once all three waited forever with 9/9 free (issue 14,
     # item 1). Capped at the pool, each runs with the pool to itself, and as the
     # bound is reserved before the forward nothing runs short or is preempted.
-    llm = LLM(str(tiny_dir), kv_policy="maskkv", kv_budget=4, num_blocks=10)
+    llm = LLM(str(tiny_dir), kv_policy="maskkv", kv_budget=4, num_pages=10)
     eng = llm.engine
     params = SamplingParams(gen_length=8, block_length=8, steps=8)
     for i in range(3):
@@ -177,7 +177,7 @@ def test_a_preempted_stream_sends_each_block_once(tiny, monkeypatch):
     # 12 pages: a streams with 8; b is admitted on an optimistic 1-page guess, its
     # prefill runs short and a (the newest other) is preempted mid-stream. The
     # restart resent a's whole text as a delta (issue 14, item 4).
-    eng = engine(tiny, num_blocks=13)
+    eng = engine(tiny, num_pages=13)
     params = SamplingParams(gen_length=32, block_length=8, steps=32)
     a = eng.make_request("first", params)
     eng.add_request(a)
@@ -265,12 +265,12 @@ def test_pages_are_reserved_before_the_forward(tiny, monkeypatch, refresh):
     # MaskKV requests on a tight pool (with re-voting refreshes too): admission and
     # ``_reserve`` count each request's bound, so no allocation inside a forward
     # runs short. They were admitted on an even head split and learned of a
-    # shortage from NoFreeBlocksError mid-forward, then undid and preempted.
+    # shortage from NoFreePagesError mid-forward, then undid and preempted.
     kw = {"kv_policy": "maskkv", "kv_budget": 4}
     want = run_all(engine(tiny, **kw), PROMPTS, P)
     model, tok = tiny
     cache = CacheConfig(
-        "paged", block_size=16, num_blocks=25, prompt_refresh_interval=refresh
+        "paged", page_size=16, num_pages=25, prompt_refresh_interval=refresh
     )
     eng = LLMEngine(EngineConfig(cache=cache, **kw), model, tok)
     short, allocate = [], eng.kv_cache_manager.pool.allocate

@@ -15,14 +15,14 @@ from maskkv_vllm.engine.engine_args import GROUPS, EngineArgs
 def test_flags_make_the_config_they_say():
     args = build_parser().parse_args(
         ["serve", "ck", "--kv-policy", "snapkv", "--kv-budget", "4", "--device", "cpu",
-         "--dtype", "bfloat16", "--kv-cache-memory", "8MiB", "--block-size", "32",
+         "--dtype", "bfloat16", "--kv-cache-memory", "8MiB", "--page-size", "32",
          "--max-num-seqs", "3", "--maskkv-alpha", "0.2"]
     )  # fmt: skip
     config = EngineArgs.from_cli_args(args).create_engine_config()
     assert config == EngineConfig(
         model="ck", dtype="bfloat16", device="cpu", kv_policy="snapkv", kv_budget=4,
         max_num_seqs=3,
-        cache=CacheConfig("paged", block_size=32, kv_cache_memory="8MiB"),
+        cache=CacheConfig("paged", page_size=32, kv_cache_memory="8MiB"),
         maskkv=MaskKVConfig(alpha=0.2),
     )  # fmt: skip
 
@@ -92,7 +92,7 @@ def test_llm_takes_every_engine_args_field_and_names_an_unknown_one(monkeypatch)
 
     _pretend_a_gpu(monkeypatch)
     kw = {"max_queue_len": 5, "served_model_name": "x", "maskkv_alpha": 0.2,
-          "num_blocks": 64, "device": "cpu", "dtype": "float32"}  # fmt: skip
+          "num_pages": 64, "device": "cpu", "dtype": "float32"}  # fmt: skip
     assert (
         LLM("ck", **kw).engine.config == EngineArgs("ck", **kw).create_engine_config()
     )
@@ -102,3 +102,30 @@ def test_llm_takes_every_engine_args_field_and_names_an_unknown_one(monkeypatch)
     assert LLM(maskkv=alpha).engine.config.maskkv == alpha
     with pytest.raises(ValueError, match="give maskkv or maskkv_beta, not both"):
         LLM(maskkv=alpha, maskkv_beta=0.5)
+
+
+def test_the_pool_speaks_of_pages_and_the_old_block_names_still_work(
+    monkeypatch, capsys
+):
+    # "block" meant an embedded page, a vLLM block and a diffusion block; the
+    # embedded pool's keywords are now page_size / num_pages, the old ones deprecated.
+    from maskkv_vllm.engine.llm import LLM
+
+    _pretend_a_gpu(monkeypatch)
+    new = LLM("ck", page_size=8, num_pages=64, device="cpu").engine.config
+    with pytest.warns(DeprecationWarning, match="block_size is deprecated.*page_size"):
+        old = LLM("ck", block_size=8, num_pages=64, device="cpu").engine.config
+    assert old == new and new.cache.page_size == 8 and new.cache.num_pages == 64
+    with pytest.warns(DeprecationWarning, match="num_blocks is deprecated.*num_pages"):
+        LLM("ck", num_blocks=64, device="cpu")
+    with pytest.raises(ValueError, match="give page_size or its old name block_size"):
+        LLM("ck", block_size=8, page_size=8)
+    args = build_parser().parse_args(["serve", "ck", "--block-size", "8"])
+    assert EngineArgs.from_cli_args(args).page_size == 8
+    assert "--block-size is deprecated and will be removed: use --page-size" in (
+        capsys.readouterr().err
+    )
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["serve", "--help"])
+    help_text = capsys.readouterr().out
+    assert "--page-size" in help_text and "--block-size" not in help_text

@@ -24,11 +24,11 @@ def check_pages(eng: LLMEngine) -> None:
     """No page owned twice, none lost, owners are live requests."""
     cache = eng.model_runner.prompt_cache.cache
     pool, tables = eng.kv_cache_manager.pool, cache.manager.tables
-    owned = [b for t in tables.values() for b in t.all_block_ids()]
-    free = list(pool.free_block_queue)
+    owned = [b for t in tables.values() for b in t.all_page_ids()]
+    free = list(pool.free_page_queue)
     assert len(owned) == len(set(owned)), "a page is owned twice"
     assert len(free) == len(set(free)) and not set(free) & set(owned)
-    assert len(owned) + len(free) == pool.num_usable_blocks, "a page was lost"
+    assert len(owned) + len(free) == pool.num_usable_pages, "a page was lost"
     assert all(pool.ref_cnt[b] == 1 for b in owned)
     live = {k for r in eng.scheduler.running if r.seq for k in r.seq.cache_keys}
     assert set(tables) <= live, "a finished or waiting request holds pages"
@@ -53,7 +53,7 @@ def random_request(rng: random.Random, eng: LLMEngine, i: int):
 def run_workload(tiny, seed: int, monkeypatch) -> dict:
     rng = random.Random(seed)
     model, tok = tiny
-    cache = CacheConfig("paged", block_size=16, num_blocks=rng.randrange(10, 70))
+    cache = CacheConfig("paged", page_size=16, num_pages=rng.randrange(10, 70))
     limits = {"max_num_seqs": rng.choice([2, 4, 8]),
               "max_num_batched_tokens": rng.choice([64, 256, 4096])}  # fmt: skip
     config = EngineConfig(cache=cache, **limits)
@@ -103,7 +103,7 @@ def run_workload(tiny, seed: int, monkeypatch) -> dict:
     assert not eng.has_unfinished, f"seed {seed}: requests left after {step} steps"
     assert (
         eng.kv_cache_manager.num_free_pages
-        == eng.kv_cache_manager.pool.num_usable_blocks
+        == eng.kv_cache_manager.pool.num_usable_pages
     )
     for rid, seen in outs.items():
         finals = [o for o in seen if o.finished]

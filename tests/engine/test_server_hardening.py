@@ -18,9 +18,9 @@ from tests.engine.conftest import API_KEY, metrics, start_server, stop_server
 SMALL = {"max_tokens": 8, "block_length": 8, "steps": 8}
 
 
-def make_engine(tiny, num_blocks=400, **kw):
+def make_engine(tiny, num_pages=400, **kw):
     model, tok = tiny
-    cache = CacheConfig("paged", block_size=16, num_blocks=num_blocks)
+    cache = CacheConfig("paged", page_size=16, num_pages=num_pages)
     config = EngineConfig(cache=cache, max_model_len=600, **kw)
     return LLMEngine(config, model, tok)
 
@@ -233,14 +233,14 @@ def test_server_config_validation(kwargs, match):
 def test_a_request_that_cannot_fit_even_alone_is_a_400(tiny):
     # maskkv B=4 on 2 layers x 4 heads: admitted on an even split (1 page per
     # layer), its heads then need 4 pages per layer, more than the 5-page pool.
-    eng = make_engine(tiny, num_blocks=6, kv_policy="maskkv", kv_budget=4)
+    eng = make_engine(tiny, num_pages=6, kv_policy="maskkv", kv_budget=4)
     with TestClient(build_app(eng, ServerConfig(model_name="m"))) as c:
         r = post(c, {"prompt": "a prompt of some length", **SMALL})
         assert r.status_code == 400, r.text
         assert "does not fit in the KV pool even alone" in error(r)["message"]
         assert (
             eng.kv_cache_manager.num_free_pages
-            == eng.kv_cache_manager.pool.num_usable_blocks
+            == eng.kv_cache_manager.pool.num_usable_pages
         )
 
 

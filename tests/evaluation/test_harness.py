@@ -104,8 +104,8 @@ def test_evaluate_writes_table_json_and_plot(tiny_dir, tmp_path):
     assert (tmp_path / "eval.png").stat().st_size > 1000
     assert "maskkv" in (tmp_path / "eval.txt").read_text()
     assert (
-        llm.engine.kv_cache_manager.pool.num_free_blocks
-        == llm.engine.kv_cache_manager.pool.num_usable_blocks
+        llm.engine.kv_cache_manager.pool.num_free_pages
+        == llm.engine.kv_cache_manager.pool.num_usable_pages
     )
 
 

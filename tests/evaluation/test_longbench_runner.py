@@ -246,4 +246,4 @@ def test_longbench_takes_the_engine_s_own_flags(tiny_dir):
     assert len(flags) == len(set(flags))
     config = lb.build_llm(ns).engine.config
     assert (config.kv_policy, config.kv_budget, config.max_num_seqs) == ("maskkv", 8, 4)
-    assert config.cache.block_size == 32 and config.maskkv.alpha == 0.2
+    assert config.cache.page_size == 32 and config.maskkv.alpha == 0.2

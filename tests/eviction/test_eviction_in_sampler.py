@@ -22,9 +22,9 @@ def params(policy="maskkv", budget=16, **kw):
     return SamplingParams(**{**base, **kw}, kv_policy=policy, kv_budget=budget)
 
 
-def paged(model_tok, num_blocks=2000, **maskkv):
+def paged(model_tok, num_pages=2000, **maskkv):
     model, tok = model_tok
-    cache = CacheConfig("paged", num_blocks=num_blocks, block_size=4)
+    cache = CacheConfig("paged", num_pages=num_pages, page_size=4)
     return ModelRunner(model, tok, cache, maskkv_config=MaskKVConfig(**maskkv))
 
 
@@ -59,8 +59,8 @@ def read_head(cache, key, layer, head):
     """(k (n, d), v (n, d)) a head holds, read through its pages in order."""
     h = cache.manager.head(key, layer, head)
     d = cache.store.head_dim
-    k = cache.store.k_cache[h.block_ids].reshape(-1, d)[: h.num_tokens]
-    return k, cache.store.v_cache[h.block_ids].reshape(-1, d)[: h.num_tokens]
+    k = cache.store.k_cache[h.page_ids].reshape(-1, d)[: h.num_tokens]
+    return k, cache.store.v_cache[h.page_ids].reshape(-1, d)[: h.num_tokens]
 
 
 def test_kept_keys_are_the_full_caches_keys_in_prompt_order(gqa):
@@ -94,7 +94,7 @@ def test_canvas_is_never_evicted_and_heads_attend_their_kept_counts(tiny):
     s.step([seq])
     cache = s.prompt_cache.cache
     for layer in range(2):
-        _, lens = cache.block_tables([seq.cache_keys[0]], layer)
+        _, lens = cache.page_tables([seq.cache_keys[0]], layer)
         assert lens.tolist() == [[8] * 4]
     s.step([seq])  # later steps: kept prompt keys + all 16 canvas keys
     assert seq.num_steps == 2 and (seq.canvas != 261).sum() == 2
@@ -103,17 +103,17 @@ def test_canvas_is_never_evicted_and_heads_attend_their_kept_counts(tiny):
 
 def test_pool_high_water_is_the_compressed_cache_not_the_full_prompt(tiny):
     long_prompt = "0123456789abcdef" * 24  # 385 tokens
-    s = paged(tiny, num_blocks=5000)
+    s = paged(tiny, num_pages=5000)
     seq = s.make_sequence(0, long_prompt, params("maskkv", 16))
     s.step([seq])
-    held = pool(s).num_used_blocks
+    held = pool(s).num_used_pages
     m, heads, layers, page = 385, 4, 2, 4
     one_layer_full = heads * -(-m // page)
-    assert pool(s).max_used_blocks == held
+    assert pool(s).max_used_pages == held
     assert held <= layers * heads * -(-16 // page) + layers * heads + one_layer_full
     assert held < layers * one_layer_full / 4  # far below the full prompt's pages
     s.free(seq)
-    assert pool(s).num_free_blocks == pool(s).num_usable_blocks
+    assert pool(s).num_free_pages == pool(s).num_usable_pages
 
 
 def test_mixed_policies_in_one_batch_equal_each_alone(tiny):
@@ -131,7 +131,7 @@ def test_mixed_policies_in_one_batch_equal_each_alone(tiny):
     assert [o.prompt_kv_entries for o in batched] == [
         o.prompt_kv_entries for o in alone
     ]
-    assert pool(s).num_free_blocks == pool(s).num_usable_blocks
+    assert pool(s).num_free_pages == pool(s).num_usable_pages
 
 
 def test_cfg_branches_evict_on_their_own(tiny):

@@ -93,7 +93,7 @@ def test_bf16_llada8b_shapes_paged_equals_prefix_on_the_torch_path(
         backend_for.cache_clear()
     assert [o.token_ids for o in got] == [o.token_ids for o in prefix]
     pool = paged.prompt_cache.page_pool
-    assert pool.num_free_blocks == pool.num_usable_blocks
+    assert pool.num_free_pages == pool.num_usable_pages
 
 
 def test_bf16_llada8b_shapes_maskkv_holds_the_pages_its_heads_fill(llada8b_bf16):
@@ -109,9 +109,9 @@ def test_bf16_llada8b_shapes_maskkv_holds_the_pages_its_heads_fill(llada8b_bf16)
     kept = sampler.prompt_cache.cache.request_stats(key)["tokens_per_head"]
     assert len(kept) == 2 and all(len(heads) == 32 for heads in kept)
     filled = sum(math.ceil(n / 16) for heads in kept for n in heads)
-    assert pool.num_used_blocks == filled < 2 * 32 * math.ceil(1000 / 16)
+    assert pool.num_used_pages == filled < 2 * 32 * math.ceil(1000 / 16)
     while not seq.is_finished:  # the cached steps: the Triton kernel on CUDA
         sampler.step([seq])
     assert len(sampler.make_output(seq).token_ids) > 0
     sampler.free(seq)
-    assert pool.num_free_blocks == pool.num_usable_blocks
+    assert pool.num_free_pages == pool.num_usable_pages

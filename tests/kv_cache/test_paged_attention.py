@@ -32,7 +32,7 @@ def dense_oracle(q, k, v, canvas_mask, prompt_k, prompt_v):
 def test_paged_equals_dense_on_ragged_heads(hq, hkv, seed):
     g = torch.Generator().manual_seed(seed)
     b, d, block = 3, 16, 4
-    cache = PagedKVCache(1, hkv, d, block, num_blocks=200)
+    cache = PagedKVCache(1, hkv, d, block, num_pages=200)
     prompt_k, prompt_v = [], []
     for r in range(b):
         m = int(torch.randint(1, 30, (1,), generator=g))
@@ -61,7 +61,7 @@ def test_paged_equals_dense_on_ragged_heads(hq, hkv, seed):
     cv = torch.randn(b, hkv, lq, d, generator=g)
     canvas_mask = torch.ones(b, lq, dtype=torch.bool)
     canvas_mask[1, 3:] = False  # a shorter canvas in the batch
-    bt, lens = cache.block_tables(list(range(b)), 0)
+    bt, lens = cache.page_tables(list(range(b)), 0)
     store = cache.store
     got = paged_attention(
         q, ck, cv, canvas_mask, store.k_cache, store.v_cache, bt, lens
@@ -76,12 +76,12 @@ def test_paged_equals_dense_on_ragged_heads(hq, hkv, seed):
 
 def test_bf16_inputs_attend_in_bf16():
     g = torch.Generator().manual_seed(0)
-    cache = PagedKVCache(1, 2, 8, 4, num_blocks=20, dtype=torch.bfloat16)
+    cache = PagedKVCache(1, 2, 8, 4, num_pages=20, dtype=torch.bfloat16)
     k = torch.randn(2, 9, 8, generator=g)
     cache.write_layer(0, 0, k, k)
     q = torch.randn(1, 2, 3, 8, generator=g).bfloat16()
     ck = torch.randn(1, 2, 3, 8, generator=g).bfloat16()
-    bt, lens = cache.block_tables([0], 0)
+    bt, lens = cache.page_tables([0], 0)
     mask = torch.ones(1, 3, dtype=torch.bool)
     s = cache.store
     out = paged_attention_torch(q, ck, ck, mask, s.k_cache, s.v_cache, bt, lens)

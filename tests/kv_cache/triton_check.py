@@ -19,7 +19,7 @@ from maskkv_vllm.kv_cache.triton_paged_attention import paged_attention_triton
 def check(device: str, seed: int, hq: int, hkv: int, d: int, page: int) -> float:
     g = torch.Generator().manual_seed(seed)
     b, lq = 3, 20
-    cache = PagedKVCache(1, hkv, d, page, num_blocks=400, device=device)
+    cache = PagedKVCache(1, hkv, d, page, num_pages=400, device=device)
     for r in range(b):
         m = int(torch.randint(1, 90, (1,), generator=g))
         k = torch.randn(hkv, m, d, generator=g).to(device)
@@ -31,7 +31,7 @@ def check(device: str, seed: int, hq: int, hkv: int, d: int, page: int) -> float
     cv = torch.randn(b, hkv, lq, d, generator=g).to(device)
     mask = torch.ones(b, lq, dtype=torch.bool, device=device)
     mask[2, 7:] = False
-    bt, lens = cache.block_tables(list(range(b)), 0)
+    bt, lens = cache.page_tables(list(range(b)), 0)
     s = cache.store
     want = paged_attention_torch(q, ck, cv, mask, s.k_cache, s.v_cache, bt, lens)
     got = paged_attention_triton(q, ck, cv, mask, s.k_cache, s.v_cache, bt, lens)

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from maskkv_vllm.paging.block_pool import NULL_BLOCK_ID, BlockPool, NoFreeBlocksError
+from maskkv_vllm.paging.page_pool import NULL_PAGE_ID, NoFreePagesError, PagePool
 from maskkv_vllm.paging.page_table_manager import PageTableManager
 
 LAYERS, HEADS, BLOCK, POOL = 2, 3, 4, 40
@@ -24,34 +24,34 @@ op = st.one_of(
 
 def check_invariants(mgr: PageTableManager) -> None:
     pool = mgr.pool
-    owned = [b for t in mgr.tables.values() for b in t.all_block_ids()]
+    owned = [b for t in mgr.tables.values() for b in t.all_page_ids()]
     assert len(owned) == len(set(owned)), "a block is owned twice"
-    assert NULL_BLOCK_ID not in owned
-    free = list(pool.free_block_queue)
+    assert NULL_PAGE_ID not in owned
+    free = list(pool.free_page_queue)
     assert len(free) == len(set(free))
     assert not set(owned) & set(free), "a block is both owned and free"
-    assert len(owned) + len(free) == pool.num_usable_blocks, "a block was lost"
+    assert len(owned) + len(free) == pool.num_usable_pages, "a block was lost"
     for b in owned:
         assert pool.ref_cnt[b] == 1
     for t in mgr.tables.values():
         for row in t.heads:
             for h in row:
-                assert len(h.block_ids) == pool.blocks_for(h.num_tokens)
+                assert len(h.page_ids) == pool.pages_for(h.num_tokens)
 
 
 @settings(max_examples=200, deadline=None)
 @given(st.lists(op, min_size=1, max_size=60))
 def test_random_operations_keep_the_pool_consistent(ops):
-    mgr = PageTableManager(BlockPool(POOL, BLOCK), LAYERS, HEADS)
+    mgr = PageTableManager(PagePool(POOL, BLOCK), LAYERS, HEADS)
     for o in ops:
         if o[0] == "alloc":
             _, rid, layer, counts = o
             table = mgr.tables.get(rid)
-            held = sum(len(h.block_ids) for h in table.layer(layer)) if table else 0
-            if mgr.blocks_needed(counts) <= mgr.pool.num_free_blocks + held:
+            held = sum(len(h.page_ids) for h in table.layer(layer)) if table else 0
+            if mgr.pages_needed(counts) <= mgr.pool.num_free_pages + held:
                 mgr.allocate_layer(rid, layer, counts)
             else:
-                with pytest.raises(NoFreeBlocksError):
+                with pytest.raises(NoFreePagesError):
                     mgr.allocate_layer(rid, layer, counts)
         else:
             mgr.free(o[1])
@@ -59,4 +59,4 @@ def test_random_operations_keep_the_pool_consistent(ops):
     for rid in list(mgr.tables):
         mgr.free(rid)
     check_invariants(mgr)
-    assert mgr.pool.num_free_blocks == POOL - 1
+    assert mgr.pool.num_free_pages == POOL - 1

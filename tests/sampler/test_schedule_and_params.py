@@ -31,7 +31,7 @@ def test_schedule_rejects_bad_counts():
 
 def test_params_derived_counts():
     p = SamplingParams(gen_length=64, block_length=16, steps=32)
-    assert (p.num_blocks, p.steps_per_block) == (4, 8)
+    assert (p.num_diffusion_blocks, p.steps_per_block) == (4, 8)
 
 
 @pytest.mark.parametrize(

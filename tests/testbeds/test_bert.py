@@ -200,12 +200,10 @@ def test_paged_cache_matches_no_cache(tiny):
     caches = {
         "none": CacheConfig("none"),
         # Refreshing the prompt KV every step is exactly the uncached computation.
-        "paged_refresh": CacheConfig(
-            "paged", num_blocks=256, prompt_refresh_interval=1
-        ),
+        "paged_refresh": CacheConfig("paged", num_pages=256, prompt_refresh_interval=1),
         # Without refresh the prompt KV is frozen at step 0: the same as "prefix".
         "prefix": CacheConfig("prefix"),
-        "paged": CacheConfig("paged", num_blocks=256),
+        "paged": CacheConfig("paged", num_pages=256),
     }
     outs = {}
     for name, cache in caches.items():
@@ -215,7 +213,7 @@ def test_paged_cache_matches_no_cache(tiny):
     assert outs["paged"] == outs["prefix"]
     # An evicting policy runs on the adapter and gives every page back.
     sampler = ModelRunner(
-        model, tok, CacheConfig("paged", num_blocks=256), early_stop=False
+        model, tok, CacheConfig("paged", num_pages=256), early_stop=False
     )
     evict = SamplingParams(
         gen_length=12, block_length=4, steps=12, kv_policy="maskkv", kv_budget=8
@@ -223,7 +221,7 @@ def test_paged_cache_matches_no_cache(tiny):
     out = sampler.generate(prompts, evict)
     assert all(len(o.token_ids) <= 12 for o in out)
     pool = sampler.prompt_cache.cache.pool
-    assert pool.num_free_blocks == pool.num_usable_blocks
+    assert pool.num_free_pages == pool.num_usable_pages
 
 
 def test_tokenizers(tmp_path):

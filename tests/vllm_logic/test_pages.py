@@ -11,7 +11,7 @@ from maskkv_vllm.eviction.budget import reserved_pages
 from maskkv_vllm.eviction.registry import make_policy
 from maskkv_vllm.eviction.sharded import HeadShard
 from maskkv_vllm.models.attention import dense_attention
-from maskkv_vllm.paging.block_pool import NoFreeBlocksError
+from maskkv_vllm.paging.page_pool import NoFreePagesError
 from maskkv_vllm.paging.page_table import blocks_for_pages, pages_for
 from maskkv_vllm.sampler.sequence import DiffusionSequence
 from maskkv_vllm.sampling_params import SamplingParams
@@ -78,7 +78,7 @@ def test_request_pages_pack_heads_in_order_inside_the_blocks():
     torch.testing.assert_close(store.v_cache[36], -k[3, :32])
     assert pages.num_pages == 5
     # layer 1 continues in block 9; 3 pages are left, 4 are asked for
-    with pytest.raises(NoFreeBlocksError):
+    with pytest.raises(NoFreePagesError):
         pages.write_layer(store, 1, k, k, [64, 64, 0, 0])
     pages.write_layer(store, 1, k, k, [64, 1, 0, 0])
     assert pages.table(1)[0].tolist() == [[37, 38], [39, 0], [0, 0], [0, 0]]
