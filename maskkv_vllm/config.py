@@ -111,6 +111,8 @@ class EngineConfig:
     kv_budget: int | None = None
     """Budget B of evicting requests that do not choose one (with kv_policy "full"
     it is the default of requests that choose an evicting policy)."""
+    canvas_cache: str = "none"
+    """Canvas cache of requests that do not choose one ("none" or "dual")."""
     served_model_name: str | None = None
     """Name reported by /v1/models; default the model path."""
     cache: CacheConfig = CacheConfig(cache_mode="paged")
@@ -137,6 +139,17 @@ class EngineConfig:
         check_policy_name(self.kv_policy)
         check_kv_budget(self.kv_budget)
         check_budget(self.kv_policy, self.kv_budget)
+        from maskkv_vllm.sampling_params import CANVAS_CACHES
+
+        if self.canvas_cache not in CANVAS_CACHES:
+            raise ValueError(
+                f"canvas_cache={self.canvas_cache!r} is not one of {CANVAS_CACHES}"
+            )
+        if self.canvas_cache != "none" and self.cache.cache_mode != "paged":
+            raise ValueError(
+                f"canvas_cache={self.canvas_cache!r} needs cache_mode='paged' "
+                f"(got {self.cache.cache_mode!r})"
+            )
         if policy_evicts(self.kv_policy) and self.cache.cache_mode != "paged":
             raise ValueError(
                 f"kv_policy={self.kv_policy!r} needs cache_mode='paged' "

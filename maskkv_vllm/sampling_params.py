@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 REMASKING = ("low_confidence", "random")
+CANVAS_CACHES = ("none", "dual")
 
 
 @dataclass(frozen=True)
@@ -50,6 +51,14 @@ class SamplingParams:
     kv_budget: int | None = field(default=None, metadata={"cli": False})
     """Average prompt KV entries kept per head per layer (the paper's B); every
     evicting policy needs one (None takes the engine's default); "full" ignores it."""
+    canvas_cache: str | None = field(
+        default=None, metadata={"choices": CANVAS_CACHES, "cli": False}
+    )
+    """"none": every step recomputes the whole canvas (exact, LLaDA's generate.py);
+    "dual": Fast-dLLM's DualCache - at each block boundary one forward over the
+    canvas stores the K/V of the canvas outside the block, and the block's other
+    steps compute only its own rows. None takes the engine's default. Needs the
+    paged cache."""
 
     def __post_init__(self) -> None:
         self._check_types()
@@ -78,6 +87,10 @@ class SamplingParams:
             raise ValueError(f"temperature={self.temperature} must be >= 0 and finite")
         if not self.cfg_scale >= 0:
             raise ValueError(f"cfg_scale={self.cfg_scale} must be >= 0")
+        if self.canvas_cache is not None and self.canvas_cache not in CANVAS_CACHES:
+            raise ValueError(
+                f"canvas_cache={self.canvas_cache!r} is not one of {CANVAS_CACHES}"
+            )
         if self.remasking not in REMASKING:
             raise ValueError(f"remasking={self.remasking!r} is not one of {REMASKING}")
         if self.threshold is not None and not 0 < self.threshold <= 1:
@@ -107,17 +120,20 @@ class SamplingParams:
         check_kv_budget(self.kv_budget)
 
     def with_kv_defaults(
-        self, policy: str | None, budget: int | None
+        self, policy: str | None, budget: int | None, canvas_cache: str | None = None
     ) -> SamplingParams:
-        """These params with the engine's policy/budget where they leave them unset
-        (the engine's budget only where the policy evicts: it is the default of
-        requests that choose an evicting policy)."""
+        """These params with the engine's policy/budget/canvas cache where they
+        leave them unset (the engine's budget only where the policy evicts: it is
+        the default of requests that choose an evicting policy)."""
         chosen = self.kv_policy or policy
         if self.kv_budget is not None:
             budget = self.kv_budget
         elif not _evicts(chosen):
             budget = None
-        return dataclasses.replace(self, kv_policy=chosen, kv_budget=budget)
+        canvas = self.canvas_cache or canvas_cache
+        return dataclasses.replace(
+            self, kv_policy=chosen, kv_budget=budget, canvas_cache=canvas
+        )
 
     @property
     def evicts(self) -> bool:
@@ -128,6 +144,14 @@ class SamplingParams:
         """Forward rows of the request: 2 with classifier-free guidance (the
         prompt-masked branch beside the prompted one), else 1."""
         return 2 if self.cfg_scale > 0 else 1
+
+    @property
+    def canvas_cached(self) -> int:
+        """Canvas positions whose K/V a row keeps between steps: those outside
+        the current diffusion block with "dual", else 0."""
+        if self.canvas_cache == "dual":
+            return self.gen_length - self.block_length
+        return 0
 
     @property
     def num_diffusion_blocks(self) -> int:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from maskkv_vllm import machine_defaults
 from maskkv_vllm.config import CACHE_MODES, CacheConfig, EngineConfig, MaskKVConfig
-from maskkv_vllm.sampling_params import field_docs
+from maskkv_vllm.sampling_params import CANVAS_CACHES, field_docs
 
 RENAMED = {"block_size": "page_size", "num_blocks": "num_pages"}
 """Old keyword -> new (0.1.1): the embedded pool's unit is a page, one (layer, KV
@@ -45,6 +45,8 @@ class EngineArgs:
     """Budget B of evicting requests that choose none."""
     cache_mode: str = "paged"
     """Prompt KV: paged pool (evicting policies need it), dense prefix, none."""
+    canvas_cache: str = "none"
+    """Canvas cache of requests that choose none: none (exact) or dual."""
     prompt_refresh_interval: int | None = None
     """Recompute the prompt KV every this many steps (None: never)."""
     kv_cache_memory: int | str | None = machine_defaults.AUTO
@@ -128,6 +130,7 @@ class EngineArgs:
             max_num_batched_tokens=a.max_num_batched_tokens,
             max_queue_len=a.max_queue_len,
             kv_policy=a.kv_policy,
+            canvas_cache=a.canvas_cache,
             kv_budget=a.kv_budget,
             served_model_name=a.served_model_name,
             cache=cache,
@@ -204,6 +207,7 @@ _OPTIONS: dict[str, list[tuple[str, dict]]] = {
     ],
     "cache": [
         ("cache_mode", {"choices": CACHE_MODES}),
+        ("canvas_cache", {"choices": CANVAS_CACHES}),
         ("prompt_refresh_interval", {"type": int}),
         ("kv_cache_memory", {}),
         ("page_size", {"type": int}),

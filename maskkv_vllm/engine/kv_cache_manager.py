@@ -93,12 +93,18 @@ class KVCacheManager:
         request.seq = None
 
     def _per_request(self, bound, params: SamplingParams, prompt_len: int) -> int:
-        """``bound(per-layer budgets, M, Hkv, P)`` of one forward row, times the
-        request's rows; 0 without a pool."""
+        """``bound(per-layer budgets, M, Hkv, P, C)`` of one forward row, times
+        the request's rows; 0 without a pool."""
         pool = self.pool
         if pool is None:
             return 0
         policy = self.policies.get(params.kv_policy)
         budgets = policy.kept_per_layer(self.num_layers, params.kv_budget, prompt_len)
-        n = bound(budgets, prompt_len, self.num_kv_heads, pool.page_size)
+        n = bound(
+            budgets,
+            prompt_len,
+            self.num_kv_heads,
+            pool.page_size,
+            canvas_tokens=params.canvas_cached,
+        )
         return params.num_rows * n

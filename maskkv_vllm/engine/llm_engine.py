@@ -104,7 +104,7 @@ class LLMEngine:
         Safe to call from any thread (it touches no engine state).
         """
         params = (params or SamplingParams()).with_kv_defaults(
-            self.config.kv_policy, self.config.kv_budget
+            self.config.kv_policy, self.config.kv_budget, self.config.canvas_cache
         )
         ids = self.model_runner.validate(prompt, params)
         request_id = request_id or f"req-{next(self._ids)}"

@@ -135,10 +135,11 @@ def reserved_pages(
     num_kv_heads: int,
     page_size: int,
     budget_heads: int | None = None,
+    canvas_tokens: int = 0,
 ) -> int:
     """Upper bound on pages a request's prompt needs after eviction, whatever the
-    head split: per layer ``ceil(min(N * M, H * min(k_l, M)) / P) + N``, and never
-    more than the full prompt (``N * ceil(M / P)``).
+    head split: per layer ``ceil((min(N * M, H * min(k_l, M)) + N * C) / P) + N``,
+    and never more than the full prompt (``N * ceil((M + C) / P)``).
 
     Args:
         layer_budgets: k_l per layer (a layer's heads keep at most ``H * k_l``).
@@ -148,26 +149,35 @@ def reserved_pages(
         budget_heads: H, the heads that share the layer budget; default N. Under
             tensor parallelism a rank counts its own N heads, but MaskKV may give
             the layer's whole budget to them, so H is every head of the layer.
+        canvas_tokens: C, canvas entries every head keeps after its prompt
+            entries (``SamplingParams.canvas_cached``: the dual canvas cache).
     """
     heads = num_kv_heads if budget_heads is None else budget_heads
-    full = num_kv_heads * math.ceil(prompt_len / page_size)
+    c = canvas_tokens
+    full = num_kv_heads * math.ceil((prompt_len + c) / page_size)
     pages = 0
     for k in layer_budgets:
         kept = min(num_kv_heads * prompt_len, heads * min(k, prompt_len))
+        kept += num_kv_heads * c
         pages += min(full, math.ceil(kept / page_size) + num_kv_heads)
     return pages
 
 
 def fewest_pages(
-    layer_budgets: Sequence[int], prompt_len: int, num_kv_heads: int, page_size: int
+    layer_budgets: Sequence[int],
+    prompt_len: int,
+    num_kv_heads: int,
+    page_size: int,
+    canvas_tokens: int = 0,
 ) -> int:
-    """Pages a request's prompt needs at the least: ``ceil(N * k_l / P)`` per
-    layer, all ``N * ceil(M / P)`` of the full prompt where ``k_l >= M`` (every
-    head keeps everything); a request above the pool can never run.
-    ``reserved_pages`` is the matching upper bound.
+    """Pages a request's prompt needs at the least: ``ceil(N * (k_l + C) / P)``
+    per layer, all ``N * ceil((M + C) / P)`` of the full prompt where
+    ``k_l >= M`` (every head keeps everything); a request above the pool can
+    never run. ``reserved_pages`` is the matching upper bound.
     """
-    full = num_kv_heads * math.ceil(prompt_len / page_size)
+    c = canvas_tokens
+    full = num_kv_heads * math.ceil((prompt_len + c) / page_size)
     return sum(
-        full if k >= prompt_len else math.ceil(num_kv_heads * k / page_size)
+        full if k >= prompt_len else math.ceil(num_kv_heads * (k + c) / page_size)
         for k in layer_budgets
     )

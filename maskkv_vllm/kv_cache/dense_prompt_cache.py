@@ -104,6 +104,7 @@ class DensePromptCache:
     """``prefix`` mode: one ``PromptKV`` per row, in ordinary tensors."""
 
     supports_eviction = False
+    supports_canvas_cache = False
 
     page_pool = None
 

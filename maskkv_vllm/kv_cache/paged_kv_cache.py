@@ -9,6 +9,7 @@ from collections.abc import Hashable
 import torch
 
 from maskkv_vllm.config import CacheConfig
+from maskkv_vllm.kv_cache.canvas_cache import write_canvas
 from maskkv_vllm.kv_cache.page_store import PageStore, write_layer
 from maskkv_vllm.kv_cache.page_table_tensors import layer_table, stack_tables
 from maskkv_vllm.paging.page_pool import PagePool
@@ -45,6 +46,8 @@ class PagedKVCache:
         self._tables: dict[
             tuple[RequestId, int], tuple[torch.Tensor, torch.Tensor]
         ] = {}
+        self.canvas_tokens: dict[RequestId, int] = {}
+        """Per request, C: canvas entries each head holds after its prompt's."""
 
     @classmethod
     def from_config(
@@ -99,8 +102,23 @@ class PagedKVCache:
         self._tables.pop((request_id, layer), None)
         write_layer(self.store, self.manager, request_id, layer, k, v, lengths)
 
+    def write_canvas(
+        self, request_id: RequestId, layer: int, k: torch.Tensor, v: torch.Tensor
+    ) -> None:
+        """Rewrite the request's C cached canvas entries of one layer in place.
+
+        Args:
+            k, v: (n_kv_heads, C, head_dim) post-RoPE canvas keys and values.
+        """
+        c = self.canvas_tokens.get(request_id, 0)
+        if k.shape[1] != c:
+            raise ValueError(f"got {k.shape[1]} canvas entries, the request holds {c}")
+        heads = self.manager.tables[request_id].layer(layer)
+        write_canvas(self.store, heads, k, v)
+
     def free(self, request_id: RequestId) -> int:
         """Return all pages of a request; idempotent. Returns pages freed."""
+        self.canvas_tokens.pop(request_id, None)
         for layer in range(self.manager.num_layers):
             self._tables.pop((request_id, layer), None)
         return self.manager.free(request_id)
@@ -111,15 +129,25 @@ class PagedKVCache:
         return request_id in self.manager.tables
 
     def page_tables(
-        self, request_ids: list[RequestId], layer: int
+        self, request_ids: list[RequestId], layer: int, prompt_only: bool = False
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Page tables of a batch for one layer.
+
+        Args:
+            prompt_only: leave out each head's cached canvas entries (a forward
+                over the whole canvas has them fresh).
 
         Returns:
             page_tables: (B, n_kv_heads, max_pages) int32, padded with the null page.
             seq_lens: (B, n_kv_heads) int32 tokens held per head.
         """
-        return stack_tables([self._request_table(r, layer) for r in request_ids])
+        tables, lens = stack_tables(
+            [self._request_table(r, layer) for r in request_ids]
+        )
+        if prompt_only:
+            c = [self.canvas_tokens.get(r, 0) for r in request_ids]
+            lens = lens - torch.tensor(c, dtype=lens.dtype, device=lens.device)[:, None]
+        return tables, lens
 
     # -- stats -------------------------------------------------------------------
 

@@ -7,6 +7,7 @@ import functools
 import torch
 
 from maskkv_vllm.eviction.evictor import Eviction
+from maskkv_vllm.kv_cache.canvas_cache import CanvasSpan, append_canvas
 from maskkv_vllm.kv_cache.forward_batch import ForwardBatch
 from maskkv_vllm.kv_cache.paged_attention import Workspace, paged_attention
 from maskkv_vllm.kv_cache.paged_kv_cache import PagedKVCache
@@ -20,7 +21,8 @@ class PagedCapturingAttention:
     output is exact) that writes each row's prompt KV into pages, layer by layer.
 
     Each row goes through ``step_zero.capture_layer``, the step 0 vLLM's runner
-    runs too.
+    runs too. A row with a ``CanvasSpan`` also keeps the K/V of its canvas
+    outside that block after its prompt entries (the dual canvas cache).
     """
 
     def __init__(
@@ -29,6 +31,7 @@ class PagedCapturingAttention:
         keys: list[CacheKey],
         batch: ForwardBatch,
         evictions: list[Eviction | None],
+        spans: list[CanvasSpan | None] | None = None,
     ) -> None:
         self.cache, self.keys, self.batch, self.evictions = (
             cache,
@@ -36,6 +39,7 @@ class PagedCapturingAttention:
             batch,
             evictions,
         )
+        self.spans = spans or [None] * len(keys)
 
     def __call__(
         self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
@@ -44,8 +48,14 @@ class PagedCapturingAttention:
         for row, key in enumerate(self.keys):
             start, prompt_end = b.prompt_spans[row]
             span = slice(start, b.row_ends[row])
+            write = functools.partial(self.cache.write_layer, key)
+            if (canvas := self.spans[row]) is not None:
+                kc = canvas.outside(k[row, :, prompt_end : b.row_ends[row]])
+                vc = canvas.outside(v[row, :, prompt_end : b.row_ends[row]])
+                self.cache.canvas_tokens[key] = kc.shape[1]
+                write = append_canvas(write, kc, vc)
             capture_layer(
-                functools.partial(self.cache.write_layer, key),
+                write,
                 self.evictions[row],
                 layer,
                 self.cache.manager.num_layers,
@@ -58,7 +68,13 @@ class PagedCapturingAttention:
 
 
 class PagedPromptAttention:
-    """Canvas rows attend to their paged prompt KV plus the canvas's fresh KV."""
+    """Canvas rows attend to their paged prompt KV plus the canvas's fresh KV.
+
+    With ``spans`` (a block boundary of rows that cache their canvas) the rows
+    attend to their prompt entries only and then rewrite their cached canvas
+    entries from this forward; with ``block_rows`` the rows are one diffusion
+    block each and attend to prompt and cached canvas entries alike.
+    """
 
     def __init__(
         self,
@@ -66,25 +82,38 @@ class PagedPromptAttention:
         keys: list[CacheKey],
         canvas_mask: torch.Tensor,
         workspace: Workspace,
+        spans: list[CanvasSpan | None] | None = None,
+        block_rows: bool = False,
     ) -> None:
         self.cache, self.keys, self.canvas_mask = cache, keys, canvas_mask
-        self.workspace = workspace
+        self.workspace, self.spans, self.block_rows = workspace, spans, block_rows
 
     def __call__(
         self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
     ) -> torch.Tensor:
-        page_tables, seq_lens = self.cache.page_tables(self.keys, layer)
+        page_tables, seq_lens = self.cache.page_tables(
+            self.keys, layer, prompt_only=not self.block_rows
+        )
         store = self.cache.store
-        return paged_attention(
+        out = paged_attention(
             q, k, v, self.canvas_mask, store.k_cache, store.v_cache,
             page_tables, seq_lens, self.workspace,
         )  # fmt: skip
+        for row, span in enumerate(self.spans or ()):
+            if span is not None:
+                n = int(self.canvas_mask[row].sum())
+                self.cache.write_canvas(
+                    self.keys[row], layer,
+                    span.outside(k[row, :, :n]), span.outside(v[row, :, :n]),
+                )  # fmt: skip
+        return out
 
 
 class PagedPromptCache:
     """``PromptCache`` over a ``PagedKVCache``; freeing a row returns its pages."""
 
     supports_eviction = True
+    supports_canvas_cache = True
 
     def __init__(self, cache: PagedKVCache) -> None:
         self.cache = cache
@@ -100,11 +129,18 @@ class PagedPromptCache:
     def pool_stats(self) -> dict:
         return self.cache.pool_stats()
 
-    def capturing_attention(self, keys, batch, evictions):
-        return PagedCapturingAttention(self.cache, keys, batch, evictions)
+    def capturing_attention(self, keys, batch, evictions, spans=None):
+        return PagedCapturingAttention(self.cache, keys, batch, evictions, spans)
 
-    def cached_attention(self, keys, canvas_mask):
-        return PagedPromptAttention(self.cache, keys, canvas_mask, self.workspace)
+    def cached_attention(self, keys, canvas_mask, spans=None):
+        return PagedPromptAttention(
+            self.cache, keys, canvas_mask, self.workspace, spans
+        )
+
+    def block_attention(self, keys, block_mask):
+        return PagedPromptAttention(
+            self.cache, keys, block_mask, self.workspace, block_rows=True
+        )
 
     def has(self, key: CacheKey) -> bool:
         return self.cache.has(key)

@@ -8,6 +8,7 @@ from typing import Protocol
 import torch
 
 from maskkv_vllm.eviction.evictor import Eviction
+from maskkv_vllm.kv_cache.canvas_cache import CanvasSpan
 from maskkv_vllm.kv_cache.forward_batch import ForwardBatch
 from maskkv_vllm.models.attention import Attention
 from maskkv_vllm.paging.page_pool import PagePool
@@ -21,12 +22,16 @@ class PromptCache(Protocol):
 
     supports_eviction: bool
     """Whether rows may keep a different token set per KV head."""
+    supports_canvas_cache: bool
+    """Whether rows may keep their canvas K/V (``canvas_cache="dual"``); a cache
+    without it is never handed ``spans`` nor asked for ``block_attention``."""
 
     def capturing_attention(
         self,
         keys: list[CacheKey],
         batch: ForwardBatch,
         evictions: list[Eviction | None],
+        spans: list[CanvasSpan | None] | None = None,
     ) -> Attention:
         """Dense attention over full rows that stores each row's prompt KV.
 
@@ -34,13 +39,25 @@ class PromptCache(Protocol):
             keys: per row, its cache key.
             batch: the padded full rows.
             evictions: per row, what to keep (None keeps the whole prompt).
+            spans: per row, the block outside which its canvas K/V is kept too.
         """
         ...
 
     def cached_attention(
-        self, keys: list[CacheKey], canvas_mask: torch.Tensor
+        self,
+        keys: list[CacheKey],
+        canvas_mask: torch.Tensor,
+        spans: list[CanvasSpan | None] | None = None,
     ) -> Attention:
-        """Canvas-only rows attending to their stored prompt KV plus the canvas."""
+        """Canvas-only rows attending to their stored prompt KV plus the canvas;
+        rows with a span rewrite their cached canvas K/V from this forward."""
+        ...
+
+    def block_attention(
+        self, keys: list[CacheKey], block_mask: torch.Tensor
+    ) -> Attention:
+        """Rows of one diffusion block each, attending to the stored prompt and
+        canvas KV plus the block's own."""
         ...
 
     def has(self, key: CacheKey) -> bool: ...

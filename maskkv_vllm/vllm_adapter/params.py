@@ -120,6 +120,11 @@ def request_only_params(
     params = SamplingParams(**raw)
     if params.cfg_scale > 0:
         raise ValueError(f"cfg_scale={params.cfg_scale}: CFG is not supported in vLLM")
+    if params.canvas_cache not in (None, "none"):
+        raise ValueError(
+            f"canvas_cache={params.canvas_cache!r} is not served by the vLLM plugin "
+            "yet (the embedded engine runs it: maskkv serve --canvas-cache dual)"
+        )
     return params
 
 

@@ -14,6 +14,7 @@ from maskkv_vllm.config import CacheConfig, MaskKVConfig
 from maskkv_vllm.eviction.evictor import Eviction
 from maskkv_vllm.eviction.policy_set import PolicySet
 from maskkv_vllm.eviction.registry import check_budget
+from maskkv_vllm.kv_cache.canvas_cache import CanvasSpan
 from maskkv_vllm.kv_cache.factory import make_prompt_cache
 from maskkv_vllm.kv_cache.forward_batch import canvas_batch, full_batch
 from maskkv_vllm.kv_cache.prompt_cache import PromptCache
@@ -28,6 +29,9 @@ from maskkv_vllm.sampler.stops import first_stop, stop_ids
 from maskkv_vllm.sampling_params import SamplingParams
 
 logger = logging.getLogger(__name__)
+
+FORWARD_KINDS = ("full", "canvas", "block")
+"""The forwards of a step, in the order they run (``ModelRunner.forward_kind``)."""
 
 Prompt = str | list[int]
 
@@ -163,6 +167,13 @@ class ModelRunner:
                 )
         ids = self._tokenize(prompt)
         check_budget(params.kv_policy, params.kv_budget)
+        if params.canvas_cached and not getattr(
+            self.prompt_cache, "supports_canvas_cache", False
+        ):
+            raise ValueError(
+                f"canvas_cache={params.canvas_cache!r} needs cache_mode='paged' "
+                f"(got {self.cache_config.cache_mode!r})"
+            )
         if params.evicts and not getattr(self.prompt_cache, "supports_eviction", False):
             raise ValueError(
                 f"kv_policy={params.kv_policy!r} needs cache_mode='paged' "
@@ -188,14 +199,26 @@ class ModelRunner:
 
     @torch.inference_mode()
     def step(self, seqs: list[DiffusionSequence]) -> None:
-        """Run one denoising step for every unfinished sequence."""
-        live = [s for s in seqs if not s.is_finished]
-        full = [s for s in live if self.needs_full_forward(s)]
-        cached = [s for s in live if not self.needs_full_forward(s)]
-        if full:
-            self._forward_and_commit(full, full_forward=True)
-        if cached:
-            self._forward_and_commit(cached, full_forward=False)
+        """Run one denoising step for every unfinished sequence: one forward per
+        kind of step (``forward_kind``) among them."""
+        # Kinds are decided before any forward runs: a first forward makes its
+        # sequences "canvas" ones, which must wait for the next step.
+        kinds = [(s, self.forward_kind(s)) for s in seqs if not s.is_finished]
+        for kind in FORWARD_KINDS:
+            group = [s for s, k in kinds if k == kind]
+            if group:
+                self._forward_and_commit(group, kind)
+
+    def forward_kind(self, seq: DiffusionSequence) -> str:
+        """ "full": prompt and canvas (step 0, a prompt refresh, no cache);
+        "canvas": the whole canvas over the cached prompt KV; "block": only the
+        current diffusion block, over the cached prompt and canvas KV (the dual
+        canvas cache, inside a block)."""
+        if self.needs_full_forward(seq):
+            return "full"
+        if seq.params.canvas_cached and seq.step_in_block > 0:
+            return "block"
+        return "canvas"
 
     def make_output(self, seq: DiffusionSequence) -> GenerationOutput:
         ids = seq.canvas.tolist()
@@ -233,19 +256,31 @@ class ModelRunner:
         interval = self.cache_config.prompt_refresh_interval
         return interval is not None and seq.num_steps % interval == 0
 
-    def _forward_and_commit(self, seqs: list[DiffusionSequence], full_forward: bool):
+    def _forward_and_commit(self, seqs: list[DiffusionSequence], kind: str):
         rows = [(s, br) for s in seqs for br in s.branches]
         keys = [br.cache_key for _, br in rows]
-        canvases = [s.canvas for s, _ in rows]
+        spans = [_canvas_span(s) for s, _ in rows]
         pad = self.model.config.pad_token_id
-        if full_forward:
+        if kind == "full":
+            canvases = [s.canvas for s, _ in rows]
             batch = full_batch([br.prompt_ids for _, br in rows], canvases, pad)
-            attn = self._full_attention(rows, keys, batch)
-        else:
+            attn = self._full_attention(rows, keys, batch, spans)
+        elif kind == "canvas":
+            canvases = [s.canvas for s, _ in rows]
             batch = canvas_batch([s.prompt_len for s, _ in rows], canvases, pad)
-            attn = self.prompt_cache.cached_attention(keys, batch.key_mask)
+            cached = any(spans)
+            attn = self.prompt_cache.cached_attention(
+                keys, batch.key_mask, *([spans] if cached else [])
+            )
+        else:
+            starts = [s.prompt_len + s.block_start for s, _ in rows]
+            blocks = [
+                s.canvas[s.block_start :][: s.params.block_length] for s, _ in rows
+            ]
+            batch = canvas_batch(starts, blocks, pad)
+            attn = self.prompt_cache.block_attention(keys, batch.key_mask)
         hidden = self.model(batch.input_ids, batch.positions, attn)
-        if full_forward and self.prompt_cache is not None:
+        if kind == "full" and self.prompt_cache is not None:
             for s in seqs:
                 s.prompt_kv_entries = sum(
                     self.prompt_cache.num_entries(k) for k in s.cache_keys
@@ -253,9 +288,8 @@ class ModelRunner:
         i = 0
         for s in seqs:
             n = len(s.branches)
-            branches = [
-                block_hidden(h, batch.canvas_start, s) for h in hidden[i : i + n]
-            ]
+            start = batch.canvas_start - (s.block_start if kind == "block" else 0)
+            branches = [block_hidden(h, start, s) for h in hidden[i : i + n]]
             s.apply_step(*propose(s, branches, self.model.logits))
             i += n
             self._after_step(s)
@@ -268,12 +302,13 @@ class ModelRunner:
         if seq.is_finished:
             self.free(seq)
 
-    def _full_attention(self, rows, keys, batch) -> Attention:
+    def _full_attention(self, rows, keys, batch, spans) -> Attention:
         if self.prompt_cache is None:
             mask = None if bool(batch.key_mask.all()) else batch.key_mask
             return DenseAttention(mask)
         evictions = [self._eviction(s) for s, _ in rows]
-        return self.prompt_cache.capturing_attention(keys, batch, evictions)
+        cached = [spans] if any(spans) else []
+        return self.prompt_cache.capturing_attention(keys, batch, evictions, *cached)
 
     def _eviction(self, seq: DiffusionSequence) -> Eviction | None:
         p = seq.params
@@ -317,3 +352,10 @@ class ModelRunner:
             if not isinstance(p, SamplingParams):
                 raise TypeError(f"expected SamplingParams, got {type(p).__name__}")
         return params
+
+
+def _canvas_span(seq: DiffusionSequence) -> CanvasSpan | None:
+    """The block whose outside a row caches, or None (no canvas cache)."""
+    if not seq.params.canvas_cached:
+        return None
+    return CanvasSpan(seq.block_start, seq.params.block_length)

@@ -1,6 +1,6 @@
 """Seeded random workloads on the embedded engine, with invariants checked after every
-step: random arrivals, pool sizes, policies and budgets, optimistic page guesses that
-force preemptions, and aborts at every point of a request's life."""
+step: random arrivals, pool sizes, policies, budgets and canvas caches, optimistic
+page guesses that force preemptions, and aborts at every point of a request's life."""
 
 from __future__ import annotations
 
@@ -32,6 +32,7 @@ def check_pages(eng: LLMEngine) -> None:
     assert all(pool.ref_cnt[b] == 1 for b in owned)
     live = {k for r in eng.scheduler.running if r.seq for k in r.seq.cache_keys}
     assert set(tables) <= live, "a finished or waiting request holds pages"
+    assert set(cache.canvas_tokens) <= set(tables), "a canvas record outlived its pages"
 
 
 def random_request(rng: random.Random, eng: LLMEngine, i: int):
@@ -41,6 +42,7 @@ def random_request(rng: random.Random, eng: LLMEngine, i: int):
         gen_length=gen, block_length=8, steps=gen, kv_policy=policy,
         kv_budget=budget, cfg_scale=rng.choice([0.0, 0.0, 0.0, 0.5]),
         temperature=rng.choice([0.0, 0.0, 0.7]), seed=rng.randrange(1000),
+        canvas_cache=rng.choice(["none", "dual"]),
     )  # fmt: skip
     prompt = f"r{i} " + "ab cd " * rng.randrange(0, 12)
     try:

@@ -57,6 +57,8 @@ def test_request_params_nested_flat_and_defaults():
         ({"maskkv": {"gen_lenght": 8}}, "gen_lenght"),
         ({"maskkv_steps": 5, "maskkv_block_length": 8}, "steps=5"),
         ({"maskkv_cfg_scale": 1.0}, "cfg_scale=1.0"),
+        # Not run by the plugin yet: refused by name, never silently ignored.
+        ({"maskkv_canvas_cache": "dual"}, "canvas_cache='dual' is not served"),
         ({"maskkv": 3}, "is not a dict"),
     ],
 )
