@@ -90,7 +90,10 @@ class Request:
 
     @property
     def step_tokens(self) -> int:
-        """Tokens of one denoising step once prefilled (the canvas rows)."""
+        """Tokens of one denoising step once prefilled (the canvas rows). With
+        the dual canvas cache most steps forward only the block's rows, but a
+        block boundary forwards the canvas: admission counts the most a step
+        takes, since running requests are not throttled per step."""
         return self.params.num_rows * self.params.gen_length
 
     @property

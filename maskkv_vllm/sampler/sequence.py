@@ -93,6 +93,12 @@ class DiffusionSequence:
         return self.block >= self.params.num_diffusion_blocks
 
     @property
+    def in_block_step(self) -> bool:
+        """Whether the next step is inside a diffusion block of a row that caches
+        its canvas: it forwards only the block's rows (``block_length``)."""
+        return bool(self.params.canvas_cached) and self.step_in_block > 0
+
+    @property
     def block_start(self) -> int:
         """Canvas offset of the current block."""
         return self.block * self.params.block_length

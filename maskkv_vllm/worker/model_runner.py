@@ -216,7 +216,7 @@ class ModelRunner:
         canvas cache, inside a block)."""
         if self.needs_full_forward(seq):
             return "full"
-        if seq.params.canvas_cached and seq.step_in_block > 0:
+        if seq.in_block_step:
             return "block"
         return "canvas"
 
