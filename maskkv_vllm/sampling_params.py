@@ -2,8 +2,8 @@
 
 ``SamplingParams`` is the one table of sampling options: ``SAMPLING_OPTIONS`` reads
 its fields (name, default, type, docstring) and the front ends are built from it:
-the ``maskkv generate`` flags (``cli.add_sampling_args``), the OpenAI body fields
-(``openai_api.options``) and vLLM's ``maskkv_*`` request keys
+the ``maskkv generate`` flags (``cli.sampling.add_sampling_args``), the OpenAI body
+fields (``openai_api.options``) and vLLM's ``maskkv_*`` request keys
 (``vllm_adapter.params``).
 """
 

@@ -219,7 +219,7 @@ def test_readme_names_every_command():
     cli = README[README.index("**CLI:**") :].split("\n\n", 1)[0]
     named = set(re.findall(r"`maskkv\s+([a-z][a-z-]*)", cli))
     assert named - {"COMMAND"} == commands
-    layout_cli = re.search(r"cli\.py\s+`maskkv ([a-z|-]+)`", README).group(1)
+    layout_cli = re.search(r"cli/\s+`maskkv ([a-z|-]+)`", README).group(1)
     assert set(layout_cli.split("|")) == commands
 
 
