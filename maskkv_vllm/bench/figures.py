@@ -26,11 +26,15 @@ MODES = (
 
 
 def params(
-    gen: int, policy: str = "full", budget: int | None = None, block: int = 8
+    gen: int,
+    policy: str = "full",
+    budget: int | None = None,
+    block: int = 8,
+    canvas_cache: str = "none",
 ) -> SamplingParams:
     return SamplingParams(
         gen_length=gen, block_length=min(block, gen), steps=gen,
-        kv_policy=policy, kv_budget=budget,
+        kv_policy=policy, kv_budget=budget, canvas_cache=canvas_cache,
     )  # fmt: skip
 
 
@@ -180,15 +184,22 @@ def long_capacity(model, tok, prompt_len, gen, budget, pool):
     return out
 
 
-def throughput(model, tok, num_requests, prompt_len, gen, budget, pool, block=8):
-    """Requests/s and tokens/s of the engine on the same concurrent workload."""
+def throughput(
+    model, tok, num_requests, prompt_len, gen, budget, pool, block=8, dual=False
+):
+    """Requests/s and tokens/s of the engine on the same concurrent workload:
+    "full" and "maskkv" with ``canvas_cache`` none, and with ``dual`` also
+    "maskkv_dual" (MaskKV with the dual canvas cache)."""
     out = {}
-    for policy, b in (("full", None), ("maskkv", budget)):
+    variants = [("full", "full", None, "none"), ("maskkv", "maskkv", budget, "none")]
+    if dual:
+        variants.append(("maskkv_dual", "maskkv", budget, "dual"))
+    for label, policy, b, canvas in variants:
         config = EngineConfig(
             max_num_seqs=64, cache=CacheConfig("paged", kv_cache_memory=pool)
         )
         engine = LLMEngine(config, model, tok)
-        sp = params(gen, policy, b, block)
+        sp = params(gen, policy, b, block, canvas)
         start = time.perf_counter()
         for i in range(num_requests):
             prompt = english_ids(tok, prompt_len - (i % 4) * prompt_len // 16, 97 * i)
@@ -201,7 +212,7 @@ def throughput(model, tok, num_requests, prompt_len, gen, budget, pool, block=8)
                     tokens += len(o.token_ids)
         sync("cpu")
         seconds = time.perf_counter() - start
-        out[policy] = {
+        out[label] = {
             "seconds": seconds,
             "requests_per_s": done / seconds,
             "tokens_per_s": tokens / seconds,

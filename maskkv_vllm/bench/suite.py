@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from maskkv_vllm.bench import figures
+from maskkv_vllm.bench import canvas, figures
 from maskkv_vllm.bench.common import ModelSize, bench_checkpoint
 from maskkv_vllm.models.loader import load_checkpoint
 
@@ -55,6 +55,10 @@ class BenchConfig:
     still take most of MaskKV's time. The pool holds one such request with the
     full cache."""
     decode_long_prompt: int = 16384
+    canvas_prompt_lens: tuple[int, ...] = (256, 1024, 4096)
+    """Prompt lengths of the canvas-cache rows (``bench/canvas.py``)."""
+    canvas_shapes: tuple[tuple[int, int], ...] = ((256, 32), (32, 8))
+    """(gen_length, block_length) of the canvas-cache rows, one token per step."""
     device: str = "cpu"
     peer_fast_dllm: str | None = None
     """A Fast-dLLM checkout: its prefix and dual cache are timed beside ours."""
@@ -86,6 +90,8 @@ QUICK = BenchConfig(
     decode_pool="1MiB",
     decode_long_requests=2,
     decode_long_prompt=256,
+    canvas_prompt_lens=(64,),
+    canvas_shapes=((32, 8), (16, 4)),
 )
 
 
@@ -111,7 +117,7 @@ def _run(cfg: BenchConfig, max_len: int, ckpt_dir: Path) -> dict:
         "date": time.strftime("%Y-%m-%d"),
     }
     peer_lens = [m for m in cfg.prompt_lens if m <= cfg.peer_max_len]
-    total = len(cfg.prompt_lens) * len(figures.MODES) + 6
+    total = len(cfg.prompt_lens) * len(figures.MODES) + 7
     total += 1 if cfg.peer_fast_dllm else 0
     with tqdm(total=total, desc="maskkv bench") as bar:
         results["page_bytes"] = figures.page_bytes(model)
@@ -139,12 +145,18 @@ def _run(cfg: BenchConfig, max_len: int, ckpt_dir: Path) -> dict:
         bar.update(1)
         results["decode_heavy"] = figures.throughput(
             model, tok, cfg.decode_requests, cfg.decode_prompt, cfg.decode_gen,
-            cfg.budget, cfg.decode_pool, cfg.decode_block,
+            cfg.budget, cfg.decode_pool, cfg.decode_block, dual=True,
         )  # fmt: skip
         bar.update(1)
         results["decode_long"] = figures.throughput(
             model, tok, cfg.decode_long_requests, cfg.decode_long_prompt,
             cfg.decode_gen, cfg.budget, cfg.decode_pool, cfg.decode_block,
+        )  # fmt: skip
+        bar.update(1)
+        results["canvas_cache"] = canvas.canvas_step_time(
+            figures.sampler_for(model, tok, "paged", cfg.pool), tok,
+            cfg.canvas_prompt_lens, cfg.canvas_shapes, cfg.budget, cfg.device,
+            cfg.repeats,
         )  # fmt: skip
         bar.update(1)
         if cfg.peer_fast_dllm:
@@ -206,6 +218,14 @@ def targets(r: dict) -> list[tuple[str, float, str, bool]]:
          "prompts), MaskKV / full",
          d["maskkv"]["tokens_per_s"] / d["full"]["tokens_per_s"], ">= 3")
     )  # fmt: skip
+    if "canvas_cache" in r:
+        out += canvas.targets(r["canvas_cache"])
+        dh = r["decode_heavy"]
+        out.append(
+            (f"decode-heavy engine tokens/s (gen {r['config']['decode_gen']}), "
+             "MaskKV + dual / MaskKV + none",
+             dh["maskkv_dual"]["tokens_per_s"] / dh["maskkv"]["tokens_per_s"], ">= 3")
+        )  # fmt: skip
     return [(w, v, t, _met(v, t)) for w, v, t in out]
 
 
@@ -293,9 +313,19 @@ def report(r: dict) -> str:
             f"{d['maskkv']['peak_running']} running "
             f"({d['maskkv']['tokens_per_s'] / d['full']['tokens_per_s']:.2f}x tok/s)"
         )
+    if "maskkv_dual" in r["decode_heavy"]:
+        d = r["decode_heavy"]
+        lines.append(
+            f"  the same, MaskKV + dual canvas cache: "
+            f"{d['maskkv_dual']['tokens_per_s']:.1f} tok/s "
+            f"({d['maskkv_dual']['tokens_per_s'] / d['full']['tokens_per_s']:.2f}x "
+            "full + none)"
+        )
+    if "canvas_cache" in r:
+        lines += ["", *canvas.report(r["canvas_cache"])]
     if "peer_fast_dllm" in r:
         lines += ["", *peer_report(r["peer_fast_dllm"], c)]
-    lines += ["", "targets (issue 18), measured in this run:"]
+    lines += ["", "targets (issues 18 and 28), measured in this run:"]
     for what, value, target, met in targets(r):
         lines.append(f"  {what}: {value:.2f} (target {target}) {_word(met)}")
     return "\n".join(lines)

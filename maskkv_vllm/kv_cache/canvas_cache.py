@@ -37,6 +37,18 @@ class CanvasSpan:
         return torch.cat([x[:, : self.block_start], x[:, end:]], dim=1)
 
 
+def canvas_span(params, block_start: int) -> CanvasSpan | None:
+    """The current block of a row whose ``params`` cache the canvas, else None.
+
+    Args:
+        params: the row's ``SamplingParams``.
+        block_start: canvas offset of its current diffusion block.
+    """
+    if not params.canvas_cached:
+        return None
+    return CanvasSpan(block_start, params.block_length)
+
+
 def append_canvas(
     write: WriteLayer, k_canvas: torch.Tensor, v_canvas: torch.Tensor
 ) -> WriteLayer:

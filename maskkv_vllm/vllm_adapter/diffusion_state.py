@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from maskkv_vllm.eviction.evictor import Eviction
+from maskkv_vllm.kv_cache.canvas_cache import CanvasSpan, canvas_span
 from maskkv_vllm.sampler.sequence import DiffusionSequence
 from maskkv_vllm.sampler.stops import first_stop, stop_ids
 from maskkv_vllm.vllm_adapter.request_pages import RequestPages
@@ -53,9 +54,40 @@ class DiffusionState:
         """Whether this step computes the prompt too (the prefill, step 0)."""
         return self.computed == 0
 
+    @property
+    def forward_kind(self) -> str:
+        """ "full" (step 0: prompt + canvas), "canvas" (the canvas over the kept
+        prompt KV) or "block" (only the current diffusion block, over the kept
+        prompt and cached canvas KV: ``canvas_cache="dual"`` inside a block)."""
+        if self.is_full_forward:
+            return "full"
+        return "block" if self.seq.in_block_step else "canvas"
+
+    def canvas_span(self) -> CanvasSpan | None:
+        """The block outside which this row caches its canvas K/V, or None."""
+        return canvas_span(self.seq.params, self.seq.block_start)
+
+    def next_step_tokens(self) -> int:
+        """Canvas tokens its next step forwards: the block inside a block of the
+        dual canvas cache, else the whole canvas (what the scheduler schedules)."""
+        p = self.seq.params
+        return p.block_length if self.seq.in_block_step else p.gen_length
+
     def canvas_offset(self) -> int:
-        """Offset of the canvas's first slot among this step's tokens."""
+        """Offset of the canvas's first slot among this step's tokens (negative
+        in a block step, whose tokens are the block alone)."""
+        if self.forward_kind == "block":
+            return -self.seq.block_start
         return self.prompt_len - self.computed
+
+    def position_shift(self) -> int:
+        """What to add to vLLM's positions of this step's tokens: a block step
+        is scheduled as the canvas's last ``block_length`` slots, and its tokens
+        are the block's, at ``M + block_start`` onwards."""
+        if self.forward_kind != "block":
+            return 0
+        p = self.seq.params
+        return self.seq.block_start - (p.gen_length - p.block_length)
 
     def take_committed(self) -> list[int]:
         """Answer tokens committed since the last call: each finished block once,

@@ -2,8 +2,8 @@
 
 Engine-wide: ``--additional-config '{"maskkv": {...}}'`` (``LLM(additional_config=
 ...)``) becomes an ``AdapterConfig``: the ``MaskKVConfig`` fields (alpha, beta, ...)
-plus the default ``kv_policy``/``kv_budget`` and ``free_blocks``. Per request:
-``SamplingParams.extra_args["maskkv"]`` (a dict, Python API) or flat
+plus the default ``kv_policy``/``kv_budget``/``canvas_cache`` and ``free_blocks``.
+Per request: ``SamplingParams.extra_args["maskkv"]`` (a dict, Python API) or flat
 ``extra_args["maskkv_<field>"]`` keys (the HTTP ``vllm_xargs`` form, which allows
 no nested dicts) becomes our ``maskkv_vllm.sampling_params.SamplingParams``.
 """
@@ -21,6 +21,7 @@ from maskkv_vllm.eviction.registry import (
     check_policy_name,
 )
 from maskkv_vllm.sampling_params import (
+    CANVAS_CACHES,
     SAMPLING_OPTIONS,
     SamplingParams,
     length_defaults,
@@ -48,11 +49,17 @@ class AdapterConfig:
     free_blocks: bool = True
     """Admit a request by its compressed bound and return the blocks it does
     not fill after step 0; False (a baseline) holds the whole prompt's pages."""
+    canvas_cache: str = "none"
+    """Canvas cache of requests that do not choose one ("none" or "dual")."""
 
     def __post_init__(self) -> None:
         check_policy_name(self.kv_policy)
         check_kv_budget(self.kv_budget)
         check_budget(self.kv_policy, self.kv_budget)
+        if self.canvas_cache not in CANVAS_CACHES:
+            raise ValueError(
+                f"canvas_cache={self.canvas_cache!r} is not one of {CANVAS_CACHES}"
+            )
         if not isinstance(self.free_blocks, bool):
             raise ValueError(f"free_blocks={self.free_blocks!r} must be a bool")
 
@@ -63,7 +70,9 @@ class AdapterConfig:
         if not isinstance(raw, dict):
             raise ValueError(f"additional_config[{CONFIG_KEY!r}]={raw!r} is not a dict")
         own = {
-            k: raw.pop(k) for k in ("kv_policy", "kv_budget", "free_blocks") if k in raw
+            k: raw.pop(k)
+            for k in ("kv_policy", "kv_budget", "free_blocks", "canvas_cache")
+            if k in raw
         }
         unknown = set(raw) - _MASKKV_FIELDS
         if unknown:
@@ -94,7 +103,9 @@ def request_params(
             which the vLLM path does not run.
     """
     own = request_only_params(extra_args, max_tokens)
-    params = own.with_kv_defaults(config.kv_policy, config.kv_budget)
+    params = own.with_kv_defaults(
+        config.kv_policy, config.kv_budget, config.canvas_cache
+    )
     check_budget(params.kv_policy, params.kv_budget)
     return params
 
@@ -120,11 +131,6 @@ def request_only_params(
     params = SamplingParams(**raw)
     if params.cfg_scale > 0:
         raise ValueError(f"cfg_scale={params.cfg_scale}: CFG is not supported in vLLM")
-    if params.canvas_cache not in (None, "none"):
-        raise ValueError(
-            f"canvas_cache={params.canvas_cache!r} is not served by the vLLM plugin "
-            "yet (the embedded engine runs it: maskkv serve --canvas-cache dual)"
-        )
     return params
 
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import torch
 
+from maskkv_vllm.kv_cache.canvas_cache import write_canvas
 from maskkv_vllm.kv_cache.page_store import PageStore, write_layer
 from maskkv_vllm.kv_cache.page_table_tensors import layer_table
 from maskkv_vllm.paging.page_pool import PagePool
@@ -87,6 +88,8 @@ class RequestPages:
         """local page id -> page id of the store (local 0 is the null page)."""
         self.page_size, self.device = block_size, device
         self._tables: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        self.canvas_tokens = 0
+        """C: canvas entries each head holds after its prompt's (dual cache)."""
 
     def write_layer(
         self,
@@ -108,12 +111,27 @@ class RequestPages:
         self._tables.pop(layer, None)
         write_layer(store, self.manager, _SELF, layer, k, v, lengths, self.page_map)
 
-    def table(self, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """(Hkv, max_pages) int32 page ids of the store and (Hkv,) int32 lengths."""
+    def write_canvas(
+        self, store: VllmPageStore, layer: int, k: torch.Tensor, v: torch.Tensor
+    ) -> None:
+        """Rewrite one layer's C cached canvas entries in place (``canvas_cache``).
+
+        Args:
+            k, v: (Hkv, C, d) the canvas K/V outside the current diffusion block.
+        """
+        heads = self.manager.tables[_SELF].layer(layer)
+        write_canvas(store, heads, k, v, self.page_map)
+
+    def table(
+        self, layer: int, prompt_only: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(Hkv, max_pages) int32 page ids of the store and (Hkv,) int32 lengths;
+        ``prompt_only`` leaves the cached canvas entries out of the lengths."""
         if layer not in self._tables:
             heads = self.manager.tables[_SELF].layer(layer)
             self._tables[layer] = layer_table(heads, self.device, self.page_map)
-        return self._tables[layer]
+        table, lens = self._tables[layer]
+        return (table, lens - self.canvas_tokens) if prompt_only else (table, lens)
 
     @property
     def num_pages(self) -> int:

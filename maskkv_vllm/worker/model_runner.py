@@ -14,7 +14,7 @@ from maskkv_vllm.config import CacheConfig, MaskKVConfig
 from maskkv_vllm.eviction.evictor import Eviction
 from maskkv_vllm.eviction.policy_set import PolicySet
 from maskkv_vllm.eviction.registry import check_budget
-from maskkv_vllm.kv_cache.canvas_cache import CanvasSpan
+from maskkv_vllm.kv_cache.canvas_cache import canvas_span
 from maskkv_vllm.kv_cache.factory import make_prompt_cache
 from maskkv_vllm.kv_cache.forward_batch import canvas_batch, full_batch
 from maskkv_vllm.kv_cache.prompt_cache import PromptCache
@@ -259,7 +259,7 @@ class ModelRunner:
     def _forward_and_commit(self, seqs: list[DiffusionSequence], kind: str):
         rows = [(s, br) for s in seqs for br in s.branches]
         keys = [br.cache_key for _, br in rows]
-        spans = [_canvas_span(s) for s, _ in rows]
+        spans = [canvas_span(s.params, s.block_start) for s, _ in rows]
         pad = self.model.config.pad_token_id
         if kind == "full":
             canvases = [s.canvas for s, _ in rows]
@@ -352,10 +352,3 @@ class ModelRunner:
             if not isinstance(p, SamplingParams):
                 raise TypeError(f"expected SamplingParams, got {type(p).__name__}")
         return params
-
-
-def _canvas_span(seq: DiffusionSequence) -> CanvasSpan | None:
-    """The block whose outside a row caches, or None (no canvas cache)."""
-    if not seq.params.canvas_cached:
-        return None
-    return CanvasSpan(seq.block_start, seq.params.block_length)

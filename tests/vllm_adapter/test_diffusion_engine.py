@@ -77,9 +77,9 @@ def _tracing_scheduler_cls():
                 self.trace.append((req_id, n, free))
             return out
 
-        def release_unused_blocks(self, req_id, kept_lengths):
+        def release_unused_blocks(self, req_id, kept_lengths, canvas_tokens=0):
             before = [b.block_id for b in self.block_manager.req_to_blocks[req_id]]
-            freed = super().release_unused_blocks(req_id, kept_lengths)
+            freed = super().release_unused_blocks(req_id, kept_lengths, canvas_tokens)
             after = [b.block_id for b in self.block_manager.req_to_blocks[req_id]]
             self.freed[req_id] = freed
             self.blocks[req_id] = (before, after)
@@ -155,6 +155,50 @@ def test_each_step_recomputes_only_the_canvas(llm, scheduler):
     assert {free for *_, free in scheduler.trace[:-1]} == {NUM_BLOCKS - 1 - 2}
     assert scheduler.trace[-1][2] == NUM_BLOCKS - 1  # finished: its blocks are back
     assert list(scheduler.freed.values()) == [0]
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        SamplingParams(gen_length=16, block_length=8, steps=16, canvas_cache="dual"),
+        SamplingParams(gen_length=32, block_length=8, steps=16, canvas_cache="dual",
+                       kv_policy="snapkv", kv_budget=4),
+        SamplingParams(gen_length=16, block_length=4, steps=16, canvas_cache="dual",
+                       temperature=1.0, seed=3),
+    ],
+    ids=["full", "snapkv", "temperature"],
+)  # fmt: skip
+def test_the_dual_canvas_cache_matches_the_embedded_engine(llm, embedded, params):
+    prompts = ["Hello", HELLO + [33], LONG]
+    assert _ours(llm, prompts, params) == _reference(embedded, prompts, params)
+
+
+def test_a_dual_block_step_schedules_only_the_block(llm, scheduler):
+    params = SamplingParams(
+        gen_length=16, block_length=8, steps=16, canvas_cache="dual"
+    )
+    generate(llm, [HELLO], params)
+    # Prefill of M + L = 22 slots (block 0's boundary), 7 steps of block 0's 8
+    # slots, block 1's boundary over the canvas (16), then its 7 block steps.
+    assert [n for _, n, _ in scheduler.trace] == [22] + [8] * 7 + [16] + [8] * 7
+    # Each head holds its 6 prompt entries and the 8 canvas entries outside the
+    # block: 14 slots, one page per (layer, head), 8 pages = 2 blocks.
+    assert {free for *_, free in scheduler.trace[:-1]} == {NUM_BLOCKS - 1 - 2}
+    assert scheduler.trace[-1][2] == NUM_BLOCKS - 1
+
+
+def test_dual_canvas_entries_count_in_the_reservation_and_the_held_blocks(
+    llm, scheduler
+):
+    # M = 200 with C = 32 - 8 = 24 canvas entries per head: ceil(224 / 32) = 7
+    # pages per head, like the prompt alone; with C = 48 - 8 = 40: ceil(240 / 32)
+    # = 8 pages per head, 2 x 4 x 8 = 64 pages = 16 blocks.
+    params = SamplingParams(gen_length=48, block_length=8, steps=6, canvas_cache="dual")
+    generate(llm, [LONG], params)
+    (rid,) = scheduler.blocks
+    before, after = scheduler.blocks[rid]
+    assert len(before) == len(after) == 16 and scheduler.freed[rid] == 0
+    assert scheduler.trace[-1][2] == NUM_BLOCKS - 1
 
 
 def test_the_worker_block_table_holds_every_layer_of_the_longest_prompt(llm):

@@ -44,11 +44,21 @@ def test_request_params_nested_flat_and_defaults():
     cfg = AdapterConfig(kv_policy="snapkv", kv_budget=16)
     nested = request_params({"maskkv": {"gen_length": 64, "steps": 32}}, 99, cfg)
     assert nested == SamplingParams(
-        gen_length=64, block_length=32, steps=32, kv_policy="snapkv", kv_budget=16
-    )
+        gen_length=64, block_length=32, steps=32, kv_policy="snapkv", kv_budget=16,
+        canvas_cache="none",
+    )  # fmt: skip
     flat = request_params({"maskkv_steps": 8, "maskkv_kv_policy": "full"}, 24, cfg)
     assert (flat.gen_length, flat.block_length, flat.steps) == (24, 24, 8)
     assert flat.kv_policy == "full"
+
+
+def test_the_engine_default_canvas_cache_applies_to_requests_that_choose_none():
+    cfg = AdapterConfig.from_additional_config({"maskkv": {"canvas_cache": "dual"}})
+    assert request_params({}, 16, cfg).canvas_cache == "dual"
+    chosen = request_params({"maskkv_canvas_cache": "none"}, 16, cfg)
+    assert chosen.canvas_cache == "none"
+    with pytest.raises(ValueError, match="canvas_cache='fast' is not one of"):
+        AdapterConfig.from_additional_config({"maskkv": {"canvas_cache": "fast"}})
 
 
 @pytest.mark.parametrize(
@@ -57,8 +67,7 @@ def test_request_params_nested_flat_and_defaults():
         ({"maskkv": {"gen_lenght": 8}}, "gen_lenght"),
         ({"maskkv_steps": 5, "maskkv_block_length": 8}, "steps=5"),
         ({"maskkv_cfg_scale": 1.0}, "cfg_scale=1.0"),
-        # Not run by the plugin yet: refused by name, never silently ignored.
-        ({"maskkv_canvas_cache": "dual"}, "canvas_cache='dual' is not served"),
+        ({"maskkv_canvas_cache": "fast"}, "canvas_cache='fast' is not one of"),
         ({"maskkv": 3}, "is not a dict"),
     ],
 )

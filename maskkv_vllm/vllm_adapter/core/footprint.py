@@ -30,7 +30,8 @@ def reserved_blocks(
     block_size: int,
     tp_size: int = 1,
 ) -> int:
-    """Blocks that hold the request's prompt KV after step 0, for any head split.
+    """Blocks that hold the request's prompt KV after step 0, for any head split
+    (and its cached canvas entries with ``canvas_cache="dual"``).
 
     Args:
         policy: the request's policy (``evicts`` False: the full prompt).
@@ -46,7 +47,10 @@ def reserved_blocks(
     """
     local = num_kv_heads // tp_size
     budgets = policy.kept_per_layer(num_layers, params.kv_budget, prompt_len)
-    pages = reserved_pages(budgets, prompt_len, local, block_size, num_kv_heads)
+    pages = reserved_pages(
+        budgets, prompt_len, local, block_size, num_kv_heads,
+        canvas_tokens=params.canvas_cached,
+    )  # fmt: skip
     return blocks_for_pages(pages, local)
 
 

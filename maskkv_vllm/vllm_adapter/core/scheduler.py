@@ -135,28 +135,39 @@ class MaskKVDiffusionScheduler(Scheduler):
         self, scheduler_output: Any, model_runner_output: Any
     ) -> dict[int, Any]:
         kept = getattr(model_runner_output, "maskkv_kept_lengths", None) or {}
+        canvas = getattr(model_runner_output, "maskkv_canvas_tokens", None) or {}
+        rows = getattr(model_runner_output, "maskkv_step_tokens", None) or {}
         outputs = super().update_from_output(scheduler_output, model_runner_output)
         for req_id in scheduler_output.num_scheduled_tokens:
             request = self.requests.get(req_id)
             if request is None or request.is_finished():
                 continue
-            request.num_computed_tokens = self.prompt_lens[req_id]
+            # The next step schedules the request's last ``rows`` slots: the
+            # canvas, or as many as one diffusion block (the runner puts the
+            # block's tokens there).
+            n = request.num_tokens - self.prompt_lens[req_id]
+            request.num_computed_tokens = request.num_tokens - rows.get(req_id, n)
             if req_id in kept and self.adapter_config.free_blocks:
-                self.release_unused_blocks(req_id, kept[req_id])
+                self.release_unused_blocks(req_id, kept[req_id], canvas.get(req_id, 0))
         return outputs
 
     def release_unused_blocks(
-        self, req_id: str, kept_lengths: dict[int, list[int]]
+        self, req_id: str, kept_lengths: dict[int, list[int]], canvas_tokens: int = 0
     ) -> int:
         """Shrink a request to the blocks its kept head-pages fill; free the rest.
 
         Args:
             kept_lengths: layer -> kept prompt entries of every KV head.
+            canvas_tokens: canvas entries every head holds after them (dual).
 
         Returns:
             The number of blocks returned to vLLM's pool.
         """
-        need = held_blocks(kept_lengths, self.block_size, self.tp_size)
+        held_lengths = {
+            layer: [n + canvas_tokens for n in heads]
+            for layer, heads in kept_lengths.items()
+        }
+        need = held_blocks(held_lengths, self.block_size, self.tp_size)
         held = self.block_manager.num_held(req_id)
         if need > held:
             raise RuntimeError(

@@ -13,6 +13,12 @@ the batch's post-RoPE q/k/v. Per request row:
   fresh K/V through ``kv.paged_attention`` (the embedded engine's attention:
   the torch reference here, the Triton kernel on CUDA); all such rows of the
   step go in one batched call per layer.
+- **the dual canvas cache** (``kv_cache/canvas_cache.py``, as in the embedded
+  engine): step 0 also keeps the canvas K/V outside block 0 after each head's
+  prompt entries; a canvas step at a block boundary attends to the prompt
+  entries only and rewrites those canvas entries; a block step forwards the
+  block's tokens alone (scheduled as the canvas's last slots, their positions
+  shifted by ``position_shift``) over prompt and canvas entries.
 
 Tensor parallelism: each rank holds its block of KV heads (``HeadShard``). A
 policy runs on a ``ShardedLayerContext`` whose per-head statistics are
@@ -29,6 +35,7 @@ from dataclasses import dataclass
 import torch
 
 from maskkv_vllm.eviction.sharded import SINGLE_RANK, HeadShard
+from maskkv_vllm.kv_cache.canvas_cache import append_canvas
 from maskkv_vllm.kv_cache.page_table_tensors import stack_tables
 from maskkv_vllm.kv_cache.paged_attention import Workspace, paged_attention
 from maskkv_vllm.kv_cache.step_zero import capture_layer
@@ -103,6 +110,17 @@ class DiffusionAttention:
         self.shard = shard if shard is not None else current_shard()
         self.workspace = workspace or Workspace()
 
+    def positions(self, positions: torch.Tensor) -> torch.Tensor:
+        """(T,) vLLM's positions of the step's tokens -> the tokens' own (a block
+        step's tokens sit at its block, not at the canvas's last slots)."""
+        shifts = [(r, r.state.position_shift()) for r in self.rows]
+        if not any(shift for _, shift in shifts):
+            return positions
+        positions = positions.clone()
+        for r, shift in shifts:
+            positions[r.start : r.start + r.num_tokens] += shift
+        return positions
+
     def __call__(
         self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
     ) -> torch.Tensor:
@@ -134,8 +152,14 @@ class DiffusionAttention:
         o = dense_attention(qr, kr, vr, None)[0]  # (Hq/N, M + L, d)
         out[span] = o.transpose(0, 1).reshape(row.num_tokens, -1)
         st = row.state
+        write = functools.partial(st.pages.write_layer, self.store)
+        if (span := st.canvas_span()) is not None:
+            m = st.prompt_len
+            kc, vc = span.outside(kr[0, :, m:]), span.outside(vr[0, :, m:])
+            st.pages.canvas_tokens = kc.shape[1]
+            write = append_canvas(write, kc, vc)
         st.kept_lengths[layer] = capture_layer(
-            functools.partial(st.pages.write_layer, self.store),
+            write,
             st.eviction,
             layer,
             self.num_layers,
@@ -159,7 +183,9 @@ class DiffusionAttention:
             kb[i, :, : r.num_tokens] = k[0, :, span]
             vb[i, :, : r.num_tokens] = v[0, :, span]
             mask[i, : r.num_tokens] = True
-        tables, lens = stack_tables([r.state.pages.table(layer) for r in rows])
+        tables, lens = stack_tables(
+            [r.state.pages.table(layer, r.state.forward_kind == "canvas") for r in rows]
+        )
         o = paged_attention(
             qb, kb, vb, mask, self.store.k_cache, self.store.v_cache,
             tables, lens, self.workspace,
@@ -169,3 +195,13 @@ class DiffusionAttention:
             out[span] = (
                 o[i, :, : r.num_tokens].transpose(0, 1).reshape(r.num_tokens, -1)
             )
+            self._refresh_canvas(
+                layer, r, kb[i, :, : r.num_tokens], vb[i, :, : r.num_tokens]
+            )
+
+    def _refresh_canvas(self, layer, row: RowPlan, k, v) -> None:
+        """At a block boundary of the dual canvas cache, rewrite the row's
+        cached canvas entries from this forward's canvas K/V (Hkv/N, L, d)."""
+        st = row.state
+        if st.forward_kind == "canvas" and (span := st.canvas_span()) is not None:
+            st.pages.write_canvas(self.store, layer, span.outside(k), span.outside(v))

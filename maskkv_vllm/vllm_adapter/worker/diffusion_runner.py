@@ -55,6 +55,12 @@ class MaskKVRunnerOutput(ModelRunnerOutput):
     maskkv_kept_lengths: dict[str, dict[int, list[int]]] = field(default_factory=dict)
     """req_id -> layer -> kept prompt entries of every KV head, for the
     requests whose step 0 ran in this step (the scheduler sizes their blocks)."""
+    maskkv_canvas_tokens: dict[str, int] = field(default_factory=dict)
+    """req_id -> canvas entries each head keeps after its prompt's (the dual
+    canvas cache), for the same requests (their blocks hold those too)."""
+    maskkv_step_tokens: dict[str, int] = field(default_factory=dict)
+    """req_id -> canvas tokens its next step forwards (the scheduler schedules
+    that many: the whole canvas, or one diffusion block)."""
 
 
 class DiffusionRunnerMixin:
@@ -128,6 +134,10 @@ class DiffusionRunnerMixin:
             canvas = st.seq.canvas.cpu().numpy()
             batch.token_ids_cpu[row, m : m + canvas.shape[0]] = canvas
             st.computed = int(batch.num_computed_tokens_cpu[row])
+            if st.forward_kind == "block":  # scheduled as the canvas's last slots
+                end, start_b = m + canvas.shape[0], st.seq.block_start
+                block = canvas[start_b : start_b + n]
+                batch.token_ids_cpu[row, end - n : end] = block
             rows.append((req_id, start, n))
             start += n
         return rows
@@ -170,13 +180,17 @@ class DiffusionRunnerMixin:
         with torch.inference_mode():
             sampled, kept = self._denoise(state.hidden_states)
         connector_output, self.kv_connector_output = self.kv_connector_output, None
+        states = [(r, self.diffusion[r]) for r, _, _ in self._rows]
         return MaskKVRunnerOutput(
             req_ids=list(self.input_batch.req_ids),
             req_id_to_index=dict(self.input_batch.req_id_to_index),
             sampled_token_ids=sampled,
             kv_connector_output=connector_output,
             maskkv_kept_lengths=kept,
-        )
+            maskkv_canvas_tokens={r: st.pages.canvas_tokens for r, st in states
+                                  if r in kept},
+            maskkv_step_tokens={r: st.next_step_tokens() for r, st in states},
+        )  # fmt: skip
 
     def _dummy_sampler_run(self, hidden_states: torch.Tensor) -> torch.Tensor:
         """The sampling of the worst step, where vLLM profiles its sampler.

@@ -355,6 +355,9 @@ class LLaDAForDiffusionLM(nn.Module):
                 "no prompt embeddings)"
             )
         x = self.embed_input_ids(input_ids)
+        step = self._attention.step
+        if step is not None and hasattr(step, "positions"):
+            positions = step.positions(positions)
         # Built per call in fp32, as in LLaDAModel: a buffer would be cast.
         inv_freq = rope_inv_freq(self.config.head_dim, self.config.rope_theta, x.device)
         cos, sin = rope_cos_sin(positions[None], inv_freq)  # (1, 1, T, d)

@@ -1,0 +1,107 @@
+"""The canvas cache in ``maskkv bench``: a step with ``dual`` against ``none``.
+
+Per (gen, block) shape and prompt length, four labels run in lockstep: the full
+cache and MaskKV, each with ``canvas_cache`` none and dual. A dual step is
+bimodal (a canvas forward at each block boundary, block-only forwards between),
+so the figure is the MEAN step after the first (the prefill), not the median.
+"""
+
+from __future__ import annotations
+
+import statistics
+
+from maskkv_vllm.bench.common import english_ids, lockstep_times, step_times
+from maskkv_vllm.sampling_params import SamplingParams
+from maskkv_vllm.worker.model_runner import ModelRunner
+
+LABELS = (
+    ("full_none", "full", "none"),
+    ("full_dual", "full", "dual"),
+    ("maskkv_none", "maskkv", "none"),
+    ("maskkv_dual", "maskkv", "dual"),
+)
+"""(label, policy, canvas cache)."""
+
+
+def shape_params(gen: int, block: int, policy: str, budget: int, canvas: str):
+    return SamplingParams(
+        gen_length=gen, block_length=block, steps=gen, kv_policy=policy,
+        kv_budget=None if policy == "full" else budget, canvas_cache=canvas,
+    )  # fmt: skip
+
+
+def canvas_step_time(
+    sampler: ModelRunner, tok, lengths, shapes, budget, device, repeats=1
+) -> list[dict]:
+    """Mean ms of a step after the first, and of the whole generation, per shape,
+    prompt length and label (each label keeps its best of ``repeats`` rounds),
+    plus the share of dual's answer tokens equal to none's (greedy).
+
+    Args:
+        sampler: a paged ``ModelRunner`` (early stop off) that every label uses.
+        shapes: (gen_length, block_length) pairs.
+    """
+    rows = []
+    for gen, block in shapes:
+        sp = {label: shape_params(gen, block, policy, budget, canvas)
+              for label, policy, canvas in LABELS}  # fmt: skip
+        for label in sp:  # warm-up
+            step_times(sampler, sampler.make_sequence(0, [5] * 16, sp[label]), device)
+        for m in lengths:
+            rows.append(_row(sampler, tok, m, gen, block, sp, device, repeats))
+    return rows
+
+
+def _row(sampler, tok, m, gen, block, sp, device, repeats) -> dict:
+    prompt = english_ids(tok, m)
+    samplers = dict.fromkeys(sp, sampler)
+    best: dict[str, tuple[float, float]] = {}
+    for _ in range(repeats):
+        seqs = {label: sampler.make_sequence(i, prompt, sp[label])
+                for i, label in enumerate(sp)}  # fmt: skip
+        for label, times in lockstep_times(samplers, seqs, device).items():
+            got = (1e3 * statistics.mean(times[1:]), 1e3 * sum(times))
+            best[label] = min(best.get(label, got), got)
+        canvases = {label: s.canvas.tolist() for label, s in seqs.items()}
+    row = {"prompt_len": m, "gen": gen, "block": block}
+    for label in sp:
+        row[f"{label}_step_ms"], row[f"{label}_total_ms"] = best[label]
+    for policy in ("full", "maskkv"):
+        none, dual = canvases[f"{policy}_none"], canvases[f"{policy}_dual"]
+        row[f"{policy}_agreement"] = sum(
+            a == b for a, b in zip(none, dual, strict=True)
+        ) / len(none)
+    return row
+
+
+def targets(rows: list[dict]) -> list[tuple[str, float, str]]:
+    """(what, measured, target): a dual step <= 1/4 of a none step at the
+    longest canvas shape, worst prompt length, full cache and MaskKV."""
+    gen = max(r["gen"] for r in rows)
+    mine = [r for r in rows if r["gen"] == gen]
+    out = []
+    for policy in ("full", "maskkv"):
+        worst = max(r[f"{policy}_dual_step_ms"] / r[f"{policy}_none_step_ms"]
+                    for r in mine)  # fmt: skip
+        out.append((f"{policy} cache: dual step / none step at gen {gen} / block "
+                    f"{mine[0]['block']}, worst length", worst, "<= 0.25"))  # fmt: skip
+    return out
+
+
+def report(rows: list[dict]) -> list[str]:
+    lines = [
+        "canvas cache (mean ms of the steps after the first; dual/none ratio; "
+        "share of dual's tokens equal to none's, greedy, random weights):",
+        f"{'gen/blk':>7} | {'prompt':>6} | {'full none':>9} | {'full dual':>9} | "
+        f"{'ratio':>5} | {'agree':>5} | {'maskkv none':>11} | {'maskkv dual':>11} | "
+        f"{'ratio':>5} | {'agree':>5}",
+    ]
+    for r in rows:
+        cells = [f"{r['gen']}/{r['block']}".rjust(7), f"{r['prompt_len']:>6}"]
+        for policy, width in (("full", 9), ("maskkv", 11)):
+            none, dual = r[f"{policy}_none_step_ms"], r[f"{policy}_dual_step_ms"]
+            agree = r[f"{policy}_agreement"]
+            cells += [f"{none:>{width}.2f}", f"{dual:>{width}.2f}",
+                      f"{dual / none:>5.2f}", f"{agree:>5.2f}"]  # fmt: skip
+        lines.append(" | ".join(cells))
+    return lines

@@ -1,0 +1,35 @@
+"""The canvas-cache rows of ``maskkv bench``: their target and their table."""
+
+from __future__ import annotations
+
+from maskkv_vllm.bench import canvas
+
+
+def row(gen, block, m, full, maskkv):
+    """full, maskkv: (none ms, dual ms)."""
+    return {
+        "prompt_len": m, "gen": gen, "block": block,
+        "full_none_step_ms": full[0], "full_dual_step_ms": full[1],
+        "maskkv_none_step_ms": maskkv[0], "maskkv_dual_step_ms": maskkv[1],
+        "full_agreement": 0.5, "maskkv_agreement": 1.0,
+    }  # fmt: skip
+
+
+def test_the_target_is_the_worst_length_of_the_longest_canvas():
+    rows = [
+        row(256, 32, 256, (40.0, 8.0), (20.0, 4.0)),
+        row(256, 32, 1024, (80.0, 24.0), (20.0, 6.0)),
+        row(32, 8, 256, (10.0, 9.0), (5.0, 5.0)),  # a shorter canvas: not the target
+    ]
+    (full, maskkv) = canvas.targets(rows)
+    assert full[0].startswith("full cache: dual step / none step at gen 256 / block 32")
+    assert (full[1], full[2]) == (0.3, "<= 0.25")
+    assert maskkv[1] == 0.3
+
+
+def test_the_table_has_a_line_per_row_with_the_ratios():
+    lines = canvas.report([row(256, 32, 256, (40.0, 8.0), (20.0, 4.0))])
+    assert lines[-1].split(" | ") == [
+        " 256/32", "   256", "    40.00", "     8.00", " 0.20", " 0.50",
+        "      20.00", "       4.00", " 0.20", " 1.00",
+    ]  # fmt: skip
