@@ -49,7 +49,7 @@ def main() -> None:
     ap.add_argument("--layers", type=int, default=4)
     ap.add_argument("--heads", type=int, default=8)
     ap.add_argument("--head-dim", type=int, default=64)
-    ap.add_argument("--block-size", type=int, default=16)
+    ap.add_argument("--page-size", type=int, default=16)
     ap.add_argument("--json", help="also write the rows to this file")
     args = ap.parse_args()
 

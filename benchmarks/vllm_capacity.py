@@ -160,7 +160,7 @@ def measure_model(name: str, path: str, args, prompts) -> list[dict]:
         path,
         dtype="float32",  # as the vLLM engine above (block_bytes)
         kv_cache_memory=pool_bytes,
-        block_size=bs,
+        page_size=bs,
         max_num_seqs=256,
         max_model_len=m + args.gen_length + bs,
     )

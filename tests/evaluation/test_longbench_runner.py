@@ -233,13 +233,13 @@ def test_main_runs_and_reports_errors(tok, data_dir, tmp_path, monkeypatch, caps
 
 
 def test_longbench_takes_the_engine_s_own_flags(tiny_dir):
-    # Declared by EngineArgs (once): --block-size and the MaskKV knobs were missing,
+    # Declared by EngineArgs (once): --page-size and the MaskKV knobs were missing,
     # --device/--dtype were declared a second time by the runner.
     p = lb.argparse.ArgumentParser()
     lb.add_arguments(p)
     ns = p.parse_args(
         ["--model", str(tiny_dir), "--data-dir", "d", "--kv-policy", "maskkv",
-         "--kv-budget", "8", "--block-size", "32", "--kv-cache-memory", "8MiB",
+         "--kv-budget", "8", "--page-size", "32", "--kv-cache-memory", "8MiB",
          "--maskkv-alpha", "0.2", "--device", "cpu"]
     )  # fmt: skip
     flags = [s for a in p._actions for s in a.option_strings]
