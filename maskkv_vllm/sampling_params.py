@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 REMASKING = ("low_confidence", "random")
-CANVAS_CACHES = ("none", "dual")
+CANVAS_CACHES = ("none", "dual", "dual_refresh")
 
 
 @dataclass(frozen=True)
@@ -57,8 +57,9 @@ class SamplingParams:
     """"none": every step recomputes the whole canvas (exact, LLaDA's generate.py);
     "dual": Fast-dLLM's DualCache - at each block boundary one forward over the
     canvas stores the K/V of the canvas outside the block, and the block's other
-    steps compute only its own rows. None takes the engine's default. Needs the
-    paged cache."""
+    steps compute only its own rows; "dual_refresh": the same, with the boundary
+    forward over prompt and canvas (Fast-dLLM's generate_with_dual_cache; full
+    cache only). None takes the engine's default. Needs the paged cache."""
 
     def __post_init__(self) -> None:
         self._check_types()
@@ -90,6 +91,11 @@ class SamplingParams:
         if self.canvas_cache is not None and self.canvas_cache not in CANVAS_CACHES:
             raise ValueError(
                 f"canvas_cache={self.canvas_cache!r} is not one of {CANVAS_CACHES}"
+            )
+        if self.canvas_cache == "dual_refresh" and _evicts(self.kv_policy):
+            raise ValueError(
+                f"canvas_cache='dual_refresh' recomputes the full prompt at every "
+                f"block boundary: kv_policy={self.kv_policy!r} evicts (use 'dual')"
             )
         if self.remasking not in REMASKING:
             raise ValueError(f"remasking={self.remasking!r} is not one of {REMASKING}")
@@ -149,7 +155,7 @@ class SamplingParams:
     def canvas_cached(self) -> int:
         """Canvas positions whose K/V a row keeps between steps: those outside
         the current diffusion block with "dual", else 0."""
-        if self.canvas_cache == "dual":
+        if self.canvas_cache in ("dual", "dual_refresh"):
             return self.gen_length - self.block_length
         return 0
 

@@ -99,6 +99,12 @@ class DiffusionSequence:
         return bool(self.params.canvas_cached) and self.step_in_block > 0
 
     @property
+    def prompt_refresh_due(self) -> bool:
+        """Whether the next step is a block boundary that recomputes the prompt
+        too (``canvas_cache="dual_refresh"``: a full forward, as step 0)."""
+        return self.params.canvas_cache == "dual_refresh" and self.step_in_block == 0
+
+    @property
     def block_start(self) -> int:
         """Canvas offset of the current block."""
         return self.block * self.params.block_length

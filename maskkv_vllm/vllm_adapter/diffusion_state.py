@@ -68,9 +68,12 @@ class DiffusionState:
         return canvas_span(self.seq.params, self.seq.block_start)
 
     def next_step_tokens(self) -> int:
-        """Canvas tokens its next step forwards: the block inside a block of the
-        dual canvas cache, else the whole canvas (what the scheduler schedules)."""
+        """Tokens its next step forwards (what the scheduler schedules): the
+        block inside a block of the dual canvas cache, prompt and canvas at a
+        boundary of "dual_refresh", else the whole canvas."""
         p = self.seq.params
+        if self.seq.prompt_refresh_due:
+            return self.prompt_len + p.gen_length
         return p.block_length if self.seq.in_block_step else p.gen_length
 
     def canvas_offset(self) -> int:

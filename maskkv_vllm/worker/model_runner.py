@@ -251,7 +251,7 @@ class ModelRunner:
         """Whether this step recomputes (and re-stores) the sequence's prompt KV."""
         if self.cache_config.cache_mode == "none":
             return True
-        if not self.prompt_cache.has(seq.cache_keys[0]):
+        if not self.prompt_cache.has(seq.cache_keys[0]) or seq.prompt_refresh_due:
             return True
         interval = self.cache_config.prompt_refresh_interval
         return interval is not None and seq.num_steps % interval == 0

@@ -95,6 +95,22 @@ def test_a_block_forward_computes_only_the_block(one_layer, monkeypatch):
     assert widths == [17] + [4] * 3 + ([16] + [4] * 3) * 3
 
 
+def test_dual_refresh_recomputes_the_prompt_at_every_block_boundary(
+    one_layer, monkeypatch
+):
+    r = runner(one_layer)
+    seen = kinds_of(r, monkeypatch)
+    params = dataclasses.replace(GREEDY, canvas_cache="dual_refresh")
+    got = tokens(r.generate([[5]], params))
+    # gen 16 in blocks of 4: each block opens with a forward over prompt and
+    # canvas (Fast-dLLM's generate_with_dual_cache), then 3 block forwards.
+    assert seen == (["full"] + ["block"] * 3) * 4
+    assert got == tokens(r.generate([[5]], GREEDY))  # exact with one layer
+    assert r.prompt_cache.page_pool.num_free_pages == 2999
+    with pytest.raises(ValueError, match="kv_policy='snapkv' evicts"):
+        dataclasses.replace(params, kv_policy="snapkv", kv_budget=4)
+
+
 def test_one_block_is_exactly_none_on_a_deeper_model(tiny):
     r = runner(tiny)
     params = SamplingParams(gen_length=8, block_length=8, steps=8)

@@ -165,8 +165,10 @@ def test_each_step_recomputes_only_the_canvas(llm, scheduler):
                        kv_policy="snapkv", kv_budget=4),
         SamplingParams(gen_length=16, block_length=4, steps=16, canvas_cache="dual",
                        temperature=1.0, seed=3),
+        SamplingParams(gen_length=16, block_length=4, steps=16,
+                       canvas_cache="dual_refresh"),
     ],
-    ids=["full", "snapkv", "temperature"],
+    ids=["full", "snapkv", "temperature", "dual_refresh"],
 )  # fmt: skip
 def test_the_dual_canvas_cache_matches_the_embedded_engine(llm, embedded, params):
     prompts = ["Hello", HELLO + [33], LONG]
@@ -184,6 +186,15 @@ def test_a_dual_block_step_schedules_only_the_block(llm, scheduler):
     # Each head holds its 6 prompt entries and the 8 canvas entries outside the
     # block: 14 slots, one page per (layer, head), 8 pages = 2 blocks.
     assert {free for *_, free in scheduler.trace[:-1]} == {NUM_BLOCKS - 1 - 2}
+    assert scheduler.trace[-1][2] == NUM_BLOCKS - 1
+
+
+def test_dual_refresh_schedules_prompt_and_canvas_at_each_boundary(llm, scheduler):
+    params = SamplingParams(
+        gen_length=16, block_length=8, steps=16, canvas_cache="dual_refresh"
+    )
+    generate(llm, [HELLO], params)
+    assert [n for _, n, _ in scheduler.trace] == ([22] + [8] * 7) * 2
     assert scheduler.trace[-1][2] == NUM_BLOCKS - 1
 
 
