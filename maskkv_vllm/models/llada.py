@@ -10,9 +10,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from maskkv_vllm.models.attention import Attention, DenseAttention
+from maskkv_vllm.models.attention import Attention
+from maskkv_vllm.models.blocks import run_blocks
 from maskkv_vllm.models.llada_config import LLaDAConfig
-from maskkv_vllm.models.rope import apply_rope, rope_cos_sin, rope_inv_freq
+from maskkv_vllm.models.rope import apply_rope
 
 
 class RMSNorm(nn.Module):
@@ -133,15 +134,9 @@ class LLaDAModel(nn.Module):
         Returns:
             (B, T, d_model) hidden states before the final norm.
         """
-        attn = attn if attn is not None else DenseAttention()
         x = self.model.transformer.wte(input_ids)
-        # Built per call in fp32: a buffer would be cast by model.to(bfloat16).
         theta = self.config.rope_theta * self.rope_scaling
-        inv_freq = rope_inv_freq(self.config.head_dim, theta, input_ids.device)
-        cos, sin = rope_cos_sin(positions, inv_freq)
-        for block in self.blocks:
-            x = block(x, cos, sin, attn)
-        return x
+        return run_blocks(self.blocks, x, positions, self.config.head_dim, theta, attn)
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """Final norm and LM head: (..., d_model) -> fp32 (..., embedding_size)."""

@@ -3,10 +3,17 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
+
+from maskkv_vllm.models.config_json import (
+    check_fixed_values,
+    check_required,
+    check_types,
+    read_config_json,
+    require_positive,
+)
 
 # Fields whose only supported value is fixed: a checkpoint that asks for anything else
 # (ALiBi, LayerNorm, QK-norm, ...) would silently run a different network.
@@ -65,12 +72,14 @@ class LLaDAConfig:
     """Every linear layer has a bias."""
     include_qkv_bias: bool = False
     """Only the q/k/v projections have a bias (Dream/Qwen style)."""
+    shifted_logits: ClassVar[bool] = False
+    """LLaDA reads the token at position i from output i (Dream's are shifted)."""
 
     def __post_init__(self) -> None:
         for name in ("d_model", "n_heads", "n_kv_heads", "n_layers", "mlp_hidden_size"):
-            _require_positive(name, getattr(self, name))
-        _require_positive("vocab_size", self.vocab_size)
-        _require_positive("max_sequence_length", self.max_sequence_length)
+            require_positive(name, getattr(self, name))
+        require_positive("vocab_size", self.vocab_size)
+        require_positive("max_sequence_length", self.max_sequence_length)
         if self.d_model % self.n_heads:
             raise ValueError(
                 f"d_model={self.d_model} is not divisible by n_heads={self.n_heads}"
@@ -133,17 +142,12 @@ class LLaDAConfig:
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> LLaDAConfig:
         """Build from a config.json mapping; unknown values of known fields raise."""
-        for key, allowed in _FIXED_VALUES.items():
-            if key in raw and raw[key] not in allowed:
-                raise ValueError(
-                    f"config.json: {key}={raw[key]!r} is not supported "
-                    f"(supported: {', '.join(map(repr, allowed))})"
-                )
+        check_fixed_values(raw, _FIXED_VALUES)
         if raw.get("rope_full_precision") is False:
             raise ValueError("config.json: rope_full_precision=False is not supported")
-        for key in ("d_model", "n_heads", "n_layers", "vocab_size", "mask_token_id"):
-            if key not in raw:
-                raise ValueError(f"config.json: required field {key!r} is missing")
+        check_required(
+            raw, ("d_model", "n_heads", "n_layers", "vocab_size", "mask_token_id")
+        )
         n_heads = raw["n_heads"]
         eos = raw.get("eos_token_id", 50256)
         kwargs = {
@@ -162,23 +166,12 @@ class LLaDAConfig:
         for key in names - kwargs.keys():
             if raw.get(key) is not None:
                 kwargs[key] = raw[key]
-        _check_types(kwargs)
+        check_types(cls, kwargs)
         return cls(**kwargs)
 
     @classmethod
     def from_file(cls, path: str | Path) -> LLaDAConfig:
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"no config.json at {path}")
-        try:
-            raw = json.loads(path.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise ValueError(f"{path} is not valid JSON: {e}") from e
-        if not isinstance(raw, dict):
-            raise ValueError(
-                f"{path} must hold a JSON object, not a {type(raw).__name__}"
-            )
-        return cls.from_dict(raw)
+        return cls.from_dict(read_config_json(path))
 
     def to_dict(self) -> dict[str, Any]:
         """The config.json mapping LLaDA's own code reads, fixed fields included."""
@@ -207,21 +200,3 @@ def _mlp_hidden_size(raw: dict[str, Any]) -> int:
     if raw.get("mlp_ratio"):
         return int(raw["mlp_ratio"] * raw["d_model"])
     raise ValueError("config.json: neither mlp_hidden_size nor mlp_ratio is set")
-
-
-def _check_types(kwargs: dict[str, Any]) -> None:
-    for f in dataclasses.fields(LLaDAConfig):
-        value = kwargs.get(f.name)
-        if value is None:
-            continue
-        if f.type == "int" and (not isinstance(value, int) or isinstance(value, bool)):
-            raise ValueError(f"config.json: {f.name}={value!r} is not an integer")
-        if f.type == "bool" and not isinstance(value, bool):
-            raise ValueError(f"config.json: {f.name}={value!r} is not a boolean")
-        if f.type == "float" and not isinstance(value, int | float):
-            raise ValueError(f"config.json: {f.name}={value!r} is not a number")
-
-
-def _require_positive(name: str, value: int) -> None:
-    if value <= 0:
-        raise ValueError(f"{name}={value} must be positive")

@@ -1,14 +1,20 @@
-"""Strict loading of LLaDA safetensors checkpoints (single file or sharded)."""
+"""Strict loading of safetensors checkpoints (single file or sharded), the model
+class chosen by ``config.json``'s ``model_type``: LLaDA or Dream."""
 
 from __future__ import annotations
 
 import json
 import logging
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors import safe_open
 
+from maskkv_vllm.models.config_json import read_config_json
+from maskkv_vllm.models.dream import DreamModel
+from maskkv_vllm.models.dream_config import DreamConfig
 from maskkv_vllm.models.llada import LLaDAModel
 from maskkv_vllm.models.llada_config import LLaDAConfig
 
@@ -26,6 +32,45 @@ _DTYPES = {
     "float16": torch.float16,
     "fp16": torch.float16,
 }
+
+
+@dataclass(frozen=True)
+class Architecture:
+    """What the loader needs to know of one ``model_type``."""
+
+    config_cls: type[LLaDAConfig] | type[DreamConfig]
+    """Parses and validates config.json (``from_dict``)."""
+    model_cls: type[LLaDAModel] | type[DreamModel]
+    """Built as ``model_cls(config, rope_scaling=...)``."""
+    layer_prefix: str
+    """Tensor-name prefix followed by the layer index."""
+    layers_field: str
+    """config.json's name for the layer count (named in errors)."""
+
+
+ARCHITECTURES: dict[str, Architecture] = {
+    "llada": Architecture(
+        LLaDAConfig, LLaDAModel, "model.transformer.blocks.", "n_layers"
+    ),
+    "Dream": Architecture(
+        DreamConfig, DreamModel, "model.layers.", "num_hidden_layers"
+    ),
+}
+"""Supported ``model_type`` values, spelled as the checkpoints spell them."""
+DEFAULT_MODEL_TYPE = "llada"
+"""Assumed when config.json has no ``model_type`` (early LLaDA configs)."""
+
+
+def architecture_of(raw: dict[str, Any]) -> Architecture:
+    """The architecture config.json's ``model_type`` names, or ValueError naming it
+    and the supported ones."""
+    model_type = raw.get("model_type", DEFAULT_MODEL_TYPE)
+    if not isinstance(model_type, str) or model_type not in ARCHITECTURES:
+        raise ValueError(
+            f"config.json: model_type={model_type!r} is not supported "
+            f"(supported: {', '.join(map(repr, ARCHITECTURES))})"
+        )
+    return ARCHITECTURES[model_type]
 
 
 def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
@@ -118,16 +163,20 @@ def read_tensors(files: list[Path]) -> dict[str, torch.Tensor]:
     return tensors
 
 
-def check_layer_count(config: LLaDAConfig, found: dict[str, torch.Tensor]) -> None:
-    """Compare n_layers with the blocks the weights hold before building anything
-    (a config that says a million layers would otherwise build them)."""
-    prefix = "model.transformer.blocks."
+def check_layer_count(
+    config: LLaDAConfig | DreamConfig,
+    found: dict[str, torch.Tensor],
+    arch: Architecture = ARCHITECTURES[DEFAULT_MODEL_TYPE],
+) -> None:
+    """Compare the layer count with the layers the weights hold before building
+    anything (a config that says a million layers would otherwise build them)."""
+    prefix = arch.layer_prefix
     blocks = {n[len(prefix) :].split(".", 1)[0] for n in found if n.startswith(prefix)}
     count = len(blocks)
     if count != config.n_layers:
         raise ValueError(
-            f"config.json says n_layers={config.n_layers} but the weights hold "
-            f"{count} blocks"
+            f"config.json says {arch.layers_field}={config.n_layers} but the weights "
+            f"hold {count} blocks"
         )
 
 
@@ -155,8 +204,9 @@ def load_model(
     dtype: str | torch.dtype = "float32",
     device: str | torch.device = "cpu",
     rope_scaling: float = 1.0,
-) -> LLaDAModel:
-    """Load a LLaDA checkpoint directory into an eval-mode ``LLaDAModel``.
+) -> LLaDAModel | DreamModel:
+    """Load a checkpoint directory into an eval-mode model of its ``model_type``
+    (``LLaDAModel`` for "llada", ``DreamModel`` for "Dream").
 
     Args:
         model_dir: directory with config.json and safetensors weights.
@@ -167,13 +217,15 @@ def load_model(
     model_dir = Path(model_dir)
     if not model_dir.is_dir():
         raise FileNotFoundError(f"model directory {model_dir} does not exist")
-    config = LLaDAConfig.from_file(model_dir / "config.json")
+    raw = read_config_json(model_dir / "config.json")
+    arch = architecture_of(raw)
+    config = arch.config_cls.from_dict(raw)
     torch_dtype = resolve_dtype(dtype)
     device = resolve_device(device)
     found = read_tensors(weight_files(model_dir))
-    check_layer_count(config, found)
+    check_layer_count(config, found, arch)
     with torch.device("meta"):
-        model = LLaDAModel(config, rope_scaling=rope_scaling)
+        model = arch.model_cls(config, rope_scaling=rope_scaling)
     check_state_dict(model.state_dict(), found)
     found = {k: t.to(device=device, dtype=torch_dtype) for k, t in found.items()}
     model.load_state_dict(found, strict=True, assign=True)
@@ -189,7 +241,8 @@ def load_checkpoint(
     device: str | torch.device = "cpu",
     rope_scaling: float = 1.0,
 ):
-    """Model and tokenizer of a checkpoint directory: ``(LLaDAModel, Tokenizer)``."""
+    """Model and tokenizer of a checkpoint directory: ``(model, Tokenizer)``, the
+    model a ``LLaDAModel`` or ``DreamModel`` by ``model_type``."""
     from maskkv_vllm.models.tokenizer import Tokenizer
 
     model = load_model(model_dir, dtype=dtype, device=device, rope_scaling=rope_scaling)

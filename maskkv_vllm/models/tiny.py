@@ -10,7 +10,9 @@ import torch
 from safetensors.torch import save_file
 from tokenizers import Tokenizer as HFTokenizer
 from tokenizers import decoders, models, pre_tokenizers, processors
+from torch import nn
 
+from maskkv_vllm.models.dream_config import DreamConfig
 from maskkv_vllm.models.llada import LLaDAModel
 from maskkv_vllm.models.llada_config import LLaDAConfig
 from maskkv_vllm.models.loader import INDEX_FILE, SINGLE_FILE
@@ -67,20 +69,30 @@ def tiny_config(
 def random_state_dict(
     config: LLaDAConfig, seed: int, scale: float = 2.0
 ) -> dict[str, torch.Tensor]:
-    """Seeded random weights under the official tensor names (fp32, contiguous).
+    """Seeded random LLaDA weights under the official names (``random_weights``)."""
+    return random_weights(LLaDAModel(config), seed, scale)
 
-    Linear weights have std ``scale / sqrt(fan_in)``. The default of twice the usual
-    scale lets context move the logits enough that a random model's answers vary by
-    prompt and position.
+
+def random_weights(
+    model: nn.Module, seed: int, scale: float = 2.0
+) -> dict[str, torch.Tensor]:
+    """Seeded random values for every tensor of ``model.state_dict()`` (fp32,
+    contiguous), drawn in state-dict order.
+
+    Norm weights are ``1 + 0.1 N(0, 1)``, embeddings ``0.5 N(0, 1)``, biases
+    ``0.1 scale N(0, 1)``, and linear weights have std ``scale / sqrt(fan_in)``.
+    The default of twice the usual scale lets context move the logits enough that
+    a random model's answers vary by prompt and position.
     """
     gen = torch.Generator().manual_seed(seed)
-    model = LLaDAModel(config)
     out = {}
     for name, p in model.state_dict().items():
-        if name.endswith("norm.weight") or name.endswith("ln_f.weight"):
+        if name.endswith(("norm.weight", "ln_f.weight")):
             t = 1.0 + 0.1 * torch.randn(p.shape, generator=gen)
-        elif name.endswith("wte.weight"):
+        elif name.endswith(("wte.weight", "embed_tokens.weight")):
             t = 0.5 * torch.randn(p.shape, generator=gen)
+        elif name.endswith(".bias"):
+            t = 0.1 * scale * torch.randn(p.shape, generator=gen)
         else:
             fan_in = p.shape[-1]
             t = scale * torch.randn(p.shape, generator=gen) / math.sqrt(fan_in)
@@ -90,14 +102,15 @@ def random_state_dict(
 
 def save_checkpoint(
     out_dir: str | Path,
-    config: LLaDAConfig,
+    config: LLaDAConfig | DreamConfig,
     state_dict: dict[str, torch.Tensor],
     tokenizer: HFTokenizer,
     shards: int = 1,
 ) -> Path:
-    """Write config.json, tokenizer.json, tokenizer_config.json (LLaDA's pinned
-    chat template, where real LLaDA checkpoints carry theirs and where vLLM's
-    front end looks) and safetensors (sharded when shards > 1)."""
+    """Write config.json (``config.to_dict()``), tokenizer.json,
+    tokenizer_config.json (LLaDA's pinned chat template, where real LLaDA
+    checkpoints carry theirs and where vLLM's front end looks) and safetensors
+    (sharded when shards > 1)."""
     if shards < 1:
         raise ValueError(f"shards={shards} must be positive")
     out = Path(out_dir)

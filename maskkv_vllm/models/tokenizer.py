@@ -9,7 +9,7 @@ from typing import Any
 
 from tokenizers import Tokenizer as HFTokenizer
 
-from maskkv_vllm.models.llada_config import LLaDAConfig
+from maskkv_vllm.models.protocol import ModelConfig
 
 logger = logging.getLogger(__name__)
 
@@ -38,7 +38,7 @@ class Tokenizer:
         config: the model config (mask, eos and pad ids come from it).
     """
 
-    def __init__(self, tokenizer: HFTokenizer, config: LLaDAConfig) -> None:
+    def __init__(self, tokenizer: HFTokenizer, config: ModelConfig) -> None:
         self.tokenizer = tokenizer
         self.mask_token_id = config.mask_token_id
         self.eos_token_id = config.eos_token_id
@@ -53,7 +53,7 @@ class Tokenizer:
         )
 
     @classmethod
-    def from_dir(cls, model_dir: str | Path, config: LLaDAConfig) -> Tokenizer:
+    def from_dir(cls, model_dir: str | Path, config: ModelConfig) -> Tokenizer:
         path = Path(model_dir) / "tokenizer.json"
         if not path.is_file():
             raise FileNotFoundError(f"no tokenizer.json in {model_dir}")

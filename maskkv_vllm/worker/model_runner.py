@@ -69,6 +69,14 @@ class ModelRunner:
         prompt_cache: PromptCache | None = None,
         policies: PolicySet | None = None,
     ) -> None:
+        if getattr(model.config, "shifted_logits", False):
+            # Dream reads position i's token from output i - 1; the sampler does
+            # not yet, so it would run and silently decode the wrong tokens.
+            raise NotImplementedError(
+                f"{type(model).__name__} reads shifted logits (Dream); its sampler "
+                "is not built yet (issue 29, item 2): the model loads, nothing "
+                "serves it"
+            )
         self.model = model
         self.tokenizer = tokenizer
         self.cache_config = cache_config or CacheConfig()
