@@ -128,8 +128,9 @@ def peer_run(
 
     Returns:
         first_ms (the first full forward), step_ms (median cached step),
-        refresh_ms (median later full forward, None with one block), total_ms,
-        forwards (their NFE), tokens (the generated ids).
+        refresh_ms (median later full forward, None with one block),
+        mean_step_ms (every forward after the first, refreshes included),
+        total_ms, forwards (their NFE), tokens (the generated ids).
     """
     timed = TimedModel(model, device)
     prompt = torch.tensor([prompt_ids], device=device)
@@ -145,6 +146,7 @@ def peer_run(
         "first_ms": 1e3 * full[0],
         "step_ms": 1e3 * statistics.median(steps) if steps else None,
         "refresh_ms": 1e3 * statistics.median(full[1:]) if full[1:] else None,
+        "mean_step_ms": 1e3 * statistics.mean(t for t, _ in timed.calls[1:]),
         "total_ms": 1e3 * total,
         "forwards": int(nfe),
         "tokens": x[0, len(prompt_ids) :].tolist(),

@@ -226,6 +226,13 @@ def targets(r: dict) -> list[tuple[str, float, str, bool]]:
              "MaskKV + dual / MaskKV + none",
              dh["maskkv_dual"]["tokens_per_s"] / dh["maskkv"]["tokens_per_s"], ">= 3")
         )  # fmt: skip
+    peer = r.get("peer_fast_dllm", {}).get("rows", [])
+    if peer and "ours_maskkv_dual" in peer[0]:
+        out.append(
+            ("our MaskKV + dual step / Fast-dLLM's dual-cache step (mean), worst "
+             "length", max(x["ours_maskkv_dual"]["mean_step_ms"]
+                           / x["peer_dual"]["mean_step_ms"] for x in peer), "<= 1")
+        )  # fmt: skip
     return [(w, v, t, _met(v, t)) for w, v, t in out]
 
 
@@ -342,6 +349,35 @@ def peer_report(peer: dict, c: dict) -> list[str]:
         f"{'maskkv/peer dual':>16} | {'e2e peer dual/maskkv':>20} | "
         f"{'same tokens (prefix)':>20}",
     ]
+    return _peer_rows(peer, lines) + _peer_canvas_lines(peer)
+
+
+def _peer_canvas_lines(peer: dict) -> list[str]:
+    """Their dual cache beside our canvas cache: mean ms of every step after the
+    first (block boundaries included) and the tokens of the same schedule."""
+    if not any("ours_maskkv_dual" in row for row in peer["rows"]):
+        return []  # a run from before the canvas cache
+    lines = [
+        "", "with the canvas cache (mean ms per step after the first):",
+        f"{'prompt':>7} | {'peer dual':>9} | {'our dual_refresh':>16} | "
+        f"{'our maskkv+dual':>15} | {'maskkv+dual/peer':>16} | "
+        f"{'same tokens (dual_refresh/peer dual)':>36}",
+    ]  # fmt: skip
+    for row in peer["rows"]:
+        if "ours_maskkv_dual" not in row:
+            continue
+        pd, dr, md = row["peer_dual"], row["ours_dual_refresh"], row["ours_maskkv_dual"]
+        same = sum(a == b for a, b in zip(dr["tokens"], pd["tokens"], strict=True))
+        tokens = f"{same}/{len(pd['tokens'])}"
+        lines.append(
+            f"{row['prompt_len']:>7} | {pd['mean_step_ms']:>9.2f} | "
+            f"{dr['mean_step_ms']:>16.2f} | {md['mean_step_ms']:>15.2f} | "
+            f"{_ratio(md['mean_step_ms'], pd['mean_step_ms']):>16} | {tokens:>36}"
+        )
+    return lines
+
+
+def _peer_rows(peer: dict, lines: list[str]) -> list[str]:
     for row in peer["rows"]:
         pp, pd = row["peer_prefix"], row["peer_dual"]
         op, om = row["ours_prefix"], row["ours_maskkv"]

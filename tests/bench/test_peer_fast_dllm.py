@@ -142,3 +142,13 @@ def test_the_peer_table_prints_our_over_their_ratios():
     cells = [c.strip() for c in lines[-1].split("|")]
     assert cells == ["1024", "20.00", "10.00", "18.00", "5.00", "0.90x", "0.50x",
                      "2.0x", "3/4"]  # fmt: skip
+    # With the canvas cache: their dual cache against our dual_refresh (same
+    # schedule, the tokens must agree) and MaskKV + dual, mean ms a step.
+    row["peer_dual"]["mean_step_ms"] = 12.0
+    row["ours_dual_refresh"] = {"mean_step_ms": 11.0, "tokens": [1, 2, 3, 4]}
+    row["ours_maskkv_dual"] = {"mean_step_ms": 6.0, "tokens": [1, 2, 3, 5]}
+    lines = suite.peer_report(
+        {"path": "/x", "commit": "abc", "rows": [row]}, {"gen_length": 4}
+    )
+    cells = [c.strip() for c in lines[-1].split("|")]
+    assert cells == ["1024", "12.00", "11.00", "6.00", "0.50x", "4/4"]
