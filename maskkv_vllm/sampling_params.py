@@ -17,7 +17,9 @@ import textwrap
 from dataclasses import dataclass, field
 from typing import Any
 
-REMASKING = ("low_confidence", "random")
+REMASKING = ("low_confidence", "random", "maskgit_plus", "topk_margin", "entropy")
+"""LLaDA's rules, then Dream's (``sampler.dream_rules``: its confidences and
+step schedule)."""
 CANVAS_CACHES = ("none", "dual", "dual_refresh")
 
 
@@ -36,7 +38,10 @@ class SamplingParams:
     cfg_scale: float = 0.0
     """Classifier-free guidance scale; > 0 runs a prompt-masked branch too."""
     remasking: str = field(default="low_confidence", metadata={"choices": REMASKING})
-    """What ranks positions: "low_confidence" (model probability) or "random"."""
+    """What ranks positions: "low_confidence" (model probability) or "random"
+    (LLaDA's, with its even schedule), or Dream's "maskgit_plus" (top probability),
+    "topk_margin" (top-1 minus top-2) or "entropy" (negative entropy), which commit
+    on Dream's schedule (``int(masked * (1 - s / t))`` a step)."""
     threshold: float | None = None
     """Fast-dLLM parallel decoding: commit every masked block position whose confidence
     exceeds this (at least one per step); the step schedule is then not used."""

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
+from maskkv_vllm.sampler.dream_rules import DREAM_RULES, dream_transfer_count
 from maskkv_vllm.sampler.remasking import select_transfer
 from maskkv_vllm.sampler.schedule import num_transfer_tokens
 from maskkv_vllm.sampling_params import SamplingParams
@@ -130,11 +131,14 @@ class DiffusionSequence:
         p = self.params
         blk = slice(self.block_start, self.block_start + p.block_length)
         masked = self.canvas[blk] == self.mask_token_id
-        k = (
-            self.schedule[self.step_in_block]
-            if self.step_in_block < len(self.schedule)
-            else 0
-        )
+        if p.remasking in DREAM_RULES:
+            k = dream_transfer_count(
+                int(masked.sum()), self.step_in_block, p.steps_per_block
+            )
+        elif self.step_in_block < len(self.schedule):
+            k = self.schedule[self.step_in_block]
+        else:
+            k = 0
         idx = select_transfer(confidence, masked, k, p.threshold)
         self.canvas[blk][idx] = candidates[idx]
         self.num_steps += 1

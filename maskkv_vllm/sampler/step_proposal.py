@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 import torch
 
+from maskkv_vllm.sampler.dream_rules import DREAM_RULES, dream_confidences
 from maskkv_vllm.sampler.remasking import gumbel_candidates, random_confidences
 
 LOGITS_CHUNK_ROWS = 64
@@ -43,8 +44,8 @@ class ChunkRule:
 
     Attributes:
         temperature: 0 for the argmax, else Gumbel-max at this temperature.
-        remasking: "low_confidence" or "random" (confidences drawn after all
-            chunks, from the same generator).
+        remasking: "low_confidence", "random" (confidences drawn after all
+            chunks, from the same generator) or one of Dream's ``DREAM_RULES``.
         mask_token_id: never a candidate (a committed ``[MASK]`` would leave its
             slot masked in a streamed block).
         eos_token_id: forbidden when ``no_eos``.
@@ -58,14 +59,18 @@ class ChunkRule:
     no_eos: bool
 
 
-def block_hidden(hidden: torch.Tensor, canvas_start: int, seq) -> torch.Tensor:
-    """(block_length, d_model) hidden states of ``seq``'s current block.
+def block_hidden(
+    hidden: torch.Tensor, canvas_start: int, seq, shift: int = 0
+) -> torch.Tensor:
+    """(block_length, d_model) hidden states that predict ``seq``'s current block.
 
     Args:
         hidden: (T, d_model) one row's hidden states.
         canvas_start: index of canvas slot 0 in ``hidden``.
+        shift: 1 for a model that reads slot i from output i - 1 (Dream's
+            ``shifted_logits``), else 0.
     """
-    first = canvas_start + seq.block_start
+    first = canvas_start + seq.block_start - shift
     return hidden[first : first + seq.params.block_length]
 
 
@@ -146,6 +151,10 @@ def propose_chunk(
     if rule.remasking == "low_confidence":
         probs = torch.softmax(logits.to(torch.float64), dim=-1)
     logits[:, rule.mask_token_id] = -torch.inf
+    if rule.remasking in DREAM_RULES:
+        # Over the tokens a slot can take ([MASK] excluded), as the candidate.
+        dream = dream_confidences(logits, rule.remasking).to(torch.float64)
+        return gumbel_candidates(logits, rule.temperature, uniform), dream
     cand = gumbel_candidates(logits, rule.temperature, uniform)
     if probs is None:
         return cand, torch.full(

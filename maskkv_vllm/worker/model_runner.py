@@ -69,13 +69,14 @@ class ModelRunner:
         prompt_cache: PromptCache | None = None,
         policies: PolicySet | None = None,
     ) -> None:
-        if getattr(model.config, "shifted_logits", False):
-            # Dream reads position i's token from output i - 1; the sampler does
-            # not yet, so it would run and silently decode the wrong tokens.
-            raise NotImplementedError(
-                f"{type(model).__name__} reads shifted logits (Dream); its sampler "
-                "is not built yet (issue 29, item 2): the model loads, nothing "
-                "serves it"
+        self.shift = int(getattr(model.config, "shifted_logits", False))
+        mode = (cache_config or CacheConfig()).cache_mode
+        if self.shift and mode != "none":
+            # Slot i is read from output i - 1: the first slot needs the last
+            # prompt position's output, which a cached step does not compute.
+            raise ValueError(
+                f"{type(model).__name__} reads shifted logits (Dream): only "
+                f"cache_mode='none' serves it so far, not {mode!r}"
             )
         self.model = model
         self.tokenizer = tokenizer
@@ -297,7 +298,9 @@ class ModelRunner:
         for s in seqs:
             n = len(s.branches)
             start = batch.canvas_start - (s.block_start if kind == "block" else 0)
-            branches = [block_hidden(h, start, s) for h in hidden[i : i + n]]
+            branches = [
+                block_hidden(h, start, s, self.shift) for h in hidden[i : i + n]
+            ]
             s.apply_step(*propose(s, branches, self.model.logits))
             i += n
             self._after_step(s)

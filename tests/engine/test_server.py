@@ -122,7 +122,7 @@ def test_wrong_api_key_is_401(server):
         ({"n": 2}, "n=2 is not supported"),
         ({"temperature": -1}, "temperature=-1"),
         ({"prompt": [1, 99999]}, "token id 99999 is outside"),
-        ({"extra_body": {"remasking": "entropy"}}, "remasking='entropy'"),
+        ({"extra_body": {"remasking": "greedy"}}, "remasking='greedy'"),
     ],
 )
 def test_bad_inputs_are_400_with_a_message(client, kwargs, message):

@@ -48,7 +48,7 @@ def test_params_derived_counts():
         ({"steps": 2.5}, r"steps=2.5 must be a positive integer"),
         ({"temperature": -1.0}, r"temperature=-1.0 must be >= 0"),
         ({"cfg_scale": -0.5}, r"cfg_scale=-0.5 must be >= 0"),
-        ({"remasking": "entropy"}, r"remasking='entropy' is not one of"),
+        ({"remasking": "greedy"}, r"remasking='greedy' is not one of"),
         ({"threshold": 1.5}, r"threshold=1.5 must be in \(0, 1\]"),
         ({"threshold": 0.0}, r"threshold=0.0 must be in"),
         ({"seed": "7"}, r"seed='7' must be an integer"),

@@ -1,0 +1,103 @@
+"""Our Dream sampler against Dream's own ``_sample`` (as vendored in a Fast-dLLM
+checkout), on tiny random Dream checkpoints: the same model, temperature 0, the
+whole canvas each step, every confidence rule.
+
+Their loop may write ``[MASK]`` back into a slot (ours never proposes it), so
+their run gets a logits hook that forbids ``[MASK]``, which is the one
+documented difference. Answers are compared up to our first stop token (ours
+are cut there). Needs transformers (their module imports it):
+
+    python benchmarks/dream_reference.py --fast-dllm /path/to/Fast-dLLM
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import tempfile
+import types
+from pathlib import Path
+
+import torch
+
+from maskkv_vllm.config import CacheConfig
+from maskkv_vllm.models.loader import load_checkpoint
+from maskkv_vllm.models.tiny_dream import write_tiny_dream_checkpoint
+from maskkv_vllm.sampler.dream_rules import DREAM_RULES
+from maskkv_vllm.sampling_params import SamplingParams
+from maskkv_vllm.worker.model_runner import ModelRunner
+
+PROMPTS = ([5, 17, 99, 3, 42, 8], [200, 7], list(range(30, 60)))
+SHAPES = ((8, 8), (12, 4), (16, 5), (32, 32))
+
+
+def their_sampler(checkout: Path):
+    path = checkout / "dream" / "model" / "generation_utils.py"
+    spec = importlib.util.spec_from_file_location("dream_generation_utils", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+class Wrapped:
+    """Their loop calls ``model(x, attention_mask, tok_idx).logits`` (unshifted)."""
+
+    device = torch.device("cpu")
+
+    def __init__(self, model) -> None:
+        self.model = model
+
+    def __call__(self, x, attention_mask=None, tok_idx=None):
+        pos = torch.arange(x.shape[1])[None]
+        return types.SimpleNamespace(logits=self.model.logits(self.model(x, pos)))
+
+
+def same_answer(theirs: list[int], ours: list[int], stops, gen: int) -> bool:
+    cut = len(ours)
+    return theirs[:cut] == ours and (cut == gen or theirs[cut] in stops)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--fast-dllm", type=Path, required=True)
+    ap.add_argument("--seeds", type=int, nargs="+", default=[2, 3])
+    args = ap.parse_args()
+    gen_utils = their_sampler(args.fast_dllm)
+    total = same = 0
+    for seed in args.seeds:
+        ckpt = write_tiny_dream_checkpoint(tempfile.mkdtemp(), seed=seed)
+        model, tok = load_checkpoint(ckpt)
+        runner = ModelRunner(model, tok, CacheConfig("none"), early_stop=False)
+        mask = model.config.mask_token_id
+
+        def forbid_mask(i, x, logits, mask=mask):
+            logits = logits.clone()
+            logits[..., mask] = -torch.inf
+            return logits
+
+        for alg in DREAM_RULES:
+            for gen, steps in SHAPES:
+                for prompt in PROMPTS:
+                    cfg = gen_utils.DreamGenerationConfig(
+                        max_length=len(prompt) + gen, mask_token_id=mask,
+                        steps=steps, alg=alg, temperature=0.0,
+                    )  # fmt: skip
+                    with torch.no_grad():
+                        x = gen_utils.DreamGenerationMixin._sample(
+                            Wrapped(model), torch.tensor([prompt]), None, cfg,
+                            lambda i, x, logits: x, forbid_mask,
+                        )  # fmt: skip
+                    params = SamplingParams(
+                        gen_length=gen, block_length=gen, steps=steps, remasking=alg
+                    )
+                    (ours,) = runner.generate([prompt], params)
+                    theirs = x[0, len(prompt) :].tolist()
+                    ok = same_answer(theirs, ours.token_ids, runner.stop_token_ids, gen)
+                    total, same = total + 1, same + ok
+                    if not ok:
+                        print(f"differ: seed {seed} {alg} gen {gen} steps {steps}")
+    print(f"{same}/{total} answers token-identical to Dream's _sample")
+
+
+if __name__ == "__main__":
+    main()
