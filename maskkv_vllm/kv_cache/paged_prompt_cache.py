@@ -101,11 +101,13 @@ class PagedPromptAttention:
         )  # fmt: skip
         for row, span in enumerate(self.spans or ()):
             if span is not None:
-                n = int(self.canvas_mask[row].sum())
+                # The canvas is the row's key columns (a query-only column,
+                # Dream's previous position, is not one).
+                cols = self.canvas_mask[row].nonzero().squeeze(-1)
+                kc, vc = k[row][:, cols], v[row][:, cols]
                 self.cache.write_canvas(
-                    self.keys[row], layer,
-                    span.outside(k[row, :, :n]), span.outside(v[row, :, :n]),
-                )  # fmt: skip
+                    self.keys[row], layer, span.outside(kc), span.outside(vc)
+                )
         return out
 
 

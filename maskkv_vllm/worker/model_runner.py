@@ -70,14 +70,7 @@ class ModelRunner:
         policies: PolicySet | None = None,
     ) -> None:
         self.shift = int(getattr(model.config, "shifted_logits", False))
-        mode = (cache_config or CacheConfig()).cache_mode
-        if self.shift and mode != "none":
-            # Slot i is read from output i - 1: the first slot needs the last
-            # prompt position's output, which a cached step does not compute.
-            raise ValueError(
-                f"{type(model).__name__} reads shifted logits (Dream): only "
-                f"cache_mode='none' serves it so far, not {mode!r}"
-            )
+        """1 for a model that reads slot i from output i - 1 (Dream)."""
         self.model = model
         self.tokenizer = tokenizer
         self.cache_config = cache_config or CacheConfig()
@@ -273,21 +266,17 @@ class ModelRunner:
         if kind == "full":
             canvases = [s.canvas for s, _ in rows]
             batch = full_batch([br.prompt_ids for _, br in rows], canvases, pad)
-            attn = self._full_attention(rows, keys, batch, spans)
-        elif kind == "canvas":
-            canvases = [s.canvas for s, _ in rows]
-            batch = canvas_batch([s.prompt_len for s, _ in rows], canvases, pad)
-            cached = any(spans)
-            attn = self.prompt_cache.cached_attention(
-                keys, batch.key_mask, *([spans] if cached else [])
-            )
+            attn, first = self._full_attention(rows, keys, batch, spans), 0
         else:
-            starts = [s.prompt_len + s.block_start for s, _ in rows]
-            blocks = [
-                s.canvas[s.block_start :][: s.params.block_length] for s, _ in rows
-            ]
-            batch = canvas_batch(starts, blocks, pad)
-            attn = self.prompt_cache.block_attention(keys, batch.key_mask)
+            batch = canvas_batch(*self._cached_rows(kind, rows), pad)
+            if self.shift:  # column 0: the position before the span, a query only
+                batch.key_mask[:, 0] = False
+            first = self.shift
+            if kind == "canvas":
+                cached = [spans] if any(spans) else []
+                attn = self.prompt_cache.cached_attention(keys, batch.key_mask, *cached)
+            else:
+                attn = self.prompt_cache.block_attention(keys, batch.key_mask)
         hidden = self.model(batch.input_ids, batch.positions, attn)
         if kind == "full" and self.prompt_cache is not None:
             for s in seqs:
@@ -297,13 +286,33 @@ class ModelRunner:
         i = 0
         for s in seqs:
             n = len(s.branches)
-            start = batch.canvas_start - (s.block_start if kind == "block" else 0)
+            start = batch.canvas_start + first
+            start -= s.block_start if kind == "block" else 0
             branches = [
                 block_hidden(h, start, s, self.shift) for h in hidden[i : i + n]
             ]
             s.apply_step(*propose(s, branches, self.model.logits))
             i += n
             self._after_step(s)
+
+    def _cached_rows(self, kind: str, rows) -> tuple[list[int], list[torch.Tensor]]:
+        """First positions and tokens of a canvas-only forward: the canvas, or
+        the current block ("block"); for a shifted model (Dream) preceded by the
+        position before it, whose output reads the span's first slot."""
+        starts, tokens = [], []
+        for s, br in rows:
+            lo = s.block_start if kind == "block" else 0
+            if kind == "block":
+                span = s.canvas[lo : lo + s.params.block_length]
+            else:
+                span = s.canvas
+            start = s.prompt_len + lo
+            if self.shift:
+                prev = s.canvas[lo - 1 : lo] if lo else br.prompt_ids[-1:]
+                span, start = torch.cat([prev, span]), start - 1
+            starts.append(start)
+            tokens.append(span)
+        return starts, tokens
 
     def _after_step(self, seq: DiffusionSequence) -> None:
         if self.prompt_cache is None:

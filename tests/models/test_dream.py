@@ -460,14 +460,9 @@ def test_a_dream_7b_shaped_config_parses():
     assert DreamConfig.from_dict(raw) == cfg
 
 
-def test_a_cached_mode_refuses_dream_by_name(tmp_path):
-    # Before: LLM(DIR) generated from unshifted logits, silently not Dream's
-    # tokens; a cached step cannot read the first slot from the prompt's last
-    # output yet, so only cache_mode "none" runs it.
+def test_the_engine_reads_dream_s_shifted_logits(tmp_path):
+    # Before: LLM(DIR) generated from unshifted logits, silently not Dream's tokens.
     from maskkv_vllm.engine.llm import LLM
 
     ckpt = write_tiny_dream_checkpoint(tmp_path / "dream", seed=0)
-    with pytest.raises(ValueError, match="shifted logits .Dream.*not 'paged'"):
-        LLM(str(ckpt), device="cpu", num_pages=64)
-    llm = LLM(str(ckpt), device="cpu", cache_mode="none", kv_cache_memory=None)
-    assert llm.engine.model_runner.shift == 1
+    assert LLM(str(ckpt), device="cpu", num_pages=64).engine.model_runner.shift == 1

@@ -9,6 +9,8 @@ same tiny random Dream checkpoint through a plain dense forward.
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -94,3 +96,70 @@ def test_without_the_shift_the_tokens_differ(dream, monkeypatch):
     shifted = [o.token_ids for o in runner.generate(PROMPTS, params)]
     monkeypatch.setattr(runner, "shift", 0)
     assert [o.token_ids for o in runner.generate(PROMPTS, params)] != shifted
+
+
+@pytest.fixture(scope="module")
+def one_layer_dream(tmp_path_factory):
+    out = tmp_path_factory.mktemp("dream1")
+    return load_checkpoint(write_tiny_dream_checkpoint(out, seed=4, n_layers=1))
+
+
+def _tokens(runner, params):
+    return [o.token_ids for o in runner.generate(PROMPTS, params)]
+
+
+CACHED = {
+    "prefix": (CacheConfig("prefix"), None),
+    "paged": (CacheConfig("paged", page_size=4, num_pages=400), None),
+    "paged+dual": (CacheConfig("paged", page_size=4, num_pages=400), "dual"),
+    "paged+dual_refresh": (
+        CacheConfig("paged", page_size=4, num_pages=400),
+        "dual_refresh",
+    ),
+}
+
+
+@pytest.mark.parametrize("mode", list(CACHED))
+@pytest.mark.parametrize("alg", ["maskgit_plus", "entropy", "low_confidence"])
+def test_one_layer_dream_is_exact_in_every_cached_mode(one_layer_dream, mode, alg):
+    # With one layer the prompt's cached K/V are exactly a full forward's, so a
+    # cached step must give none's tokens: the slot before each forwarded span
+    # runs as a query only (its output reads the span's first slot).
+    model, tok = one_layer_dream
+    cache, canvas = CACHED[mode]
+    params = SamplingParams(
+        gen_length=12, block_length=4, steps=12, remasking=alg, canvas_cache=canvas
+    )
+    none = ModelRunner(model, tok, CacheConfig("none"), early_stop=False)
+    cached = ModelRunner(model, tok, cache, early_stop=False)
+    plain = dataclasses.replace(params, canvas_cache=None)
+    assert _tokens(cached, params) == _tokens(none, plain)
+
+
+def test_paged_dream_equals_the_dense_prefix_cache(dream):
+    model, tok = dream
+    params = SamplingParams(
+        gen_length=12, block_length=4, steps=12, remasking="entropy"
+    )
+    prefix = ModelRunner(model, tok, CacheConfig("prefix"), early_stop=False)
+    paged = ModelRunner(model, tok, CACHED["paged"][0], early_stop=False)
+    assert _tokens(paged, params) == _tokens(prefix, params)
+
+
+def test_maskkv_evicts_dream_s_prompt_per_kv_head_and_returns_every_page(dream):
+    model, tok = dream
+    runner = ModelRunner(model, tok, CACHED["paged"][0], early_stop=False)
+    params = SamplingParams(
+        gen_length=8, block_length=8, steps=8, remasking="maskgit_plus",
+        kv_policy="maskkv", kv_budget=3,
+    )  # fmt: skip
+    prompt = list(range(40, 72))  # M = 32
+    seq = runner.make_sequence(0, prompt, params)
+    runner.step([seq])
+    held = runner.prompt_cache.cache.manager.tables[seq.cache_keys[0]]
+    kept = held.tokens_per_head()  # (layers, KV heads)
+    assert len(kept[0]) == model.config.n_kv_heads == 2
+    assert all(n < 32 for layer in kept for n in layer)  # evicted per KV head
+    while not seq.is_finished:
+        runner.step([seq])
+    assert runner.prompt_cache.page_pool.num_used_pages == 0
