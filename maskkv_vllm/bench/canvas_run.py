@@ -30,10 +30,17 @@ def main(argv: list[str] | None = None) -> None:
              "beside ours) at --peer-lens",
     )  # fmt: skip
     p.add_argument("--peer-lens", type=int, nargs="+", default=[256, 1024, 4096])
-    p.add_argument("--skip-canvas", action="store_true", help="only the peer lane")
+    p.add_argument("--skip-canvas", action="store_true", help="no step-time rows")
+    p.add_argument(
+        "--decode-heavy", action="store_true",
+        help="also the engine's decode-heavy workload: full + none, MaskKV + none, "
+             "MaskKV + dual (tokens/s)",
+    )  # fmt: skip
     args = p.parse_args(argv)
     cfg = suite.QUICK if args.quick else suite.BenchConfig()
     lens = [*cfg.canvas_prompt_lens, *(args.peer_lens if args.peer_fast_dllm else [])]
+    if args.decode_heavy:
+        lens.append(cfg.decode_prompt)
     longest = max(lens) + max(g for g, _ in cfg.canvas_shapes)
     threads = torch.get_num_threads()
     machine = (f"{platform.processor() or platform.machine()}, {threads} torch "
@@ -55,6 +62,13 @@ def main(argv: list[str] | None = None) -> None:
             lines += [
                 f"  {w}: {v:.2f} (target {t})" for w, v, t in canvas.targets(rows)
             ]
+        if args.decode_heavy:
+            d = figures.throughput(
+                model, tok, cfg.decode_requests, cfg.decode_prompt, cfg.decode_gen,
+                cfg.budget, cfg.decode_pool, cfg.decode_block, dual=True,
+            )  # fmt: skip
+            result["decode_heavy"] = d
+            lines += ["", *decode_lines(cfg, d)]
         if args.peer_fast_dllm:
             peer = {"path": args.peer_fast_dllm, "commit": suite._commit_of(
                 args.peer_fast_dllm), "rows": figures.peer_fast_dllm(
@@ -65,6 +79,26 @@ def main(argv: list[str] | None = None) -> None:
     print("\n".join(lines))
     if args.out:
         args.out.write_text(json.dumps(result, indent=2))
+
+
+def decode_lines(cfg, d: dict) -> list[str]:
+    """The decode-heavy workload's tokens/s per label and the two ratios."""
+    lines = [
+        f"engine, decode-heavy: {cfg.decode_requests} x ~{cfg.decode_prompt}-token "
+        f"requests, gen {cfg.decode_gen} in blocks of {cfg.decode_block}, "
+        f"{cfg.decode_pool} pool:"
+    ]
+    for label, v in d.items():
+        lines.append(
+            f"  {label}: {v['tokens_per_s']:.2f} tok/s, {v['seconds']:.0f} s, "
+            f"peak {v['peak_running']} running"
+        )
+    dual = d["maskkv_dual"]["tokens_per_s"]
+    lines.append(
+        f"  MaskKV + dual / full + none: {dual / d['full']['tokens_per_s']:.2f}x; "
+        f"MaskKV + dual / MaskKV + none: {dual / d['maskkv']['tokens_per_s']:.2f}x"
+    )
+    return lines
 
 
 if __name__ == "__main__":
