@@ -68,3 +68,24 @@ def test_window_votes_use_the_last_prompt_rows():
     ctx = make_ctx()
     want = group_heads(explicit_votes(ctx.q[:, 9:12], ctx.k, 12), 2)
     torch.testing.assert_close(ctx.window_votes(3), want, atol=1e-5, rtol=1e-5)
+
+
+def test_a_kv_group_votes_with_all_its_query_heads_as_dream_s_groups_of_seven():
+    # Dream-7B: 28 query heads over 4 KV heads. A KV head's votes are its 7 query
+    # heads' votes summed (the same top-k as their mean: every group has 7), and
+    # its prompt preference P is their mean (the method's Q5: mean over the
+    # group, budgets per KV head), so head budgets are one per KV head.
+    from maskkv_vllm.eviction.allocators import PromptPreferenceHeads
+    from maskkv_vllm.eviction.scorers import MaskVoteScorer
+
+    ctx = make_ctx(seed=7, m=10, length=4, hq=28, hkv=4)
+    per_query_head = explicit_votes(ctx.q[:, 10:], ctx.k, 10)  # (28, M)
+    groups = per_query_head.view(4, 7, 10)
+    torch.testing.assert_close(ctx.mask_votes, groups.sum(1), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(
+        ctx.prompt_preference, groups.sum(2).mean(1) / 4, atol=1e-5, rtol=1e-5
+    )
+    budgets = PromptPreferenceHeads(MaskVoteScorer(), alpha=0.1).head_budgets(
+        ctx, ctx.mask_votes, 3
+    )
+    assert len(budgets) == 4 and sum(budgets) <= 4 * 3
