@@ -87,6 +87,9 @@ class DreamConfig:
     is read from the output at position i - 1 (position 0 from output 0).
     ``DreamModel.logits`` does NOT shift; whoever reads per-position logits applies
     ``maskkv_vllm.models.dream.shift_logits`` when this is True."""
+    checkpoint_chat_template: ClassVar[bool] = True
+    """Chat prompts render the checkpoint's own template (tokenizer_config.json's
+    ``chat_template``)."""
 
     def __post_init__(self) -> None:
         for name in _SIZES:

@@ -74,6 +74,8 @@ class LLaDAConfig:
     """Only the q/k/v projections have a bias (Dream/Qwen style)."""
     shifted_logits: ClassVar[bool] = False
     """LLaDA reads the token at position i from output i (Dream's are shifted)."""
+    checkpoint_chat_template: ClassVar[bool] = False
+    """Chat prompts render LLaDA's pinned template (``tokenizer.CHAT_TEMPLATE``)."""
 
     def __post_init__(self) -> None:
         for name in ("d_model", "n_heads", "n_kv_heads", "n_layers", "mlp_hidden_size"):

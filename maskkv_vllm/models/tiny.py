@@ -106,11 +106,12 @@ def save_checkpoint(
     state_dict: dict[str, torch.Tensor],
     tokenizer: HFTokenizer,
     shards: int = 1,
+    chat_template: str = CHAT_TEMPLATE,
 ) -> Path:
     """Write config.json (``config.to_dict()``), tokenizer.json,
-    tokenizer_config.json (LLaDA's pinned chat template, where real LLaDA
-    checkpoints carry theirs and where vLLM's front end looks) and safetensors
-    (sharded when shards > 1)."""
+    tokenizer_config.json (``chat_template``, by default LLaDA's pinned one,
+    where real checkpoints carry theirs and where vLLM's front end looks) and
+    safetensors (sharded when shards > 1)."""
     if shards < 1:
         raise ValueError(f"shards={shards} must be positive")
     out = Path(out_dir)
@@ -120,7 +121,7 @@ def save_checkpoint(
         stale.unlink(missing_ok=True)
     (out / "config.json").write_text(json.dumps(config.to_dict(), indent=2))
     tokenizer.save(str(out / "tokenizer.json"))
-    write_tokenizer_config(out)
+    write_tokenizer_config(out, chat_template)
     names = sorted(state_dict)
     if shards == 1:
         save_file(state_dict, str(out / SINGLE_FILE), metadata={"format": "pt"})
@@ -137,10 +138,10 @@ def save_checkpoint(
     return out
 
 
-def write_tokenizer_config(out_dir: str | Path) -> Path:
-    """``tokenizer_config.json`` holding LLaDA's pinned chat template."""
+def write_tokenizer_config(out_dir: str | Path, template: str = CHAT_TEMPLATE) -> Path:
+    """``tokenizer_config.json`` holding a chat template (LLaDA's pinned one)."""
     path = Path(out_dir) / TOKENIZER_CONFIG
-    path.write_text(json.dumps({"chat_template": CHAT_TEMPLATE}, indent=2) + "\n")
+    path.write_text(json.dumps({"chat_template": template}, indent=2) + "\n")
     return path
 
 

@@ -15,6 +15,14 @@ from maskkv_vllm.models.dream_config import DreamConfig
 from maskkv_vllm.models.tiny import byte_tokenizer, random_weights, save_checkpoint
 from maskkv_vllm.models.tokenizer import BOS, EOS, MASK
 
+CHATML_TEMPLATE = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}"
+    "<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n"
+    "{% endif %}"
+)
+"""ChatML, the turn format of Dream's (Qwen2.5's) template, without its default
+system prompt; the tiny checkpoints carry it as a real one carries its own."""
+
 
 def tiny_dream_config(
     n_layers: int = 2,
@@ -70,6 +78,7 @@ def write_tiny_dream_checkpoint(
             tie_word_embeddings, rope_theta).
     """
     config = tiny_dream_config(**overrides)
+    weights = random_dream_state_dict(config, seed)
     return save_checkpoint(
-        out_dir, config, random_dream_state_dict(config, seed), byte_tokenizer(), shards
+        out_dir, config, weights, byte_tokenizer(), shards, CHATML_TEMPLATE
     )

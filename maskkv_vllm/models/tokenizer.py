@@ -19,6 +19,8 @@ HEADER_START = "<|start_header_id|>"
 HEADER_END = "<|end_header_id|>"
 EOT = "<|eot_id|>"
 MASK = "<|mdm_mask|>"
+IM_END = "<|im_end|>"
+"""ChatML's end of turn (Dream's, from Qwen2.5): a stop token where it exists."""
 SPECIAL_TOKENS = (BOS, EOS, HEADER_START, HEADER_END, EOT, MASK)
 CHAT_ROLES = ("system", "user", "assistant")
 CHAT_TEMPLATE = (
@@ -38,13 +40,24 @@ class Tokenizer:
         config: the model config (mask, eos and pad ids come from it).
     """
 
-    def __init__(self, tokenizer: HFTokenizer, config: ModelConfig) -> None:
+    def __init__(
+        self,
+        tokenizer: HFTokenizer,
+        config: ModelConfig,
+        chat_template: str | None = None,
+    ) -> None:
         self.tokenizer = tokenizer
+        self.chat_template = chat_template
+        """The checkpoint's template (a model that renders its own, e.g. Dream);
+        None renders LLaDA's pinned template, or refuses chat for such a model."""
+        self.checkpoint_chat = getattr(config, "checkpoint_chat_template", False)
+        self.chat_source = "tokenizer_config.json"
         self.mask_token_id = config.mask_token_id
         self.eos_token_id = config.eos_token_id
         self.pad_token_id = config.pad_token_id
         self.bos_token_id = tokenizer.token_to_id(BOS)
         self.eot_token_id = tokenizer.token_to_id(EOT)
+        self.im_end_token_id = tokenizer.token_to_id(IM_END)
         self.vocab_size = tokenizer.get_vocab_size(with_added_tokens=True)
         self.max_token_bytes = _max_token_bytes(tokenizer)
         self.unk_token = _unk_token(tokenizer)
@@ -61,12 +74,18 @@ class Tokenizer:
             tokenizer = HFTokenizer.from_file(str(path))
         except Exception as e:  # the Rust library raises a bare Exception
             raise ValueError(f"{path} is not a valid tokenizer.json: {e}") from e
-        return cls(tokenizer, config)
+        template = None
+        if getattr(config, "checkpoint_chat_template", False):
+            template = _checkpoint_chat_template(Path(model_dir))
+        out = cls(tokenizer, config, template)
+        out.chat_source = str(Path(model_dir) / "tokenizer_config.json")
+        return out
 
     @property
     def stop_token_ids(self) -> tuple[int, ...]:
-        """Ids that end an answer: EOS, and EOT when the vocabulary has it."""
-        ids = (self.eos_token_id, self.eot_token_id)
+        """Ids that end an answer: EOS, and the end-of-turn tokens (LLaDA's EOT,
+        ChatML's ``<|im_end|>``) the vocabulary has."""
+        ids = (self.eos_token_id, self.eot_token_id, self.im_end_token_id)
         return tuple(i for i in ids if i is not None)
 
     def fewest_tokens(self, text: str) -> int:
@@ -111,20 +130,40 @@ class Tokenizer:
         return self.tokenizer.decode(known, skip_special_tokens=True)
 
     def render_chat(self, messages: list[dict[str, str]]) -> str:
-        """LLaDA-Instruct's Llama-3 style template with the assistant header opened."""
-        parts = [BOS]
+        """The prompt of a conversation, the assistant's turn opened: LLaDA-Instruct's
+        Llama-3 style template, or the checkpoint's own (Dream's ChatML)."""
         for m in messages:
             role, content = m.get("role"), m.get("content")
             if role not in CHAT_ROLES:
                 raise ValueError(f"chat role {role!r} is not one of {CHAT_ROLES}")
             if not isinstance(content, str):
                 raise ValueError(f"chat content for role {role!r} must be a string")
-            parts.append(f"{HEADER_START}{role}{HEADER_END}\n\n{content}{EOT}")
+        if self.checkpoint_chat:
+            return self._render_checkpoint_template(messages)
+        parts = [BOS]
+        for m in messages:
+            parts.append(
+                f"{HEADER_START}{m['role']}{HEADER_END}\n\n{m['content']}{EOT}"
+            )
         parts.append(f"{HEADER_START}assistant{HEADER_END}\n\n")
         return "".join(parts)
 
+    def _render_checkpoint_template(self, messages: list[dict[str, str]]) -> str:
+        if self.chat_template is None:
+            raise ValueError(
+                f"chat needs the model's chat template: no chat_template in "
+                f"{self.chat_source}"
+            )
+        from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+        # As Hugging Face renders chat templates (trim_blocks, lstrip_blocks).
+        env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
+        return env.from_string(self.chat_template).render(
+            messages=messages, add_generation_prompt=True
+        )
+
     def encode_chat(self, messages: list[dict[str, str]]) -> list[int]:
-        # The rendered template already holds BOS.
+        # The rendered template already holds its special tokens (LLaDA's BOS).
         return self.encode(self.render_chat(messages), add_special_tokens=False)
 
 
@@ -147,3 +186,17 @@ def _max_token_bytes(tokenizer: HFTokenizer) -> int | None:
     vocab = tokenizer.get_vocab(with_added_tokens=False)
     added = [t["content"] for t in spec.get("added_tokens") or []]
     return max([len(t) for t in vocab] + [len(t.encode()) for t in added], default=0)
+
+
+def _checkpoint_chat_template(model_dir: Path) -> str | None:
+    """``chat_template`` of the checkpoint's tokenizer_config.json, if any."""
+    path = model_dir / "tokenizer_config.json"
+    if not path.is_file():
+        return None
+    try:
+        template = json.loads(path.read_text()).get("chat_template")
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path} is not valid JSON: {e}") from e
+    if template is not None and not isinstance(template, str):
+        raise ValueError(f"{path}: chat_template must be a string")
+    return template

@@ -466,3 +466,23 @@ def test_the_engine_reads_dream_s_shifted_logits(tmp_path):
 
     ckpt = write_tiny_dream_checkpoint(tmp_path / "dream", seed=0)
     assert LLM(str(ckpt), device="cpu", num_pages=64).engine.model_runner.shift == 1
+
+
+def test_dream_s_chat_renders_the_checkpoint_s_template(tmp_path):
+    # Before: a Dream checkpoint's chat was rendered with LLaDA's pinned
+    # Llama-3 template, silently the wrong turn format.
+    from maskkv_vllm.models.loader import load_checkpoint
+
+    ckpt = write_tiny_dream_checkpoint(tmp_path / "dream", seed=0)
+    _, tok = load_checkpoint(ckpt)
+    text = tok.render_chat([{"role": "user", "content": "Hi"}])
+    assert text == "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"
+    assert tok.encode_chat([{"role": "user", "content": "Hi"}]) == tok.encode(
+        text, add_special_tokens=False
+    )
+    (ckpt / "tokenizer_config.json").write_text("{}")
+    _, tok = load_checkpoint(ckpt)
+    with pytest.raises(ValueError, match="no chat_template in .*tokenizer_config.json"):
+        tok.render_chat([{"role": "user", "content": "Hi"}])
+    with pytest.raises(ValueError, match="chat role 'robot'"):
+        tok.render_chat([{"role": "robot", "content": "Hi"}])
