@@ -57,6 +57,30 @@ def add_sweep_args(ev: argparse.ArgumentParser) -> None:
     ev.add_argument(
         "--policies", nargs="+", default=list(POLICIES), help="policies compared"
     )
+    add_task_args(ev)
+
+
+def add_task_args(ev: argparse.ArgumentParser) -> None:
+    """The tasks, absolute budgets and the canvas's shape (issue 26's harder
+    settings: several keys in one canvas, the question first, small B)."""
+    from maskkv_vllm.evaluation.synthetic import ALL_TASKS, MULTI_QUERIES, TASKS
+
+    ev.add_argument(
+        "--tasks", nargs="+", choices=ALL_TASKS, default=list(TASKS),
+        help="the synthetic tasks drawn",
+    )  # fmt: skip
+    ev.add_argument(
+        "--queries", type=int, default=MULTI_QUERIES,
+        help="keys a multi prompt asks for (its answer is 4 words each)",
+    )  # fmt: skip
+    ev.add_argument(
+        "--budgets", type=int, nargs="+", default=[],
+        help="budgets B (entries per head) besides --fractions, e.g. 1 2 5",
+    )  # fmt: skip
+    ev.add_argument(
+        "--block-length", type=int,
+        help="diffusion block (default: one block, the whole canvas)",
+    )  # fmt: skip
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
@@ -69,7 +93,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
     out_dir = results_dir(args.out_dir, "eval", args.force)
     config = EngineArgs.from_cli_args(args).create_engine_config()
     llm = LLM.from_engine(LLMEngine(config))
-    total = len(args.policies) * len(args.fractions)
+    for b in args.budgets:
+        if b < 1:
+            raise SystemExit(f"maskkv eval: --budgets {b}: a budget is >= 1 entry")
+    fractions = [*args.fractions, *(b / args.prompt_tokens for b in args.budgets)]
+    total = len(args.policies) * len(fractions)
     try:
         with tqdm(total=total, desc="policy x budget") as bar:
             result = harness.evaluate(
@@ -77,9 +105,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
                 args.samples,
                 args.prompt_tokens,
                 tuple(args.policies),
-                tuple(args.fractions),
+                tuple(fractions),
                 progress=bar,
                 solved_at=args.solved_at,
+                tasks=tuple(args.tasks),
+                queries=args.queries,
+                block_length=args.block_length,
             )
     except BaseException:
         if not any(out_dir.iterdir()):

@@ -10,7 +10,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from maskkv_vllm.engine.llm import LLM
-from maskkv_vllm.evaluation.synthetic import Sample, exact_match, make_samples
+from maskkv_vllm.evaluation.synthetic import (
+    MULTI_QUERIES,
+    TASKS,
+    Sample,
+    exact_match,
+    make_samples,
+)
 from maskkv_vllm.sampling_params import SamplingParams
 
 logger = logging.getLogger(__name__)
@@ -95,6 +101,18 @@ def wilson_interval(accuracy: float, n: int, z: float = 1.96) -> tuple[float, fl
     return max(0.0, centre - half), min(1.0, centre + half)
 
 
+def canvas_params(
+    samples: list[Sample], gen_length: int | None, block_length: int | None
+) -> dict[str, int]:
+    """gen_length, block_length and steps (one token a step) for ``samples``."""
+    if gen_length is None:
+        gen_length = max(8, max(len(s.answer.split()) for s in samples) + 1)
+        if block_length is not None:
+            gen_length = -(-gen_length // block_length) * block_length
+    block = gen_length if block_length is None else block_length
+    return {"gen_length": gen_length, "block_length": block, "steps": gen_length}
+
+
 def score(llm: LLM, samples: list[Sample], params: SamplingParams) -> list[bool]:
     outs = llm.generate([s.prompt for s in samples], params, use_tqdm=False)
     return [exact_match(o.text, s.answer) for o, s in zip(outs, samples, strict=True)]
@@ -106,17 +124,27 @@ def evaluate(
     prompt_tokens: int = 1024,
     policies: tuple[str, ...] = POLICIES,
     fractions: tuple[float, ...] = FRACTIONS,
-    gen_length: int = 8,
+    gen_length: int | None = None,
     progress=None,
     solved_at: float = SOLVED_AT,
+    tasks: tuple[str, ...] = TASKS,
+    queries: int = MULTI_QUERIES,
+    block_length: int | None = None,
 ) -> EvalResult:
-    """Greedy, one token per step (the paper's setting), block = canvas length;
-    ``num_samples`` drawn evenly from the tasks, the policies scored on those of
-    the tasks the full cache solves (``solved_at``; 0 scores every task)."""
+    """Greedy, one token per step (the paper's setting); ``num_samples`` drawn
+    evenly from ``tasks``, the policies scored on those of the tasks the full
+    cache solves (``solved_at``; 0 scores every task).
+
+    Args:
+        gen_length: the canvas; None: the longest answer plus its EOS, at
+            least 8, rounded up to whole diffusion blocks.
+        queries: keys a ``multi`` prompt asks for (its answer spans blocks).
+        block_length: the diffusion block; None: one block, the canvas.
+    """
     if not 0 <= solved_at <= 1:
         raise ValueError(f"solved_at={solved_at} must be within [0, 1]")
-    samples = make_samples(HELD_OUT_SEED, num_samples, prompt_tokens)
-    base = {"gen_length": gen_length, "block_length": gen_length, "steps": gen_length}
+    samples = make_samples(HELD_OUT_SEED, num_samples, prompt_tokens, tasks, queries)
+    base = canvas_params(samples, gen_length, block_length)
     full = score(llm, samples, SamplingParams(**base, kv_policy="full"))
     per_task = {}
     for task in sorted({s.task for s in samples}):

@@ -41,6 +41,13 @@ UNK = "<unk>"
 those the shipped checkpoint was trained with; it was EOS before)."""
 WORDS = list(SPECIAL_TOKENS) + PUNCT + DIGITS + KEYS + VARS + [UNK]
 TASKS = ("kv", "vt", "needle")
+"""The tasks the shipped model was trained on (``benchmarks/train_model.py``)."""
+HARD_TASKS = ("multi", "qfirst")
+"""Issue 26's harder tasks: several keys answered in one canvas (an answer over
+several diffusion blocks), and the question before the records."""
+ALL_TASKS = TASKS + HARD_TASKS
+MULTI_QUERIES = 4
+"""Keys a ``multi`` prompt asks for: answers ``d d d ; d d d ; ...`` (4 words each)."""
 # The repeated filler (like "The grass is green. The sky is blue."): fixed words that
 # state no fact, so ``facts`` finds only the needles.
 FILLER = " ".join(VARS[:11]) + " ;"
@@ -86,12 +93,16 @@ def _hide(rng: random.Random, parts: list[str], chains: list[list[str]]) -> None
             parts.insert(slot + offset, stmt)
 
 
-def make_sample(rng: random.Random, task: str, num_tokens: int) -> Sample:
+def make_sample(
+    rng: random.Random, task: str, num_tokens: int, queries: int = MULTI_QUERIES
+) -> Sample:
     """One sample whose prompt is about ``num_tokens`` tokens long."""
-    if task not in TASKS:
-        raise ValueError(f"task={task!r} is not one of {TASKS}")
+    if task not in ALL_TASKS:
+        raise ValueError(f"task={task!r} is not one of {ALL_TASKS}")
     if task == "needle":
         return _needle_sample(rng, num_tokens)
+    if task in HARD_TASKS:
+        return _hard_sample(rng, task, num_tokens, queries)
     n = max(2, min(NUM_KEYS, (num_tokens - 4) // 6))
     keys = rng.sample(KEYS, n)
     records = [_record(rng, k) for k in keys]
@@ -112,6 +123,25 @@ def make_sample(rng: random.Random, task: str, num_tokens: int) -> Sample:
     return Sample(task, " ".join(parts) + f" ? {query}", answer)
 
 
+def _hard_sample(
+    rng: random.Random, task: str, num_tokens: int, queries: int
+) -> Sample:
+    """``multi``: records, then ``? kA ; kB ; ...`` asking for ``queries`` keys,
+    answered ``d d d ; d d d ; ...``; ``qfirst``: ``? kA ;`` before the records."""
+    if queries < 1:
+        raise ValueError(f"queries={queries} must be >= 1")
+    asked = queries if task == "multi" else 1
+    n = max(asked + 1, min(NUM_KEYS, (num_tokens - 2 - 2 * asked) // 6))
+    keys = rng.sample(KEYS, n)
+    records = [_record(rng, k) for k in keys]
+    picked = rng.sample(range(n), asked)
+    question = "? " + " ; ".join(keys[i] for i in picked)
+    answer = " ; ".join(records[i][1] for i in picked)
+    body = " ".join(r for r, _ in records)
+    prompt = f"{question} ; {body}" if task == "qfirst" else f"{body} {question}"
+    return Sample(task, prompt, answer)
+
+
 def _needle_sample(rng: random.Random, num_tokens: int) -> Sample:
     """Fixed filler to about ``num_tokens`` tokens with 1-``MAX_NEEDLES`` needles."""
     count = rng.randint(1, MAX_NEEDLES)
@@ -126,11 +156,18 @@ def _needle_sample(rng: random.Random, num_tokens: int) -> Sample:
 
 
 def make_samples(
-    seed: int, count: int, num_tokens: int, tasks: tuple[str, ...] = TASKS
+    seed: int,
+    count: int,
+    num_tokens: int,
+    tasks: tuple[str, ...] = TASKS,
+    queries: int = MULTI_QUERIES,
 ) -> list[Sample]:
     """``count`` samples alternating over ``tasks``; seeded and reproducible."""
     rng = random.Random(seed)
-    return [make_sample(rng, tasks[i % len(tasks)], num_tokens) for i in range(count)]
+    return [
+        make_sample(rng, tasks[i % len(tasks)], num_tokens, queries)
+        for i in range(count)
+    ]
 
 
 def facts(words: list[str]) -> dict[str, list[str]]:
