@@ -1,4 +1,4 @@
-"""One prepared GPU check (issue 24): five checks, one summary line each.
+"""One prepared GPU check (issue 24): six checks, one summary line each.
 
     bash scripts/gpu_check.sh [--dry-run] [--only NAME ...] [--budget SECONDS]
 
@@ -26,6 +26,11 @@ status is 1 if any check FAILs.
   and 32k prompt tokens: median step ms of prefix, paged (full) and MaskKV
   side by side, the MaskKV prefill's pool peak, and 32k-token requests one pool
   admits, full vs MaskKV.
+- ``canvas``: ``canvas_cache="dual"`` (issue 28) on the device: its tokens
+  against ``none`` on a 1-layer fp32 model (the torch path and the default
+  backend; layer-0 K/V depend only on each token, so the canvas cache changes
+  nothing there), every page back, and the mean dual/none step on the
+  bench-size model at gen 256 / block 32 (the issue's target is <= 0.25).
 - ``gpu-tests``: ``pytest -m "gpu and not vllm" tests/gpu``.
 - ``vllm``: ``pytest -m "gpu and vllm" tests/gpu`` when ``import vllm`` works
   (with ``gpu-tests``, all of ``pytest -m gpu tests/gpu``, no test twice).
@@ -94,8 +99,8 @@ GPU = Sizes(
     engine_prompts=(1024, 777, 301), engine_budget=64, engine_pool="1GiB", gen=32,
     bench_lens=(8192, 16384, 32768), bench_gen=16, bench_budget=256,
     bench_pool="3GiB", capacity_pool="4GiB",
-    limits={"triton": 90, "engine": 120, "bench": 150, "gpu-tests": 120,
-            "vllm": BUDGET_S},
+    limits={"triton": 90, "engine": 120, "bench": 150, "canvas": 90,
+            "gpu-tests": 120, "vllm": BUDGET_S},
 )  # fmt: skip
 DRY = Sizes(
     device="cpu", dtype="bfloat16", heads=4, head_dim=32, layers=2,
@@ -103,8 +108,8 @@ DRY = Sizes(
     engine_prompts=(96, 50, 17), engine_budget=16, engine_pool="4MiB", gen=16,
     bench_lens=(64, 128, 256), bench_gen=8, bench_budget=16,
     bench_pool="4MiB", capacity_pool="2MiB",
-    limits={"triton": 120, "engine": 120, "bench": 120, "gpu-tests": 120,
-            "vllm": 120},
+    limits={"triton": 120, "engine": 120, "bench": 120, "canvas": 120,
+            "gpu-tests": 120, "vllm": 120},
 )  # fmt: skip
 
 
@@ -560,7 +565,60 @@ def check_bench(s: Sizes) -> Result:
     return Result("PASS" if ok else "FAIL", summary, numbers)
 
 
-# -- checks 4 and 5: the GPU-marked tests -----------------------------------------
+# -- check 4: the dual canvas cache ---------------------------------------------------
+
+
+def check_canvas(s: Sizes) -> Result:
+    """``canvas_cache="dual"`` on the device: against ``none`` on a 1-layer fp32
+    model (exact in principle: a position's layer-0 K/V depend only on its token;
+    the torch path and the default backend), pages returned, and a dual step
+    against a none step on the bench-size model (on a GPU gen 8 x ``s.gen`` in
+    blocks of 32)."""
+    from maskkv_vllm.bench import canvas, figures
+    from maskkv_vllm.bench.common import english_ids
+    from maskkv_vllm.sampling_params import SamplingParams
+
+    one = dataclasses.replace(s, layers=1)
+    model, tok = device_model(model_config(one), s.device, "float32")
+    prompts = [english_ids(tok, n, 97 * i) for i, n in enumerate(s.engine_prompts)]
+    params = SamplingParams(gen_length=s.gen, block_length=8, steps=s.gen)
+    want = run_all(make_engine(model, tok, "none", s.engine_pool), prompts, params)
+    dual = dataclasses.replace(params, canvas_cache="dual")
+    bad, equal = [], {}
+    for backend in ("torch", "auto"):
+        engine = make_engine(model, tok, "paged", s.engine_pool)
+        with forced_backend(backend):
+            got = run_all(engine, prompts, dual)
+        equal[backend] = equal_tokens(want, got)
+        if engine.kv_cache_manager.pool.num_used_pages:
+            bad.append(f"dual ({backend}) left pages in use")
+        same, n = equal[backend]
+        if n == 0 or same < 0.9 * n:
+            bad.append(f"1-layer dual ({backend}) vs none: {same}/{n} tokens equal")
+    model, tok = device_model(model_config(s), s.device, s.dtype)
+    sampler = figures.sampler_for(model, tok, "paged", s.bench_pool)
+    # The issue's shape on a GPU; a short canvas in the dry run (bf16 on a CPU).
+    gen, block = (8 * s.gen, 32) if s.device.startswith("cuda") else (s.gen, 8)
+    rows = canvas.canvas_step_time(
+        sampler, tok, (s.engine_prompts[0],), ((gen, block),), s.bench_budget,
+        s.device,
+    )  # fmt: skip
+    r = rows[0]
+    ratios = {
+        p: r[f"{p}_dual_step_ms"] / r[f"{p}_none_step_ms"] for p in ("full", "maskkv")
+    }
+    summary = (
+        f"1-layer fp32 dual = none tokens: torch {equal['torch'][0]}/"
+        f"{equal['torch'][1]}, default backend {equal['auto'][0]}/{equal['auto'][1]}; "
+        f"{s.dtype} gen {gen} / block {block}, prompt {s.engine_prompts[0]}: mean "
+        f"step dual/none full {ratios['full']:.2f}, MaskKV {ratios['maskkv']:.2f} "
+        "(target <= 0.25)"
+    )
+    numbers = {"tokens_equal": equal, "step": r, "ratios": ratios}
+    return Result("FAIL" if bad else "PASS", "; ".join([*bad, summary]), numbers)
+
+
+# -- checks 5 and 6: the GPU-marked tests -----------------------------------------
 
 
 def run_pytest(marker: str, limit: float, log: Path) -> Result:
@@ -628,6 +686,7 @@ CHECKS = {
     "triton": check_triton,
     "engine": check_engine,
     "bench": check_bench,
+    "canvas": check_canvas,
     "gpu-tests": check_gpu_tests,
     "vllm": check_vllm,
 }

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# One prepared GPU check (issue 24): five checks, one summary line each
+# One prepared GPU check (issue 24): six checks, one summary line each
 # (PASS|FAIL|SKIP name: numbers), exit status 1 if any FAILs. Under 8 minutes on
 # one H100 without network; --dry-run runs the same code on the CPU in tiny shapes.
 #

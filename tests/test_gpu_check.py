@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "gpu_check.sh"
-CHECKS = ("triton", "engine", "bench", "gpu-tests", "vllm")
+CHECKS = ("triton", "engine", "bench", "canvas", "gpu-tests", "vllm")
 
 
 def _has(module: str) -> bool:
@@ -24,7 +24,7 @@ def test_dry_run_runs_every_check_and_reports(tmp_path):
     env.pop("TRITON_INTERPRET", None)
     done = subprocess.run(
         ["bash", str(SCRIPT), "--dry-run"],
-        env=env, capture_output=True, text=True, timeout=280,
+        env=env, capture_output=True, text=True, timeout=400,
     )  # fmt: skip
     assert done.returncode == 0, done.stdout + done.stderr
     lines = {
@@ -38,6 +38,8 @@ def test_dry_run_runs_every_check_and_reports(tmp_path):
     assert lines["engine"].startswith("PASS engine: "), lines["engine"]
     assert "none = prefix = paged (refresh 1) equal" in lines["engine"]
     assert lines["bench"].startswith("PASS bench: "), lines["bench"]
+    assert lines["canvas"].startswith("PASS canvas: "), lines["canvas"]
+    assert "mean step dual/none" in lines["canvas"]
     # Without CUDA every GPU-marked test is skipped, and says why.
     assert lines["gpu-tests"].startswith(("SKIP gpu-tests: ", "PASS gpu-tests: "))
     assert "needs a CUDA GPU" in lines["gpu-tests"] or "PASS" in lines["gpu-tests"]
