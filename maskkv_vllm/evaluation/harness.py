@@ -180,7 +180,7 @@ def evaluate(
 def format_table(result: EvalResult) -> str:
     fr = sorted(result.budgets)
     head = f"{'policy':>18} | " + " | ".join(
-        f"{f'{100 * f:.0f}% B={result.budgets[f]}':>22}" for f in fr
+        f"{f'{100 * f:.2g}% B={result.budgets[f]}':>22}" for f in fr
     )
     n = result.num_samples
     lo, hi = wilson_interval(result.full_accuracy, n)
