@@ -77,9 +77,9 @@ def _tracing_scheduler_cls():
                 self.trace.append((req_id, n, free))
             return out
 
-        def release_unused_blocks(self, req_id, kept_lengths, canvas_tokens=0):
+        def release_unused_blocks(self, req_id, kept_lengths):
             before = [b.block_id for b in self.block_manager.req_to_blocks[req_id]]
-            freed = super().release_unused_blocks(req_id, kept_lengths, canvas_tokens)
+            freed = super().release_unused_blocks(req_id, kept_lengths)
             after = [b.block_id for b in self.block_manager.req_to_blocks[req_id]]
             self.freed[req_id] = freed
             self.blocks[req_id] = (before, after)

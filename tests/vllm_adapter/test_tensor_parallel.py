@@ -56,10 +56,10 @@ class Recorder:
             self.frees.append(sched.kv_cache_manager.block_pool.get_num_free_blocks())
             return out
 
-        def release_unused_blocks(req_id, kept_lengths, canvas_tokens=0):
+        def release_unused_blocks(req_id, kept_lengths):
             self.kept[req_id] = kept_lengths
             self.reserved[req_id] = sched.block_manager.num_held(req_id)
-            self.freed[req_id] = free(req_id, kept_lengths, canvas_tokens)
+            self.freed[req_id] = free(req_id, kept_lengths)
             return self.freed[req_id]
 
         monkeypatch.setattr(sched, "update_from_output", update_from_output)

@@ -84,6 +84,8 @@ class MaskKVDiffusionScheduler(Scheduler):
         """req_id -> blocks returned after step 0 (kept until the request ends)."""
         self.reported: dict[str, list[int]] = {}
         """req_id -> answer tokens streamed so far (whole committed blocks)."""
+        self.canvas_tokens: dict[str, int] = {}
+        """req_id -> canvas entries each head keeps after its prompt's (dual)."""
         self.replay: dict[str, int] = {}
         """req_id -> streamed tokens a preempted request will commit again."""
 
@@ -147,25 +149,27 @@ class MaskKVDiffusionScheduler(Scheduler):
             # block's tokens there).
             n = request.num_tokens - self.prompt_lens[req_id]
             request.num_computed_tokens = request.num_tokens - rows.get(req_id, n)
+            if req_id in canvas:
+                self.canvas_tokens[req_id] = canvas[req_id]
             if req_id in kept and self.adapter_config.free_blocks:
-                self.release_unused_blocks(req_id, kept[req_id], canvas.get(req_id, 0))
+                self.release_unused_blocks(req_id, kept[req_id])
         return outputs
 
     def release_unused_blocks(
-        self, req_id: str, kept_lengths: dict[int, list[int]], canvas_tokens: int = 0
+        self, req_id: str, kept_lengths: dict[int, list[int]]
     ) -> int:
-        """Shrink a request to the blocks its kept head-pages fill; free the rest.
+        """Shrink a request to the blocks its kept head-pages fill; free the rest
+        (each head also holds the request's ``canvas_tokens``, dual cache).
 
         Args:
             kept_lengths: layer -> kept prompt entries of every KV head.
-            canvas_tokens: canvas entries every head holds after them (dual).
 
         Returns:
             The number of blocks returned to vLLM's pool.
         """
+        c = self.canvas_tokens.get(req_id, 0)
         held_lengths = {
-            layer: [n + canvas_tokens for n in heads]
-            for layer, heads in kept_lengths.items()
+            layer: [n + c for n in heads] for layer, heads in kept_lengths.items()
         }
         need = held_blocks(held_lengths, self.block_size, self.tp_size)
         held = self.block_manager.num_held(req_id)
@@ -231,6 +235,7 @@ class MaskKVDiffusionScheduler(Scheduler):
     def _free_request(self, request: Request, delay_free_blocks: bool = False) -> Any:
         self.prompt_lens.pop(request.request_id, None)
         self.freed_blocks.pop(request.request_id, None)
+        self.canvas_tokens.pop(request.request_id, None)
         self.reserved.pop(request.request_id, None)
         self.reported.pop(request.request_id, None)
         self.replay.pop(request.request_id, None)
