@@ -189,13 +189,21 @@ def test_a_dual_block_step_schedules_only_the_block(llm, scheduler):
     assert scheduler.trace[-1][2] == NUM_BLOCKS - 1
 
 
-def test_dual_refresh_schedules_prompt_and_canvas_at_each_boundary(llm, scheduler):
+def test_dual_refresh_schedules_prompt_and_canvas_at_each_boundary(
+    llm, scheduler, monkeypatch
+):
+    from maskkv_vllm.vllm_adapter.core import scheduler as sched_module
+
+    recorded = []
+    monkeypatch.setattr(sched_module, "record_eviction", lambda *a: recorded.append(a))
     params = SamplingParams(
         gen_length=16, block_length=8, steps=16, canvas_cache="dual_refresh"
     )
     generate(llm, [HELLO], params)
     assert [n for _, n, _ in scheduler.trace] == ([22] + [8] * 7) * 2
     assert scheduler.trace[-1][2] == NUM_BLOCKS - 1
+    # Its eviction is counted once, not again at the second block's step 0.
+    assert len(recorded) == 1
 
 
 def test_dual_canvas_entries_count_in_the_reservation_and_the_held_blocks(

@@ -178,6 +178,11 @@ class MaskKVDiffusionScheduler(Scheduler):
                 f"request {req_id} kept {need} blocks of head-pages but holds {held}"
             )
         freed = self.block_manager.shrink(req_id, need)
+        if req_id in self.freed_blocks:
+            # A later step 0 of the same run ("dual_refresh" recomputes the prompt
+            # at each block boundary): its eviction was counted already.
+            self.freed_blocks[req_id] += freed
+            return freed
         self.freed_blocks[req_id] = freed
         kept_total = sum(map(sum, kept_lengths.values()))
         all_entries = self.prompt_lens[req_id] * sum(map(len, kept_lengths.values()))
