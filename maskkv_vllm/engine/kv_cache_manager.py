@@ -72,12 +72,6 @@ class KVCacheManager:
             return 0
         return sum(self.prompt_cache.num_pages(k) for k in request.seq.cache_keys)
 
-    def held_entries(self, request: Request) -> int:
-        """Prompt K/V entries (token x layer x KV head) the request's rows keep."""
-        if self.prompt_cache is None or request.seq is None:
-            return 0
-        return sum(self.prompt_cache.num_entries(k) for k in request.seq.cache_keys)
-
     def full_entries(self, request: Request) -> int:
         """Entries its rows would keep with the full cache."""
         rows = request.params.num_rows

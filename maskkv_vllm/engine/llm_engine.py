@@ -274,15 +274,17 @@ class LLMEngine:
         return ids[:cut], text.rstrip("\ufffd")
 
     def _record_kv(self, r: Request) -> None:
+        # The runner counted the rows' entries and pages at the forward: a
+        # request that finished in its first step has freed them by now.
         kv = self.kv_cache_manager
         if kv.prompt_cache is None:
             return
-        kept = kv.held_entries(r)
+        kept = r.seq.prompt_kv_entries
         r.stats.kept_kv_entries = kept
         evicted = max(kv.full_entries(r) - kept, 0) if r.params.evicts else 0
         r.stats.evicted_kv_entries = evicted
         self.metrics.evicted_kv_entries += evicted
-        r.stats.num_pages = kv.held_pages(r)
+        r.stats.num_pages = r.seq.prompt_kv_pages
 
     # -- outputs -----------------------------------------------------------------
 

@@ -72,6 +72,9 @@ class DiffusionSequence:
         self.num_steps = 0
         self.peak_prompt_kv_bytes = 0
         self.prompt_kv_entries = 0
+        """Prompt K/V entries the rows kept at their latest full forward."""
+        self.prompt_kv_pages = 0
+        """Pages those entries took (read before a finished row frees them)."""
         self.pinned: list[int] = []
 
     def pin(self, token_ids: list[int]) -> None:

@@ -279,10 +279,10 @@ class ModelRunner:
                 attn = self.prompt_cache.block_attention(keys, batch.key_mask)
         hidden = self.model(batch.input_ids, batch.positions, attn)
         if kind == "full" and self.prompt_cache is not None:
+            cache = self.prompt_cache
             for s in seqs:
-                s.prompt_kv_entries = sum(
-                    self.prompt_cache.num_entries(k) for k in s.cache_keys
-                )
+                s.prompt_kv_entries = sum(cache.num_entries(k) for k in s.cache_keys)
+                s.prompt_kv_pages = sum(cache.num_pages(k) for k in s.cache_keys)
         i = 0
         for s in seqs:
             n = len(s.branches)

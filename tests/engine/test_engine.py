@@ -291,3 +291,21 @@ def test_pages_are_reserved_before_the_forward(tiny, monkeypatch, refresh):
     if refresh is None:
         assert eng.metrics.num_preemptions == 0
         assert [o.text for o in got] == [o.text for o in want]
+
+
+def test_kv_stats_of_a_request_that_finishes_in_its_first_step(tiny):
+    # One step for the whole canvas: the request ends (and frees its pages) in
+    # the step that wrote them. Its stats used to read the freed cache: kept 0,
+    # every entry "evicted", 0 pages.
+    eng = engine(tiny, kv_policy="maskkv", kv_budget=4)
+    params = SamplingParams(gen_length=8, block_length=8, steps=1)
+    r = eng.make_request("The quick brown fox jumps over", params)
+    eng.add_request(r)
+    while eng.has_unfinished:
+        eng.step()
+    m = len(r.prompt_token_ids)
+    # 2 layers x 4 KV heads; every head keeps at least one entry and one page.
+    assert 8 <= r.stats.kept_kv_entries <= 2 * 4 * m
+    assert r.stats.evicted_kv_entries == 2 * 4 * m - r.stats.kept_kv_entries
+    assert r.stats.num_pages >= 8
+    assert eng.kv_cache_manager.num_free_pages == 4000 - 1
