@@ -125,4 +125,16 @@ def test_plain_vllm_llm_under_cuda_defaults_runs_one_engine_step_per_denoising_s
     # canvas steps; no step schedules nothing.
     assert len(scheduled) == 8
     assert 0 not in scheduled
+    # The dual canvas cache under the same settings: a block step schedules
+    # only the block's slots (8 per request), and the tokens stay the embedded
+    # engine's.
+    scheduled.clear()
+    dual = SamplingParams(gen_length=16, block_length=8, steps=16, canvas_cache="dual")
+    ours = [(o.token_ids, o.text) for o in generate(llm, prompts, dual)]
+    ref = [
+        (o.token_ids, o.text) for o in embedded.generate(prompts, dual, use_tqdm=False)
+    ]
+    assert ours == ref
+    assert len(scheduled) == 16 and 0 not in scheduled
+    assert scheduled[1:8] == [16] * 7 and scheduled[9:] == [16] * 7
     del llm
