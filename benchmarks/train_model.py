@@ -36,6 +36,15 @@ record) is kept. ``vt`` joins the mix from ``--vt-from`` tokens when
 ``--vt-fraction`` > 0. The checkpoint (official LLaDA tensor names, bf16 safetensors,
 config.json, tokenizer.json) and ``training.json`` (flags, history, final scores) are
 rewritten at every evaluation.
+
+``--arch dream`` trains Dream's architecture instead (issue 26, item 2): q/k/v biases
+and shifted logits, the token at position i read from output i - 1, as in the
+autoregressive LLM Dream was initialised from. The last prompt token's output then
+predicts the answer's first token, so it must look up the record itself, where
+LLaDA's visible prompt tokens are never a prediction. The checkpoint is a Dream one
+(``model_type`` "Dream", Hugging Face tensor names). ``--init`` takes a Dream
+checkpoint or a LLaDA one of the same sizes, whose weights are mapped one to one
+(biases zero: the same network, unshifted).
 """
 
 from __future__ import annotations
@@ -57,11 +66,14 @@ from maskkv_vllm.evaluation.synthetic import (
     word_tokenizer,
 )
 from maskkv_vllm.models.attention import DenseAttention
+from maskkv_vllm.models.dream import DreamModel
+from maskkv_vllm.models.dream_config import DreamConfig
 from maskkv_vllm.models.llada import LLaDAModel
 from maskkv_vllm.models.llada_config import LLaDAConfig
 from maskkv_vllm.models.loader import load_model
 from maskkv_vllm.models.rope import rope_inv_freq
 from maskkv_vllm.models.tiny import save_checkpoint
+from maskkv_vllm.models.tokenizer import BOS
 from maskkv_vllm.sampling_params import SamplingParams
 from maskkv_vllm.worker.model_runner import ModelRunner
 
@@ -71,9 +83,30 @@ PRETRAIN_EPS = 1e-3
 """LLaDA pretraining's smallest masking ratio: p = eps + (1 - eps) t, t ~ U(0, 1)."""
 EVAL_SEED = 777_000  # held-out prompts: a generator stream training never draws from
 TASK_SEED = {"kv": 0, "vt": 1, "needle": 2}
+MODELS = {"llada": LLaDAModel, "dream": DreamModel}
+
+# LLaDA tensor names (after ``model.transformer.blocks.N.``) -> Dream's.
+LLADA_TO_DREAM_BLOCK = {
+    "attn_norm.weight": "input_layernorm.weight",
+    "q_proj.weight": "self_attn.q_proj.weight",
+    "k_proj.weight": "self_attn.k_proj.weight",
+    "v_proj.weight": "self_attn.v_proj.weight",
+    "attn_out.weight": "self_attn.o_proj.weight",
+    "ff_norm.weight": "post_attention_layernorm.weight",
+    "ff_proj.weight": "mlp.gate_proj.weight",  # LLaDA's ff_proj is the gate
+    "up_proj.weight": "mlp.up_proj.weight",
+    "ff_out.weight": "mlp.down_proj.weight",
+}
+LLADA_TO_DREAM_TOP = {
+    "model.transformer.wte.weight": "model.embed_tokens.weight",
+    "model.transformer.ln_f.weight": "model.norm.weight",
+    "model.transformer.ff_out.weight": "lm_head.weight",
+}
 
 
-def make_config(args: argparse.Namespace, tok) -> LLaDAConfig:
+def make_config(args: argparse.Namespace, tok) -> LLaDAConfig | DreamConfig:
+    if args.arch == "dream":
+        return make_dream_config(args, tok)
     vocab = tok.get_vocab_size()
     return LLaDAConfig(
         d_model=args.heads * args.head_dim,
@@ -89,6 +122,77 @@ def make_config(args: argparse.Namespace, tok) -> LLaDAConfig:
         rope_theta=args.rope_theta,
         max_sequence_length=4096,
     )
+
+
+def make_dream_config(args: argparse.Namespace, tok) -> DreamConfig:
+    """The Dream twin of ``make_config``: same sizes and ids, LLaDA's RMSNorm eps
+    (so a LLaDA checkpoint maps onto it exactly), MHA (n_kv_heads = n_heads)."""
+    eos = tok.token_to_id("<|endoftext|>")
+    return DreamConfig(
+        hidden_size=args.heads * args.head_dim,
+        num_attention_heads=args.heads,
+        num_key_value_heads=args.heads,
+        num_hidden_layers=args.layers,
+        intermediate_size=args.mlp,
+        vocab_size=tok.get_vocab_size(),
+        mask_token_id=tok.token_to_id("<|mdm_mask|>"),
+        eos_token_id=eos,
+        pad_token_id=eos,
+        bos_token_id=tok.token_to_id(BOS),
+        rope_theta=args.rope_theta,
+        rms_norm_eps=1e-5,
+        max_position_embeddings=4096,
+    )
+
+
+def shift_of(config) -> int:
+    """1 for a model that reads the token at i from output i - 1 (Dream), else 0."""
+    return int(getattr(config, "shifted_logits", False))
+
+
+def embedding(model: LLaDAModel | DreamModel) -> torch.nn.Embedding:
+    """The token embedding of either architecture."""
+    inner = model.model
+    if hasattr(inner, "embed_tokens"):  # Dream
+        return inner.embed_tokens
+    return inner.transformer.wte
+
+
+def qk_projections(block) -> tuple[torch.nn.Linear, torch.nn.Linear]:
+    """A block's q and k projections (Dream nests them in ``self_attn``)."""
+    attn = getattr(block, "self_attn", block)
+    return attn.q_proj, attn.k_proj
+
+
+def dream_state_from_llada(
+    llada: dict[str, torch.Tensor], dream: DreamModel
+) -> dict[str, torch.Tensor]:
+    """A LLaDA state dict under Dream's names, every bias zero: the same network
+    (Dream only shifts which output reads which token).
+
+    Raises:
+        ValueError: ``llada`` holds a tensor with no Dream counterpart.
+    """
+    out = {k: torch.zeros_like(v) for k, v in dream.state_dict().items()
+           if k.endswith(".bias")}  # fmt: skip
+    prefix = "model.transformer.blocks."
+    for name, tensor in llada.items():
+        layer, _, rest = name.removeprefix(prefix).partition(".")
+        if name in LLADA_TO_DREAM_TOP:
+            out[LLADA_TO_DREAM_TOP[name]] = tensor
+        elif name.startswith(prefix) and rest in LLADA_TO_DREAM_BLOCK:
+            out[f"model.layers.{layer}.{LLADA_TO_DREAM_BLOCK[rest]}"] = tensor
+        else:
+            raise ValueError(f"LLaDA tensor {name} has no Dream counterpart")
+    return out
+
+
+def load_init(model: LLaDAModel | DreamModel, path: str) -> None:
+    """Load ``--init``'s weights: same architecture, or LLaDA into Dream."""
+    state = load_model(path).state_dict()
+    if state.keys() != model.state_dict().keys() and isinstance(model, DreamModel):
+        state = dream_state_from_llada(state, model)
+    model.load_state_dict(state)
 
 
 def next_length(length: int, accuracy: float, threshold: float, final: int) -> int:
@@ -110,17 +214,19 @@ def lr_at(step: int, lr: float, warmup: int) -> float:
     return lr * min(1.0, step / max(1, warmup))
 
 
-def init_weights(model: LLaDAModel, gen: torch.Generator) -> None:
-    """Every matrix N(0, 0.02); norms stay 1."""
+def init_weights(model: LLaDAModel | DreamModel, gen: torch.Generator) -> None:
+    """Every matrix N(0, 0.02); norms stay 1, biases (Dream's q/k/v) 0."""
     with torch.no_grad():
-        for p in model.parameters():
+        for name, p in model.named_parameters():
             if p.dim() == 2:
                 p.copy_(0.02 * torch.randn(p.shape, generator=gen))
+            elif name.endswith(".bias"):
+                p.zero_()
 
 
 @torch.no_grad()
 def add_local_prior(
-    model: LLaDAModel,
+    model: LLaDAModel | DreamModel,
     gen: torch.Generator,
     pairs: tuple[int, ...] = (0, 1, 2, 3, 4, 5),
     peak_logit: float = 12.0,
@@ -150,24 +256,24 @@ def add_local_prior(
         u: (d_model,) the shared direction.
     """
     c = model.config
-    wte = model.model.transformer.wte.weight  # (vocab, d_model)
+    wte = embedding(model).weight  # (vocab, d_model)
     u = torch.randn(c.d_model, generator=gen)
     u /= u.norm()
     wte += wte.norm(dim=1).mean() * u
     normed = wte * torch.rsqrt(wte.pow(2).mean(-1, keepdim=True) + c.rms_norm_eps)
     s = (normed @ u).mean()  # u-component of a normalised embedding
     beta = math.sqrt(peak_logit * math.sqrt(c.head_dim) / len(pairs)) / s
-    block, half = model.blocks[0], c.head_dim // 2
+    (q_proj, k_proj), half = qk_projections(model.blocks[0]), c.head_dim // 2
     freq = rope_inv_freq(c.head_dim, c.rope_theta, u.device)
     num_heads = c.n_heads if num_heads is None else min(num_heads, c.n_heads)
     for h in range(num_heads):
         phase = offsets[h % len(offsets)] * freq[list(pairs)]  # (len(pairs),)
         rows = [h * c.head_dim + i for i in pairs]
         # z_q = s * exp(-i * offset * freq): the bump moves offset tokens back.
-        block.q_proj.weight[rows] += beta * phase.cos()[:, None] * u
-        block.q_proj.weight[[r + half for r in rows]] -= beta * phase.sin()[:, None] * u
+        q_proj.weight[rows] += beta * phase.cos()[:, None] * u
+        q_proj.weight[[r + half for r in rows]] -= beta * phase.sin()[:, None] * u
     for h in range(c.n_kv_heads * num_heads // c.n_heads):
-        block.k_proj.weight[[h * c.head_dim + i for i in pairs]] += beta * u
+        k_proj.weight[[h * c.head_dim + i for i in pairs]] += beta * u
     return u
 
 
@@ -265,8 +371,16 @@ def make_batch(
 
 
 def loss_fn(model, ids, positions, key_mask, target, masked, weight):
-    """LLaDA's SFT loss: weighted (1/t on the canvas) cross-entropy of masked slots."""
+    """LLaDA's SFT loss: weighted (1/t on the canvas) cross-entropy of masked slots.
+
+    For a shifted model (Dream) the token at i is read from output i - 1; a masked
+    first real token (no real token before it) is not scored.
+    """
     hidden = model(ids, positions, DenseAttention(key_mask))
+    if shift_of(model.config):
+        hidden = hidden[:, :-1]  # output i - 1 predicts token i
+        target, weight = target[:, 1:], weight[:, 1:]
+        masked = masked[:, 1:] & key_mask[:, :-1]
     logits = model.logits(hidden[masked])
     ce = F.cross_entropy(logits, target[masked], reduction="none")
     return (ce * weight[masked]).sum() / (masked.shape[0] * GEN_LENGTH)
@@ -286,7 +400,8 @@ def predict_answers(model, config, prompts: list[list[int]]) -> torch.Tensor:
     offset = torch.tensor([width - len(p) for p in prompts])[:, None]
     col = torch.arange(width + GEN_LENGTH)
     hidden = model(ids, (col - offset).clamp_min(0), DenseAttention(col >= offset))
-    return model.logits(hidden[:, width:]).argmax(-1)
+    first = width - shift_of(config)  # Dream reads slot j from output j - 1
+    return model.logits(hidden[:, first : first + GEN_LENGTH]).argmax(-1)
 
 
 def sampled_answers(model, prompts: list[list[int]]) -> list[list[int]]:
@@ -347,7 +462,7 @@ def build(args, tok, seed: int):
     """Seeded model (with the optional prior) and its optimizer."""
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
-    model = LLaDAModel(make_config(args, tok))
+    model = MODELS[args.arch](make_config(args, tok))
     init_weights(model, gen)
     if args.prior:
         add_local_prior(
@@ -359,15 +474,14 @@ def build(args, tok, seed: int):
             args.prior_heads,
         )
     if args.init:
-        model.load_state_dict(load_model(args.init).state_dict())
+        load_init(model, args.init)
     model.requires_grad_(True).train()
     # No weight decay on block 0's q/k: a frozen prior must not shrink.
-    block0 = model.blocks[0]
-    prior = {id(block0.q_proj.weight), id(block0.k_proj.weight)}
-    rest = [p for p in model.parameters() if id(p) not in prior]
+    prior = [p for proj in qk_projections(model.blocks[0]) for p in proj.parameters()]
+    rest = [p for p in model.parameters() if all(p is not q for q in prior)]
     groups = [
         {"params": rest, "weight_decay": 0.01},
-        {"params": [block0.q_proj.weight, block0.k_proj.weight], "weight_decay": 0.0},
+        {"params": prior, "weight_decay": 0.0},
     ]
     opt = torch.optim.AdamW(groups, lr=args.lr)
     return model, opt
@@ -414,9 +528,9 @@ class Run:
             # Keep the prior's heads attending to their neighbours; the rest learn.
             heads = min(self.args.prior_heads, self.config.n_heads)
             rows = heads * self.config.head_dim
-            block = self.model.blocks[0]
-            block.q_proj.weight.grad[:rows] = 0
-            block.k_proj.weight.grad[:rows] = 0
+            for proj in qk_projections(self.model.blocks[0]):
+                for p in proj.parameters():  # weight, and Dream's bias
+                    p.grad[:rows] = 0
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
         self.opt.step()
         return loss.item()
@@ -472,6 +586,8 @@ def probe(args, tok, start: float) -> tuple[Run, list[dict]]:
 
 def meta_for(args, run: Run, probes: list[dict], done: str = "") -> dict:
     objective = "LLaDA SFT + recall queries"
+    if args.arch == "dream":
+        objective = "Dream (shifted logits): " + objective
     if args.pretrain_fraction > 0:
         objective += f" + LLaDA pretraining on {args.pretrain_fraction:.0%} of rows"
     return {"args": vars(args), "objective": objective,
@@ -525,6 +641,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add("--out", required=True, help="checkpoint directory (replaced)")
     add("--minutes", type=float, default=120, help="wall-clock budget")
     add("--steps", type=int, default=100_000, help="at most this many steps")
+    add("--arch", choices=sorted(MODELS), default="llada",
+        help="dream: q/k/v biases, shifted logits, a Dream checkpoint")  # fmt: skip
     add("--layers", type=int, default=2)
     add("--heads", type=int, default=4)
     add("--head-dim", type=int, default=32)

@@ -1,0 +1,138 @@
+"""train_model.py --arch dream: Dream's shifted logits in training, its checkpoint in
+the engine (issue 26, item 2)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import random
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from maskkv_vllm.evaluation.synthetic import word_tokenizer
+from maskkv_vllm.models.attention import DenseAttention
+from maskkv_vllm.models.dream import DreamModel
+from maskkv_vllm.models.llada import LLaDAModel
+from maskkv_vllm.models.loader import load_checkpoint
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "train_model.py"
+spec = importlib.util.spec_from_file_location("train_model_dream", SCRIPT)
+tm = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(tm)
+
+# 1 layer, 2 heads of 16: builds and trains in milliseconds.
+MICRO = ["--layers", "1", "--heads", "2", "--head-dim", "16", "--mlp", "32"]
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return word_tokenizer()
+
+
+def micro(tok, arch: str, *extra: str):
+    args = tm.parse_args(["--out", "unused", *MICRO, "--arch", arch, *extra])
+    return tm.build(args, tok, seed=0)[0]
+
+
+def kv_batch(tok, config, pretrain: float = 0.0):
+    gen = torch.Generator().manual_seed(1)
+    return tm.make_batch(random.Random(0), tok, config, ["kv"] * 3, 48, 2,
+                         gen=gen, pretrain=pretrain)  # fmt: skip
+
+
+def test_llada_weights_map_onto_the_same_dream_network(tok):
+    llada = micro(tok, "llada")
+    dream = micro(tok, "dream")
+    dream.load_state_dict(tm.dream_state_from_llada(llada.state_dict(), dream))
+    assert all(v.abs().sum() == 0 for k, v in dream.state_dict().items()
+               if k.endswith(".bias"))  # fmt: skip
+    ids, positions, key_mask, *_ = kv_batch(tok, llada.config)
+    attn = DenseAttention(key_mask)
+    with torch.no_grad():
+        want = llada.logits(llada(ids, positions, attn))
+        got = dream.logits(dream(ids, positions, attn))  # unshifted outputs
+    torch.testing.assert_close(got, want)
+
+
+def test_a_stray_llada_tensor_is_named(tok):
+    dream = micro(tok, "dream")
+    with pytest.raises(ValueError, match="model.transformer.extra.weight"):
+        tm.dream_state_from_llada({"model.transformer.extra.weight": torch.ones(1)},
+                                  dream)  # fmt: skip
+
+
+@pytest.mark.parametrize("pretrain", [0.0, 1.0])
+def test_dream_loss_reads_each_token_from_the_output_before_it(tok, pretrain):
+    # Oracle: the library's own shift (DreamModel.token_logits, row t = output t-1).
+    model = micro(tok, "dream")
+    ids, positions, key_mask, target, masked, weight = kv_batch(
+        tok, model.config, pretrain
+    )
+    got = tm.loss_fn(model, ids, positions, key_mask, target, masked, weight)
+    logits = model.token_logits(ids, positions, DenseAttention(key_mask))
+    scored = masked.clone()
+    scored[:, 1:] &= key_mask[:, :-1]  # a first real token has no output before it
+    scored[:, 0] = False
+    ce = F.cross_entropy(logits[scored], target[scored], reduction="none")
+    want = (ce * weight[scored]).sum() / (len(ids) * tm.GEN_LENGTH)
+    torch.testing.assert_close(got, want)
+
+
+def test_dream_answers_are_read_one_row_early(tok):
+    model = micro(tok, "dream")
+    rng = random.Random(3)
+    prompts = [tm.prompt_targets(rng, tok, "kv", 32, 0)[0] for _ in range(2)]
+    got = tm.predict_answers(model, model.config, prompts[:1])
+    m = model.config.mask_token_id
+    ids = torch.tensor([prompts[0] + [m] * tm.GEN_LENGTH])
+    logits = model.token_logits(ids, torch.arange(ids.shape[1])[None])
+    assert got.tolist() == logits[:, len(prompts[0]) :].argmax(-1).tolist()
+
+
+def test_dream_prior_heads_stay_frozen_biases_included(tok):
+    args = tm.parse_args(["--out", "unused", *MICRO, "--arch", "dream",
+                          "--batch", "2", "--prior-pairs", "1", "2"])  # fmt: skip
+    run = tm.Run(args, tok, seed=0)
+    q, k = tm.qk_projections(run.model.blocks[0])
+    before = [p.detach().clone() for p in (q.weight, q.bias, k.weight, k.bias)]
+    run.train_step()
+    after = (q.weight, q.bias, k.weight, k.bias)
+    assert all(torch.equal(a, b) for a, b in zip(after, before, strict=True))
+    assert run.model.blocks[0].self_attn.v_proj.bias.abs().sum() > 0  # the rest learn
+
+
+def test_dream_run_from_a_llada_init_writes_a_dream_checkpoint_the_engine_serves(
+    tmp_path, tok
+):
+    from maskkv_vllm.engine.llm import LLM
+
+    init = tmp_path / "llada"
+    args = tm.parse_args(["--out", str(init), *MICRO, "--prior-pairs", "1", "2"])
+    model, _ = tm.build(args, tok, seed=0)
+    tm.save(model, model.config, tok, init, {})
+    out = tmp_path / "dream"
+    argv = ["--out", str(out), *MICRO, "--arch", "dream", "--init", str(init),
+            "--batch", "2", "--seeds", "0", "--eval-every", "2", "--steps", "4",
+            "--start-length", "32", "--final-length", "32", "--eval-samples", "2",
+            "--final-samples", "2", "--report-lengths", "32",
+            "--prior-pairs", "1", "2"]  # fmt: skip
+    run = tm.main(argv)
+    assert run.step == 4 and isinstance(run.model, DreamModel)
+    config = json.loads((out / "config.json").read_text())
+    assert config["model_type"] == "Dream"
+    assert config["architectures"] == ["DreamModel"]
+    assert config["mask_token_id"] == tok.token_to_id("<|mdm_mask|>")
+    meta = json.loads((out / "training.json").read_text())
+    assert meta["objective"].startswith("Dream (shifted logits)")
+    loaded, tokenizer = load_checkpoint(out)
+    assert isinstance(loaded, DreamModel) and not isinstance(loaded, LLaDAModel)
+    llm = LLM(str(out), dtype="float32", kv_cache_memory="16MiB")
+    prompt = tokenizer.encode("k001 : 1 2 3 ; k002 : 4 5 6 ; ? k002")
+    params = tm.SamplingParams(gen_length=8, block_length=8, steps=8)
+    (answer,) = llm.generate([prompt], params)
+    assert len(answer.token_ids) <= 8
+    # The engine's answer is the training script's sampler's (same model, same ids).
+    assert tm.sampled_answers(llm.engine.model, [prompt]) == [answer.token_ids]
