@@ -15,7 +15,11 @@ among the prompt columns in that head's summed votes (1 = first). A uniform row 
 - ``mask``: the canvas's mask queries (MaskKV's voters);
 - ``window``: the last 32 prompt queries (SnapKV's observation window);
 - ``query``: the prompt's last token, the key being asked for;
-- ``window+mask``: the last 32 queries of the whole input (``snapkv-mask-window``).
+- ``window+mask``: the last 32 queries of the whole input (``snapkv-mask-window``);
+- ``readers``: the rows whose outputs are read for the canvas's tokens. LLaDA reads
+  slot j from its own row, so these are the mask queries again; a shifted model
+  (Dream) reads slot j from row j - 1, so its first reader is the query token,
+  whose output predicts the answer's first token as in an autoregressive LLM.
 
 If only ``mask`` finds the digits, mask voting is close to an oracle on this model
 and a window policy cannot compete; a model whose prompt tokens retrieve (a
@@ -43,7 +47,7 @@ from maskkv_vllm.models.builtin import resolve_model  # noqa: E402
 from maskkv_vllm.models.loader import load_model  # noqa: E402
 
 WINDOW = 32
-GROUPS = ("mask", "window", "query", "window+mask")
+GROUPS = ("mask", "window", "query", "window+mask", "readers")
 
 
 class Recording(DenseAttention):
@@ -66,13 +70,15 @@ def answer_columns(prompt: list[int]) -> list[int]:
     return [at + 2, at + 3, at + 4]
 
 
-def voter_rows(group: str, m: int, length: int) -> slice:
-    """Query rows of ``group`` in a (prompt M, canvas L) row."""
+def voter_rows(group: str, m: int, length: int, shift: int = 0) -> slice:
+    """Query rows of ``group`` in a (prompt M, canvas L) row; ``shift`` is 1 for a
+    model that reads the token at i from output i - 1 (Dream)."""
     return {
         "mask": slice(m, m + length),
         "window": slice(m - WINDOW, m),
         "query": slice(m - 1, m),
         "window+mask": slice(m + length - WINDOW, m + length),
+        "readers": slice(m - shift, m + length - shift),
     }[group]
 
 
@@ -84,12 +90,12 @@ def probe_prompt(model, prompt: list[int]) -> dict:
     ids = torch.tensor([prompt + [c.mask_token_id] * length])
     rec = Recording()
     model(ids, torch.arange(m + length)[None], rec)
-    cols = answer_columns(prompt)
+    cols, shift = answer_columns(prompt), tm.shift_of(c)
     out = {}
     for layer, (q, k) in sorted(rec.qk.items()):
         out[layer] = {}
         for group in GROUPS:
-            rows = q[:, voter_rows(group, m, length)]
+            rows = q[:, voter_rows(group, m, length, shift)]
             votes = column_attention_sums(rows, k, m)  # (Hq, M)
             share = votes[:, cols].sum(dim=1) / rows.shape[1]
             rank = (votes[:, None, :] > votes[:, cols, None]).sum(-1).max(-1).values
@@ -129,7 +135,11 @@ def main() -> None:
     args = ap.parse_args()
     model = load_model(resolve_model(args.model)).float().eval()
     tok, n = word_tokenizer(), args.prompt_tokens
-    report = {"model": args.model, "prompt_tokens": n, "samples": args.samples}
+    shift = tm.shift_of(model.config)
+    report = {"model": args.model, "model_type": type(model).__name__,
+              "shifted_logits": bool(shift), "prompt_tokens": n,
+              "samples": args.samples}  # fmt: skip
+    print(f"{type(model).__name__}, logits shifted: {bool(shift)}")
     for task in args.tasks:
         rng = random.Random(tm.EVAL_SEED + n + tm.TASK_SEED[task])
         prompts = [

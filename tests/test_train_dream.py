@@ -3,9 +3,9 @@ the engine (issue 26, item 2)."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import random
+import sys
 from pathlib import Path
 
 import pytest
@@ -18,10 +18,10 @@ from maskkv_vllm.models.dream import DreamModel
 from maskkv_vllm.models.llada import LLaDAModel
 from maskkv_vllm.models.loader import load_checkpoint
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "train_model.py"
-spec = importlib.util.spec_from_file_location("train_model_dream", SCRIPT)
-tm = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(tm)
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+sys.path.insert(0, str(BENCH))  # the probe imports train_model beside it
+import train_model as tm  # noqa: E402
+import window_probe as wp  # noqa: E402
 
 # 1 layer, 2 heads of 16: builds and trains in milliseconds.
 MICRO = ["--layers", "1", "--heads", "2", "--head-dim", "16", "--mlp", "32"]
@@ -136,3 +136,21 @@ def test_dream_run_from_a_llada_init_writes_a_dream_checkpoint_the_engine_serves
     assert len(answer.token_ids) <= 8
     # The engine's answer is the training script's sampler's (same model, same ids).
     assert tm.sampled_answers(llm.engine.model, [prompt]) == [answer.token_ids]
+
+
+def test_probe_readers_are_the_masks_for_llada_and_one_row_earlier_for_dream():
+    m, length = 40, 8
+    assert wp.voter_rows("readers", m, length) == wp.voter_rows("mask", m, length)
+    assert wp.voter_rows("readers", m, length, shift=1) == slice(39, 47)
+
+
+def test_probe_runs_on_a_dream_checkpoint(tmp_path, tok):
+    model = micro(tok, "dream")
+    tm.save(model, model.config, tok, tmp_path, {})
+    loaded = wp.load_model(wp.resolve_model(tmp_path))
+    prompt = tm.prompt_targets(random.Random(tm.EVAL_SEED), tok, "kv", 64, 0)[0]
+    got = wp.summarise([wp.probe_prompt(loaded, prompt)])
+    assert set(got) == {0} and set(got[0]) == set(wp.GROUPS)
+    for cell in got[0].values():
+        assert 0 < cell["share"] < 1 and 1 <= cell["worst_digit_rank"] <= len(prompt)
+    assert got[0]["readers"] != got[0]["mask"]  # Dream's readers start one row early
