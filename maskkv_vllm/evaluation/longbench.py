@@ -1,11 +1,12 @@
-"""LongBench (v1) runner: official prompts and truncation, LLaDA sampling, scoring.
+"""LongBench (v1) runner: official prompts and truncation, LLaDA sampling, scoring,
+and each eviction policy's retention against the same run's full cache.
 
 For users who have the LongBench data as ``{data_dir}/{task}.jsonl`` files (rows
 with ``input``, ``context``, ``answers``, ``all_classes``, ``length``,
 ``dataset``, ``language``, ``_id``) and a real LLaDA checkpoint::
 
     maskkv longbench --model /ckpt/LLaDA-8B-Instruct --data-dir LongBench/data \\
-        --kv-policy maskkv --kv-budget 256 --out results.json
+        --policies maskkv snapkv --kv-budget 256 --out results.json
 
 or from Python::
 
@@ -15,20 +16,32 @@ or from Python::
     results = run_longbench(llm, "LongBench/data", ["qasper", "trec"])
 
 How a prompt is built (as the official ``pred.py``): the task's template is
-filled with the row; if its tokens (no special tokens) exceed
+filled with the row; if its tokens (no special tokens) exceed the task's
 ``max_prompt_tokens``, the first and the last ``max_prompt_tokens // 2`` tokens
 are decoded and joined (middle truncation); the text is then wrapped in LLaDA's
 chat template, except for the few-shot and code tasks of ``NO_CHAT_TASKS``,
-which get plain ``tokenizer.encode`` (BOS + text).
+which get plain ``tokenizer.encode`` (BOS + text). By default ``max_prompt_tokens``
+comes from the checkpoint (``longbench_context``): the engine's ``max_model_len``
+(LLaDA: 4096, times ``--rope-scaling``) less the task's canvas and template
+tokens, so every prompt fits; an explicit value that does not fit is an error
+before anything runs.
 
 How it is generated (the MaskKV paper's LLaDA setting): greedy low-confidence
 remasking, semi-autoregressive blocks of ``block_length`` (8) tokens, one token
 per step (``steps = gen_length``); ``gen_length`` is the task's official output
-length rounded up to a multiple of ``block_length``.
+length rounded up to a multiple of ``block_length``. Every policy runs on the
+same prompts with the same settings, ``full`` included (added when not asked
+for), and retention is each policy's score over ``full``'s (``longbench_report``).
 
-Known differences from pred.py, by necessity: a diffusion model fills a fixed
-canvas, so there is no ``max_new_tokens`` early stop, and samsum's "stop at a
-newline" cannot be imposed (its first-line scoring rule does the same job).
+Known differences from the paper, recorded in every results file (``refresh``):
+the paper ran every policy, its full cache included, on dLLM-Cache (prompt
+refresh Tp = 50, answer refresh Tr = 5, adaptive partial refresh rho = 25%);
+this engine has no dLLM-Cache, so its full cache is exact LLaDA (``canvas_cache``
+"none", prompt KV computed once) or one of our canvas caches ("dual",
+"dual_refresh"). Known differences from pred.py, by necessity: a diffusion model
+fills a fixed canvas, so there is no ``max_new_tokens`` early stop, and samsum's
+"stop at a newline" cannot be imposed (its first-line scoring rule does the same
+job).
 """
 
 from __future__ import annotations
@@ -36,6 +49,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import logging
 import math
 import sys
 import time
@@ -50,15 +64,31 @@ from maskkv_vllm.evaluation.longbench_config import (
     check_task,
     task_config,
 )
+from maskkv_vllm.evaluation.longbench_context import (
+    EngineFacts,
+    checkpoint_max_len,
+    engine_facts,
+    prompt_budget,
+    warn_if_unscaled,
+)
 from maskkv_vllm.evaluation.longbench_metrics import (
     score_prediction,
     zh_tokenizer_name,
 )
+from maskkv_vllm.evaluation.longbench_report import (
+    FULL,
+    format_table,
+    refresh_record,
+    retention,
+    run_refresh,
+)
+from maskkv_vllm.eviction.registry import check_budget, check_policy_name
 from maskkv_vllm.sampling_params import SamplingParams
+
+logger = logging.getLogger(__name__)
 
 REQUIRED_FIELDS = ("context", "input", "answers")
 DEFAULT_BLOCK_LENGTH = 8
-DEFAULT_MAX_PROMPT_TOKENS = 7500
 
 
 # --------------------------------------------------------------------- prompts
@@ -196,12 +226,208 @@ def resolve_tasks(tasks: str | Sequence[str] | None) -> list[str]:
 # ---------------------------------------------------------------------- runner
 
 
+def fit_prompt(
+    tokenizer, task: str, prompt: str, max_prompt_tokens: int, room: int
+) -> list[int]:
+    """``encode_prompt``'s ids, cut further when they exceed ``room`` tokens.
+
+    Re-tokenizing the two decoded halves, or the chat template around them, can
+    give a few tokens more than counted; each retry lowers the budget by that
+    overshoot, so the prompt and the canvas always fit ``max_model_len``.
+    """
+    budget = max_prompt_tokens
+    while True:
+        ids = encode_prompt(tokenizer, task, prompt, budget)
+        excess = len(ids) - room
+        if excess <= 0:
+            return ids
+        budget -= excess
+        if budget < 2:
+            raise ValueError(f"{task}: no prompt fits in {room} tokens")
+
+
+@dataclasses.dataclass(frozen=True)
+class TaskPlan:
+    """How one task runs: its sampling per policy and its prompt lengths."""
+
+    params: dict[str, SamplingParams]
+    """Per policy, ``full`` first; the same but for the policy and its budget."""
+    max_prompt_tokens: int
+    """Middle-truncation budget of the filled template."""
+    room: int
+    """``max_model_len - gen_length``: tokens the whole prompt may take."""
+
+
+def plan_task(
+    tokenizer,
+    task: str,
+    sp: SamplingParams,
+    facts: EngineFacts,
+    explicit: int | None,
+    policies: list[str],
+) -> TaskPlan:
+    """A task's ``TaskPlan``: ``prompt_budget`` with the task's canvas and its
+    template's own tokens (ValueError when ``explicit`` does not fit)."""
+    overhead = len(encode_prompt(tokenizer, task, "", 2))
+    room = facts.max_model_len - sp.gen_length
+    budget = prompt_budget(task, room, overhead, facts, explicit)
+    params = {p: policy_params(sp, p, facts.kv_budget) for p in policies}
+    return TaskPlan(params, budget, room)
+
+
+def resolve_policies(
+    policies: Sequence[str] | None, kv_policy: str | None, engine_default: str
+) -> list[str]:
+    """The policies to run, ``full`` first (added when absent: it is the
+    reference of retention). None: ``kv_policy``, else the engine's default."""
+    if policies is not None and kv_policy is not None:
+        raise ValueError("give policies or kv_policy, not both")
+    names = list(policies) if policies is not None else [kv_policy or engine_default]
+    for name in names:
+        check_policy_name(name)
+    return [FULL, *dict.fromkeys(n for n in names if n != FULL)]
+
+
+def policy_params(
+    sp: SamplingParams, policy: str, engine_budget: int | None
+) -> SamplingParams:
+    """``sp`` for one policy (``full`` takes no budget); ValueError, before any
+    run, when an evicting policy has no budget, neither its own nor the engine's."""
+    budget = None if policy == FULL else sp.kv_budget
+    check_budget(policy, engine_budget if budget is None else budget)
+    return dataclasses.replace(sp, kv_policy=policy, kv_budget=budget)
+
+
+def generate_samples(
+    llm, task: str, rows, prompts, sp, batch_size, use_tqdm
+) -> tuple[list[dict[str, Any]], float]:
+    """Generate and score one task's prompts with one policy: (samples, seconds)."""
+    step = batch_size or len(prompts)
+    start = time.perf_counter()
+    outputs: list[Any] = []
+    for i in range(0, len(prompts), step):
+        outputs += llm.generate(prompts[i : i + step], sp, use_tqdm=use_tqdm)
+    elapsed = time.perf_counter() - start
+    samples = [
+        make_sample(task, row, ids, o)
+        for row, ids, o in zip(rows, prompts, outputs, strict=True)
+    ]
+    return samples, elapsed
+
+
+def make_sample(task: str, row: dict[str, Any], ids: list[int], o) -> dict[str, Any]:
+    """One row's prediction, score and prompt length."""
+    answers, classes = row["answers"], row.get("all_classes")
+    sample = {
+        "_id": row.get("_id"),
+        "pred": o.text,
+        "answers": answers,
+        "score": score_prediction(task, o.text, answers, classes),
+        "prompt_tokens": len(ids),
+        "length": row.get("length"),
+        "finish_reason": getattr(o, "finish_reason", None),
+    }
+    if getattr(o, "error", None):
+        sample["error"] = o.error
+    return sample
+
+
+def record_run(run: dict[str, Any], task: str, samples, seconds: float) -> None:
+    """Add one task's samples to a policy's run; refresh its average."""
+    errors = sum("error" in s for s in samples)
+    if errors:
+        logger.warning("longbench: %s: %d request(s) ended with an error", task, errors)
+    score = round(100 * sum(s["score"] for s in samples) / len(samples), 2)
+    run["scores"][task] = score
+    run["tasks"][task] = {
+        "score": score,
+        "num_errors": errors,
+        "seconds": round(seconds, 3),
+        "samples": samples,
+    }
+    scores = list(run["scores"].values())
+    run["average"] = round(sum(scores) / len(scores), 2)
+
+
+def task_info(task: str, sp: SamplingParams, budget: int, n: int) -> dict[str, Any]:
+    """What a task's runs share: its metric, lengths and sample count."""
+    cfg = task_config(task)
+    return {
+        "metric": cfg.metric,
+        "num_samples": n,
+        "chat_template": cfg.chat,
+        "max_new_tokens": cfg.max_new_tokens,
+        "max_prompt_tokens": budget,
+        "gen_length": sp.gen_length,
+        "steps": sp.steps,
+    }
+
+
+def new_results(
+    config: dict[str, Any],
+    facts: EngineFacts,
+    params: dict[str, SamplingParams],
+    policies: list[str],
+) -> dict[str, Any]:
+    """The results skeleton: the run's settings (``config`` plus the sampling
+    settings every task shares), context limits, refresh settings beside the
+    paper's, and an empty run per policy."""
+    sp = next(iter(params.values()))
+    settings = dataclasses.asdict(sp)
+    for name in ("gen_length", "steps", "kv_policy"):  # per task or per policy
+        del settings[name]
+    this_run = run_refresh(
+        sp.canvas_cache or facts.canvas_cache,
+        facts.prompt_refresh_interval,
+        sp.block_length,
+        {n: {"gen_length": p.gen_length, "steps": p.steps} for n, p in params.items()},
+    )
+    return {
+        "config": {**config, "policies": policies, **settings},
+        "context": facts.as_dict(),
+        "refresh": refresh_record(this_run),
+        "tasks": {},
+        "runs": {p: {"scores": {}, "average": None, "tasks": {}} for p in policies},
+        "retention": {},
+    }
+
+
+def check_positive(**values: int | None) -> None:
+    for name, value in values.items():
+        if value is not None and value <= 0:
+            raise ValueError(f"{name}={value} must be positive")
+
+
+def run_task(llm, results, task: str, plan: TaskPlan, rows, batch_size, use_tqdm):
+    """Fit the task's prompts once, then generate and score them with every
+    policy of ``plan``, recording each run and the retention in ``results``."""
+    prompts = [
+        fit_prompt(
+            llm.tokenizer,
+            task,
+            format_prompt(task, r),
+            plan.max_prompt_tokens,
+            plan.room,
+        )
+        for r in rows
+    ]
+    sp = plan.params[FULL]
+    results["tasks"][task] = task_info(task, sp, plan.max_prompt_tokens, len(rows))
+    for policy, params in plan.params.items():
+        samples, seconds = generate_samples(
+            llm, task, rows, prompts, params, batch_size, use_tqdm
+        )
+        record_run(results["runs"][policy], task, samples, seconds)
+    results["retention"] = retention(results["runs"])
+
+
 def run_longbench(
     llm,
     data_dir: str | Path,
     tasks: str | Sequence[str] | None = None,
-    max_prompt_tokens: int = DEFAULT_MAX_PROMPT_TOKENS,
+    max_prompt_tokens: int | None = None,
     *,
+    policies: Sequence[str] | None = None,
     steps_per_block: int | None = None,
     limit: int | None = None,
     batch_size: int | None = None,
@@ -210,102 +436,64 @@ def run_longbench(
     **sampling: Any,
 ) -> dict[str, Any]:
     """Generate and score LongBench tasks with an ``LLM`` (or anything with a
-    ``tokenizer`` and ``generate(list_of_id_lists, SamplingParams, use_tqdm=)``
-    returning outputs with ``.text``).
+    ``tokenizer``, an ``engine`` as ``engine_facts`` reads it, and
+    ``generate(list_of_id_lists, SamplingParams, use_tqdm=)`` returning outputs
+    with ``.text``).
 
-    ``sampling``: ``SamplingParams`` fields for every task (``task_sampling_params``);
-    ``kv_policy``/``kv_budget`` None take the engine's defaults. ``batch_size``
-    rows go to ``generate`` at once (None: a whole task). With ``out``, the
-    results JSON is rewritten after every task.
+    Args:
+        max_prompt_tokens: middle-truncation budget of every task; None (the
+            default) takes each task's from the checkpoint: ``max_model_len``
+            minus the task's canvas and template tokens. A value that does not
+            fit is a ValueError before anything runs (``prompt_budget``).
+        policies: eviction policies to compare (None: ``kv_policy``, else the
+            engine's default); ``full`` is always run too, on the same prompts
+            and settings, and each other policy's retention against it reported.
+        batch_size: rows given to ``generate`` at once (None: a whole task).
+        out: results JSON, rewritten after every task.
+        sampling: ``SamplingParams`` fields for every task
+            (``task_sampling_params``); ``kv_budget`` None takes the engine's.
 
-    Returns ``{"scores": {task: score}, "average": mean score, "tasks": {task:
-    details and per-sample predictions}, "config": the settings}``; scores are in
-    [0, 100] as LongBench reports them.
+    Returns:
+        ``{"config", "context" (the length limits), "refresh" (this run's refresh
+        settings beside the paper's), "tasks" (per task: metric, lengths),
+        "runs" ({policy: {"scores": {task: score}, "average", "tasks": per-sample
+        predictions}}), "retention" ({policy: {"scores": {task: %}, "average":
+        %}})}``; scores in [0, 100] as LongBench reports them.
     """
     names = resolve_tasks(tasks)
-    if limit is not None and limit <= 0:
-        raise ValueError(f"limit={limit} must be positive")
-    if batch_size is not None and batch_size <= 0:
-        raise ValueError(f"batch_size={batch_size} must be positive")
-    truncate_middle([], max_prompt_tokens)  # validates max_prompt_tokens
+    check_positive(limit=limit, batch_size=batch_size)
+    if max_prompt_tokens is not None:
+        truncate_middle([], max_prompt_tokens)  # validates max_prompt_tokens
     for name in names:  # fail on a missing file before generating anything
         task_file(data_dir, name)
+    facts = engine_facts(llm)
+    warn_if_unscaled(facts)
+    chosen = resolve_policies(
+        policies, sampling.pop("kv_policy", None), facts.kv_policy
+    )
     params = {
         n: task_sampling_params(
             task_config(n), steps_per_block=steps_per_block, **sampling
         )
         for n in names
     }
-    settings = dataclasses.asdict(params[names[0]])
-    for name in ("gen_length", "steps"):  # per task
-        del settings[name]
-    results: dict[str, Any] = {
-        "config": {
-            "data_dir": str(data_dir),
-            "tasks": names,
-            "max_prompt_tokens": max_prompt_tokens,
-            "limit": limit,
-            "zh_tokenizer": zh_tokenizer_name(),
-            "steps_per_block": steps_per_block,
-            **settings,
-        },
-        "scores": {},
-        "average": None,
-        "tasks": {},
+    # Every task's plan first: a setting that cannot run fails before any generation.
+    plans = {
+        n: plan_task(llm.tokenizer, n, sp, facts, max_prompt_tokens, chosen)
+        for n, sp in params.items()
     }
-    tokenizer = llm.tokenizer
+    config = {
+        "data_dir": str(data_dir),
+        "tasks": names,
+        "max_prompt_tokens": max_prompt_tokens,
+        "limit": limit,
+        "zh_tokenizer": zh_tokenizer_name(),
+        "steps_per_block": steps_per_block,
+    }
+    results = new_results(config, facts, params, chosen)
     for name in names:
-        cfg = task_config(name)
         rows = load_task(data_dir, name, limit)
-        prompts = [
-            encode_prompt(tokenizer, name, format_prompt(name, r), max_prompt_tokens)
-            for r in rows
-        ]
-        sp = params[name]
-        step = batch_size or len(prompts)
-        start = time.perf_counter()
-        outputs: list[Any] = []
-        for i in range(0, len(prompts), step):
-            outputs += llm.generate(prompts[i : i + step], sp, use_tqdm=use_tqdm)
-        elapsed = time.perf_counter() - start
-        samples = []
-        for row, ids, o in zip(rows, prompts, outputs, strict=True):
-            answers = row["answers"]
-            classes = row.get("all_classes")
-            sample = {
-                "_id": row.get("_id"),
-                "pred": o.text,
-                "answers": answers,
-                "score": score_prediction(name, o.text, answers, classes),
-                "prompt_tokens": len(ids),
-                "length": row.get("length"),
-                "finish_reason": getattr(o, "finish_reason", None),
-            }
-            if getattr(o, "error", None):
-                sample["error"] = o.error
-            samples.append(sample)
-        errors = sum("error" in s for s in samples)
-        if errors:
-            print(
-                f"longbench: {name}: {errors} request(s) ended with an error",
-                file=sys.stderr,
-            )
-        score = round(100 * sum(s["score"] for s in samples) / len(samples), 2)
-        results["scores"][name] = score
-        results["tasks"][name] = {
-            "score": score,
-            "metric": cfg.metric,
-            "num_samples": len(samples),
-            "num_errors": errors,
-            "chat_template": cfg.chat,
-            "max_new_tokens": cfg.max_new_tokens,
-            "gen_length": sp.gen_length,
-            "steps": sp.steps,
-            "seconds": round(elapsed, 3),
-            "samples": samples,
-        }
-        scores = list(results["scores"].values())
-        results["average"] = round(sum(scores) / len(scores), 2)
+        run_task(llm, results, name, plans[name], rows, batch_size, use_tqdm)
         if out is not None:
             write_results(results, out)
     return results
@@ -318,13 +506,6 @@ def write_results(results: dict[str, Any], path: str | Path) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(results, ensure_ascii=False, indent=2), "utf-8")
     tmp.replace(path)
-
-
-def format_table(results: dict[str, Any]) -> str:
-    width = max(len("average"), *(len(t) for t in results["scores"]))
-    lines = [f"{t:<{width}}  {s:6.2f}" for t, s in results["scores"].items()]
-    lines.append(f"{'average':<{width}}  {results['average']:6.2f}")
-    return "\n".join(lines)
 
 
 # ------------------------------------------------------------------------- CLI
@@ -348,8 +529,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--max-prompt-tokens",
         type=int,
-        default=DEFAULT_MAX_PROMPT_TOKENS,
-        help="middle-truncate longer prompts to this many tokens",
+        default=None,
+        help="middle-truncate longer prompts to this many tokens (default: per "
+        "task, the checkpoint's max_model_len less the canvas and the template)",
+    )
+    p.add_argument(
+        "--policies",
+        nargs="+",
+        default=None,
+        help="eviction policies to compare (default: --kv-policy); full is run "
+        "too, and each policy's retention against it reported",
     )
     p.add_argument("--limit", type=int, default=None, help="first N rows per task")
     p.add_argument("--out", default="results.json", help="results JSON path")
@@ -364,10 +553,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def build_llm(args: argparse.Namespace):
-    """The ``LLM`` of the parsed engine options."""
+    """The ``LLM`` of the parsed engine options. With ``--rope-scaling`` and no
+    ``--max-model-len``, the engine accepts the scaled length (the checkpoint's
+    ``max_sequence_length x rope_scaling``), not just the trained one."""
     from maskkv_vllm.engine.engine_args import EngineArgs
     from maskkv_vllm.engine.llm import LLM
 
+    if args.max_model_len is None and args.rope_scaling != 1.0:
+        scaled = checkpoint_max_len(args.model, args.rope_scaling)
+        args = argparse.Namespace(**{**vars(args), "max_model_len": scaled})
     return LLM.from_engine_args(EngineArgs.from_cli_args(args))
 
 
@@ -382,6 +576,7 @@ def run_from_args(args: argparse.Namespace) -> int:
         args.data_dir,
         names,
         args.max_prompt_tokens,
+        policies=args.policies,
         steps_per_block=args.steps_per_block,
         limit=args.limit,
         out=args.out,

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from types import SimpleNamespace
 
 import pytest
 
+from maskkv_vllm.engine.llm import LLM
 from maskkv_vllm.evaluation import longbench as lb
 from maskkv_vllm.evaluation.longbench_config import LONGBENCH_TASKS, task_config
-from maskkv_vllm.models.tiny import byte_tokenizer, tiny_config
+from maskkv_vllm.evaluation.longbench_context import engine_facts, warn_if_unscaled
+from maskkv_vllm.models.tiny import byte_tokenizer, tiny_config, write_tiny_checkpoint
 from maskkv_vllm.models.tokenizer import Tokenizer
 
 
@@ -19,13 +22,29 @@ def tok():
     return Tokenizer(byte_tokenizer(), tiny_config())
 
 
+def fake_engine(max_model_len=4096, kv_policy="full", kv_budget=None, rope_scaling=1.0):
+    """What ``engine_facts`` reads of an ``LLMEngine``: a 4096-token LLaDA."""
+    return SimpleNamespace(
+        config=SimpleNamespace(
+            rope_scaling=rope_scaling,
+            kv_policy=kv_policy,
+            kv_budget=kv_budget,
+            canvas_cache="none",
+            cache=SimpleNamespace(prompt_refresh_interval=None),
+        ),
+        model=SimpleNamespace(config=SimpleNamespace(max_sequence_length=4096)),
+        model_runner=SimpleNamespace(max_model_len=max_model_len),
+    )
+
+
 class FakeLLM:
     """``generate`` answers each prompt with the next fixed text."""
 
-    def __init__(self, tokenizer, texts):
+    def __init__(self, tokenizer, texts, **engine):
         self.tokenizer = tokenizer
         self.texts = list(texts)
         self.calls = []
+        self.engine = fake_engine(**engine)
 
     def generate(self, prompts, params, use_tqdm=True):
         self.calls.append((prompts, params))
@@ -145,19 +164,23 @@ def test_run_longbench_end_to_end(tok, data_dir, tmp_path):
         ],
     )
     out = tmp_path / "res" / "results.json"
-    res = lb.run_longbench(llm, data_dir, ["hotpotqa", "trec"], 7500, out=out)
+    res = lb.run_longbench(llm, data_dir, ["hotpotqa", "trec"], 3500, out=out)
+    # The engine's default policy is full: one run, nothing to retain.
+    assert list(res["runs"]) == ["full"] and res["retention"] == {}
+    full = res["runs"]["full"]
     # hotpotqa: (1 + 0.8) / 2 = 90; trec: (1 + 0.5) / 2 = 75; average 82.5.
-    assert res["scores"] == {"hotpotqa": 90.0, "trec": 75.0}
-    assert res["average"] == 82.5
+    assert full["scores"] == {"hotpotqa": 90.0, "trec": 75.0}
+    assert full["average"] == 82.5
     assert json.loads(out.read_text()) == res
+    samples = full["tasks"]["hotpotqa"]["samples"]
+    assert [s["score"] for s in samples] == [1.0, pytest.approx(0.8)]
     hot = res["tasks"]["hotpotqa"]
-    assert [s["score"] for s in hot["samples"]] == [1.0, pytest.approx(0.8)]
-    assert hot["samples"][1]["_id"] == "id1" and hot["chat_template"] is True
-    assert (hot["gen_length"], hot["steps"]) == (32, 32)
+    assert samples[1]["_id"] == "id1" and hot["chat_template"] is True
+    assert (hot["gen_length"], hot["steps"], hot["max_prompt_tokens"]) == (32, 32, 3500)
     (hp, hparams), (tp, tparams) = llm.calls
     assert (hparams.gen_length, hparams.block_length, hparams.steps) == (32, 8, 32)
     assert (tparams.gen_length, tparams.steps) == (64, 64)
-    assert hparams.kv_policy is None  # the engine's default policy
+    assert hparams.kv_policy == "full"
     # hotpotqa is chat-wrapped, trec is plain BOS + text.
     first = lb.format_prompt(
         "hotpotqa", row(0, "Paris is in France.", "Capital of France?", ["Paris"])
@@ -168,15 +191,16 @@ def test_run_longbench_end_to_end(tok, data_dir, tmp_path):
 
 
 def test_run_longbench_limit_batches_and_overrides(tok, data_dir):
-    llm = FakeLLM(tok, ["Paris"])
+    llm = FakeLLM(tok, ["Paris", "Paris"])
     res = lb.run_longbench(
         llm, data_dir, "hotpotqa", limit=1, kv_policy="snapkv", kv_budget=64
     )
-    assert res["scores"] == {"hotpotqa": 100.0} and res["config"]["limit"] == 1
-    # Every sampling setting is recorded, the defaults too.
+    assert res["runs"]["snapkv"]["scores"] == {"hotpotqa": 100.0}
+    assert res["config"]["limit"] == 1
+    # Every sampling setting is recorded, the defaults too; full runs first.
     c = res["config"]
-    assert (c["kv_policy"], c["block_length"], c["temperature"], c["seed"]) == (
-        "snapkv",
+    assert (c["policies"], c["block_length"], c["temperature"], c["seed"]) == (
+        ["full", "snapkv"],
         8,
         0.0,
         0,
@@ -185,7 +209,11 @@ def test_run_longbench_limit_batches_and_overrides(tok, data_dir):
         lb.run_longbench(llm, data_dir, "hotpotqa", top_p=0.9)
     with pytest.raises(ValueError, match="steps follows from the task"):
         lb.run_longbench(llm, data_dir, "hotpotqa", steps=16)
-    assert llm.calls[0][1].kv_policy == "snapkv" and llm.calls[0][1].kv_budget == 64
+    with pytest.raises(ValueError, match="kv_policy='snapkv' needs a kv_budget"):
+        lb.run_longbench(llm, data_dir, "hotpotqa", policies=["snapkv"])
+    (_, full), (_, snap) = llm.calls
+    assert (full.kv_policy, full.kv_budget) == ("full", None)
+    assert (snap.kv_policy, snap.kv_budget) == ("snapkv", 64)
     llm = FakeLLM(tok, ["x", "y"])
     lb.run_longbench(llm, data_dir, ["hotpotqa"], batch_size=1)
     assert [len(p) for p, _ in llm.calls] == [1, 1]
@@ -208,16 +236,23 @@ def test_main_runs_and_reports_errors(tok, data_dir, tmp_path, monkeypatch, caps
 
     def fake_build(args):
         seen["args"] = args
-        return FakeLLM(tok, ["Location", "Number"])
+        # full: both right; maskkv: the second row wrong.
+        texts = ["Location", "Number", "Location", "Location"]
+        return FakeLLM(tok, texts, kv_policy=args.kv_policy, kv_budget=args.kv_budget)
 
     monkeypatch.setattr(lb, "build_llm", fake_build)
     out = tmp_path / "r.json"
     argv = ["--model", "/ckpt", "--data-dir", str(data_dir), "--tasks", "trec"]
-    assert lb.main([*argv, "--out", str(out), "--kv-policy", "maskkv"]) == 0
-    assert json.loads(out.read_text())["scores"] == {"trec": 100.0}
+    engine = ["--kv-policy", "maskkv", "--kv-budget", "8"]
+    assert lb.main([*argv, "--out", str(out), *engine]) == 0
+    # The engine runs maskkv by default; the runner adds the full-cache run.
+    res = json.loads(out.read_text())
+    assert res["runs"]["full"]["scores"] == {"trec": 100.0}
+    assert res["runs"]["maskkv"]["scores"] == {"trec": 50.0}
+    assert res["retention"] == {"maskkv": {"scores": {"trec": 50.0}, "average": 50.0}}
     args = seen["args"]
     assert (args.max_prompt_tokens, args.kv_policy, args.rope_scaling) == (
-        7500,
+        None,
         "maskkv",
         1.0,
     )
@@ -247,3 +282,160 @@ def test_longbench_takes_the_engine_s_own_flags(tiny_dir):
     config = lb.build_llm(ns).engine.config
     assert (config.kv_policy, config.kv_budget, config.max_num_seqs) == ("maskkv", 8, 4)
     assert config.cache.page_size == 32 and config.maskkv.alpha == 0.2
+
+
+# ------------------------------------------------ prompt length from the checkpoint
+
+
+@pytest.fixture(scope="module")
+def short_dir(tmp_path_factory):
+    """A tiny LLaDA trained (by its config) at 256 tokens."""
+    path = tmp_path_factory.mktemp("short")
+    return write_tiny_checkpoint(path, seed=0, max_sequence_length=256)
+
+
+@pytest.fixture
+def long_dir(tmp_path):
+    """hotpotqa rows of about 600 byte tokens: longer than the model's 256."""
+    d = tmp_path / "long"
+    d.mkdir()
+    context = "The capital of France is Paris. " * 18
+    write_jsonl(
+        d / "hotpotqa.jsonl",
+        [row(i, context, "Capital of France?", ["Paris"]) for i in range(2)],
+    )
+    return d
+
+
+def test_default_prompt_length_comes_from_the_checkpoint(short_dir, long_dir):
+    # 256 tokens: hotpotqa's canvas is 32 and its chat template 23 byte tokens, so
+    # the text keeps 256 - 32 - 23 = 201 tokens (100 + 100: an odd budget keeps
+    # one less), 223 with the template. A fixed 7500 sent the 889-token prompt
+    # whole and the engine refused it: the run stopped at the first prompt.
+    llm = LLM(str(short_dir), device="cpu", dtype="float32", kv_cache_memory="8MiB")
+    res = lb.run_longbench(
+        llm, long_dir, ["hotpotqa"], policies=["maskkv"], kv_budget=8
+    )
+    assert res["config"]["max_prompt_tokens"] is None
+    assert res["tasks"]["hotpotqa"]["max_prompt_tokens"] == 201
+    assert res["context"] == {
+        "max_sequence_length": 256,
+        "rope_scaling": 1.0,
+        "checkpoint_limit": 256,
+        "max_model_len": 256,
+    }
+    for policy in ("full", "maskkv"):
+        samples = res["runs"][policy]["tasks"]["hotpotqa"]["samples"]
+        assert [s["prompt_tokens"] for s in samples] == [223, 223]
+        assert "error" not in samples[0]
+
+
+def test_explicit_max_prompt_tokens_above_the_limit_fails_first(tok, data_dir):
+    llm = FakeLLM(tok, ["Paris", "cat"], max_model_len=256)
+    with pytest.raises(
+        ValueError,
+        match=r"max_prompt_tokens=202 does not fit hotpotqa: .* max_model_len=256 "
+        r"\(max_sequence_length 4096 x rope_scaling 1.0\); use at most 201",
+    ):
+        lb.run_longbench(llm, data_dir, ["hotpotqa"], 202)
+    assert llm.calls == []
+    # trec has a 64-token canvas and only a BOS around its text: 256 - 64 - 1.
+    with pytest.raises(ValueError, match="max_prompt_tokens=201 does not fit trec"):
+        lb.run_longbench(llm, data_dir, ["hotpotqa", "trec"], 201)
+    res = lb.run_longbench(llm, data_dir, ["hotpotqa"], 201)
+    assert res["tasks"]["hotpotqa"]["max_prompt_tokens"] == 201
+
+
+def test_rope_scaling_scales_the_default(short_dir, caplog):
+    p = lb.argparse.ArgumentParser()
+    lb.add_arguments(p)
+    argv = ["--model", str(short_dir), "--data-dir", "d", "--device", "cpu"]
+    argv += ["--kv-cache-memory", "8MiB"]
+    # The CLI asks the engine for 256 x 2 = 512 tokens.
+    scaled = lb.build_llm(p.parse_args([*argv, "--rope-scaling", "2"]))
+    assert engine_facts(scaled).max_model_len == 512
+    sp = lb.task_sampling_params(task_config("hotpotqa"))
+    plan = lb.plan_task(
+        scaled.tokenizer, "hotpotqa", sp, engine_facts(scaled), None, ["full"]
+    )
+    assert (plan.max_prompt_tokens, plan.room) == (512 - 32 - 23, 512 - 32)
+    # An LLM built with rope_scaling alone keeps 256: said in a warning.
+    llm = LLM(str(short_dir), device="cpu", rope_scaling=2.0, kv_cache_memory="8MiB")
+    facts = engine_facts(llm)
+    assert (facts.max_model_len, facts.checkpoint_limit) == (256, 512)
+    with caplog.at_level("WARNING"):
+        warn_if_unscaled(facts)
+    assert "pass max_model_len=512" in caplog.text
+
+
+def test_fit_prompt_cuts_what_re_tokenizing_adds(tok):
+    # "é" is 2 byte tokens. A budget of 6 keeps 3 + 3 bytes, each half ending or
+    # starting inside a character, decoded as U+FFFD (3 bytes): BOS + 10 tokens.
+    assert len(lb.encode_prompt(tok, "trec", "é" * 10, 6)) == 11
+    # In 7 tokens the budget drops by the 4 too many: 1 + 1 bytes, two U+FFFD.
+    assert lb.fit_prompt(tok, "trec", "é" * 10, 6, 7) == tok.encode("\ufffd\ufffd")
+    with pytest.raises(ValueError, match="trec: no prompt fits in 3 tokens"):
+        lb.fit_prompt(tok, "trec", "é" * 10, 6, 3)
+
+
+# --------------------------------------------- retention and refresh settings
+
+
+def test_retention_against_the_run_s_own_full_cache(tok, data_dir, monkeypatch):
+    # A prediction's score is the number it reads.
+    monkeypatch.setattr(lb, "score_prediction", lambda task, pred, *_: float(pred))
+    texts = [
+        *("1", "0.8"),  # hotpotqa, full: 90
+        *("0.9", "0"),  # maskkv: 45
+        *("0.8", "0.8"),  # snapkv: 80
+        *("1", "1"),  # trec, full: 100
+        *("1", "0.5"),  # maskkv: 75
+        *("0", "0"),  # snapkv: 0
+    ]
+    llm = FakeLLM(tok, texts)
+    res = lb.run_longbench(
+        llm, data_dir, ["hotpotqa", "trec"], policies=["maskkv", "snapkv"], kv_budget=16
+    )
+    assert res["config"]["policies"] == ["full", "maskkv", "snapkv"]
+    runs = res["runs"]
+    assert [runs[p]["average"] for p in runs] == [95.0, 60.0, 40.0]
+    # 45 / 90, 75 / 100, 60 / 95; 80 / 90, 0 / 100, 40 / 95.
+    assert res["retention"] == {
+        "maskkv": {"scores": {"hotpotqa": 50.0, "trec": 75.0}, "average": 63.16},
+        "snapkv": {"scores": {"hotpotqa": 88.89, "trec": 0.0}, "average": 42.11},
+    }
+    # Same prompts and settings; only the policy (and full's budget) differ.
+    (p0, full), (p1, mask), (p2, snap) = llm.calls[:3]
+    assert p0 == p1 == p2
+    assert full == dataclasses.replace(mask, kv_policy="full", kv_budget=None)
+    assert snap == dataclasses.replace(mask, kv_policy="snapkv")
+
+
+def test_refresh_settings_recorded_beside_the_paper_s(tok, data_dir):
+    llm = FakeLLM(tok, ["Paris", "x", "Location", "Number"])
+    res = lb.run_longbench(llm, data_dir, ["hotpotqa", "trec"], block_length=32)
+    refresh = res["refresh"]
+    assert refresh["this_run"] == {
+        "base_cache": "maskkv_vllm prompt KV cache (no dLLM-Cache)",
+        "canvas_cache": "none",
+        "canvas_refresh": "whole canvas recomputed every step",
+        "prompt_refresh_interval": None,
+        "block_length": 32,
+        "tasks": {
+            "hotpotqa": {"gen_length": 32, "steps": 32},
+            "trec": {"gen_length": 64, "steps": 64},
+        },
+    }
+    paper = refresh["paper"]
+    assert paper["base_cache"] == "dLLM-Cache" and paper["block_length"] == 8
+    assert (
+        paper["prompt_refresh_interval_Tp"],
+        paper["answer_refresh_interval_Tr"],
+        paper["adaptive_refresh_ratio_rho"],
+    ) == (50, 5, 0.25)
+    assert lb.format_table(res).splitlines()[-2:] == [
+        "this run: canvas_cache=none (whole canvas recomputed every step), "
+        "prompt KV refreshed never, block 32",
+        "paper: dLLM-Cache Tp=50, Tr=5, rho=0.25, block 8 (our engine has no "
+        "dLLM-Cache)",
+    ]
