@@ -44,7 +44,11 @@ predicts the answer's first token, so it must look up the record itself, where
 LLaDA's visible prompt tokens are never a prediction. The checkpoint is a Dream one
 (``model_type`` "Dream", Hugging Face tensor names). ``--init`` takes a Dream
 checkpoint or a LLaDA one of the same sizes, whose weights are mapped one to one
-(biases zero: the same network, unshifted).
+(biases zero: the same network, unshifted). Attention is bidirectional, so that
+token can also read the answer off the mask tokens, which retrieve (measured on
+r26d); ``--blind-prompt`` closes that route on a share of the rows: their prompt
+queries see no canvas key, as an autoregressive LLM's last prompt token sees no
+answer slot.
 """
 
 from __future__ import annotations
@@ -370,13 +374,38 @@ def make_batch(
     return noisy, positions, key_mask, ids, masked, weight
 
 
-def loss_fn(model, ids, positions, key_mask, target, masked, weight):
+class BlindPromptAttention:
+    """Dense attention in which the prompt queries of some rows see no canvas key.
+
+    Args:
+        key_mask: (B, T) bool, True for real tokens.
+        blind: (B,) bool, the rows whose prompt (the first T - GEN_LENGTH columns)
+            does not attend to the canvas.
+    """
+
+    def __init__(self, key_mask: torch.Tensor, blind: torch.Tensor) -> None:
+        col = torch.arange(key_mask.shape[1])
+        is_canvas = col >= key_mask.shape[1] - GEN_LENGTH
+        hidden = blind[:, None, None] & ~is_canvas[:, None] & is_canvas  # (B, Tq, Tk)
+        self.mask = (key_mask[:, None, :] & ~hidden)[:, None]  # (B, 1, Tq, Tk)
+
+    def __call__(self, layer, q, k, v):
+        return F.scaled_dot_product_attention(
+            q, k, v, attn_mask=self.mask, enable_gqa=q.shape[1] != k.shape[1]
+        )
+
+
+def loss_fn(model, ids, positions, key_mask, target, masked, weight, blind=None):
     """LLaDA's SFT loss: weighted (1/t on the canvas) cross-entropy of masked slots.
 
     For a shifted model (Dream) the token at i is read from output i - 1; a masked
-    first real token (no real token before it) is not scored.
+    first real token (no real token before it) is not scored. ``blind``: (B,) bool,
+    rows whose prompt queries see no canvas key (``BlindPromptAttention``).
     """
-    hidden = model(ids, positions, DenseAttention(key_mask))
+    attn = DenseAttention(key_mask)
+    if blind is not None:
+        attn = BlindPromptAttention(key_mask, blind)
+    hidden = model(ids, positions, attn)
     if shift_of(model.config):
         hidden = hidden[:, :-1]  # output i - 1 predicts token i
         target, weight = target[:, 1:], weight[:, 1:]
@@ -521,7 +550,12 @@ class Run:
             self.gen,
             self.args.pretrain_fraction,
         )
-        loss = loss_fn(self.model, *batch)
+        blind = None
+        if self.args.blind_prompt > 0:  # drawn only then: the stream stays otherwise
+            blind = (
+                torch.rand(len(batch[0]), generator=self.gen) < self.args.blind_prompt
+            )
+        loss = loss_fn(self.model, *batch, blind)
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         if self.args.prior and self.step <= self.args.freeze_prior:
@@ -588,6 +622,8 @@ def meta_for(args, run: Run, probes: list[dict], done: str = "") -> dict:
     objective = "LLaDA SFT + recall queries"
     if args.arch == "dream":
         objective = "Dream (shifted logits): " + objective
+    if args.blind_prompt > 0:
+        objective += f"; prompt blind to the canvas on {args.blind_prompt:.0%} of rows"
     if args.pretrain_fraction > 0:
         objective += f" + LLaDA pretraining on {args.pretrain_fraction:.0%} of rows"
     return {"args": vars(args), "objective": objective,
@@ -681,6 +717,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add("--pretrain-fraction", type=float, default=0.0,
         help="share of sequences under LLaDA's pretraining objective (random "
              "masking over the whole sequence, prompt included)")  # fmt: skip
+    add("--blind-prompt", type=float, default=0.0,
+        help="share of rows whose prompt queries see no canvas key (with --arch "
+             "dream the last prompt token must then find the answer's first "
+             "token in the prompt)")  # fmt: skip
     add("--vt-from", type=int, default=256, help="vt joins from this stage length")
     add("--init", default=None, help="continue from this checkpoint")
     return ap.parse_args(argv)

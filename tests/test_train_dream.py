@@ -115,6 +115,7 @@ def test_dream_run_from_a_llada_init_writes_a_dream_checkpoint_the_engine_serves
     tm.save(model, model.config, tok, init, {})
     out = tmp_path / "dream"
     argv = ["--out", str(out), *MICRO, "--arch", "dream", "--init", str(init),
+            "--blind-prompt", "0.5",
             "--batch", "2", "--seeds", "0", "--eval-every", "2", "--steps", "4",
             "--start-length", "32", "--final-length", "32", "--eval-samples", "2",
             "--final-samples", "2", "--report-lengths", "32",
@@ -127,6 +128,7 @@ def test_dream_run_from_a_llada_init_writes_a_dream_checkpoint_the_engine_serves
     assert config["mask_token_id"] == tok.token_to_id("<|mdm_mask|>")
     meta = json.loads((out / "training.json").read_text())
     assert meta["objective"].startswith("Dream (shifted logits)")
+    assert meta["objective"].endswith("prompt blind to the canvas on 50% of rows")
     loaded, tokenizer = load_checkpoint(out)
     assert isinstance(loaded, DreamModel) and not isinstance(loaded, LLaDAModel)
     llm = LLM(str(out), dtype="float32", kv_cache_memory="16MiB")
@@ -154,3 +156,23 @@ def test_probe_runs_on_a_dream_checkpoint(tmp_path, tok):
     for cell in got[0].values():
         assert 0 < cell["share"] < 1 and 1 <= cell["worst_digit_rank"] <= len(prompt)
     assert got[0]["readers"] != got[0]["mask"]  # Dream's readers start one row early
+
+
+def test_blind_rows_prompt_outputs_ignore_the_canvas(tok):
+    # --blind-prompt: in the chosen rows no prompt query sees a canvas key, so the
+    # last prompt token (Dream's reader of the first answer slot) must use the
+    # prompt; the canvas rows, and the other rows' prompts, still see everything.
+    model = micro(tok, "dream").eval()
+    ids, positions, key_mask, *_ = kv_batch(tok, model.config)
+    blind = torch.tensor([True, False, True])
+    other = ids.clone()
+    other[:, -tm.GEN_LENGTH :] = tok.token_to_id("7")  # another canvas
+    width = ids.shape[1] - tm.GEN_LENGTH
+    with torch.no_grad():
+        a, b = (model(x, positions, tm.BlindPromptAttention(key_mask, blind))
+                for x in (ids, other))  # fmt: skip
+        dense = model(ids, positions, DenseAttention(key_mask))
+    same = (a[:, :width] - b[:, :width]).abs().amax(dim=(1, 2)) == 0
+    assert same.tolist() == [True, False, True]
+    torch.testing.assert_close(a[1], dense[1])  # a row not blinded is dense
+    assert not torch.equal(a[:, width:], b[:, width:])  # the canvas still sees all
