@@ -83,16 +83,38 @@ def voter_rows(group: str, m: int, length: int, shift: int = 0) -> slice:
 
 
 @torch.no_grad()
-def probe_prompt(model, prompt: list[int]) -> dict:
-    """Per layer and group: per head (share, worst digit rank) for one prompt."""
-    c = model.config
+def record(model, prompt: list[int]) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
+    """Each layer's post-RoPE q, k of the prompt followed by an all-masked canvas."""
     m, length = len(prompt), tm.GEN_LENGTH
-    ids = torch.tensor([prompt + [c.mask_token_id] * length])
+    ids = torch.tensor([prompt + [model.config.mask_token_id] * length])
     rec = Recording()
     model(ids, torch.arange(m + length)[None], rec)
-    cols, shift = answer_columns(prompt), tm.shift_of(c)
+    return rec.qk
+
+
+@torch.no_grad()
+def canvas_shares(model, prompt: list[int]) -> dict:
+    """Per layer and group: per head, the share of the group's attention on the
+    canvas (its mask tokens), for one prompt. A prompt query that reads the
+    answer off the mask tokens, which retrieve, needs no record of its own."""
+    m, length, shift = len(prompt), tm.GEN_LENGTH, tm.shift_of(model.config)
     out = {}
-    for layer, (q, k) in sorted(rec.qk.items()):
+    for layer, (q, k) in sorted(record(model, prompt).items()):
+        out[layer] = {}
+        for group in GROUPS:
+            rows = q[:, voter_rows(group, m, length, shift)]
+            on_prompt = column_attention_sums(rows, k, m).sum(dim=1) / rows.shape[1]
+            out[layer][group] = (1 - on_prompt).tolist()
+    return out
+
+
+@torch.no_grad()
+def probe_prompt(model, prompt: list[int]) -> dict:
+    """Per layer and group: per head (share, worst digit rank) for one prompt."""
+    m, length = len(prompt), tm.GEN_LENGTH
+    cols, shift = answer_columns(prompt), tm.shift_of(model.config)
+    out = {}
+    for layer, (q, k) in sorted(record(model, prompt).items()):
         out[layer] = {}
         for group in GROUPS:
             rows = q[:, voter_rows(group, m, length, shift)]
@@ -121,6 +143,20 @@ def summarise(per_prompt: list[dict]) -> dict:
                 "head": best,
                 "share": stats[best][0],
                 "worst_digit_rank": stats[best][1],
+            }
+    return out
+
+
+def summarise_canvas(per_prompt: list[dict]) -> dict:
+    """Per layer and group: the head whose mean canvas share is highest, and it."""
+    out = {}
+    for layer in per_prompt[0]:
+        out[layer] = {}
+        for group in GROUPS:
+            means = torch.tensor([p[layer][group] for p in per_prompt]).mean(0)
+            out[layer][group] = {
+                "head": int(means.argmax()),
+                "share": float(means.max()),
             }
     return out
 
@@ -158,6 +194,13 @@ def main() -> None:
                 f"{g} {s['share']:.3f} (h{s['head']}, rank {s['worst_digit_rank']:g})"
                 for g, s in groups.items()
             ]
+            print(f"  layer {layer}: " + "; ".join(cells))
+        canvas = summarise_canvas([canvas_shares(model, p) for p in prompts])
+        report[task]["canvas_share"] = canvas
+        print(f"{task}: share of attention on the canvas's {tm.GEN_LENGTH} mask "
+              "tokens (the head with the most):")  # fmt: skip
+        for layer, groups in canvas.items():
+            cells = [f"{g} {s['share']:.3f} (h{s['head']})" for g, s in groups.items()]
             print(f"  layer {layer}: " + "; ".join(cells))
     if args.out:
         args.out.write_text(json.dumps(report, indent=2) + "\n")

@@ -176,3 +176,17 @@ def test_blind_rows_prompt_outputs_ignore_the_canvas(tok):
     assert same.tolist() == [True, False, True]
     torch.testing.assert_close(a[1], dense[1])  # a row not blinded is dense
     assert not torch.equal(a[:, width:], b[:, width:])  # the canvas still sees all
+
+
+def test_canvas_share_of_uniform_attention_is_the_canvas_fraction(tok):
+    # q = 0 in every layer: each query spreads its attention evenly, so every
+    # group gives the canvas L / (M + L), and the summary names that share.
+    model = micro(tok, "dream").eval()
+    for block in model.blocks:
+        torch.nn.init.zeros_(block.self_attn.q_proj.weight)
+        torch.nn.init.zeros_(block.self_attn.q_proj.bias)
+    prompt = tm.prompt_targets(random.Random(tm.EVAL_SEED), tok, "kv", 64, 0)[0]
+    m, length = len(prompt), tm.GEN_LENGTH
+    got = wp.summarise_canvas([wp.canvas_shares(model, prompt)])
+    for cell in got[0].values():
+        assert cell["share"] == pytest.approx(length / (m + length), rel=1e-5)
