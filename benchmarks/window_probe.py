@@ -92,19 +92,34 @@ def record(model, prompt: list[int]) -> dict[int, tuple[torch.Tensor, torch.Tens
     return rec.qk
 
 
+def record_columns(prompt: list[int]) -> list[int]:
+    """Prompt positions of the queried record, ``kNNN : d d d ;`` (6 columns)."""
+    at = answer_columns(prompt)[0] - 2
+    return list(range(at, at + 6))
+
+
 @torch.no_grad()
-def canvas_shares(model, prompt: list[int]) -> dict:
+def span_shares(model, prompt: list[int]) -> dict:
     """Per layer and group: per head, the share of the group's attention on the
-    canvas (its mask tokens), for one prompt. A prompt query that reads the
-    answer off the mask tokens, which retrieve, needs no record of its own."""
+    canvas (its mask tokens) and on the queried record's 6 columns, for one prompt.
+
+    A prompt query can read the answer off the mask tokens, which retrieve, and so
+    need no record of its own; or it can find the record by a column beside the
+    digits (its closing ``;`` carries them after block 0's local prior), which
+    SnapKV's pooling (kernel 7) would keep with the digits.
+    """
     m, length, shift = len(prompt), tm.GEN_LENGTH, tm.shift_of(model.config)
+    cols = record_columns(prompt)
     out = {}
     for layer, (q, k) in sorted(record(model, prompt).items()):
         out[layer] = {}
         for group in GROUPS:
             rows = q[:, voter_rows(group, m, length, shift)]
-            on_prompt = column_attention_sums(rows, k, m).sum(dim=1) / rows.shape[1]
-            out[layer][group] = (1 - on_prompt).tolist()
+            votes = column_attention_sums(rows, k, m) / rows.shape[1]  # (Hq, M)
+            out[layer][group] = {
+                "canvas": (1 - votes.sum(dim=1)).tolist(),
+                "record": votes[:, cols].sum(dim=1).tolist(),
+            }
     return out
 
 
@@ -147,17 +162,20 @@ def summarise(per_prompt: list[dict]) -> dict:
     return out
 
 
-def summarise_canvas(per_prompt: list[dict]) -> dict:
-    """Per layer and group: the head whose mean canvas share is highest, and it."""
+def summarise_spans(per_prompt: list[dict]) -> dict:
+    """Per layer, span ("canvas", "record") and group: the head whose mean share
+    is highest, and that share."""
     out = {}
     for layer in per_prompt[0]:
-        out[layer] = {}
+        out[layer] = {span: {} for span in ("canvas", "record")}
         for group in GROUPS:
-            means = torch.tensor([p[layer][group] for p in per_prompt]).mean(0)
-            out[layer][group] = {
-                "head": int(means.argmax()),
-                "share": float(means.max()),
-            }
+            for span, cells in out[layer].items():
+                shares = [p[layer][group][span] for p in per_prompt]
+                means = torch.tensor(shares).mean(0)  # per head
+                cells[group] = {
+                    "head": int(means.argmax()),
+                    "share": float(means.max()),
+                }
     return out
 
 
@@ -195,13 +213,16 @@ def main() -> None:
                 for g, s in groups.items()
             ]
             print(f"  layer {layer}: " + "; ".join(cells))
-        canvas = summarise_canvas([canvas_shares(model, p) for p in prompts])
-        report[task]["canvas_share"] = canvas
+        spans = summarise_spans([span_shares(model, p) for p in prompts])
+        report[task]["span_shares"] = spans
         print(f"{task}: share of attention on the canvas's {tm.GEN_LENGTH} mask "
-              "tokens (the head with the most):")  # fmt: skip
-        for layer, groups in canvas.items():
-            cells = [f"{g} {s['share']:.3f} (h{s['head']})" for g, s in groups.items()]
-            print(f"  layer {layer}: " + "; ".join(cells))
+              "tokens, and on the queried record's 6 columns (key : d d d ;; uniform "
+              f"{6 / (m + tm.GEN_LENGTH):.4f}), the head with the most:")  # fmt: skip
+        for layer, by_span in spans.items():
+            for span, groups in by_span.items():
+                cells = [f"{g} {s['share']:.3f} (h{s['head']})"
+                         for g, s in groups.items()]  # fmt: skip
+                print(f"  layer {layer} {span}: " + "; ".join(cells))
     if args.out:
         args.out.write_text(json.dumps(report, indent=2) + "\n")
 

@@ -178,15 +178,23 @@ def test_blind_rows_prompt_outputs_ignore_the_canvas(tok):
     assert not torch.equal(a[:, width:], b[:, width:])  # the canvas still sees all
 
 
-def test_canvas_share_of_uniform_attention_is_the_canvas_fraction(tok):
+def test_span_shares_of_uniform_attention_are_the_span_fractions(tok):
     # q = 0 in every layer: each query spreads its attention evenly, so every
-    # group gives the canvas L / (M + L), and the summary names that share.
+    # group gives the canvas L / (M + L), the record 6 / (M + L).
     model = micro(tok, "dream").eval()
     for block in model.blocks:
         torch.nn.init.zeros_(block.self_attn.q_proj.weight)
         torch.nn.init.zeros_(block.self_attn.q_proj.bias)
     prompt = tm.prompt_targets(random.Random(tm.EVAL_SEED), tok, "kv", 64, 0)[0]
     m, length = len(prompt), tm.GEN_LENGTH
-    got = wp.summarise_canvas([wp.canvas_shares(model, prompt)])
-    for cell in got[0].values():
-        assert cell["share"] == pytest.approx(length / (m + length), rel=1e-5)
+    got = wp.summarise_spans([wp.span_shares(model, prompt)])[0]
+    for span, size in [("canvas", length), ("record", 6)]:
+        assert got[span].keys() == set(wp.GROUPS)
+        for cell in got[span].values():
+            assert cell["share"] == pytest.approx(size / (m + length), rel=1e-5)
+
+
+def test_record_columns_are_key_colon_digits_and_semicolon():
+    # BOS k1 : 4 5 6 ; k2 : 7 8 9 ; ? k2   (ids stand in for words)
+    prompt = [0, 21, 6, 14, 15, 16, 7, 22, 6, 17, 18, 19, 7, 8, 22]
+    assert wp.record_columns(prompt) == [7, 8, 9, 10, 11, 12]

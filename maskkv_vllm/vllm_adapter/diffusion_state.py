@@ -33,7 +33,13 @@ class DiffusionState:
         kept_lengths: per layer, kept prompt entries of every KV head of the
             layer, all tensor-parallel ranks' heads (after step 0).
         computed: vLLM's ``num_computed_tokens`` at the current step (0 at the
-            prefill, the prompt length M while denoising).
+            prefill, the prompt length M while denoising; M - 1 for a shifted
+            model, whose canvas step also forwards the prompt's last token).
+        shift: 1 for a model that reads slot i from output i - 1 (Dream's
+            ``shifted_logits``), else 0. A shifted model's canvas and block
+            steps forward one more token first, the position before the span
+            (a query only: its K/V is the cache's), whose output reads the
+            span's first slot.
         reported: see the field.
     """
 
@@ -42,6 +48,7 @@ class DiffusionState:
     pages: RequestPages | None = None
     kept_lengths: dict[int, list[int]] = field(default_factory=dict)
     computed: int = 0
+    shift: int = 0
     reported: int = 0
     """Answer tokens already handed to the scheduler (whole committed blocks)."""
 
@@ -51,8 +58,11 @@ class DiffusionState:
 
     @property
     def is_full_forward(self) -> bool:
-        """Whether this step computes the prompt too (the prefill, step 0)."""
-        return self.computed == 0
+        """Whether this step computes the prompt too (the prefill, step 0, or a
+        boundary of "dual_refresh"). A shifted model's canvas step over a
+        one-token prompt starts at 0 too, so the step count decides."""
+        seq = self.seq
+        return self.computed == 0 and (seq.num_steps == 0 or seq.prompt_refresh_due)
 
     @property
     def forward_kind(self) -> str:
@@ -74,19 +84,26 @@ class DiffusionState:
         p = self.seq.params
         if self.seq.prompt_refresh_due:
             return self.prompt_len + p.gen_length
-        return p.block_length if self.seq.in_block_step else p.gen_length
+        rows = p.block_length if self.seq.in_block_step else p.gen_length
+        return rows + self.shift
+
+    def query_only_tokens(self) -> int:
+        """Leading tokens of this step that are queries only (their keys are
+        not attended to, and not written to the canvas cache): the position
+        before the span, for a shifted model's canvas and block steps."""
+        return 0 if self.is_full_forward else self.shift
 
     def canvas_offset(self) -> int:
         """Offset of the canvas's first slot among this step's tokens (negative
         in a block step, whose tokens are the block alone)."""
         if self.forward_kind == "block":
-            return -self.seq.block_start
+            return self.shift - self.seq.block_start
         return self.prompt_len - self.computed
 
     def position_shift(self) -> int:
         """What to add to vLLM's positions of this step's tokens: a block step
-        is scheduled as the canvas's last ``block_length`` slots, and its tokens
-        are the block's, at ``M + block_start`` onwards."""
+        is scheduled as the canvas's last ``block_length`` (+ shift) slots, and
+        its tokens are the block's, at ``M + block_start`` (- shift) onwards."""
         if self.forward_kind != "block":
             return 0
         p = self.seq.params

@@ -1,8 +1,10 @@
-"""LLaDA's ``config.json`` as a transformers config, so vLLM can parse it.
+"""LLaDA's and Dream's ``config.json`` as transformers configs, so vLLM parses them.
 
-transformers 5.x does not know ``model_type = "llada"``; ``plugin.register`` adds
-this class to ``AutoConfig``. Fields keep LLaDA's own names (the checkpoint's
-``config.json`` round-trips unchanged); ``attribute_map`` exposes the
+transformers 5.x knows neither ``model_type = "llada"`` nor ``"Dream"`` (Dream's
+checkpoints ship a remote-code config); ``plugin.register`` adds these classes to
+``AutoConfig``, so ``vllm serve DIR`` needs no ``--trust-remote-code``. LLaDA's
+fields keep LLaDA's own names (the checkpoint's ``config.json`` round-trips
+unchanged); ``attribute_map`` exposes the
 Hugging Face standard names vLLM reads (``hidden_size`` -> ``d_model``, ...).
 Other keys of ``config.json`` (``activation_type``, ``rope``, ...) become plain
 attributes and are validated by ``to_llada_config``.
@@ -15,12 +17,14 @@ from typing import Any
 
 from transformers import PretrainedConfig
 
-from maskkv_vllm.models import llada_config
+from maskkv_vllm.models import dream_config, llada_config
 
 logger = logging.getLogger(__name__)
 
 MODEL_TYPE = "llada"
 """The ``model_type`` of LLaDA checkpoints."""
+DREAM_MODEL_TYPE = dream_config.MODEL_TYPE
+"""The ``model_type`` of Dream checkpoints ("Dream")."""
 
 
 class LLaDAConfig(PretrainedConfig):
@@ -92,3 +96,50 @@ class LLaDAConfig(PretrainedConfig):
                 support (ALiBi, LayerNorm, ...), or the sizes are inconsistent.
         """
         return llada_config.LLaDAConfig.from_dict(self.to_dict())
+
+
+class DreamHFConfig(PretrainedConfig):
+    """transformers config for Dream; defaults are Dream-v0-Instruct-7B's.
+
+    Qwen2's field names, which are the standard ones vLLM reads. Validated
+    strictly by ``to_dream_config`` (when the model is built).
+    """
+
+    model_type = DREAM_MODEL_TYPE
+
+    hidden_size: int = 3584
+    intermediate_size: int = 18944
+    num_hidden_layers: int = 28
+    num_attention_heads: int = 28
+    num_key_value_heads: int | None = 4
+    vocab_size: int = 152064
+    mask_token_id: int = 151666
+    eos_token_id: int | None = 151643
+    pad_token_id: int | None = 151643
+    bos_token_id: int | None = 151643
+    rope_theta: float = 1000000.0
+    rms_norm_eps: float = 1e-6
+    max_position_embeddings: int = 131072
+    tie_word_embeddings: bool = False
+    hidden_act: str = "silu"
+    rope_scaling: dict | None = None
+    use_sliding_window: bool = False
+
+    def __post_init__(self, **kwargs: Any) -> None:
+        if self.num_key_value_heads is None:
+            self.num_key_value_heads = self.num_attention_heads
+        super().__post_init__(**kwargs)
+
+    @property
+    def head_dim(self) -> int:
+        """Per-head width, ``hidden_size // num_attention_heads``."""
+        return self.hidden_size // self.num_attention_heads
+
+    def to_dream_config(self) -> dream_config.DreamConfig:
+        """The strictly validated architecture our torch model is built from.
+
+        Raises:
+            ValueError: a field asks for something Dream's forward pass here
+                does not support (RoPE scaling, sliding windows, ...).
+        """
+        return dream_config.DreamConfig.from_dict(self.to_dict())

@@ -31,51 +31,68 @@ ARCHITECTURE = "LLaDAModelLM"
 MODEL_CLASS = "maskkv_vllm.vllm_adapter.worker.model:LLaDAForDiffusionLM"
 """The model class, as the lazy ``"module:Class"`` string vLLM imports on use."""
 
+DREAM_ARCHITECTURE = "DreamModel"
+"""``architectures[0]`` in Dream checkpoints' ``config.json``."""
+
+DREAM_MODEL_CLASS = "maskkv_vllm.vllm_adapter.worker.dream_model:DreamForDiffusionLM"
+"""Dream's model class, lazily as ``MODEL_CLASS``."""
+
+MODEL_CLASSES = {ARCHITECTURE: MODEL_CLASS, DREAM_ARCHITECTURE: DREAM_MODEL_CLASS}
+"""Every architecture the plugin serves -> its model class."""
+
 _REGISTERED = False
 
 
 def register() -> None:
-    """Register LLaDA with transformers and vLLM (idempotent, lazy).
+    """Register LLaDA and Dream with transformers and vLLM (idempotent, lazy).
 
-    Order: the HF config class for ``model_type = "llada"`` (so vLLM can parse
-    ``config.json`` without ``trust_remote_code``), the architecture, then its
-    engine-config hook (``engine_config``: our scheduler, worker and limits).
+    Order: the HF config classes for ``model_type`` "llada" and "Dream" (so
+    vLLM can parse ``config.json`` without ``trust_remote_code``), then per
+    architecture the model class and its engine-config hook (``engine_config``:
+    our scheduler, worker and limits).
     """
     global _REGISTERED
     if _REGISTERED:
         return
     check_vllm_version()
-    _register_hf_config()
-    _register_architecture()
+    _register_hf_configs()
     from maskkv_vllm.vllm_adapter.engine_config import register_engine_config
 
-    register_engine_config(ARCHITECTURE)
+    for arch, model_class in MODEL_CLASSES.items():
+        _register_architecture(arch, model_class)
+        register_engine_config(arch)
+        logger.debug("maskkv plugin registered %s -> %s", arch, model_class)
     _REGISTERED = True
-    logger.debug("maskkv plugin registered %s -> %s", ARCHITECTURE, MODEL_CLASS)
 
 
-def _register_hf_config() -> None:
+def _register_hf_configs() -> None:
     from transformers import AutoConfig
 
-    from maskkv_vllm.vllm_adapter.hf_config import MODEL_TYPE, LLaDAConfig
+    from maskkv_vllm.vllm_adapter.hf_config import (
+        DREAM_MODEL_TYPE,
+        MODEL_TYPE,
+        DreamHFConfig,
+        LLaDAConfig,
+    )
 
     AutoConfig.register(MODEL_TYPE, LLaDAConfig, exist_ok=True)
+    AutoConfig.register(DREAM_MODEL_TYPE, DreamHFConfig, exist_ok=True)
 
 
-def _register_architecture() -> None:
+def _register_architecture(arch: str, model_class: str) -> None:
     from vllm import ModelRegistry
 
-    if ARCHITECTURE in ModelRegistry.get_supported_archs():
-        current = _registered_class_path(ModelRegistry, ARCHITECTURE)
-        if current == MODEL_CLASS:
+    if arch in ModelRegistry.get_supported_archs():
+        current = _registered_class_path(ModelRegistry, arch)
+        if current == model_class:
             return
         logger.warning(
             "architecture %s was registered as %s; maskkv replaces it with %s",
-            ARCHITECTURE,
+            arch,
             current,
-            MODEL_CLASS,
+            model_class,
         )
-    ModelRegistry.register_model(ARCHITECTURE, MODEL_CLASS)
+    ModelRegistry.register_model(arch, model_class)
 
 
 def _registered_class_path(registry: object, arch: str) -> str | None:

@@ -79,7 +79,10 @@ def test_a_non_llada_checkpoint_is_refused_before_vllm_starts(tmp_path):
     assert proc.returncode == 2
     err = proc.stderr.strip().splitlines()
     assert err[-1].startswith("maskkv: error: ")
-    assert "is not an LLaDA checkpoint" in err[-1] and "LlamaForCausalLM" in err[-1]
+    assert (
+        "is not an LLaDA or Dream checkpoint" in err[-1]
+        and "LlamaForCausalLM" in err[-1]
+    )
     assert time.monotonic() - t0 < 60  # no engine was started
 
 

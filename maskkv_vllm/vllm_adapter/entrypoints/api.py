@@ -147,11 +147,16 @@ def check_lengths(prompt_lens: Sequence[int], gen_length: int, llm: Any) -> None
 
 
 def _tokenizer_stop_ids(llm: Any) -> tuple[int, ...]:
-    """EOS and EOT of LLaDA's vocabulary (the embedded engine's stop set)."""
+    """EOS, and LLaDA's EOT or ChatML's end of turn where the vocabulary has
+    them (the embedded engine's stop set, ``Tokenizer.stop_token_ids``)."""
+    from maskkv_vllm.models.tokenizer import EOT, IM_END
+
     hf = llm.llm_engine.model_config.hf_config
     tokenizer = llm.get_tokenizer()
-    eot = tokenizer.convert_tokens_to_ids("<|eot_id|>")
-    ids = {hf.eos_token_id, eot if isinstance(eot, int) else None}
+    ids = {hf.eos_token_id}
+    for token in (EOT, IM_END):
+        found = tokenizer.convert_tokens_to_ids(token)
+        ids.add(found if isinstance(found, int) else None)
     unk = getattr(tokenizer, "unk_token_id", None)
     return tuple(sorted(i for i in ids if i is not None and i != unk))
 

@@ -195,10 +195,11 @@ class MaskKVEndpointPlugin:
         app.add_middleware(OptionsMiddleware, gate=self)
 
     async def init_state(self, engine_client: Any, state: Any, args: Any) -> None:
-        """On for an LLaDA model; other models keep vLLM's own rules."""
-        from maskkv_vllm.vllm_adapter.plugin import ARCHITECTURE
+        """On for a model of ours (LLaDA, Dream); others keep vLLM's own rules."""
+        from maskkv_vllm.vllm_adapter.plugin import MODEL_CLASSES
 
         config = getattr(engine_client, "model_config", None)
-        self.active = ARCHITECTURE in (getattr(config, "architectures", None) or [])
+        archs = getattr(config, "architectures", None) or []
+        self.active = any(arch in MODEL_CLASSES for arch in archs)
         if self.active:
             logger.info("maskkv: OpenAI options checked as by maskkv serve (issue 25)")

@@ -129,9 +129,9 @@ def resolve_model_arg(argv: list[str]) -> list[str]:
 HELP_HEADER = """\
 maskkv vllm-serve MODEL [vllm serve flags]
 
-LLaDA (a diffusion LLM) under vLLM's OpenAI-compatible server, with MaskKV
-evicting prompt KV per head after prefill. MODEL: an LLaDA checkpoint
-directory, a built-in name (tiny, retrieval) or a hub id. Engine defaults for
+LLaDA or Dream (diffusion LLMs) under vLLM's OpenAI-compatible server, with
+MaskKV evicting prompt KV per head after prefill. MODEL: an LLaDA or Dream
+checkpoint directory, a built-in name (tiny, retrieval) or a hub id. Engine defaults for
 MaskKV: --additional-config '{"maskkv": {"kv_policy": "maskkv", "kv_budget":
 256}}'; per request: vllm_xargs maskkv_kv_policy, maskkv_kv_budget,
 maskkv_gen_length, maskkv_block_length, maskkv_steps, ... Every vllm serve
@@ -142,15 +142,15 @@ used).
 
 
 def check_model(path: str | None) -> None:
-    """Refuse, before vLLM starts, a local checkpoint that is not LLaDA.
+    """Refuse, before vLLM starts, a local checkpoint that is neither LLaDA nor Dream.
 
     Raises:
         ValueError: naming the path and what its config.json says.
     """
     if path is None or not os.path.isdir(path):
         return  # a hub id or a typo: vLLM reports it
-    from maskkv_vllm.vllm_adapter.hf_config import MODEL_TYPE
-    from maskkv_vllm.vllm_adapter.plugin import ARCHITECTURE
+    from maskkv_vllm.vllm_adapter.hf_config import DREAM_MODEL_TYPE, MODEL_TYPE
+    from maskkv_vllm.vllm_adapter.plugin import MODEL_CLASSES
 
     config = os.path.join(path, "config.json")
     try:
@@ -161,11 +161,12 @@ def check_model(path: str | None) -> None:
     if not isinstance(raw, dict):
         raise ValueError(f"{config} is not a JSON object")
     archs = raw.get("architectures") or []
-    if ARCHITECTURE not in archs and raw.get("model_type") != MODEL_TYPE:
+    ours = any(arch in MODEL_CLASSES for arch in archs)
+    if not ours and raw.get("model_type") not in (MODEL_TYPE, DREAM_MODEL_TYPE):
         raise ValueError(
-            f"{path} is not an LLaDA checkpoint (architectures={archs}, "
+            f"{path} is not an LLaDA or Dream checkpoint (architectures={archs}, "
             f"model_type={raw.get('model_type')!r}); maskkv vllm-serve serves "
-            "LLaDA only: serve other models with plain `vllm serve`"
+            "LLaDA and Dream only: serve other models with plain `vllm serve`"
         )
 
 

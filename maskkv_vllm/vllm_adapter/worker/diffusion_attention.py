@@ -51,7 +51,8 @@ class RowPlan:
     Attributes:
         state: its denoising state (pages, eviction, kept lengths).
         start: index of its first scheduled token in the batch.
-        num_tokens: its scheduled tokens (M + L at step 0, L after).
+        num_tokens: its scheduled tokens (M + L at step 0, L after; + 1 for
+            a shifted model).
     """
 
     state: DiffusionState
@@ -182,7 +183,7 @@ class DiffusionAttention:
             qb[i, :, : r.num_tokens] = q[0, :, span]
             kb[i, :, : r.num_tokens] = k[0, :, span]
             vb[i, :, : r.num_tokens] = v[0, :, span]
-            mask[i, : r.num_tokens] = True
+            mask[i, r.state.query_only_tokens() : r.num_tokens] = True
         tables, lens = stack_tables(
             [r.state.pages.table(layer, r.state.forward_kind == "canvas") for r in rows]
         )
@@ -204,4 +205,5 @@ class DiffusionAttention:
         cached canvas entries from this forward's canvas K/V (Hkv/N, L, d)."""
         st = row.state
         if st.forward_kind == "canvas" and (span := st.canvas_span()) is not None:
+            k, v = k[:, st.shift :], v[:, st.shift :]
             st.pages.write_canvas(self.store, layer, span.outside(k), span.outside(v))

@@ -122,7 +122,8 @@ class DiffusionRunnerMixin:
         eviction = self.policies.eviction(
             params.kv_policy, params.kv_budget, seq.generator
         )
-        return DiffusionState(seq, eviction)
+        shifted = getattr(self.get_model().config, "shifted_logits", False)
+        return DiffusionState(seq, eviction, shift=int(shifted))
 
     def _write_canvases(self, scheduler_output: Any) -> list[tuple[str, int, int]]:
         """Put each canvas into the batch; (req_id, first token, count) per row."""
@@ -135,8 +136,8 @@ class DiffusionRunnerMixin:
             batch.token_ids_cpu[row, m : m + canvas.shape[0]] = canvas
             st.computed = int(batch.num_computed_tokens_cpu[row])
             if st.forward_kind == "block":  # scheduled as the canvas's last slots
-                end, start_b = m + canvas.shape[0], st.seq.block_start
-                block = canvas[start_b : start_b + n]
+                end, first = m + canvas.shape[0], m + st.seq.block_start - st.shift
+                block = batch.token_ids_cpu[row, first : first + n].copy()
                 batch.token_ids_cpu[row, end - n : end] = block
             rows.append((req_id, start, n))
             start += n
@@ -232,7 +233,7 @@ class DiffusionRunnerMixin:
         for req_id, start, _ in self._rows:
             st = self.diffusion[req_id]
             first_step = st.is_full_forward
-            rows = block_hidden(hidden, start + st.canvas_offset(), st.seq)
+            rows = block_hidden(hidden, start + st.canvas_offset(), st.seq, st.shift)
             st.seq.apply_step(*propose(st.seq, [rows], project))
             if first_step:
                 kept[st.seq.request_id] = dict(st.kept_lengths)
