@@ -1,4 +1,5 @@
-"""A small random LLaDA-shaped model and long English prompts for the benchmarks."""
+"""Small random LLaDA- or Dream-shaped models and long English prompts for the
+benchmarks."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import torch
 from maskkv_vllm.models.llada import LLaDAModel
 from maskkv_vllm.models.loader import load_checkpoint
 from maskkv_vllm.models.tiny import write_tiny_checkpoint
+from maskkv_vllm.models.tiny_dream import write_tiny_dream_checkpoint
 from maskkv_vllm.models.tokenizer import Tokenizer
 from maskkv_vllm.sampler.sequence import DiffusionSequence
 from maskkv_vllm.worker.model_runner import ModelRunner
@@ -21,24 +23,41 @@ from maskkv_vllm.worker.model_runner import ModelRunner
 
 @dataclass(frozen=True)
 class ModelSize:
+    """Sizes of a random benchmark model; the vocabulary is always the 262-token
+    byte tokenizer (it changes neither the KV bytes nor the attention cost)."""
+
     layers: int = 4
     heads: int = 8
+    """Query heads per layer."""
     head_dim: int = 64
+    kv_heads: int | None = None
+    """Key/value heads per layer; None: one per query head."""
+    intermediate: int | None = None
+    """MLP inner width; None: the tiny writers' default, 2 x hidden."""
+    arch: str = "llada"
+    """``llada`` or ``dream`` (Dream: shifted logits, q/k/v biases, RoPE 1e6)."""
 
 
 def bench_checkpoint(size: ModelSize, max_len: int, directory: str | Path) -> Path:
-    """Random weights (seed 0) written as a real LLaDA checkpoint under
+    """Random weights (seed 0) written as a real LLaDA or Dream checkpoint under
     ``directory``; returns its folder."""
-    return Path(
-        write_tiny_checkpoint(
-            directory,
-            seed=0,
-            n_layers=size.layers,
-            n_heads=size.heads,
-            head_dim=size.head_dim,
-            max_sequence_length=max_len,
+    shape = {
+        "n_layers": size.layers,
+        "n_heads": size.heads,
+        "n_kv_heads": size.kv_heads or size.heads,
+        "head_dim": size.head_dim,
+    }
+    if size.arch == "dream":
+        return write_tiny_dream_checkpoint(
+            directory, intermediate_size=size.intermediate,
+            max_position_embeddings=max_len, **shape,
         )  # fmt: skip
-    )
+    if size.arch != "llada":
+        raise ValueError(f"arch={size.arch!r}: expected 'llada' or 'dream'")
+    return write_tiny_checkpoint(
+        directory, mlp_hidden_size=size.intermediate,
+        max_sequence_length=max_len, **shape,
+    )  # fmt: skip
 
 
 def bench_model(

@@ -44,11 +44,12 @@ def sampler_for(model, tok, mode: str, pool: str) -> ModelRunner:
     return ModelRunner(model, tok, cache, early_stop=False)
 
 
-def page_bytes(model) -> int:
-    """Bytes of one 16-slot page of this model (K and V)."""
+def page_bytes(model, dtype=None) -> int:
+    """Bytes of one 16-slot page of this model (K and V), in ``dtype`` (default:
+    the model's own)."""
     from maskkv_vllm.kv_cache.page_store import PageStore
 
-    dtype = next(model.parameters()).dtype
+    dtype = dtype or next(model.parameters()).dtype
     return PageStore.bytes_per_page(16, model.config.head_dim, dtype)
 
 
@@ -60,7 +61,7 @@ def time_summary(times: list[float]) -> dict[str, float]:
 
 def step_time_curve(
     model, tok, lengths, gen, budget, device, pool, bar=None, none_max_len=None,
-    repeats=1, repeat_max_len=None,
+    repeats=1, repeat_max_len=None, modes=MODES,
 ):  # fmt: skip
     """Median ms of a denoising step after the first, per prompt length and mode;
     also the first step (prefill) and the end-to-end time of the generation.
@@ -69,10 +70,12 @@ def step_time_curve(
     ``repeat_max_len`` run ``repeats`` such rounds and each mode keeps its best
     step median, best first step and best total (the vanilla mode runs once: it
     is no target's operand and costs a prefill per step). The vanilla mode runs
-    only up to ``none_max_len``; longer rows hold None for it (not run)."""
+    only up to ``none_max_len``; longer rows hold None for it (not run).
+    ``modes``: the (label, cache mode, policy) triples to run, ``MODES`` by
+    default; a row has keys for these labels only."""
     rows = []
-    samplers = {label: sampler_for(model, tok, mode, pool) for label, mode, _ in MODES}
-    policies = {label: policy for label, _, policy in MODES}
+    samplers = {label: sampler_for(model, tok, mode, pool) for label, mode, _ in modes}
+    policies = {label: policy for label, _, policy in modes}
     for m in lengths:
         prompt = english_ids(tok, m)
         too_long = none_max_len is not None and m > none_max_len
@@ -102,7 +105,7 @@ def step_time_curve(
                 row[f"{label}_{key}"] = best.get(label, {}).get(key)
         rows.append(row)
         if bar is not None:
-            bar.update(len(MODES))
+            bar.update(len(modes))
     return rows
 
 

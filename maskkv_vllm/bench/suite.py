@@ -107,24 +107,26 @@ def run(cfg: BenchConfig) -> dict:
         return _run(cfg, max_len, Path(ckpt_dir))
 
 
-def _run(cfg: BenchConfig, max_len: int, ckpt_dir: Path) -> dict:
-    checkpoint = bench_checkpoint(cfg.model, max_len + 64, ckpt_dir)
-    model, tok = load_checkpoint(checkpoint, "float32", cfg.device)
-    results: dict = {
-        "config": asdict(cfg),
+def header(config: dict) -> dict:
+    """A run's config, machine and date: the top of its JSON."""
+    return {
+        "config": config,
         "machine": f"{platform.processor() or platform.machine()}, "
         f"{torch.get_num_threads()} torch threads, torch {torch.__version__}",
         "date": time.strftime("%Y-%m-%d"),
     }
+
+
+def _run(cfg: BenchConfig, max_len: int, ckpt_dir: Path) -> dict:
+    checkpoint = bench_checkpoint(cfg.model, max_len + 64, ckpt_dir)
+    model, tok = load_checkpoint(checkpoint, "float32", cfg.device)
+    results = header(asdict(cfg))
     peer_lens = [m for m in cfg.prompt_lens if m <= cfg.peer_max_len]
     total = len(cfg.prompt_lens) * len(figures.MODES) + 7
     total += 1 if cfg.peer_fast_dllm else 0
     with tqdm(total=total, desc="maskkv bench") as bar:
         results["page_bytes"] = figures.page_bytes(model)
-        results["step_time"] = figures.step_time_curve(
-            model, tok, cfg.prompt_lens, cfg.gen_length, cfg.budget, cfg.device,
-            cfg.pool, bar, cfg.none_max_len, cfg.repeats, cfg.repeat_max_len,
-        )  # fmt: skip
+        results["step_time"] = step_rows(model, tok, cfg, bar)
         results["capacity"] = figures.capacity(
             model, tok, cfg.capacity_prompt, cfg.capacity_gen, cfg.budget,
             cfg.capacity_pool,
@@ -153,11 +155,7 @@ def _run(cfg: BenchConfig, max_len: int, ckpt_dir: Path) -> dict:
             cfg.decode_gen, cfg.budget, cfg.decode_pool, cfg.decode_block,
         )  # fmt: skip
         bar.update(1)
-        results["canvas_cache"] = canvas.canvas_step_time(
-            figures.sampler_for(model, tok, "paged", cfg.pool), tok,
-            cfg.canvas_prompt_lens, cfg.canvas_shapes, cfg.budget, cfg.device,
-            cfg.repeats,
-        )  # fmt: skip
+        results["canvas_cache"] = canvas_rows(model, tok, cfg)
         bar.update(1)
         if cfg.peer_fast_dllm:
             results["peer_fast_dllm"] = {
@@ -170,6 +168,23 @@ def _run(cfg: BenchConfig, max_len: int, ckpt_dir: Path) -> dict:
             }  # fmt: skip
             bar.update(1)
     return results
+
+
+def step_rows(model, tok, cfg: BenchConfig, bar=None, modes=figures.MODES) -> list:
+    """``figures.step_time_curve`` at ``cfg``'s lengths, budget and rounds."""
+    return figures.step_time_curve(
+        model, tok, cfg.prompt_lens, cfg.gen_length, cfg.budget, cfg.device,
+        cfg.pool, bar, cfg.none_max_len, cfg.repeats, cfg.repeat_max_len, modes,
+    )  # fmt: skip
+
+
+def canvas_rows(model, tok, cfg: BenchConfig) -> list[dict]:
+    """``canvas.canvas_step_time`` at ``cfg``'s lengths and shapes."""
+    return canvas.canvas_step_time(
+        figures.sampler_for(model, tok, "paged", cfg.pool), tok,
+        cfg.canvas_prompt_lens, cfg.canvas_shapes, cfg.budget, cfg.device,
+        cfg.repeats,
+    )  # fmt: skip
 
 
 def _commit_of(path: str) -> str | None:
@@ -424,8 +439,15 @@ def plot(r: dict, path: Path) -> None:
     plt.close(fig)
 
 
-def save(r: dict, out_dir: Path) -> None:
+def save(r: dict, out_dir: Path) -> list[str]:
+    """Write bench.json, bench.txt and bench.png; returns their names."""
+    write_text_files(r, report(r), out_dir)
+    plot(r, out_dir / "bench.png")
+    return ["bench.json", "bench.txt", "bench.png"]
+
+
+def write_text_files(r: dict, text: str, out_dir: Path) -> None:
+    """bench.json (the results) and bench.txt (their report) under ``out_dir``."""
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "bench.json").write_text(json.dumps(r, indent=2))
-    (out_dir / "bench.txt").write_text(report(r) + "\n")
-    plot(r, out_dir / "bench.png")
+    (out_dir / "bench.txt").write_text(text + "\n")
