@@ -132,29 +132,32 @@ def test_forward_logits_match_our_dream_model(llm, dream_dir):
 
 
 def test_checkpoint_names_map_to_fused_params(llm):
-    from maskkv_vllm.vllm_adapter.worker.dream_model import (
-        dream_checkpoint_shapes,
-        dream_param_for_checkpoint,
-    )
-
     att = "model.layers.1.self_attn"
-    assert dream_param_for_checkpoint(f"{att}.k_proj.bias") == (
-        f"{att}.qkv_proj.bias",
-        "k",
-    )
-    assert dream_param_for_checkpoint("model.layers.0.mlp.up_proj.weight") == (
-        "model.layers.0.mlp.gate_up_proj.weight",
-        1,
-    )
-    assert dream_param_for_checkpoint("lm_head.weight") == ("lm_head.weight", None)
 
     def names(model):
-        official = dream_checkpoint_shapes(model.config)
-        targets = {dream_param_for_checkpoint(n)[0] for n in official}
-        return sorted(targets), sorted(dict(model.named_parameters()))
+        official = model.checkpoint_shapes()
+        targets = {model.param_for_checkpoint(n)[0] for n in official}
+        probes = [
+            model.param_for_checkpoint(n)
+            for n in (
+                f"{att}.k_proj.bias", "model.layers.0.mlp.up_proj.weight",
+                "lm_head.weight",
+            )
+        ]  # fmt: skip
+        packed = model.packed_modules_mapping
+        return sorted(targets), sorted(dict(model.named_parameters())), probes, packed
 
-    ((targets, params),) = llm.apply_model(names)
+    ((targets, params, probes, packed),) = llm.apply_model(names)
     assert targets == params
+    assert probes == [
+        (f"{att}.qkv_proj.bias", "k"),
+        ("model.layers.0.mlp.gate_up_proj.weight", 1),
+        ("lm_head.weight", None),
+    ]
+    assert packed == {
+        "qkv_proj": ["q_proj", "k_proj", "v_proj"],
+        "gate_up_proj": ["gate_proj", "up_proj"],
+    }
 
 
 @pytest.mark.parametrize(

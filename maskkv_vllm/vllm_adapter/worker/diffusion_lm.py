@@ -63,6 +63,43 @@ def split_heads(x: torch.Tensor, num_heads: int) -> torch.Tensor:
     return x.view(t, num_heads, -1).transpose(0, 1)[None]
 
 
+def fused_param_for(
+    name: str, fused: dict[str, tuple[str, str | int]]
+) -> tuple[str, str | int | None]:
+    """Our parameter name and shard id for one checkpoint tensor.
+
+    Args:
+        name: e.g. ``"model.layers.0.self_attn.k_proj.bias"``.
+        fused: checkpoint module -> (our fused module, shard id), e.g.
+            ``{"k_proj": ("qkv_proj", "k")}``.
+
+    Returns:
+        e.g. ``("model.layers.0.self_attn.qkv_proj.bias", "k")``; names of
+        unfused modules map to themselves with shard None.
+    """
+    *path, module, leaf = name.split(".")
+    if module not in fused or not path:
+        return name, None
+    target, shard = fused[module]
+    return ".".join([*path, target, leaf]), shard
+
+
+def packed_modules(fused: dict[str, tuple[str, str | int]]) -> dict[str, list[str]]:
+    """vLLM's ``packed_modules_mapping``: fused module -> checkpoint modules."""
+    packed: dict[str, list[str]] = {}
+    for module, (target, _) in fused.items():
+        packed.setdefault(target, []).append(module)
+    return packed
+
+
+def meta_shapes(model_cls: type[nn.Module], config: Any) -> dict[str, torch.Size]:
+    """Every tensor of the plain model's ``state_dict`` (the checkpoint's names),
+    with its full shape, built on the meta device so nothing is allocated."""
+    with torch.device("meta"):
+        reference = model_cls(config)
+    return {name: t.shape for name, t in reference.state_dict().items()}
+
+
 def attend(
     layer: int,
     qkv: torch.Tensor,
@@ -126,18 +163,29 @@ class DiffusionLMBase(nn.Module):
     the logits and the strict loader are the same for LLaDA and Dream.
 
     Args:
-        vllm_config: the engine's config.
-        config: the validated architecture (``n_layers``, ``n_kv_heads``,
-            ``head_dim``, ``rope_theta``, ``vocab_size``, ...).
+        vllm_config: the engine's config; ``read_config`` turns its
+            ``hf_config`` into the validated architecture (``n_layers``,
+            ``n_kv_heads``, ``head_dim``, ``rope_theta``, ``vocab_size``, ...).
+        prefix: the module's name in vLLM's tree.
     """
 
     model_name = "a diffusion LM"
     """Named in errors."""
+    reference_cls: type[nn.Module]
+    """The plain torch model (the oracle), whose state_dict names the tensors."""
+    fused_params: dict[str, tuple[str, str | int]]
+    """Checkpoint module -> (our fused vLLM module, shard id for its loader)."""
 
-    def __init__(self, vllm_config: VllmConfig, config: Any) -> None:
+    @staticmethod
+    def read_config(hf_config: Any) -> Any:
+        """The validated architecture from vLLM's ``hf_config``."""
+        raise NotImplementedError
+
+    def __init__(self, *, vllm_config: VllmConfig, prefix: str = "") -> None:
         from vllm.model_executor.layers.logits_processor import LogitsProcessor
 
         super().__init__()
+        config = self.read_config(vllm_config.model_config.hf_config)
         check_parallel(vllm_config, config, self.model_name)
         check_scheduler(vllm_config, self.model_name)
         self.config = config
@@ -163,11 +211,11 @@ class DiffusionLMBase(nn.Module):
 
     def checkpoint_shapes(self) -> dict[str, torch.Size]:
         """Every tensor the checkpoint holds, by name, with its full shape."""
-        raise NotImplementedError
+        return meta_shapes(self.reference_cls, self.config)
 
     def param_for_checkpoint(self, name: str) -> tuple[str, str | int | None]:
         """Our parameter name and shard id for one checkpoint tensor."""
-        raise NotImplementedError
+        return fused_param_for(name, self.fused_params)
 
     # -- shared ---------------------------------------------------------------
 

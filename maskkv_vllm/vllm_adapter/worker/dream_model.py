@@ -34,6 +34,7 @@ from maskkv_vllm.vllm_adapter.worker.diffusion_lm import (
     StepAttention,
     attend,
     join_prefix,
+    packed_modules,
     pool_layer,
 )
 
@@ -53,26 +54,6 @@ FUSED_PARAMS: dict[str, tuple[str, str | int]] = {
 def dream_config_from_hf(hf_config: Any) -> DreamConfig:
     """Our validated ``DreamConfig`` from the transformers config vLLM parsed."""
     return DreamConfig.from_dict(hf_config.to_dict())
-
-
-def dream_checkpoint_shapes(config: DreamConfig) -> dict[str, torch.Size]:
-    """Every tensor a Dream checkpoint holds, read off a meta-device ``DreamModel``."""
-    with torch.device("meta"):
-        reference = DreamModel(config)
-    return {name: t.shape for name, t in reference.state_dict().items()}
-
-
-def dream_param_for_checkpoint(name: str) -> tuple[str, str | int | None]:
-    """Our parameter name and shard id for one Dream checkpoint tensor.
-
-    Example: ``"model.layers.0.self_attn.k_proj.bias"`` ->
-    ``("model.layers.0.self_attn.qkv_proj.bias", "k")``.
-    """
-    *path, module, leaf = name.split(".")
-    if module not in FUSED_PARAMS or not path:
-        return name, None
-    fused, shard = FUSED_PARAMS[module]
-    return ".".join([*path, fused, leaf]), shard
 
 
 class _Attention(nn.Module):
@@ -172,18 +153,18 @@ class DreamForDiffusionLM(DiffusionLMBase):
     """
 
     model_name = "Dream"
-    packed_modules_mapping = {
-        "qkv_proj": ["q_proj", "k_proj", "v_proj"],
-        "gate_up_proj": ["gate_proj", "up_proj"],
-    }
+    reference_cls = DreamModel
+    fused_params = FUSED_PARAMS
+    packed_modules_mapping = packed_modules(FUSED_PARAMS)
+    read_config = staticmethod(dream_config_from_hf)
 
     def __init__(self, *, vllm_config: VllmConfig, prefix: str = "") -> None:
         from vllm.model_executor.layers.vocab_parallel_embedding import (
             ParallelLMHead,
         )
 
-        config = dream_config_from_hf(vllm_config.model_config.hf_config)
-        super().__init__(vllm_config, config)
+        super().__init__(vllm_config=vllm_config, prefix=prefix)
+        config = self.config
         self.model = _Decoder(config, vllm_config, join_prefix(prefix, "model"))
         if not config.tie_word_embeddings:
             self.lm_head = ParallelLMHead(
@@ -202,9 +183,3 @@ class DreamForDiffusionLM(DiffusionLMBase):
     def final_norm_and_head(self) -> tuple[nn.Module, nn.Module, Any]:
         tied = self.config.tie_word_embeddings
         return self.model.norm, self.model.embed_tokens if tied else self.lm_head, None
-
-    def checkpoint_shapes(self) -> dict[str, torch.Size]:
-        return dream_checkpoint_shapes(self.config)
-
-    def param_for_checkpoint(self, name: str) -> tuple[str, str | int | None]:
-        return dream_param_for_checkpoint(name)

@@ -35,7 +35,10 @@ from maskkv_vllm.vllm_adapter.worker.diffusion_lm import (
     DiffusionLMBase,
     StepAttention,
     attend,
+    fused_param_for,
     join_prefix,
+    meta_shapes,
+    packed_modules,
     pool_layer,
 )
 
@@ -70,9 +73,7 @@ def checkpoint_shapes(config: llada_config.LLaDAConfig) -> dict[str, torch.Size]
     Read off our plain ``LLaDAModel`` (whose ``state_dict`` keys are the
     official names), built on the meta device so nothing is allocated.
     """
-    with torch.device("meta"):
-        reference = LLaDAModel(config)
-    return {name: t.shape for name, t in reference.state_dict().items()}
+    return meta_shapes(LLaDAModel, config)
 
 
 def param_for_checkpoint(name: str) -> tuple[str, str | int | None]:
@@ -82,11 +83,7 @@ def param_for_checkpoint(name: str) -> tuple[str, str | int | None]:
     ``("model.transformer.blocks.0.qkv_proj.weight", "k")``; names of unfused
     modules map to themselves with shard None.
     """
-    *path, module, leaf = name.split(".")
-    if module not in FUSED_PARAMS or not path:
-        return name, None
-    fused, shard = FUSED_PARAMS[module]
-    return ".".join([*path, fused, leaf]), shard
+    return fused_param_for(name, FUSED_PARAMS)
 
 
 class LLaDAParallelBlock(nn.Module):
@@ -214,15 +211,14 @@ class LLaDAForDiffusionLM(DiffusionLMBase):
     """
 
     model_name = "LLaDA"
-    packed_modules_mapping = {
-        "qkv_proj": ["q_proj", "k_proj", "v_proj"],
-        "gate_up_proj": ["ff_proj", "up_proj"],
-    }
+    reference_cls = LLaDAModel
+    fused_params = FUSED_PARAMS
+    packed_modules_mapping = packed_modules(FUSED_PARAMS)
+    read_config = staticmethod(llada_config_from_hf)
 
     def __init__(self, *, vllm_config: VllmConfig, prefix: str = "") -> None:
-        config = llada_config_from_hf(vllm_config.model_config.hf_config)
-        super().__init__(vllm_config, config)
-        self.model = _Model(config, vllm_config, join_prefix(prefix, "model"))
+        super().__init__(vllm_config=vllm_config, prefix=prefix)
+        self.model = _Model(self.config, vllm_config, join_prefix(prefix, "model"))
 
     @property
     def blocks(self) -> nn.ModuleList:
@@ -237,9 +233,3 @@ class LLaDAForDiffusionLM(DiffusionLMBase):
         head = t.lm_head
         bias = getattr(head, "bias", None) if self.config.include_bias else None
         return t.ln_f, head, bias
-
-    def checkpoint_shapes(self) -> dict[str, torch.Size]:
-        return checkpoint_shapes(self.config)
-
-    def param_for_checkpoint(self, name: str) -> tuple[str, str | int | None]:
-        return param_for_checkpoint(name)
