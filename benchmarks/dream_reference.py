@@ -1,6 +1,9 @@
 """Our Dream sampler against Dream's own ``_sample`` (as vendored in a Fast-dLLM
 checkout), on tiny random Dream checkpoints: the same model, temperature 0, the
-whole canvas each step, every confidence rule.
+whole canvas each step, every confidence rule, and ``origin``, ``top_p``,
+``top_k`` and ``alg_temp``. Their draws (``origin``'s uniforms, ``alg_temp``'s
+multinomial) come from torch's global generator, seeded with the request's seed
+before their run; ours from the request's generator with that seed.
 
 Their loop may write ``[MASK]`` back into a slot (ours never proposes it), so
 their run gets a logits hook that forbids ``[MASK]``, which is the one
@@ -29,6 +32,15 @@ from maskkv_vllm.worker.model_runner import ModelRunner
 
 PROMPTS = ([5, 17, 99, 3, 42, 8], [200, 7], list(range(30, 60)))
 SHAPES = ((8, 8), (12, 4), (16, 5), (32, 32))
+OPTIONS = (
+    {},
+    {"top_p": 0.5},
+    {"top_k": 3},
+    {"top_p": 0.4, "top_k": 5},
+    {"alg_temp": 0.1},
+    {"alg_temp": 1.0, "top_p": 0.9},
+)
+"""Per rule (``alg_temp`` only for the confidence rules), at seeds 0 and 1."""
 
 
 def their_sampler(checkout: Path):
@@ -64,6 +76,7 @@ def main() -> None:
     args = ap.parse_args()
     gen_utils = their_sampler(args.fast_dllm)
     total = same = 0
+    by_rule: dict[str, list[int]] = {}
     for seed in args.seeds:
         ckpt = write_tiny_dream_checkpoint(tempfile.mkdtemp(), seed=seed)
         model, tok = load_checkpoint(ckpt)
@@ -75,28 +88,48 @@ def main() -> None:
             logits[..., mask] = -torch.inf
             return logits
 
-        for alg in DREAM_RULES:
+        for alg, opts, draw_seed in cases():
             for gen, steps in SHAPES:
                 for prompt in PROMPTS:
                     cfg = gen_utils.DreamGenerationConfig(
                         max_length=len(prompt) + gen, mask_token_id=mask,
                         steps=steps, alg=alg, temperature=0.0,
+                        top_p=opts.get("top_p"), top_k=opts.get("top_k"),
+                        alg_temp=opts.get("alg_temp"),
                     )  # fmt: skip
+                    torch.manual_seed(draw_seed)
                     with torch.no_grad():
                         x = gen_utils.DreamGenerationMixin._sample(
                             Wrapped(model), torch.tensor([prompt]), None, cfg,
                             lambda i, x, logits: x, forbid_mask,
                         )  # fmt: skip
                     params = SamplingParams(
-                        gen_length=gen, block_length=gen, steps=steps, remasking=alg
-                    )
+                        gen_length=gen, block_length=gen, steps=steps,
+                        remasking=alg, seed=draw_seed, **opts,
+                    )  # fmt: skip
                     (ours,) = runner.generate([prompt], params)
                     theirs = x[0, len(prompt) :].tolist()
                     ok = same_answer(theirs, ours.token_ids, runner.stop_token_ids, gen)
                     total, same = total + 1, same + ok
+                    counts = by_rule.setdefault(alg, [0, 0])
+                    counts[0], counts[1] = counts[0] + ok, counts[1] + 1
                     if not ok:
-                        print(f"differ: seed {seed} {alg} gen {gen} steps {steps}")
+                        print(f"differ: seed {seed} {alg} {opts} draw seed "
+                              f"{draw_seed} gen {gen} steps {steps}")  # fmt: skip
+    for alg, (ok, n) in by_rule.items():
+        print(f"{alg}: {ok}/{n}")
     print(f"{same}/{total} answers token-identical to Dream's _sample")
+
+
+def cases():
+    """(rule, options, draw seed): every rule plain, then with the options."""
+    for alg in DREAM_RULES:
+        for opts in OPTIONS:
+            if "alg_temp" in opts and alg == "origin":
+                continue
+            seeds = (0, 1) if opts or alg == "origin" else (0,)
+            for draw_seed in seeds:
+                yield alg, opts, draw_seed
 
 
 if __name__ == "__main__":

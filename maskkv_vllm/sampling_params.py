@@ -17,7 +17,14 @@ import textwrap
 from dataclasses import dataclass, field
 from typing import Any
 
-REMASKING = ("low_confidence", "random", "maskgit_plus", "topk_margin", "entropy")
+REMASKING = (
+    "low_confidence",
+    "random",
+    "maskgit_plus",
+    "topk_margin",
+    "entropy",
+    "origin",
+)
 """LLaDA's rules, then Dream's (``sampler.dream_rules``: its confidences and
 step schedule)."""
 CANVAS_CACHES = ("none", "dual", "dual_refresh")
@@ -39,9 +46,21 @@ class SamplingParams:
     """Classifier-free guidance scale; > 0 runs a prompt-masked branch too."""
     remasking: str = field(default="low_confidence", metadata={"choices": REMASKING})
     """What ranks positions: "low_confidence" (model probability) or "random"
-    (LLaDA's, with its even schedule), or Dream's "maskgit_plus" (top probability),
-    "topk_margin" (top-1 minus top-2) or "entropy" (negative entropy), which commit
-    on Dream's schedule (``int(masked * (1 - s / t))`` a step)."""
+    (LLaDA's, with its even schedule), or Dream's "maskgit_plus" (the candidate's
+    probability), "topk_margin" (top-1 minus top-2) or "entropy" (negative
+    entropy), which commit on Dream's schedule (``int(masked * (1 - s / t))`` a
+    step), or Dream's "origin" (each masked position with probability
+    ``1 - s / t``, drawn from the request's seeded stream)."""
+    top_p: float = 1.0
+    """Nucleus sampling: a slot's candidate comes from its most probable tokens
+    up to cumulative probability top_p (1 is off); Dream's rules read their
+    confidences from that filtered distribution, as Dream does."""
+    top_k: int = 0
+    """A slot's candidate comes from its top_k most probable tokens (0 or -1 is
+    off), applied after top_p, as Dream does."""
+    alg_temp: float = 0.0
+    """Dream's rules: > 0 draws the positions to commit from
+    softmax(confidence / alg_temp) instead of taking the most confident."""
     threshold: float | None = None
     """Fast-dLLM parallel decoding: commit every masked block position whose confidence
     exceeds this (at least one per step); the step schedule is then not used."""
@@ -104,6 +123,14 @@ class SamplingParams:
             )
         if self.remasking not in REMASKING:
             raise ValueError(f"remasking={self.remasking!r} is not one of {REMASKING}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p={self.top_p} must be in (0, 1]")
+        if not isinstance(self.top_k, int) or isinstance(self.top_k, bool):
+            raise ValueError(f"top_k={self.top_k!r} must be an integer")
+        if self.top_k < -1:
+            raise ValueError(f"top_k={self.top_k} must be >= -1 (0 and -1 are off)")
+        if not 0 <= self.alg_temp < math.inf:
+            raise ValueError(f"alg_temp={self.alg_temp} must be >= 0 and finite")
         if self.threshold is not None and not 0 < self.threshold <= 1:
             raise ValueError(f"threshold={self.threshold} must be in (0, 1]")
         if not isinstance(self.seed, int) or isinstance(self.seed, bool):

@@ -6,7 +6,8 @@ the same ``check_fields`` on the request body as the client sent it, so an optio
 is either honoured by both engines or refused by both, by name (HTTP 400 whose
 ``param`` is the field), never silently ignored:
 
-- honoured: ``HONOURED`` (``temperature``, ``seed``), the diffusion options
+- honoured: ``HONOURED`` (``temperature``, ``seed``, ``top_p``, ``top_k``), the
+  diffusion options
   ``EXTRA_FIELDS`` and the length ``GEN_FIELDS``;
 - refused unless neutral: ``NEUTRAL`` (a value besides null that asks for nothing);
 - typed: ``TYPES``, checked before any value is used.
@@ -24,7 +25,7 @@ from typing import Any
 
 from maskkv_vllm.sampling_params import SAMPLING_OPTIONS
 
-HONOURED = ("temperature", "seed")
+HONOURED = ("temperature", "seed", "top_p", "top_k")
 """OpenAI sampling options both engines honour (the diffusion sampler's own)."""
 EXTRA_FIELDS = tuple(name for name in SAMPLING_OPTIONS if name not in HONOURED)
 """Diffusion options, as top-level body fields (the openai client's extra_body):
@@ -42,8 +43,6 @@ NEUTRAL: dict[str, tuple] = {
     "stop_token_ids": ([],),
     "tools": ([],),
     "tool_choice": ("none",),
-    "top_p": (1,),
-    "top_k": (-1, 0),
     "min_p": (0,),
     "frequency_penalty": (0,),
     "presence_penalty": (0,),

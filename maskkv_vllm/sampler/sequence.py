@@ -6,7 +6,12 @@ from dataclasses import dataclass
 
 import torch
 
-from maskkv_vllm.sampler.dream_rules import DREAM_RULES, dream_transfer_count
+from maskkv_vllm.sampler.dream_rules import (
+    DREAM_RULES,
+    dream_transfer_count,
+    origin_transfer,
+    ranked_transfer,
+)
 from maskkv_vllm.sampler.remasking import select_transfer
 from maskkv_vllm.sampler.schedule import num_transfer_tokens
 from maskkv_vllm.sampling_params import SamplingParams
@@ -134,19 +139,30 @@ class DiffusionSequence:
         p = self.params
         blk = slice(self.block_start, self.block_start + p.block_length)
         masked = self.canvas[blk] == self.mask_token_id
-        if p.remasking in DREAM_RULES:
-            k = dream_transfer_count(
-                int(masked.sum()), self.step_in_block, p.steps_per_block
-            )
-        elif self.step_in_block < len(self.schedule):
-            k = self.schedule[self.step_in_block]
-        else:
-            k = 0
-        idx = select_transfer(confidence, masked, k, p.threshold)
+        idx = self._transfer(confidence, masked)
         self.canvas[blk][idx] = candidates[idx]
         self.num_steps += 1
         self.step_in_block += 1
         self._maybe_next_block()
+
+    def _transfer(self, confidence: torch.Tensor, masked: torch.Tensor) -> torch.Tensor:
+        """Indices into the block to commit this step (see ``apply_step``)."""
+        p, step = self.params, self.step_in_block
+        if p.remasking == "origin":
+            return origin_transfer(masked, step, p.steps_per_block, self.generator)
+        if p.remasking in DREAM_RULES:
+            k = dream_transfer_count(int(masked.sum()), step, p.steps_per_block)
+            if p.threshold is None and k > 0:
+                width = self.prompt_len + p.gen_length
+                return ranked_transfer(
+                    confidence, masked, k, p.alg_temp, self.generator,
+                    self.prompt_len + self.block_start, width,
+                )  # fmt: skip
+        elif step < len(self.schedule):
+            k = self.schedule[step]
+        else:
+            k = 0
+        return select_transfer(confidence, masked, k, p.threshold)
 
     def _maybe_next_block(self) -> None:
         p = self.params

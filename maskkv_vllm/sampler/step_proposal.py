@@ -20,8 +20,9 @@ from dataclasses import dataclass
 
 import torch
 
-from maskkv_vllm.sampler.dream_rules import DREAM_RULES, dream_confidences
+from maskkv_vllm.sampler.dream_rules import CONFIDENCE_RULES, dream_confidences
 from maskkv_vllm.sampler.remasking import gumbel_candidates, random_confidences
+from maskkv_vllm.sampler.top_filters import top_filter_mask
 
 LOGITS_CHUNK_ROWS = 64
 """Slots whose full-vocabulary logits exist at once (a step's memory bound)."""
@@ -45,11 +46,14 @@ class ChunkRule:
     Attributes:
         temperature: 0 for the argmax, else Gumbel-max at this temperature.
         remasking: "low_confidence", "random" (confidences drawn after all
-            chunks, from the same generator) or one of Dream's ``DREAM_RULES``.
+            chunks, from the same generator) or one of Dream's ``DREAM_RULES``
+            ("origin" needs no confidence).
         mask_token_id: never a candidate (a committed ``[MASK]`` would leave its
             slot masked in a streamed block).
         eos_token_id: forbidden when ``no_eos``.
         no_eos: LLaDA's ``logits_eos_inf``.
+        top_p, top_k: filters of the candidate's distribution (``top_filters``;
+            1 and 0 are off), computed on the logits divided by the temperature.
     """
 
     temperature: float
@@ -57,6 +61,13 @@ class ChunkRule:
     mask_token_id: int
     eos_token_id: int | None
     no_eos: bool
+    top_p: float = 1.0
+    top_k: int = 0
+
+    @property
+    def filters(self) -> bool:
+        """Whether top-p or top-k removes anything."""
+        return self.top_p < 1 or self.top_k > 0
 
 
 def block_hidden(
@@ -92,7 +103,7 @@ def propose(
     p = seq.params
     rule = ChunkRule(
         p.temperature, p.remasking, seq.mask_token_id, seq.eos_token_id,
-        p.logits_eos_inf,
+        p.logits_eos_inf, p.top_p, p.top_k,
     )  # fmt: skip
     blk = seq.canvas[seq.block_start : seq.block_start + p.block_length]
     masked = blk == seq.mask_token_id
@@ -151,13 +162,27 @@ def propose_chunk(
     if rule.remasking == "low_confidence":
         probs = torch.softmax(logits.to(torch.float64), dim=-1)
     logits[:, rule.mask_token_id] = -torch.inf
-    if rule.remasking in DREAM_RULES:
-        # Over the tokens a slot can take ([MASK] excluded), as the candidate.
-        dream = dream_confidences(logits, rule.remasking).to(torch.float64)
-        return gumbel_candidates(logits, rule.temperature, uniform), dream
+    dream = rule.remasking in CONFIDENCE_RULES
+    scaled = _filtered(logits, rule) if dream or rule.filters else None
     cand = gumbel_candidates(logits, rule.temperature, uniform)
+    if dream:
+        # Dream's: the filtered distribution at the temperature, over the
+        # tokens a slot can take ([MASK] excluded), as the candidate's.
+        conf = dream_confidences(torch.softmax(scaled, dim=-1), cand, rule.remasking)
+        return cand, conf.to(torch.float64)
     if probs is None:
         return cand, torch.full(
             cand.shape, -torch.inf, dtype=torch.float64, device=cand.device
         )
     return cand, probs.gather(-1, cand[:, None]).squeeze(-1)
+
+
+def _filtered(logits: torch.Tensor, rule: ChunkRule) -> torch.Tensor:
+    """Apply top-p/top-k to ``logits`` (N, V) in place; return them divided by
+    the temperature (as they are at temperature 0: Dream's softmax then)."""
+    scaled = logits / rule.temperature if rule.temperature > 0 else logits
+    removed = top_filter_mask(scaled, rule.top_p, rule.top_k)
+    if removed is None:
+        return scaled
+    logits.masked_fill_(removed, -torch.inf)
+    return scaled.masked_fill(removed, -torch.inf) if rule.temperature > 0 else logits

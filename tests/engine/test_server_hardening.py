@@ -97,7 +97,7 @@ def test_nesting_too_deep_is_400_not_a_plain_text_500(client):
     ("field", "param", "message"),
     [
         ({"max_tokens": 0}, "max_tokens", "max_tokens=0 must be at least 1"),
-        ({"top_p": 0.5}, "top_p", "top_p=0.5 is not supported"),
+        ({"min_p": 0.5}, "min_p", "min_p=0.5 is not supported"),
         ({"frequency_penalty": 0.5}, "frequency_penalty", "not supported"),
         ({"presence_penalty": 1}, "presence_penalty", "not supported"),
         ({"response_format": {"type": "json_object"}}, "response_format", "not supp"),

@@ -205,8 +205,8 @@ def test_run_longbench_limit_batches_and_overrides(tok, data_dir):
         0.0,
         0,
     )
-    with pytest.raises(TypeError, match="top_p"):
-        lb.run_longbench(llm, data_dir, "hotpotqa", top_p=0.9)
+    with pytest.raises(TypeError, match="frequency_penalty"):
+        lb.run_longbench(llm, data_dir, "hotpotqa", frequency_penalty=0.9)
     with pytest.raises(ValueError, match="steps follows from the task"):
         lb.run_longbench(llm, data_dir, "hotpotqa", steps=16)
     with pytest.raises(ValueError, match="kv_policy='snapkv' needs a kv_budget"):

@@ -1,10 +1,8 @@
 """Dream's sampler: shifted logits, its confidence rules and its schedule.
 
-Oracle: Dream's ``diffusion_generate`` loop at temperature 0, written here from
-its published algorithm (the whole canvas each step, logits shifted by one,
-``linspace(1, eps, steps + 1)`` timesteps, ``int(masked * (1 - s / t))``
-commits of the top confidences, all the rest at the last step), run on the
-same tiny random Dream checkpoint through a plain dense forward.
+The rules against Dream's loop are in ``test_dream_options.py`` (one oracle
+for the rules and the options); here the schedule, the shift, the cached modes
+and MaskKV on Dream.
 """
 
 from __future__ import annotations
@@ -12,10 +10,8 @@ from __future__ import annotations
 import dataclasses
 
 import pytest
-import torch
 
 from maskkv_vllm.config import CacheConfig
-from maskkv_vllm.models.dream import shift_logits
 from maskkv_vllm.models.loader import load_checkpoint
 from maskkv_vllm.models.tiny_dream import write_tiny_dream_checkpoint
 from maskkv_vllm.sampler.dream_rules import dream_transfer_count
@@ -29,51 +25,6 @@ PROMPTS = [[5, 17, 99, 3, 42, 8], [200, 7]]
 def dream(tmp_path_factory):
     ckpt = write_tiny_dream_checkpoint(tmp_path_factory.mktemp("dream"), seed=2)
     return load_checkpoint(ckpt)
-
-
-def reference(model, prompt: list[int], gen: int, steps: int, alg: str) -> list[int]:
-    """Dream's loop (temperature 0, no alg_temp), whole canvas per step."""
-    mask = model.config.mask_token_id
-    x = torch.tensor([prompt + [mask] * gen])
-    times = torch.linspace(1, 1e-3, steps + 1)
-    pos = torch.arange(x.shape[1])[None]
-    for i in range(steps):
-        masked = x == mask
-        logits = shift_logits(model.logits(model(x, pos)))
-        # Our one documented difference (README, Sampler): [MASK] is never a
-        # candidate (Dream would write it back and re-predict the slot later),
-        # so it is out of the softmax the confidences come from too.
-        logits[..., mask] = -torch.inf
-        probs = torch.softmax(logits[masked], dim=-1)
-        conf, x0 = probs.max(dim=-1)
-        if alg == "topk_margin":
-            top = probs.sort(dim=-1, descending=True).values
-            conf = top[:, 0] - top[:, 1]
-        elif alg == "entropy":
-            conf = (probs * torch.log(probs + 1e-10)).sum(dim=-1)
-        n = masked.sum() / 1
-        k = int(n * (1 - times[i + 1] / times[i])) if i < steps - 1 else int(n)
-        full = torch.full(x.shape, -torch.inf)
-        full[masked] = conf
-        proposal = torch.full_like(x, mask)
-        proposal[masked] = x0
-        if k > 0:
-            idx = full[0].topk(k).indices
-            x[0, idx] = proposal[0, idx]
-    return x[0, len(prompt) :].tolist()
-
-
-@pytest.mark.parametrize("alg", ["maskgit_plus", "topk_margin", "entropy"])
-@pytest.mark.parametrize(("gen", "steps"), [(8, 8), (12, 4), (16, 5)])
-def test_dream_s_rules_equal_its_loop_over_the_whole_canvas(dream, alg, gen, steps):
-    model, tok = dream
-    runner = ModelRunner(model, tok, CacheConfig("none"), early_stop=False)
-    params = SamplingParams(
-        gen_length=gen, block_length=gen, steps=steps, remasking=alg
-    )
-    got = [o.token_ids for o in runner.generate(PROMPTS, params)]
-    want = [reference(model, p, gen, steps, alg) for p in PROMPTS]
-    assert got == want
 
 
 def test_the_schedule_commits_the_masked_share_and_the_rest_at_the_end():

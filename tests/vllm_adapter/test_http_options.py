@@ -53,6 +53,22 @@ def test_vllm_body_moves_diffusion_options_into_vllm_xargs():
     assert (params.temperature, params.seed, params.logits_eos_inf) == (0.5, 3, True)
 
 
+def test_top_p_top_k_and_alg_temp_reach_both_engines():
+    # Dream's filters (issue 29): honoured by both servers, no longer refused.
+    body = {"prompt": "x", "max_tokens": 8, "top_p": 0.9, "top_k": 5,
+            "alg_temp": 0.5, "remasking": "origin"}  # fmt: skip
+    embedded = sampling_params(body)
+    out = vllm_body(body)
+    params = request_only_params(out["vllm_xargs"], out["max_tokens"])
+    for got in (embedded, params):
+        assert (got.top_p, got.top_k, got.alg_temp) == (0.9, 5, 0.5)
+        assert got.remasking == "origin"
+    for field, value in [("top_p", 0), ("top_k", -3), ("alg_temp", -1)]:
+        with pytest.raises(APIError, match=f"{field}={value}") as err:
+            sampling_params({"prompt": "x", field: value})
+        assert err.value.param == field
+
+
 def test_vllm_body_defaults_the_length_as_the_embedded_server_does():
     assert vllm_body({"prompt": "x"})["max_tokens"] == 128
     assert "vllm_xargs" not in vllm_body({"prompt": "x"})
@@ -73,7 +89,7 @@ def test_vllm_body_defaults_the_length_as_the_embedded_server_does():
          "kv_budget=4 but vllm_xargs has maskkv_kv_budget=8"),
         # with maskkv_* xargs the front-end validator checks the diffusion values,
         # but the option table still applies
-        ({"top_p": 0.5, "vllm_xargs": {"maskkv_steps": 8}}, "top_p", "top_p=0.5"),
+        ({"min_p": 0.5, "vllm_xargs": {"maskkv_steps": 8}}, "min_p", "min_p=0.5"),
     ],
 )  # fmt: skip
 def test_vllm_body_refuses_as_the_embedded_server_does(body, param, message):

@@ -228,7 +228,7 @@ def test_logprobs_are_a_400_not_a_500(server, chat, kwargs, message, stream):
     ("kwargs", "param", "message"),
     [
         ({"n": 2}, "n", "n=2 is not supported"),
-        ({"top_p": 0.5}, "top_p", "top_p=0.5 is not supported"),
+        ({"extra_body": {"min_p": 0.5}}, "min_p", "min_p=0.5 is not supported"),
         ({"stop": ["x"]}, "stop", "stop=['x'] is not supported"),
         ({"temperature": "hot"}, "temperature", "temperature='hot' must be a number"),
         ({"extra_body": {"ignore_eos": True}}, "ignore_eos", "ignore_eos=True is"),

@@ -37,7 +37,7 @@ GEN = {"block_length": 32, "steps": 128}  # 4 blocks, one token a step
 POLICIES = [{"kv_policy": "full"}, {}, {"kv_policy": "maskkv", "kv_budget": 6}]
 BAD = [
     ({"n": 2}, "n"),
-    ({"top_p": 0.5}, "top_p"),
+    ({"min_p": 0.5}, "min_p"),
     ({"stop": ["x"]}, "stop"),
     ({"logprobs": 2}, "logprobs"),
     ({"temperature": "hot"}, "temperature"),
