@@ -72,8 +72,7 @@ def engine_facts(llm) -> EngineFacts:
 
 def warn_if_unscaled(facts: EngineFacts) -> None:
     """Log when the engine accepts less than the RoPE-scaled checkpoint could use
-    (``rope_scaling`` given without ``max_model_len``: the engine keeps the trained
-    length, so prompts are cut to it)."""
+    (a smaller ``max_model_len`` given by hand), so prompts are cut to it."""
     if facts.max_model_len < facts.checkpoint_limit:
         logger.warning(
             "longbench: the engine accepts max_model_len=%d, less than "

@@ -45,7 +45,7 @@ class ModelRunner:
         tokenizer: its tokenizer (needed for text prompts and output text).
         cache_config: how the prompt KV is kept between steps.
         max_model_len: longest prompt + canvas accepted; default is the model's
-            ``max_sequence_length``.
+            ``max_sequence_length`` times its ``rope_scaling``.
         max_num_seqs: sequences denoised together in one forward batch.
         maskkv_config: hyper-parameters of the eviction policies (and the path of
             the layer profile, validated against the model here).
@@ -74,7 +74,11 @@ class ModelRunner:
         self.model = model
         self.tokenizer = tokenizer
         self.cache_config = cache_config or CacheConfig()
-        self.max_model_len = max_model_len or model.config.max_sequence_length
+        # The NTK factor stretches the positions the model can use, as vLLM's
+        # max_model_len follows the checkpoint's RoPE scaling.
+        scaling = getattr(model, "rope_scaling", 1.0)
+        trained = model.config.max_sequence_length
+        self.max_model_len = max_model_len or int(trained * scaling)
         if self.max_model_len <= 0:
             raise ValueError(f"max_model_len={self.max_model_len} must be positive")
         if max_num_seqs <= 0:

@@ -359,10 +359,16 @@ def test_rope_scaling_scales_the_default(short_dir, caplog):
         scaled.tokenizer, "hotpotqa", sp, engine_facts(scaled), None, ["full"]
     )
     assert (plan.max_prompt_tokens, plan.room) == (512 - 32 - 23, 512 - 32)
-    # An LLM built with rope_scaling alone keeps 256: said in a warning.
+    # An LLM built with rope_scaling alone accepts the scaled length too.
     llm = LLM(str(short_dir), device="cpu", rope_scaling=2.0, kv_cache_memory="8MiB")
+    assert engine_facts(llm).max_model_len == 512
+    # A smaller max_model_len given by hand is said in a warning.
+    llm = LLM(
+        str(short_dir), device="cpu", rope_scaling=2.0, max_model_len=300,
+        kv_cache_memory="8MiB",
+    )  # fmt: skip
     facts = engine_facts(llm)
-    assert (facts.max_model_len, facts.checkpoint_limit) == (256, 512)
+    assert (facts.max_model_len, facts.checkpoint_limit) == (300, 512)
     with caplog.at_level("WARNING"):
         warn_if_unscaled(facts)
     assert "pass max_model_len=512" in caplog.text
