@@ -29,12 +29,14 @@ POLICIES = (
     "squeezeattention",
     "streaming",
     "random",
-    # Ablations (issue 26): mask voting with uniform budgets, and SnapKV whose
-    # window runs through the mask tokens.
+    # Ablations (issue 26): mask voting with uniform budgets, SnapKV whose
+    # window runs through the mask tokens, and MaskKV whose voters include the
+    # last prompt token (the row Dream reads the answer's first token from).
     "maskvote",
     "snapkv-mask-window",
+    "maskkv-query",
 )
-ABLATIONS = ("maskvote", "snapkv-mask-window")
+ABLATIONS = ("maskvote", "snapkv-mask-window", "maskkv-query")
 FRACTIONS = (0.01, 0.02, 0.05, 0.1, 0.25)
 HELD_OUT_SEED = 1_000_003
 """Evaluation samples come from this seed; training draws from ``random.Random(0)``

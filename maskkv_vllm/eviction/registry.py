@@ -62,6 +62,9 @@ _POLICIES: dict[str, Factory] = {
         MaskVoteScorer(), _similarity(p), c.squeeze_fraction
     ),
     "snapkv-maskkv-budget": lambda c, p: _maskkv(_snapkv(c), c, p),
+    # MaskKV whose voters also include the last prompt token, half the vote:
+    # under Dream's shift that row's output is read for the answer's first token.
+    "maskkv-query": lambda c, p: _maskkv(MaskVoteScorer(query_share=0.5), c, p),
     # SnapKV whose window runs through the canvas: its last `window` queries are
     # the prompt's end and the mask tokens (vs "maskvote": every mask token votes).
     "snapkv-mask-window": lambda c, p: SnapKVScorer(

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from maskkv_vllm.eviction.context import LayerContext
 from maskkv_vllm.eviction.policy import Policy
-from maskkv_vllm.eviction.settings import check_int
+from maskkv_vllm.eviction.settings import check_fraction, check_int
 
 
 @dataclass
@@ -28,8 +28,20 @@ class MaskVoteScorer(Policy):
     token at the first step, softmax over all prompt+canvas keys, summed over the
     mask queries (and over the query heads of a GQA group)."""
 
+    query_share: float = 0.0
+    """Ablation: share of the vote given to the last prompt token's query, the
+    rest to the mean mask query (0: MaskKV, the mask queries only). A shifted
+    model (Dream) reads the answer's first token from that row's output."""
+
+    def __post_init__(self) -> None:
+        check_fraction("query_share", self.query_share)
+
     def scores(self, ctx: LayerContext) -> torch.Tensor:
-        return ctx.mask_votes
+        if not self.query_share:
+            return ctx.mask_votes
+        s = self.query_share
+        mean_mask = ctx.mask_votes / ctx.canvas_len
+        return (1 - s) * mean_mask + s * ctx.window_votes(1)
 
 
 @dataclass

@@ -110,6 +110,19 @@ def test_snapkv_with_the_canvas_in_its_window_hears_the_mask_tokens():
     assert [i.tolist() for i in policy.select(ctx, 4)] == [[0, 5, 10, 11]]
 
 
+def test_mask_vote_with_the_query_row_hears_the_last_prompt_token():
+    # The last prompt row looks at token 0, the mask rows at token 5: MaskKV
+    # keeps 5; with the last prompt token's query voting, the larger share wins.
+    ctx = one_hot_ctx()
+    assert [i.tolist() for i in MaskVoteScorer().select(ctx, 1)] == [[5]]
+    assert [i.tolist() for i in MaskVoteScorer(0.4).select(ctx, 1)] == [[5]]
+    assert [i.tolist() for i in MaskVoteScorer(0.6).select(ctx, 1)] == [[0]]
+    policy = make_policy("maskkv-query", MaskKVConfig())
+    assert [i.tolist() for i in policy.select(ctx, 2)] == [[0, 5]]
+    with pytest.raises(ValueError, match=r"query_share=1\.5 must lie in \[0, 1\]"):
+        MaskVoteScorer(1.5)
+
+
 def test_snapkv_pooling_spreads_a_peak_to_its_neighbours():
     ctx = make_ctx(m=40)
     raw = ctx.window_votes(8)[:, :32]
