@@ -12,11 +12,11 @@ import torch
 import torch.nn.functional as F
 
 from maskkv_vllm.eviction.profile import LayerProfile
-from maskkv_vllm.models.llada import LLaDAModel
+from maskkv_vllm.models.protocol import DiffusionLM
 
 
 @torch.inference_mode()
-def layer_cosines(model: LLaDAModel, ids: torch.Tensor) -> torch.Tensor:
+def layer_cosines(model: DiffusionLM, ids: torch.Tensor) -> torch.Tensor:
     """Mean cos(h_in, h_in + attention output) per layer for one sequence.
 
     Args:
@@ -47,7 +47,7 @@ def layer_cosines(model: LLaDAModel, ids: torch.Tensor) -> torch.Tensor:
 
 
 def compute_profile(
-    model: LLaDAModel,
+    model: DiffusionLM,
     prompts: list[list[int]],
     gen_length: int,
     meta: dict | None = None,

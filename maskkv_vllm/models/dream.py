@@ -91,6 +91,12 @@ class DreamLayer(nn.Module):
         v = sa.v_proj(a).view(b, t, self.n_kv_heads, self.head_dim).transpose(1, 2)
         return apply_rope(q, cos, sin), apply_rope(k, cos, sin), v
 
+    @property
+    def attn_out(self) -> nn.Linear:
+        """The attention output projection, under LLaDA's name (``maskkv profile``
+        hooks it on either model)."""
+        return self.self_attn.o_proj
+
     def forward(
         self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, attn: Attention
     ) -> torch.Tensor:

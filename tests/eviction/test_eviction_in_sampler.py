@@ -11,6 +11,8 @@ from maskkv_vllm.calibration import compute_profile
 from maskkv_vllm.cli import main
 from maskkv_vllm.config import CacheConfig, MaskKVConfig
 from maskkv_vllm.eviction.profile import LayerProfile
+from maskkv_vllm.models.loader import load_checkpoint
+from maskkv_vllm.models.tiny_dream import write_tiny_dream_checkpoint
 from maskkv_vllm.sampling_params import SamplingParams
 from maskkv_vllm.worker.model_runner import ModelRunner
 
@@ -192,6 +194,16 @@ def test_profile_round_trip_and_layer_check(tiny, tmp_path):
     (tmp_path / "junk.json").write_text("{}")
     with pytest.raises(ValueError, match="is not a layer profile"):
         LayerProfile.load(tmp_path / "junk.json")
+
+
+def test_profile_of_a_dream_model_reads_its_attention_output(tmp_path):
+    # It failed with AttributeError: Dream names the projection self_attn.o_proj.
+    # A layer whose projection is zero leaves its input unchanged: importance 0.
+    model, _ = load_checkpoint(write_tiny_dream_checkpoint(tmp_path, seed=2))
+    torch.nn.init.zeros_(model.blocks[1].self_attn.o_proj.weight)
+    profile = compute_profile(model, [[5, 17, 99, 3], [200, 7]], gen_length=4)
+    assert profile.importance[1] == 0.0
+    assert 0 < profile.importance[0] <= 2
 
 
 def test_profile_cli(tiny_dir, tmp_path, capsys):
