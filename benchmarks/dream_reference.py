@@ -16,7 +16,9 @@ are cut there). Needs transformers (their module imports it):
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib.util
+import itertools
 import tempfile
 import types
 from pathlib import Path
@@ -26,7 +28,7 @@ import torch
 from maskkv_vllm.config import CacheConfig
 from maskkv_vllm.models.loader import load_checkpoint
 from maskkv_vllm.models.tiny_dream import write_tiny_dream_checkpoint
-from maskkv_vllm.sampler.dream_rules import DREAM_RULES
+from maskkv_vllm.sampler.dream_rules import CONFIDENCE_RULES
 from maskkv_vllm.sampling_params import SamplingParams
 from maskkv_vllm.worker.model_runner import ModelRunner
 
@@ -64,6 +66,99 @@ class Wrapped:
         return types.SimpleNamespace(logits=self.model.logits(self.model(x, pos)))
 
 
+class BlockWrapped(Wrapped):
+    """Their block-wise loop (``generation_utils_block``) with its dual cache:
+    a full forward at each block's start, then forwards of the block's rows
+    over the cached K/V of the rest. On a one-layer model the cached K/V of the
+    positions outside the block are what a full forward gives (their tokens
+    have not changed since the block's start), so each block step runs the full
+    sequence with the block replaced and returns the block's rows. ``[MASK]``
+    is forbidden in the logits (their block loop has no logits hook)."""
+
+    def __init__(self, model) -> None:
+        super().__init__(model)
+        if model.config.n_layers != 1:
+            raise ValueError("the cache-free dual cache is exact on one layer only")
+        self.full: torch.Tensor | None = None
+
+    def __call__(self, x, attention_mask=None, tok_idx=None, **cache):
+        place = cache.get("replace_position")
+        if place is None:
+            self.full = x.clone()
+            rows = slice(None)
+        else:
+            self.full[place] = x.reshape(-1)
+            rows = place[0].nonzero().squeeze(-1)
+        pos = torch.arange(self.full.shape[1])[None]
+        logits = self.model.logits(self.model(self.full, pos))[:, rows]
+        logits[..., self.model.config.mask_token_id] = -torch.inf
+        return types.SimpleNamespace(logits=logits, past_key_values=[])
+
+
+BLOCK_SHAPES = ((16, 8, 8), (12, 4, 6), (32, 8, 16), (8, 8, 4))
+"""(gen, block, steps) of the block-wise variant."""
+
+
+def their_block_answer(block_utils, model, prompt, shape, opts, draw_seed):
+    """Their block-wise ``_sample(dual_cache=True)``'s answer to one prompt."""
+    gen, block, steps = shape
+    cfg = block_utils.DreamGenerationConfig(
+        max_length=len(prompt) + gen, mask_token_id=model.config.mask_token_id,
+        steps=steps, alg="entropy", temperature=0.0, top_p=opts.get("top_p"),
+        top_k=opts.get("top_k"), alg_temp=opts.get("alg_temp"),
+    )  # fmt: skip
+    torch.manual_seed(draw_seed)
+    with torch.no_grad():
+        x = block_utils.DreamGenerationMixin._sample(
+            BlockWrapped(model), torch.tensor([prompt]), None, cfg,
+            block_length=block, dual_cache=True,
+        )  # fmt: skip
+    return x[0, len(prompt) :].tolist()
+
+
+def block_variant(checkout: Path, seeds: list[int]) -> tuple[int, int, int]:
+    """Our ``fast_dllm_block`` (cache_mode none, and paged + dual_refresh)
+    against their ``generation_utils_block._sample(dual_cache=True)`` on
+    one-layer checkpoints: (runs, equal with none, equal with dual_refresh)."""
+    path = checkout / "dream" / "model" / "generation_utils_block.py"
+    spec = importlib.util.spec_from_file_location("dream_block_utils", path)
+    block_utils = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(block_utils)
+    runs = same_none = same_dual = 0
+    paged = CacheConfig("paged", page_size=4, num_pages=400)
+    for seed in seeds:
+        ckpt = write_tiny_dream_checkpoint(tempfile.mkdtemp(), seed=seed, n_layers=1)
+        model, tok = load_checkpoint(ckpt)
+        none = ModelRunner(model, tok, CacheConfig("none"), early_stop=False)
+        dual = ModelRunner(model, tok, paged, early_stop=False)
+        stops = none.stop_token_ids
+        cases = [(o, d) for o in OPTIONS for d in ((0, 1) if o else (0,))]
+        for (opts, draw_seed), shape, prompt in itertools.product(
+            cases, BLOCK_SHAPES, PROMPTS
+        ):
+            theirs = their_block_answer(block_utils, model, prompt, shape, opts,
+                                        draw_seed)  # fmt: skip
+            gen, block, steps = shape
+            params = SamplingParams(
+                gen_length=gen, block_length=block, steps=steps,
+                remasking="fast_dllm_block", seed=draw_seed, **opts,
+            )  # fmt: skip
+            (a,) = none.generate([prompt], params)
+            refresh = dataclasses.replace(params, canvas_cache="dual_refresh")
+            (b,) = dual.generate([prompt], refresh)
+            ok_none = same_answer(theirs, a.token_ids, stops, gen)
+            ok_dual = same_answer(theirs, b.token_ids, stops, gen)
+            runs, same_none, same_dual = (
+                runs + 1,
+                same_none + ok_none,
+                same_dual + ok_dual,
+            )
+            if not (ok_none and ok_dual):
+                print(f"block differ: seed {seed} {opts} draw seed {draw_seed} "
+                      f"shape {shape}")  # fmt: skip
+    return runs, same_none, same_dual
+
+
 def same_answer(theirs: list[int], ours: list[int], stops, gen: int) -> bool:
     cut = len(ours)
     return theirs[:cut] == ours and (cut == gen or theirs[cut] in stops)
@@ -73,6 +168,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--fast-dllm", type=Path, required=True)
     ap.add_argument("--seeds", type=int, nargs="+", default=[2, 3])
+    ap.add_argument("--block-seeds", type=int, nargs="+", default=[4, 5],
+                    help="one-layer checkpoints of the block-wise variant")  # fmt: skip
     args = ap.parse_args()
     gen_utils = their_sampler(args.fast_dllm)
     total = same = 0
@@ -119,11 +216,18 @@ def main() -> None:
     for alg, (ok, n) in by_rule.items():
         print(f"{alg}: {ok}/{n}")
     print(f"{same}/{total} answers token-identical to Dream's _sample")
+    runs, ok_none, ok_dual = block_variant(args.fast_dllm, args.block_seeds)
+    print(f"fast_dllm_block (cache_mode none): {ok_none}/{runs}")
+    print(f"fast_dllm_block (paged + dual_refresh): {ok_dual}/{runs}")
+    print(
+        f"{ok_none + ok_dual}/{2 * runs} answers token-identical to Fast-dLLM's "
+        "block-wise _sample (dual_cache=True)"
+    )
 
 
 def cases():
     """(rule, options, draw seed): every rule plain, then with the options."""
-    for alg in DREAM_RULES:
+    for alg in (*CONFIDENCE_RULES, "origin"):
         for opts in OPTIONS:
             if "alg_temp" in opts and alg == "origin":
                 continue

@@ -24,9 +24,10 @@ REMASKING = (
     "topk_margin",
     "entropy",
     "origin",
+    "fast_dllm_block",
 )
 """LLaDA's rules, then Dream's (``sampler.dream_rules``: its confidences and
-step schedule)."""
+step schedule), then Fast-dLLM's block-wise variant of Dream's sampler."""
 CANVAS_CACHES = ("none", "dual", "dual_refresh")
 
 
@@ -50,7 +51,10 @@ class SamplingParams:
     probability), "topk_margin" (top-1 minus top-2) or "entropy" (negative
     entropy), which commit on Dream's schedule (``int(masked * (1 - s / t))`` a
     step), or Dream's "origin" (each masked position with probability
-    ``1 - s / t``, drawn from the request's seeded stream)."""
+    ``1 - s / t``, drawn from the request's seeded stream), or
+    "fast_dllm_block" (Fast-dLLM's block-wise Dream sampler: a block's first
+    step commits its first slot, the others "entropy" on Dream's schedule from
+    its second timestep; at least 2 steps per block)."""
     top_p: float = 1.0
     """Nucleus sampling: a slot's candidate comes from its most probable tokens
     up to cumulative probability top_p (1 is off); Dream's rules read their
@@ -123,6 +127,12 @@ class SamplingParams:
             )
         if self.remasking not in REMASKING:
             raise ValueError(f"remasking={self.remasking!r} is not one of {REMASKING}")
+        if self.remasking == "fast_dllm_block" and self.steps_per_block < 2:
+            raise ValueError(
+                f"remasking='fast_dllm_block' needs at least 2 steps per block "
+                f"(steps={self.steps} over {self.num_diffusion_blocks} blocks): its "
+                "first step commits only the block's first slot"
+            )
         if not 0 < self.top_p <= 1:
             raise ValueError(f"top_p={self.top_p} must be in (0, 1]")
         if not isinstance(self.top_k, int) or isinstance(self.top_k, bool):

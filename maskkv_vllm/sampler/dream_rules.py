@@ -20,8 +20,20 @@ import torch
 
 CONFIDENCE_RULES = ("maskgit_plus", "topk_margin", "entropy")
 """Dream's rules that rank positions by a confidence."""
-DREAM_RULES = (*CONFIDENCE_RULES, "origin")
+FIRST_SLOT = "fast_dllm_block"
+"""Fast-dLLM's block-wise Dream sampler: a block's first forward commits the
+block's first slot, then ``entropy`` on Dream's schedule from its second
+timestep, the row it ranks over being the block (its dual-cache variant)."""
+DREAM_RULES = (*CONFIDENCE_RULES, "origin", FIRST_SLOT)
 """``remasking`` values that are Dream's algorithms (they use its schedule)."""
+
+
+def confidence_rule(remasking: str) -> str | None:
+    """The confidence a ``remasking`` value ranks by (None: not Dream's)."""
+    if remasking == FIRST_SLOT:
+        return "entropy"
+    return remasking if remasking in CONFIDENCE_RULES else None
+
 
 EPS = 1e-3
 """Dream's default ``eps``: the last timestep of the schedule."""

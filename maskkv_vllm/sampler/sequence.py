@@ -8,6 +8,7 @@ import torch
 
 from maskkv_vllm.sampler.dream_rules import (
     DREAM_RULES,
+    FIRST_SLOT,
     dream_transfer_count,
     origin_transfer,
     ranked_transfer,
@@ -150,14 +151,20 @@ class DiffusionSequence:
         p, step = self.params, self.step_in_block
         if p.remasking == "origin":
             return origin_transfer(masked, step, p.steps_per_block, self.generator)
+        if p.remasking == FIRST_SLOT and step == 0:
+            return masked[:1].nonzero().squeeze(-1)
         if p.remasking in DREAM_RULES:
             k = dream_transfer_count(int(masked.sum()), step, p.steps_per_block)
             if p.threshold is None and k > 0:
+                # Dream ranks over its whole sequence; Fast-dLLM's block
+                # variant over the block's row.
+                offset = self.prompt_len + self.block_start
                 width = self.prompt_len + p.gen_length
+                if p.remasking == FIRST_SLOT:
+                    offset, width = 0, p.block_length
                 return ranked_transfer(
-                    confidence, masked, k, p.alg_temp, self.generator,
-                    self.prompt_len + self.block_start, width,
-                )  # fmt: skip
+                    confidence, masked, k, p.alg_temp, self.generator, offset, width
+                )
         elif step < len(self.schedule):
             k = self.schedule[step]
         else:

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import torch
 
-from maskkv_vllm.sampler.dream_rules import CONFIDENCE_RULES, dream_confidences
+from maskkv_vllm.sampler.dream_rules import confidence_rule, dream_confidences
 from maskkv_vllm.sampler.remasking import gumbel_candidates, random_confidences
 from maskkv_vllm.sampler.top_filters import top_filter_mask
 
@@ -162,13 +162,13 @@ def propose_chunk(
     if rule.remasking == "low_confidence":
         probs = torch.softmax(logits.to(torch.float64), dim=-1)
     logits[:, rule.mask_token_id] = -torch.inf
-    dream = rule.remasking in CONFIDENCE_RULES
+    dream = confidence_rule(rule.remasking)
     scaled = _filtered(logits, rule) if dream or rule.filters else None
     cand = gumbel_candidates(logits, rule.temperature, uniform)
     if dream:
         # Dream's: the filtered distribution at the temperature, over the
         # tokens a slot can take ([MASK] excluded), as the candidate's.
-        conf = dream_confidences(torch.softmax(scaled, dim=-1), cand, rule.remasking)
+        conf = dream_confidences(torch.softmax(scaled, dim=-1), cand, dream)
         return cand, conf.to(torch.float64)
     if probs is None:
         return cand, torch.full(

@@ -104,6 +104,64 @@ def test_dream_s_rules_equal_its_loop_over_the_whole_canvas(dream, alg, gen, ste
     assert got == [_cut(w, runner.stop_token_ids) for w in want]
 
 
+def block_reference(model, prompt, gen, block, steps):
+    """Fast-dLLM's block-wise Dream loop (``generation_utils_block._sample``,
+    temperature 0), each forward over the whole sequence: at a block's start
+    its first slot takes the argmax, then steps 1 .. n-1 of the block's
+    ``linspace(1, eps, n + 1)`` commit ``int(masked * (1 - s / t))`` slots by
+    negative entropy (all left at the last), ranked over the block's row."""
+    mask = model.config.mask_token_id
+    x = torch.tensor([prompt + [mask] * gen])
+    pos = torch.arange(x.shape[1])[None]
+    n = steps // (gen // block)
+    times = torch.linspace(1, 1e-3, n + 1)
+
+    def logits():
+        out = shift_logits(model.logits(model(x, pos)))
+        out[..., mask] = -torch.inf
+        return out
+
+    for b in range(gen // block):
+        start = len(prompt) + b * block
+        x[0, start] = logits()[0, start].argmax()
+        for i in range(1, n):
+            masked = x[:, start : start + block] == mask
+            if not masked.any():
+                break
+            probs = torch.softmax(logits()[:, start : start + block][masked], dim=-1)
+            x0 = probs.argmax(dim=-1)
+            conf = (probs * torch.log(probs + 1e-10)).sum(dim=-1)
+            num = masked.sum() / 1
+            t, s = times[i], times[i + 1]
+            k = int(num * (1 - s / t)) if i < n - 1 else int(num)
+            row = torch.full((1, block), -torch.inf)
+            row[masked] = conf
+            proposal = torch.full((1, block), mask)
+            proposal[masked] = x0
+            if k > 0:
+                idx = torch.topk(row, k).indices[0]
+                x[0, start + idx] = proposal[0, idx]
+    return x[0, len(prompt) :].tolist()
+
+
+@pytest.mark.parametrize(("gen", "block", "steps"), [(16, 8, 8), (12, 4, 6), (8, 8, 4)])
+def test_fast_dllm_block_variant_equals_its_loop(dream, gen, block, steps):
+    model, tok = dream
+    runner = ModelRunner(model, tok, CacheConfig("none"), early_stop=False)
+    params = SamplingParams(
+        gen_length=gen, block_length=block, steps=steps, remasking="fast_dllm_block"
+    )
+    got = [o.token_ids for o in runner.generate(PROMPTS, params)]
+    want = [block_reference(model, p, gen, block, steps) for p in PROMPTS]
+    assert got == [_cut(w, runner.stop_token_ids) for w in want]
+    # Its first step commits the block's first slot, whatever the confidences.
+    seq = runner.make_sequence(0, PROMPTS[0], params)
+    runner.step([seq])
+    assert (seq.canvas != model.config.mask_token_id).tolist() == [True] + [False] * (
+        gen - 1
+    )
+
+
 CASES = {
     "origin": dict(remasking="origin"),
     "origin+top_p": dict(remasking="origin", top_p=0.5),
@@ -194,6 +252,14 @@ def test_top_k_keeps_ties_and_applies_after_top_p():
 def test_bad_values_are_named(field, value, words):
     with pytest.raises(ValueError, match=words):
         SamplingParams(gen_length=8, block_length=8, steps=8, **{field: value})
+
+
+def test_fast_dllm_block_needs_two_steps_a_block():
+    # One step a block would commit only each block's first slot.
+    with pytest.raises(ValueError, match=r"at least 2 steps per block \(steps=2 "):
+        SamplingParams(
+            gen_length=8, block_length=4, steps=2, remasking="fast_dllm_block"
+        )
 
 
 def test_top_p_changes_a_sampled_answer_only_within_the_kept_tokens(dream):

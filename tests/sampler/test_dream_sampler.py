@@ -71,7 +71,9 @@ CACHED = {
 
 
 @pytest.mark.parametrize("mode", list(CACHED))
-@pytest.mark.parametrize("alg", ["maskgit_plus", "entropy", "low_confidence"])
+@pytest.mark.parametrize(
+    "alg", ["maskgit_plus", "entropy", "low_confidence", "fast_dllm_block"]
+)
 def test_one_layer_dream_is_exact_in_every_cached_mode(one_layer_dream, mode, alg):
     # With one layer the prompt's cached K/V are exactly a full forward's, so a
     # cached step must give none's tokens: the slot before each forwarded span

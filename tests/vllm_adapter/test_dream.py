@@ -160,6 +160,10 @@ def test_checkpoint_names_map_to_fused_params(llm):
     }
 
 
+FAST_DLLM_BLOCK = {"remasking": "fast_dllm_block", "canvas_cache": "dual_refresh"}
+"""Fast-dLLM's block-wise Dream sampler on the dual cache it was written for."""
+
+
 @pytest.mark.parametrize(
     "params",
     [
@@ -187,6 +191,10 @@ def test_checkpoint_names_map_to_fused_params(llm):
             kv_policy="snapkv",
             kv_budget=3,
         ),
+        SamplingParams(gen_length=16, block_length=8, steps=8, **FAST_DLLM_BLOCK),
+        SamplingParams(
+            gen_length=16, block_length=8, steps=8, remasking="origin", top_k=3, seed=1
+        ),
     ],  # fmt: skip
     ids=[
         "low-confidence",
@@ -198,6 +206,8 @@ def test_checkpoint_names_map_to_fused_params(llm):
         "dual-refresh",
         "maskkv",
         "snapkv-dual",
+        "fast-dllm-block",
+        "origin-top-k",
     ],  # fmt: skip
 )
 def test_tokens_equal_the_embedded_engine(llm, embedded, params):
