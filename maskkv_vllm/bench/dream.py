@@ -8,8 +8,9 @@ step is per canvas row, the same at every prompt length.
 
 Rows, from the suite's own figures (``figures.py``, ``canvas.py``): KV bytes per
 prompt token, full and MaskKV at B; the MaskKV step beside the full cache's
-(both paged) over the prompt lengths; the requests one pool admits, full vs
-MaskKV; the canvas cache, ``none`` vs ``dual``.
+(both paged) over the prompt lengths; the MaskKV step of every length in
+lockstep (is it flat?); the requests one pool admits, full vs MaskKV; the
+canvas cache, ``none`` vs ``dual``.
 """
 
 from __future__ import annotations
@@ -69,8 +70,13 @@ def run(cfg: BenchConfig) -> dict:
         ckpt = bench_checkpoint(cfg.model, longest + canvas_len + 64, tmp)
         model, tok = load_checkpoint(ckpt, "float32", cfg.device)
     r = suite.header({k: v for k, v in dataclasses.asdict(cfg).items() if k in USED})
-    with tqdm(total=len(cfg.prompt_lens) * len(MODES) + 2, desc="dream") as bar:
+    with tqdm(total=len(cfg.prompt_lens) * len(MODES) + 3, desc="dream") as bar:
         r["step_time"] = suite.step_rows(model, tok, cfg, bar, MODES)
+        r["flat_step"] = figures.flat_step(
+            model, tok, cfg.prompt_lens, cfg.gen_length, cfg.budget, cfg.device,
+            cfg.pool,
+        )  # fmt: skip
+        bar.update(1)
         r["long_capacity"] = figures.long_capacity(
             model, tok, cfg.long_capacity_prompt, cfg.gen_length, cfg.budget, cfg.pool
         )
@@ -118,6 +124,8 @@ def report(r: dict) -> str:
         *capacity_lines(r["long_capacity"], c),
         "",
         *step_lines(r["step_time"]),
+        "",
+        *flat_lines(r["flat_step"]),
         "",
         *canvas.report(r["canvas_cache"]),
     ]
@@ -170,6 +178,19 @@ def step_lines(rows: list[dict]) -> list[str]:
             f"{x['paged_first_ms']:>12.0f} | {x['maskkv_first_ms']:>14.0f}"
         )
     return lines
+
+
+def flat_lines(rows: list[dict]) -> list[str]:
+    """MaskKV's step at every length, the lengths in lockstep."""
+    first = rows[0]["step_ms"]
+    cells = ", ".join(
+        f"{x['prompt_len']}: {x['step_ms']:.1f} ms ({x['step_ms'] / first:.2f}x)"
+        for x in rows
+    )
+    return [
+        "MaskKV step at every prompt length, the lengths in lockstep (median ms "
+        f"after the first step; x the shortest): {cells}"
+    ]
 
 
 def save(r: dict, out_dir) -> list[str]:

@@ -109,6 +109,20 @@ def step_time_curve(
     return rows
 
 
+def flat_step(model, tok, lengths, gen, budget, device, pool) -> list[dict]:
+    """MaskKV's median step (after the first) at every prompt length, the
+    lengths' sequences stepping in lockstep on one runner: whether the step is
+    flat in the prompt length, measured side by side, so load drift between
+    lengths (which separate runs suffer) falls on every length alike."""
+    runner = sampler_for(model, tok, "paged", pool)
+    sp = params(gen, "maskkv", budget)
+    step_times(runner, runner.make_sequence(0, english_ids(tok, 16), sp), device)
+    seqs = {m: runner.make_sequence(i, english_ids(tok, m), sp)
+            for i, m in enumerate(lengths)}  # fmt: skip
+    times = lockstep_times(dict.fromkeys(lengths, runner), seqs, device)
+    return [{"prompt_len": m, **time_summary(times[m])} for m in lengths]
+
+
 def capacity(model, tok, prompt_len, gen, budget, pool, limit=512):
     """How many long-prompt requests one pool holds at once, full vs MaskKV:
     requests are added one per engine step (each step prefills the newcomer) until

@@ -56,6 +56,15 @@ def test_the_step_rows_are_full_and_maskkv_at_each_prompt_length(dream_run):
             assert row[f"{label}_first_ms"] > 0
 
 
+def test_the_flat_step_row_steps_every_length_in_lockstep(dream_run):
+    r, txt = dream_run
+    rows = r["flat_step"]
+    assert [x["prompt_len"] for x in rows] == [64, 128]
+    assert all(x["step_ms"] > 0 and x["first_ms"] > 0 for x in rows)
+    line = next(t for t in txt.read_text().splitlines() if "in lockstep (" in t)
+    assert "64: " in line and "(1.00x)" in line and "128: " in line
+
+
 def test_the_canvas_cache_rows_run_on_dream(dream_run):
     r, _ = dream_run
     (row,) = r["canvas_cache"]
