@@ -16,10 +16,8 @@ pytest.importorskip("vllm")
 
 from maskkv_vllm.models.loader import load_model  # noqa: E402
 from maskkv_vllm.vllm_adapter.plugin import register  # noqa: E402
-from maskkv_vllm.vllm_adapter.worker.model import (  # noqa: E402
-    checkpoint_shapes,
-    param_for_checkpoint,
-)
+from maskkv_vllm.vllm_adapter.worker.diffusion_lm import fused_param_for  # noqa: E402
+from maskkv_vllm.vllm_adapter.worker.model import FUSED_PARAMS  # noqa: E402
 
 pytestmark = pytest.mark.vllm
 
@@ -87,6 +85,10 @@ def test_an_autoregressive_engine_is_refused(vllm_tiny_dir):
         )  # fmt: skip
 
 
+def param_for_checkpoint(name):
+    return fused_param_for(name, FUSED_PARAMS)
+
+
 def test_checkpoint_names_map_to_fused_params():
     blk = "model.transformer.blocks.0"
     qkv = f"{blk}.qkv_proj"
@@ -104,8 +106,8 @@ def test_checkpoint_names_map_to_fused_params():
 
 def test_every_checkpoint_tensor_has_a_parameter(llm):
     def names(model):
-        official = checkpoint_shapes(model.config)
-        targets = {param_for_checkpoint(n)[0] for n in official}
+        official = model.checkpoint_shapes()
+        targets = {model.param_for_checkpoint(n)[0] for n in official}
         return sorted(targets), sorted(dict(model.named_parameters()))
 
     ((targets, params),) = llm.apply_model(names)

@@ -35,9 +35,7 @@ from maskkv_vllm.vllm_adapter.worker.diffusion_lm import (
     DiffusionLMBase,
     StepAttention,
     attend,
-    fused_param_for,
     join_prefix,
-    meta_shapes,
     packed_modules,
     pool_layer,
 )
@@ -65,25 +63,6 @@ def llada_config_from_hf(hf_config: Any) -> llada_config.LLaDAConfig:
     since both serialise LLaDA's own field names.
     """
     return llada_config.LLaDAConfig.from_dict(hf_config.to_dict())
-
-
-def checkpoint_shapes(config: llada_config.LLaDAConfig) -> dict[str, torch.Size]:
-    """Every tensor an official LLaDA checkpoint holds, with its full shape.
-
-    Read off our plain ``LLaDAModel`` (whose ``state_dict`` keys are the
-    official names), built on the meta device so nothing is allocated.
-    """
-    return meta_shapes(LLaDAModel, config)
-
-
-def param_for_checkpoint(name: str) -> tuple[str, str | int | None]:
-    """Our parameter name and shard id for one official checkpoint tensor.
-
-    Example: ``"model.transformer.blocks.0.k_proj.weight"`` ->
-    ``("model.transformer.blocks.0.qkv_proj.weight", "k")``; names of unfused
-    modules map to themselves with shard None.
-    """
-    return fused_param_for(name, FUSED_PARAMS)
 
 
 class LLaDAParallelBlock(nn.Module):
