@@ -28,7 +28,7 @@ REMASKING = (
 )
 """LLaDA's rules, then Dream's (``sampler.dream_rules``: its confidences and
 step schedule), then Fast-dLLM's block-wise variant of Dream's sampler."""
-CANVAS_CACHES = ("none", "dual", "dual_refresh")
+CANVAS_CACHES = ("none", "dual", "dual_refresh", "adaptive")
 
 
 @dataclass(frozen=True)
@@ -87,7 +87,21 @@ class SamplingParams:
     canvas stores the K/V of the canvas outside the block, and the block's other
     steps compute only its own rows; "dual_refresh": the same, with the boundary
     forward over prompt and canvas (Fast-dLLM's generate_with_dual_cache; full
-    cache only). None takes the engine's default. Needs the paged cache."""
+    cache only); "adaptive": dLLM-Cache's answer-feature cache - every
+    ``canvas_refresh_interval`` steps one forward over the canvas stores each
+    layer's canvas K/V and attention and MLP outputs, and the steps between
+    recompute, per layer, only the ``canvas_refresh_ratio`` of canvas rows whose
+    value vectors moved most (the rest reuse their cached outputs). None takes
+    the engine's default. Needs the paged cache."""
+    canvas_refresh_interval: int = 5
+    """``canvas_cache="adaptive"``: steps between full canvas refreshes (the
+    first canvas step is one), dLLM-Cache's response interval (MaskKV's
+    setting: 5)."""
+    canvas_refresh_ratio: float = 0.25
+    """``canvas_cache="adaptive"``: share of canvas rows a step between
+    refreshes recomputes in each layer (at least one), those with the lowest
+    cosine similarity between their new and cached value vectors (dLLM-Cache's
+    rho; MaskKV's setting: 0.25)."""
 
     def __post_init__(self) -> None:
         self._check_types()
@@ -119,6 +133,19 @@ class SamplingParams:
         if self.canvas_cache is not None and self.canvas_cache not in CANVAS_CACHES:
             raise ValueError(
                 f"canvas_cache={self.canvas_cache!r} is not one of {CANVAS_CACHES}"
+            )
+        if (
+            not isinstance(self.canvas_refresh_interval, int)
+            or isinstance(self.canvas_refresh_interval, bool)
+            or self.canvas_refresh_interval <= 0
+        ):
+            raise ValueError(
+                f"canvas_refresh_interval={self.canvas_refresh_interval!r} must be "
+                "a positive integer"
+            )
+        if not 0 < self.canvas_refresh_ratio <= 1:
+            raise ValueError(
+                f"canvas_refresh_ratio={self.canvas_refresh_ratio} must be in (0, 1]"
             )
         if self.canvas_cache == "dual_refresh" and _evicts(self.kv_policy):
             raise ValueError(
@@ -195,11 +222,34 @@ class SamplingParams:
 
     @property
     def canvas_cached(self) -> int:
-        """Canvas positions whose K/V a row keeps between steps: those outside
-        the current diffusion block with "dual", else 0."""
+        """Canvas positions whose K/V a row keeps outside its current diffusion
+        block (the dual canvas cache), else 0."""
         if self.canvas_cache in ("dual", "dual_refresh"):
             return self.gen_length - self.block_length
         return 0
+
+    def canvas_entries(self, group: int) -> int:
+        """Entries each KV head of a layer keeps after its prompt entries for the
+        canvas cache: the cached canvas K/V, and with "adaptive" also the canvas
+        rows' attention and MLP outputs, ``group`` entries a row (a row's
+        outputs are Hq x head_dim each; a KV head stores its group's slices).
+
+        Args:
+            group: query heads per KV head (Hq / Hkv).
+        """
+        if self.canvas_cache == "adaptive":
+            return self.gen_length * (1 + group)
+        return self.canvas_cached
+
+    @property
+    def caches_canvas(self) -> bool:
+        """Whether a row keeps canvas state in its pages between steps."""
+        return self.canvas_cache not in (None, "none")
+
+    @property
+    def canvas_selected(self) -> int:
+        """Canvas rows an "adaptive" step between refreshes recomputes."""
+        return max(1, math.ceil(self.canvas_refresh_ratio * self.gen_length))
 
     @property
     def num_diffusion_blocks(self) -> int:

@@ -1,9 +1,12 @@
-"""The canvas cache in ``maskkv bench``: a step with ``dual`` against ``none``.
+"""The canvas cache in ``maskkv bench``: steps with ``dual`` and ``adaptive``
+against ``none``.
 
-Per (gen, block) shape and prompt length, four labels run in lockstep: the full
-cache and MaskKV, each with ``canvas_cache`` none and dual. A dual step is
-bimodal (a canvas forward at each block boundary, block-only forwards between),
-so the figure is the MEAN step after the first (the prefill), not the median.
+Per (gen, block) shape and prompt length, six labels run in lockstep: the full
+cache and MaskKV, each with ``canvas_cache`` none, dual and adaptive (its
+defaults: a refresh every 5 steps, a quarter of the rows between). Both caches
+give bimodal steps (a canvas forward at each block boundary or refresh, cheaper
+steps between), so the figure is the MEAN step after the first (the prefill),
+not the median.
 """
 
 from __future__ import annotations
@@ -14,11 +17,12 @@ from maskkv_vllm.bench.common import english_ids, lockstep_times, step_times
 from maskkv_vllm.sampling_params import SamplingParams
 from maskkv_vllm.worker.model_runner import ModelRunner
 
-LABELS = (
-    ("full_none", "full", "none"),
-    ("full_dual", "full", "dual"),
-    ("maskkv_none", "maskkv", "none"),
-    ("maskkv_dual", "maskkv", "dual"),
+CACHES = ("dual", "adaptive")
+"""The canvas caches measured against ``none``."""
+LABELS = tuple(
+    (f"{policy}_{cache}", policy, cache)
+    for policy in ("full", "maskkv")
+    for cache in ("none", *CACHES)
 )
 """(label, policy, canvas cache)."""
 
@@ -67,10 +71,15 @@ def _row(sampler, tok, m, gen, block, sp, device, repeats) -> dict:
     for label in sp:
         row[f"{label}_step_ms"], row[f"{label}_total_ms"] = best[label]
     for policy in ("full", "maskkv"):
-        none, dual = canvases[f"{policy}_none"], canvases[f"{policy}_dual"]
-        row[f"{policy}_agreement"] = sum(
-            a == b for a, b in zip(none, dual, strict=True)
-        ) / len(none)
+        none = canvases[f"{policy}_none"]
+        for cache in CACHES:
+            other = canvases[f"{policy}_{cache}"]
+            key = (
+                f"{policy}_agreement"
+                if cache == "dual"
+                else f"{policy}_{cache}_agreement"
+            )
+            row[key] = sum(a == b for a, b in zip(none, other, strict=True)) / len(none)
     return row
 
 
@@ -103,5 +112,26 @@ def report(rows: list[dict]) -> list[str]:
             agree = r[f"{policy}_agreement"]
             cells += [f"{none:>{width}.2f}", f"{dual:>{width}.2f}",
                       f"{dual / none:>5.2f}", f"{agree:>5.2f}"]  # fmt: skip
+        lines.append(" | ".join(cells))
+    if rows and "full_adaptive_step_ms" in rows[0]:
+        lines += adaptive_report(rows)
+    return lines
+
+
+def adaptive_report(rows: list[dict]) -> list[str]:
+    """The adaptive canvas cache's lines: its mean step, adaptive / none, and
+    its share of tokens equal to none's."""
+    lines = [
+        "adaptive canvas cache (refresh every 5 steps, 1/4 of the rows between):",
+        f"{'gen/blk':>7} | {'prompt':>6} | {'full adapt':>10} | {'ratio':>5} | "
+        f"{'agree':>5} | {'maskkv adapt':>12} | {'ratio':>5} | {'agree':>5}",
+    ]
+    for r in rows:
+        cells = [f"{r['gen']}/{r['block']}".rjust(7), f"{r['prompt_len']:>6}"]
+        for policy, width in (("full", 10), ("maskkv", 12)):
+            ms = r[f"{policy}_adaptive_step_ms"]
+            ratio = ms / r[f"{policy}_none_step_ms"]
+            agree = r[f"{policy}_adaptive_agreement"]
+            cells += [f"{ms:>{width}.2f}", f"{ratio:>5.2f}", f"{agree:>5.2f}"]
         lines.append(" | ".join(cells))
     return lines

@@ -31,6 +31,8 @@ class KVCacheManager:
         prompt_cache: the engine's ``PromptCache``.
         policies: the engine's policies (a request's policy bounds its pages).
         num_layers, num_kv_heads: the model's.
+        group: its query heads per KV head (the "adaptive" canvas cache keeps
+            that many output entries per canvas row and KV head).
     """
 
     def __init__(
@@ -39,9 +41,11 @@ class KVCacheManager:
         policies: PolicySet,
         num_layers: int,
         num_kv_heads: int,
+        group: int = 1,
     ) -> None:
         self.prompt_cache, self.policies = prompt_cache, policies
         self.num_layers, self.num_kv_heads = num_layers, num_kv_heads
+        self.group = group
 
     @property
     def pool(self):
@@ -99,6 +103,6 @@ class KVCacheManager:
             prompt_len,
             self.num_kv_heads,
             pool.page_size,
-            canvas_tokens=params.canvas_cached,
+            canvas_tokens=params.canvas_entries(self.group),
         )
         return params.num_rows * n

@@ -78,8 +78,9 @@ class LLMEngine:
             policies=self.policies,
         )
         self.kv_cache_manager = KVCacheManager(
-            self.kv_cache, self.policies, c.n_layers, c.n_kv_heads
-        )
+            self.kv_cache, self.policies, c.n_layers, c.n_kv_heads,
+            c.n_heads // c.n_kv_heads,
+        )  # fmt: skip
         self.metrics = EngineMetrics()
         self.scheduler = Scheduler(
             config.max_num_seqs,

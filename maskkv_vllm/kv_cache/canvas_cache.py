@@ -36,14 +36,25 @@ class CanvasSpan:
         end = self.block_start + self.block_length
         return torch.cat([x[:, : self.block_start], x[:, end:]], dim=1)
 
+    def stored(self, x: torch.Tensor) -> torch.Tensor:
+        """The canvas entries step 0 keeps: those outside the block."""
+        return self.outside(x)
 
-def canvas_span(params, block_start: int) -> CanvasSpan | None:
-    """The current block of a row whose ``params`` cache the canvas, else None.
+
+def canvas_span(params, block_start: int, group: int = 1):
+    """What a row whose ``params`` cache the canvas keeps after its prompt
+    entries: its current block's ``CanvasSpan`` (dual), a ``FeatureSpan``
+    (adaptive), else None.
 
     Args:
         params: the row's ``SamplingParams``.
         block_start: canvas offset of its current diffusion block.
+        group: the model's query heads per KV head.
     """
+    if params.canvas_cache == "adaptive":
+        from maskkv_vllm.kv_cache.adaptive_canvas import FeatureSpan
+
+        return FeatureSpan(params.gen_length, group)
     if not params.canvas_cached:
         return None
     return CanvasSpan(block_start, params.block_length)
@@ -72,6 +83,31 @@ def append_canvas(
     return write_with_canvas
 
 
+def region_slots(
+    heads: Sequence[HeadPages],
+    c: int,
+    page_size: int,
+    page_map: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """(Hkv, C) flat slots of the last C entries of every head of one layer.
+
+    Args:
+        heads: the layer's ``HeadPages`` (each holds its prompt entries + C).
+        page_map: page id -> page of the store (None: the same ids).
+    """
+    slots = []
+    for head in heads:
+        if head.num_tokens < c:
+            raise ValueError(
+                f"a head holds {head.num_tokens} entries, fewer than the {c} "
+                "canvas entries it caches"
+            )
+        ids = torch.tensor(head.page_ids, dtype=torch.long)
+        ids = ids if page_map is None else page_map[ids]
+        slots.append(head_slots(ids, head.num_tokens, page_size)[head.num_tokens - c :])
+    return torch.stack(slots)
+
+
 def write_canvas(
     store: PageStore,
     heads: Sequence[HeadPages],
@@ -89,18 +125,9 @@ def write_canvas(
     c = k.shape[1]
     if c == 0:
         return
-    slots = []
-    for head in heads:
-        if head.num_tokens < c:
-            raise ValueError(
-                f"a head holds {head.num_tokens} entries, fewer than the {c} "
-                "canvas entries it caches"
-            )
-        ids = torch.tensor(head.page_ids, dtype=torch.long)
-        ids = ids if page_map is None else page_map[ids]
-        slots.append(head_slots(ids, head.num_tokens, store.page_size)[-c:])
+    slots = region_slots(heads, c, store.page_size, page_map)
     store.write(
-        torch.cat(slots).to(store.k_cache.device),
+        slots.flatten().to(store.k_cache.device),
         k.reshape(-1, k.shape[2]),
         v.reshape(-1, v.shape[2]),
     )

@@ -9,7 +9,7 @@ from collections.abc import Hashable
 import torch
 
 from maskkv_vllm.config import CacheConfig
-from maskkv_vllm.kv_cache.canvas_cache import write_canvas
+from maskkv_vllm.kv_cache.canvas_cache import region_slots, write_canvas
 from maskkv_vllm.kv_cache.page_store import PageStore, write_layer
 from maskkv_vllm.kv_cache.page_table_tensors import layer_table, stack_tables
 from maskkv_vllm.paging.page_pool import PagePool
@@ -46,6 +46,7 @@ class PagedKVCache:
         self._tables: dict[
             tuple[RequestId, int], tuple[torch.Tensor, torch.Tensor]
         ] = {}
+        self._regions: dict[tuple[RequestId, int], torch.Tensor] = {}
         self.canvas_tokens: dict[RequestId, int] = {}
         """Per request, C: canvas entries each head holds after its prompt's."""
 
@@ -100,6 +101,7 @@ class PagedKVCache:
         h, n, _ = k.shape
         lengths = [n] * h if lengths is None else list(lengths)
         self._tables.pop((request_id, layer), None)
+        self._regions.pop((request_id, layer), None)
         write_layer(self.store, self.manager, request_id, layer, k, v, lengths)
 
     def write_canvas(
@@ -116,11 +118,22 @@ class PagedKVCache:
         heads = self.manager.tables[request_id].layer(layer)
         write_canvas(self.store, heads, k, v)
 
+    def region_slots(self, request_id: RequestId, layer: int) -> torch.Tensor:
+        """(n_kv_heads, C) flat slots of each head's canvas region, in order
+        (computed once per layer: the region's pages stay put until freed)."""
+        key = (request_id, layer)
+        if key not in self._regions:
+            c = self.canvas_tokens.get(request_id, 0)
+            heads = self.manager.tables[request_id].layer(layer)
+            self._regions[key] = region_slots(heads, c, self.page_size).to(self.device)
+        return self._regions[key]
+
     def free(self, request_id: RequestId) -> int:
         """Return all pages of a request; idempotent. Returns pages freed."""
         self.canvas_tokens.pop(request_id, None)
         for layer in range(self.manager.num_layers):
             self._tables.pop((request_id, layer), None)
+            self._regions.pop((request_id, layer), None)
         return self.manager.free(request_id)
 
     # -- reading -----------------------------------------------------------------
@@ -141,9 +154,7 @@ class PagedKVCache:
             page_tables: (B, n_kv_heads, max_pages) int32, padded with the null page.
             seq_lens: (B, n_kv_heads) int32 tokens held per head.
         """
-        tables, lens = stack_tables(
-            [self._request_table(r, layer) for r in request_ids]
-        )
+        tables, lens = stack_tables([self.request_table(r, layer) for r in request_ids])
         if prompt_only:
             c = [self.canvas_tokens.get(r, 0) for r in request_ids]
             lens = lens - torch.tensor(c, dtype=lens.dtype, device=lens.device)[:, None]
@@ -175,7 +186,7 @@ class PagedKVCache:
 
     # -- helpers -----------------------------------------------------------------
 
-    def _request_table(
+    def request_table(
         self, request_id: RequestId, layer: int
     ) -> tuple[torch.Tensor, torch.Tensor]:
         key = (request_id, layer)

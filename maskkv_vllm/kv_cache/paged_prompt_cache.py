@@ -7,6 +7,7 @@ import functools
 import torch
 
 from maskkv_vllm.eviction.evictor import Eviction
+from maskkv_vllm.kv_cache.adaptive_canvas import AdaptiveCanvasAttention, AdaptiveRow
 from maskkv_vllm.kv_cache.canvas_cache import CanvasSpan, append_canvas
 from maskkv_vllm.kv_cache.forward_batch import ForwardBatch
 from maskkv_vllm.kv_cache.paged_attention import Workspace, paged_attention
@@ -50,8 +51,8 @@ class PagedCapturingAttention:
             span = slice(start, b.row_ends[row])
             write = functools.partial(self.cache.write_layer, key)
             if (canvas := self.spans[row]) is not None:
-                kc = canvas.outside(k[row, :, prompt_end : b.row_ends[row]])
-                vc = canvas.outside(v[row, :, prompt_end : b.row_ends[row]])
+                kc = canvas.stored(k[row, :, prompt_end : b.row_ends[row]])
+                vc = canvas.stored(v[row, :, prompt_end : b.row_ends[row]])
                 self.cache.canvas_tokens[key] = kc.shape[1]
                 write = append_canvas(write, kc, vc)
             capture_layer(
@@ -143,6 +144,40 @@ class PagedPromptCache:
         return PagedPromptAttention(
             self.cache, keys, block_mask, self.workspace, block_rows=True
         )
+
+    def adaptive_attention(
+        self,
+        keys: list[CacheKey],
+        canvas_lens: list[int],
+        selected: list[int],
+        shift: int,
+    ) -> AdaptiveCanvasAttention:
+        """A step of rows with the adaptive canvas cache (``adaptive_canvas``).
+
+        Args:
+            canvas_lens: each row's L.
+            selected: canvas rows each recomputes (L at a refresh).
+            shift: query-only columns before each canvas.
+        """
+        cache = self.cache
+
+        def pages_of(key):
+            def pages(layer):
+                return (
+                    cache.region_slots(key, layer),
+                    *cache.request_table(key, layer),
+                )
+
+            return pages
+
+        rows = [
+            AdaptiveRow(n, r, pages_of(key))
+            for key, n, r in zip(keys, canvas_lens, selected, strict=True)
+        ]
+        return AdaptiveCanvasAttention(
+            rows, cache.store, shift, cache.manager.num_kv_heads,
+            cache.store.head_dim, self.workspace,
+        )  # fmt: skip
 
     def has(self, key: CacheKey) -> bool:
         return self.cache.has(key)

@@ -60,6 +60,17 @@ class PromptCache(Protocol):
         canvas KV plus the block's own."""
         ...
 
+    def adaptive_attention(
+        self,
+        keys: list[CacheKey],
+        canvas_lens: list[int],
+        selected: list[int],
+        shift: int,
+    ) -> Attention:
+        """Whole-canvas rows that recompute ``selected`` rows each per layer and
+        reuse the cached outputs of the rest (``adaptive_canvas``)."""
+        ...
+
     def has(self, key: CacheKey) -> bool: ...
 
     def free(self, key: CacheKey) -> None:

@@ -97,15 +97,29 @@ class DreamLayer(nn.Module):
         hooks it on either model)."""
         return self.self_attn.o_proj
 
+    def value(self, x: torch.Tensor) -> torch.Tensor:
+        """Values alone, (B, Hkv, T, d) from x (B, T, D) (the adaptive canvas
+        cache compares every row's before recomputing a few)."""
+        b, t, _ = x.shape
+        v = self.self_attn.v_proj(self.input_layernorm(x))
+        return v.view(b, t, self.n_kv_heads, self.head_dim).transpose(1, 2)
+
+    def attn_proj(self, o: torch.Tensor) -> torch.Tensor:
+        """Attention output (B, Hq, T, d) -> its residual update (B, T, D)."""
+        b, _, t, _ = o.shape
+        return self.self_attn.o_proj(o.transpose(1, 2).reshape(b, t, -1))
+
+    def ffn(self, x: torch.Tensor) -> torch.Tensor:
+        """The MLP's residual update of x (B, T, D)."""
+        return self.mlp(self.post_attention_layernorm(x))
+
     def forward(
         self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, attn: Attention
     ) -> torch.Tensor:
         """(B, T, D) -> (B, T, D); ``attn`` sees this layer's post-RoPE q/k/v."""
-        b, t, d = x.shape
         q, k, v = self.qkv(x, cos, sin)
-        o = attn(self.layer, q, k, v)  # (B, Hq, T, hd)
-        x = x + self.self_attn.o_proj(o.transpose(1, 2).reshape(b, t, d))
-        return x + self.mlp(self.post_attention_layernorm(x))
+        x = x + self.attn_proj(attn(self.layer, q, k, v))
+        return x + self.ffn(x)
 
 
 class _Decoder(nn.Module):

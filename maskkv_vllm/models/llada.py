@@ -66,15 +66,29 @@ class LLaDABlock(nn.Module):
         v = self.v_proj(a).view(b, t, self.n_kv_heads, self.head_dim).transpose(1, 2)
         return apply_rope(q, cos, sin), apply_rope(k, cos, sin), v
 
+    def value(self, x: torch.Tensor) -> torch.Tensor:
+        """Values alone, (B, Hkv, T, d) from x (B, T, D) (the adaptive canvas
+        cache compares every row's before recomputing a few)."""
+        b, t, _ = x.shape
+        v = self.v_proj(self.attn_norm(x))
+        return v.view(b, t, self.n_kv_heads, self.head_dim).transpose(1, 2)
+
+    def attn_proj(self, o: torch.Tensor) -> torch.Tensor:
+        """Attention output (B, Hq, T, d) -> its residual update (B, T, D)."""
+        b, _, t, _ = o.shape
+        return self.attn_out(o.transpose(1, 2).reshape(b, t, -1))
+
+    def ffn(self, x: torch.Tensor) -> torch.Tensor:
+        """The SwiGLU's residual update of x (B, T, D)."""
+        f = self.ff_norm(x)
+        return self.ff_out(F.silu(self.ff_proj(f)) * self.up_proj(f))
+
     def forward(
         self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, attn: Attention
     ) -> torch.Tensor:
-        b, t, d = x.shape
         q, k, v = self.qkv(x, cos, sin)
-        o = attn(self.layer, q, k, v)  # (B, Hq, T, hd)
-        x = x + self.attn_out(o.transpose(1, 2).reshape(b, t, d))
-        f = self.ff_norm(x)
-        return x + self.ff_out(F.silu(self.ff_proj(f)) * self.up_proj(f))
+        x = x + self.attn_proj(attn(self.layer, q, k, v))
+        return x + self.ffn(x)
 
 
 class _Transformer(nn.Module):

@@ -82,6 +82,9 @@ class DiffusionSequence:
         self.prompt_kv_pages = 0
         """Pages those entries took (read before a finished row frees them)."""
         self.pinned: list[int] = []
+        self.canvas_age: int | None = None
+        """Canvas steps since the adaptive canvas cache was last refreshed (None:
+        nothing cached yet, or a full forward took the region anew)."""
 
     def pin(self, token_ids: list[int]) -> None:
         """Force the first ``len(token_ids)`` canvas slots to these tokens as their
@@ -107,6 +110,21 @@ class DiffusionSequence:
         """Whether the next step is inside a diffusion block of a row that caches
         its canvas: it forwards only the block's rows (``block_length``)."""
         return bool(self.params.canvas_cached) and self.step_in_block > 0
+
+    @property
+    def canvas_refresh_due(self) -> bool:
+        """Whether the next step of an "adaptive" row recomputes every canvas row
+        (its first canvas step, then every ``canvas_refresh_interval``)."""
+        age = self.canvas_age
+        return age is None or age >= self.params.canvas_refresh_interval
+
+    def note_forward(self, kind: str) -> None:
+        """Age the adaptive canvas cache after this step's forward of ``kind``
+        ("adaptive" steps count; any other forward leaves nothing cached)."""
+        if kind != "adaptive":
+            self.canvas_age = None
+        else:
+            self.canvas_age = 1 if self.canvas_refresh_due else self.canvas_age + 1
 
     @property
     def prompt_refresh_due(self) -> bool:

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from maskkv_vllm.eviction.evictor import Eviction
+from maskkv_vllm.kv_cache.adaptive_canvas import FeatureSpan
 from maskkv_vllm.kv_cache.canvas_cache import CanvasSpan, canvas_span
 from maskkv_vllm.sampler.sequence import DiffusionSequence
 from maskkv_vllm.sampler.stops import first_stop, stop_ids
@@ -40,6 +41,8 @@ class DiffusionState:
             steps forward one more token first, the position before the span
             (a query only: its K/V is the cache's), whose output reads the
             span's first slot.
+        group: the model's query heads per KV head (the adaptive canvas
+            cache keeps that many output entries per canvas row and KV head).
         reported: see the field.
     """
 
@@ -49,6 +52,7 @@ class DiffusionState:
     kept_lengths: dict[int, list[int]] = field(default_factory=dict)
     computed: int = 0
     shift: int = 0
+    group: int = 1
     reported: int = 0
     """Answer tokens already handed to the scheduler (whole committed blocks)."""
 
@@ -67,15 +71,25 @@ class DiffusionState:
     @property
     def forward_kind(self) -> str:
         """ "full" (step 0: prompt + canvas), "canvas" (the canvas over the kept
-        prompt KV) or "block" (only the current diffusion block, over the kept
-        prompt and cached canvas KV: ``canvas_cache="dual"`` inside a block)."""
+        prompt KV), "block" (only the current diffusion block, over the kept
+        prompt and cached canvas KV: ``canvas_cache="dual"`` inside a block) or
+        "adaptive" (the canvas, each layer recomputing only some rows)."""
         if self.is_full_forward:
             return "full"
+        if self.seq.params.canvas_cache == "adaptive":
+            return "adaptive"
         return "block" if self.seq.in_block_step else "canvas"
 
-    def canvas_span(self) -> CanvasSpan | None:
-        """The block outside which this row caches its canvas K/V, or None."""
-        return canvas_span(self.seq.params, self.seq.block_start)
+    def canvas_span(self) -> CanvasSpan | FeatureSpan | None:
+        """What this row caches after its prompt entries (``canvas_span``)."""
+        return canvas_span(self.seq.params, self.seq.block_start, self.group)
+
+    def canvas_selected(self) -> int:
+        """Canvas rows each layer recomputes in this "adaptive" step."""
+        seq = self.seq
+        if seq.canvas_refresh_due:
+            return seq.params.gen_length
+        return seq.params.canvas_selected
 
     def next_step_tokens(self) -> int:
         """Tokens its next step forwards (what the scheduler schedules): the

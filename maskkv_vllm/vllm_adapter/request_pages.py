@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import torch
 
-from maskkv_vllm.kv_cache.canvas_cache import write_canvas
+from maskkv_vllm.kv_cache.canvas_cache import region_slots, write_canvas
 from maskkv_vllm.kv_cache.page_store import PageStore, write_layer
 from maskkv_vllm.kv_cache.page_table_tensors import layer_table
 from maskkv_vllm.paging.page_pool import PagePool
@@ -88,6 +88,7 @@ class RequestPages:
         """local page id -> page id of the store (local 0 is the null page)."""
         self.page_size, self.device = block_size, device
         self._tables: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._regions: dict[int, torch.Tensor] = {}
         self.canvas_tokens = 0
         """C: canvas entries each head holds after its prompt's (dual cache)."""
 
@@ -109,6 +110,7 @@ class RequestPages:
                 reservation was too small); nothing of the layer is stored.
         """
         self._tables.pop(layer, None)
+        self._regions.pop(layer, None)
         write_layer(store, self.manager, _SELF, layer, k, v, lengths, self.page_map)
 
     def write_canvas(
@@ -121,6 +123,17 @@ class RequestPages:
         """
         heads = self.manager.tables[_SELF].layer(layer)
         write_canvas(store, heads, k, v, self.page_map)
+
+    def region_slots(self, layer: int) -> torch.Tensor:
+        """(Hkv, C) slots of the store holding each head's canvas region
+        (computed once per layer: the region's pages stay put)."""
+        if layer not in self._regions:
+            heads = self.manager.tables[_SELF].layer(layer)
+            slots = region_slots(
+                heads, self.canvas_tokens, self.page_size, self.page_map
+            )
+            self._regions[layer] = slots.to(self.device)
+        return self._regions[layer]
 
     def table(
         self, layer: int, prompt_only: bool = False

@@ -30,7 +30,7 @@ from maskkv_vllm.sampling_params import SamplingParams
 
 logger = logging.getLogger(__name__)
 
-FORWARD_KINDS = ("full", "canvas", "block")
+FORWARD_KINDS = ("full", "canvas", "block", "adaptive")
 """The forwards of a step, in the order they run (``ModelRunner.forward_kind``)."""
 
 Prompt = str | list[int]
@@ -173,7 +173,12 @@ class ModelRunner:
                 )
         ids = self._tokenize(prompt)
         check_budget(params.kv_policy, params.kv_budget)
-        if params.canvas_cached and not getattr(
+        if params.canvas_cache == "adaptive" and not self.runs_layers:
+            raise ValueError(
+                f"canvas_cache='adaptive' needs a model whose layers expose value, "
+                f"attn_proj and ffn ({type(self.model).__name__} does not)"
+            )
+        if params.caches_canvas and not getattr(
             self.prompt_cache, "supports_canvas_cache", False
         ):
             raise ValueError(
@@ -191,6 +196,22 @@ class ModelRunner:
                 f"max_model_len={self.max_model_len}"
             )
         return ids
+
+    @property
+    def runs_layers(self) -> bool:
+        """Whether the model's layers have the pieces ``run_layer`` needs."""
+        blocks = getattr(self.model, "blocks", None)
+        return blocks is not None and all(
+            hasattr(b, name)
+            for b in blocks
+            for name in ("value", "attn_proj", "ffn", "qkv", "layer")
+        )
+
+    @property
+    def group(self) -> int:
+        """Query heads per KV head."""
+        c = self.model.config
+        return c.n_heads // c.n_kv_heads
 
     @property
     def stop_token_ids(self) -> tuple[int, ...]:
@@ -219,9 +240,12 @@ class ModelRunner:
         """ "full": prompt and canvas (step 0, a prompt refresh, no cache);
         "canvas": the whole canvas over the cached prompt KV; "block": only the
         current diffusion block, over the cached prompt and canvas KV (the dual
-        canvas cache, inside a block)."""
+        canvas cache, inside a block); "adaptive": the whole canvas, each layer
+        recomputing only some rows (the adaptive canvas cache)."""
         if self.needs_full_forward(seq):
             return "full"
+        if seq.params.canvas_cache == "adaptive":
+            return "adaptive"
         if seq.in_block_step:
             return "block"
         return "canvas"
@@ -265,7 +289,7 @@ class ModelRunner:
     def _forward_and_commit(self, seqs: list[DiffusionSequence], kind: str):
         rows = [(s, br) for s in seqs for br in s.branches]
         keys = [br.cache_key for _, br in rows]
-        spans = [canvas_span(s.params, s.block_start) for s, _ in rows]
+        spans = [canvas_span(s.params, s.block_start, self.group) for s, _ in rows]
         pad = self.model.config.pad_token_id
         if kind == "full":
             canvases = [s.canvas for s, _ in rows]
@@ -279,6 +303,8 @@ class ModelRunner:
             if kind == "canvas":
                 cached = [spans] if any(spans) else []
                 attn = self.prompt_cache.cached_attention(keys, batch.key_mask, *cached)
+            elif kind == "adaptive":
+                attn = self._adaptive_attention(rows, keys)
             else:
                 attn = self.prompt_cache.block_attention(keys, batch.key_mask)
         hidden = self.model(batch.input_ids, batch.positions, attn)
@@ -296,8 +322,19 @@ class ModelRunner:
                 block_hidden(h, start, s, self.shift) for h in hidden[i : i + n]
             ]
             s.apply_step(*propose(s, branches, self.model.logits))
+            s.note_forward(kind)
             i += n
             self._after_step(s)
+
+    def _adaptive_attention(self, rows, keys):
+        """Rows of the adaptive canvas cache: all canvas rows at a refresh, else
+        the request's ``canvas_selected``."""
+        lens = [s.params.gen_length for s, _ in rows]
+        selected = [
+            n if s.canvas_refresh_due else s.params.canvas_selected
+            for (s, _), n in zip(rows, lens, strict=True)
+        ]
+        return self.prompt_cache.adaptive_attention(keys, lens, selected, self.shift)
 
     def _cached_rows(self, kind: str, rows) -> tuple[list[int], list[torch.Tensor]]:
         """First positions and tokens of a canvas-only forward: the canvas, or

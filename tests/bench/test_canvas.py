@@ -33,3 +33,23 @@ def test_the_table_has_a_line_per_row_with_the_ratios():
         " 256/32", "   256", "    40.00", "     8.00", " 0.20", " 0.50",
         "      20.00", "       4.00", " 0.20", " 1.00",
     ]  # fmt: skip
+
+
+def test_adaptive_rows_get_their_own_lines():
+    r = row(256, 32, 256, (40.0, 8.0), (20.0, 4.0))
+    r |= {
+        "full_adaptive_step_ms": 12.0, "maskkv_adaptive_step_ms": 5.0,
+        "full_adaptive_agreement": 0.25, "maskkv_adaptive_agreement": 0.75,
+    }  # fmt: skip
+    lines = canvas.report([r])
+    assert lines[-1].split(" | ") == [
+        " 256/32", "   256", "     12.00", " 0.30", " 0.25",
+        "        5.00", " 0.25", " 0.75",
+    ]  # fmt: skip
+
+
+def test_every_policy_runs_every_canvas_cache():
+    assert [label for label, *_ in canvas.LABELS] == [
+        "full_none", "full_dual", "full_adaptive",
+        "maskkv_none", "maskkv_dual", "maskkv_adaptive",
+    ]  # fmt: skip

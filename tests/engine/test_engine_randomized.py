@@ -42,7 +42,7 @@ def random_request(rng: random.Random, eng: LLMEngine, i: int):
         gen_length=gen, block_length=8, steps=gen, kv_policy=policy,
         kv_budget=budget, cfg_scale=rng.choice([0.0, 0.0, 0.0, 0.5]),
         temperature=rng.choice([0.0, 0.0, 0.7]), seed=rng.randrange(1000),
-        canvas_cache=rng.choice(["none", "dual"]),
+        canvas_cache=rng.choice(["none", "dual", "adaptive"]),
     )  # fmt: skip
     prompt = f"r{i} " + "ab cd " * rng.randrange(0, 12)
     try:

@@ -287,3 +287,16 @@ def test_antiberty_real_weights():
     top1, n = _masked_top1(model, tok, [s for _, s in ANTIBODIES[:12]])
     assert n > 100
     assert top1 > 0.5, top1  # chance ~1/20; measured 0.842 on 228 positions
+
+
+def test_the_adaptive_canvas_cache_is_refused_by_name(tiny):
+    # A post-norm BERT layer has no value / attn_proj / ffn pieces to run.
+    model = load_bert(tiny[0])
+    tok = ResidueTokenizer.from_file(tiny[0] / "vocab.txt")
+    sampler = ModelRunner(model, tok, CacheConfig("paged", num_pages=256))
+    params = SamplingParams(
+        gen_length=4, block_length=4, steps=4, canvas_cache="adaptive"
+    )
+    with pytest.raises(ValueError, match="canvas_cache='adaptive' needs a model"):
+        sampler.generate([tok.encode("EVQLV")], params)
+    assert sampler.prompt_cache.cache.pool.num_used_pages == 0

@@ -43,6 +43,20 @@ def cuda_defaults(monkeypatch):
     register()
 
 
+def _record_scheduled_tokens(core) -> list[int]:
+    """The tokens each of the engine core's steps schedules, from now on."""
+    scheduled: list[int] = []
+    schedule = core.scheduler.schedule
+
+    def recording_schedule(*args, **kwargs):
+        out = schedule(*args, **kwargs)
+        scheduled.append(out.total_num_scheduled_tokens)
+        return out
+
+    core.scheduler.schedule = recording_schedule
+    return scheduled
+
+
 def _config(model, args_cls=None, **kwargs):
     from vllm.engine.arg_utils import EngineArgs
 
@@ -103,15 +117,7 @@ def test_plain_vllm_llm_under_cuda_defaults_runs_one_engine_step_per_denoising_s
     assert type(core.model_executor.driver_worker.worker.model_runner).__name__ == (
         "MaskKVCPUModelRunner"
     )
-    scheduled: list[int] = []
-    schedule = core.scheduler.schedule
-
-    def recording_schedule(*args, **kwargs):
-        out = schedule(*args, **kwargs)
-        scheduled.append(out.total_num_scheduled_tokens)
-        return out
-
-    core.scheduler.schedule = recording_schedule
+    scheduled = _record_scheduled_tokens(core)
     params = SamplingParams(gen_length=16, block_length=8, steps=8)
     prompts = ["Hello", [256, 72, 101, 33]]
     ours = [(o.token_ids, o.text) for o in generate(llm, prompts, params)]
@@ -137,4 +143,50 @@ def test_plain_vllm_llm_under_cuda_defaults_runs_one_engine_step_per_denoising_s
     assert ours == ref
     assert len(scheduled) == 16 and 0 not in scheduled
     assert scheduled[1:8] == [16] * 7 and scheduled[9:] == [16] * 7
+    del llm
+
+
+def test_plain_vllm_llm_under_cuda_defaults_serves_dream_s_samplers(
+    cuda_defaults, tmp_path
+):
+    """A Dream checkpoint (grouped-query attention, shifted logits) through plain
+    ``vllm.LLM`` as a CUDA box resolves it: Dream's rules, Fast-dLLM's block-wise
+    sampler on its dual cache, MaskKV per KV head and the adaptive canvas cache
+    give the embedded engine's tokens, and no engine step is empty."""
+    from vllm import LLM
+
+    from maskkv_vllm.models.tiny_dream import write_tiny_dream_checkpoint
+
+    path = str(write_tiny_dream_checkpoint(tmp_path / "dream", seed=0))
+    llm = LLM(model=path, dtype="float32", max_model_len=512, seed=0)
+    core = llm.llm_engine.engine_core.engine_core
+    assert core.vllm_config.use_v2_model_runner is False
+    assert core.vllm_config.scheduler_config.async_scheduling is False
+    scheduled = _record_scheduled_tokens(core)
+    embedded = EmbeddedLLM(path, kv_policy="full", dtype="float32")
+    prompts = ["Hello", [256, 72, 101, 33]]
+    for params in (
+        SamplingParams(gen_length=16, block_length=16, steps=8, remasking="entropy"),
+        SamplingParams(
+            gen_length=16, block_length=8, steps=8, remasking="fast_dllm_block",
+            canvas_cache="dual_refresh",
+        ),
+        SamplingParams(
+            gen_length=16, block_length=16, steps=8, remasking="origin", top_k=3,
+            seed=1,
+        ),
+        SamplingParams(
+            gen_length=16, block_length=8, steps=8, kv_policy="maskkv", kv_budget=2
+        ),
+        SamplingParams(gen_length=16, block_length=8, steps=8, canvas_cache="adaptive"),
+    ):  # fmt: skip
+        scheduled.clear()
+        ours = [(o.token_ids, o.text) for o in generate(llm, prompts, params)]
+        ref = [
+            (o.token_ids, o.text)
+            for o in embedded.generate(prompts, params, use_tqdm=False)
+        ]
+        assert ours == ref, params
+        # One engine step per denoising step of the two requests run together.
+        assert len(scheduled) == params.steps and 0 not in scheduled, scheduled
     del llm

@@ -220,6 +220,67 @@ def test_dual_canvas_entries_count_in_the_reservation_and_the_held_blocks(
     assert scheduler.trace[-1][2] == NUM_BLOCKS - 1
 
 
+ADAPTIVE = {"canvas_cache": "adaptive"}
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        SamplingParams(gen_length=16, block_length=8, steps=16, **ADAPTIVE),
+        SamplingParams(gen_length=32, block_length=8, steps=16, kv_policy="snapkv",
+                       kv_budget=4, canvas_refresh_interval=3, **ADAPTIVE),
+        SamplingParams(gen_length=16, block_length=4, steps=16, temperature=1.0,
+                       seed=3, canvas_refresh_ratio=0.5, **ADAPTIVE),
+        SamplingParams(gen_length=16, block_length=8, steps=16, threshold=0.9,
+                       **ADAPTIVE),
+    ],
+    ids=["full", "snapkv", "temperature", "threshold"],
+)  # fmt: skip
+def test_the_adaptive_canvas_cache_matches_the_embedded_engine(llm, embedded, params):
+    prompts = ["Hello", HELLO + [33], LONG]
+    assert _ours(llm, prompts, params) == _reference(embedded, prompts, params)
+
+
+def test_adaptive_rows_share_a_step_with_plain_and_dual_rows(llm, embedded):
+    from maskkv_vllm.vllm_adapter.entrypoints.api import (
+        _to_output,
+        _tokenizer_stop_ids,
+        vllm_sampling_params,
+    )
+
+    mixed = [
+        SamplingParams(gen_length=16, block_length=8, steps=16, **ADAPTIVE),
+        SamplingParams(gen_length=16, block_length=8, steps=16),
+        SamplingParams(gen_length=16, block_length=8, steps=16, canvas_cache="dual"),
+        SamplingParams(gen_length=32, block_length=8, steps=16, **ADAPTIVE),
+    ]
+    prompts = [HELLO, LONG, HELLO + [33], [256, 40]]
+    stops = _tokenizer_stop_ids(llm)
+    outs = llm.generate(
+        [{"prompt_token_ids": p} for p in prompts],
+        [vllm_sampling_params(p, stops) for p in mixed],
+        use_tqdm=False,
+    )
+    ours = [_to_output(o, stops, llm).token_ids for o in outs]
+    want = [o.token_ids for o in embedded.generate(prompts, mixed, use_tqdm=False)]
+    assert ours == want
+
+
+def test_adaptive_steps_schedule_the_canvas_and_their_outputs_hold_blocks(
+    llm, scheduler
+):
+    # M = 200, L = 16, one query head per KV head: each head holds its 200
+    # prompt entries, 16 canvas K/V and 16 output entries: ceil(232 / 32) = 8
+    # pages, 2 layers x 4 heads x 8 = 64 pages = 16 blocks, all returned.
+    params = SamplingParams(gen_length=16, block_length=8, steps=8, **ADAPTIVE)
+    generate(llm, [LONG], params)
+    assert [n for _, n, _ in scheduler.trace] == [216] + [16] * 7
+    (rid,) = scheduler.blocks
+    before, after = scheduler.blocks[rid]
+    assert len(before) == len(after) == 16 and scheduler.freed[rid] == 0
+    assert scheduler.trace[-1][2] == NUM_BLOCKS - 1
+
+
 def test_the_worker_block_table_holds_every_layer_of_the_longest_prompt(llm):
     widths = llm.collective_rpc(
         lambda w: w.model_runner.input_batch.block_table[0].max_num_blocks_per_req

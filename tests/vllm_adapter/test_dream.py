@@ -195,6 +195,15 @@ FAST_DLLM_BLOCK = {"remasking": "fast_dllm_block", "canvas_cache": "dual_refresh
         SamplingParams(
             gen_length=16, block_length=8, steps=8, remasking="origin", top_k=3, seed=1
         ),
+        SamplingParams(
+            gen_length=32,
+            block_length=8,
+            steps=16,
+            canvas_cache="adaptive",
+            kv_policy="maskkv",
+            kv_budget=4,
+            canvas_refresh_interval=3,
+        ),
     ],  # fmt: skip
     ids=[
         "low-confidence",
@@ -208,6 +217,7 @@ FAST_DLLM_BLOCK = {"remasking": "fast_dllm_block", "canvas_cache": "dual_refresh
         "snapkv-dual",
         "fast-dllm-block",
         "origin-top-k",
+        "adaptive-maskkv",
     ],  # fmt: skip
 )
 def test_tokens_equal_the_embedded_engine(llm, embedded, params):

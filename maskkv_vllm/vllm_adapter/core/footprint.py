@@ -29,9 +29,10 @@ def reserved_blocks(
     num_kv_heads: int,
     block_size: int,
     tp_size: int = 1,
+    group: int = 1,
 ) -> int:
     """Blocks that hold the request's prompt KV after step 0, for any head split
-    (and its cached canvas entries with ``canvas_cache="dual"``).
+    (and its cached canvas entries with a ``canvas_cache``).
 
     Args:
         policy: the request's policy (``evicts`` False: the full prompt).
@@ -41,6 +42,7 @@ def reserved_blocks(
         num_kv_heads: Hkv of the whole model.
         block_size: P.
         tp_size: N ranks; each holds Hkv / N heads per block.
+        group: query heads per KV head (``SamplingParams.canvas_entries``).
 
     Example: full cache, M = 200, D = 2, Hkv = 4, P = 32: 2 * 4 * 7 pages,
     4 per block -> 14 blocks.
@@ -49,7 +51,7 @@ def reserved_blocks(
     budgets = policy.kept_per_layer(num_layers, params.kv_budget, prompt_len)
     pages = reserved_pages(
         budgets, prompt_len, local, block_size, num_kv_heads,
-        canvas_tokens=params.canvas_cached,
+        canvas_tokens=params.canvas_entries(group),
     )  # fmt: skip
     return blocks_for_pages(pages, local)
 

@@ -72,6 +72,7 @@ class MaskKVDiffusionScheduler(Scheduler):
         self.eos_token_id: int | None = hf.eos_token_id
         self.num_layers: int = hf.num_hidden_layers
         self.num_kv_heads: int = hf.num_key_value_heads
+        self.group: int = hf.num_attention_heads // self.num_kv_heads
         self.tp_size: int = self.vllm_config.parallel_config.tensor_parallel_size
         self.model_name: str = self.vllm_config.model_config.served_model_name
         self.policies = PolicySet(self.adapter_config.maskkv, self.num_layers)
@@ -112,11 +113,16 @@ class MaskKVDiffusionScheduler(Scheduler):
         sp.extra_args = extra
         canvas = [self.mask_token_id] * params.gen_length
         m = request.num_prompt_tokens
+        if params.canvas_cache == "adaptive" and self.tp_size > 1:
+            raise ValueError(
+                "canvas_cache='adaptive' caches each canvas row's whole output "
+                f"and runs on one rank; tensor_parallel_size={self.tp_size}"
+            )
         # free_blocks off (a baseline): every request holds its whole prompt.
         name = params.kv_policy if self.adapter_config.free_blocks else "full"
         blocks = reserved_blocks(
             self.policies.get(name), params, m, self.num_layers,
-            self.num_kv_heads, self.block_size, self.tp_size,
+            self.num_kv_heads, self.block_size, self.tp_size, self.group,
         )  # fmt: skip
         usable = self.kv_cache_manager.block_pool.num_gpu_blocks - 1
         if blocks > usable:

@@ -35,6 +35,7 @@ from dataclasses import dataclass
 import torch
 
 from maskkv_vllm.eviction.sharded import SINGLE_RANK, HeadShard
+from maskkv_vllm.kv_cache.adaptive_canvas import AdaptiveCanvasAttention, AdaptiveRow
 from maskkv_vllm.kv_cache.canvas_cache import append_canvas
 from maskkv_vllm.kv_cache.page_table_tensors import stack_tables
 from maskkv_vllm.kv_cache.paged_attention import Workspace, paged_attention
@@ -156,7 +157,7 @@ class DiffusionAttention:
         write = functools.partial(st.pages.write_layer, self.store)
         if (span := st.canvas_span()) is not None:
             m = st.prompt_len
-            kc, vc = span.outside(kr[0, :, m:]), span.outside(vr[0, :, m:])
+            kc, vc = span.stored(kr[0, :, m:]), span.stored(vr[0, :, m:])
             st.pages.canvas_tokens = kc.shape[1]
             write = append_canvas(write, kc, vc)
         st.kept_lengths[layer] = capture_layer(
@@ -207,3 +208,70 @@ class DiffusionAttention:
         if st.forward_kind == "canvas" and (span := st.canvas_span()) is not None:
             k, v = k[:, st.shift :], v[:, st.shift :]
             st.pages.write_canvas(self.store, layer, span.outside(k), span.outside(v))
+
+
+class SplitStep:
+    """A step with rows of the adaptive canvas cache beside other rows.
+
+    The model's forward (``DiffusionLMBase._split_forward``) runs the other
+    rows' tokens (``plain_index``) through its blocks with ``plain``, whose
+    rows start in that compacted token list, and the adaptive rows, gathered
+    into (B, W) by ``adaptive_columns``, through ``adaptive.run_layer``.
+
+    Args:
+        plans: every row of the step (flat starts).
+        store: the KV pages of this rank.
+        num_layers: D.
+        workspace: scratch buffers of the paged attention.
+    """
+
+    def __init__(
+        self,
+        plans: list[RowPlan],
+        store: VllmPageStore,
+        num_layers: int,
+        workspace: Workspace,
+        shard: HeadShard | None = None,
+    ) -> None:
+        plain = [p for p in plans if p.state.forward_kind != "adaptive"]
+        ours = [p for p in plans if p.state.forward_kind == "adaptive"]
+        flat = DiffusionAttention(plain, store, num_layers, shard, workspace)
+        self.positions = flat.positions
+        device = store.k_cache.device
+        index, rebased = [], []
+        for p in plain:
+            rebased.append(RowPlan(p.state, len(index), p.num_tokens))
+            index.extend(range(p.start, p.start + p.num_tokens))
+        self.plain_index = torch.tensor(index, dtype=torch.long, device=device)
+        self.plain = DiffusionAttention(
+            rebased, store, num_layers, flat.shard, workspace
+        )
+        self.adaptive_tokens = [p.num_tokens for p in ours]
+        width = max(self.adaptive_tokens)
+        cols = torch.empty(len(ours), width, dtype=torch.long)
+        for i, p in enumerate(ours):
+            own = torch.arange(p.start, p.start + p.num_tokens)
+            cols[i, : p.num_tokens] = own
+            cols[i, p.num_tokens :] = own[-1]
+        self.adaptive_columns = cols.to(device)
+        rows = [
+            AdaptiveRow(
+                p.state.seq.params.gen_length, p.state.canvas_selected(),
+                _row_pages(p.state.pages),
+            )
+            for p in ours
+        ]  # fmt: skip
+        shift = ours[0].state.shift
+        self.adaptive = AdaptiveCanvasAttention(
+            rows, store, shift, store.num_kv_heads, store.head_dim, workspace
+        )
+
+    def __call__(self, layer, q, k, v):
+        return self.plain(layer, q, k, v)
+
+
+def _row_pages(pages):
+    def row_pages(layer: int):
+        return (pages.region_slots(layer), *pages.table(layer))
+
+    return row_pages

@@ -63,6 +63,50 @@ def split_heads(x: torch.Tensor, num_heads: int) -> torch.Tensor:
     return x.view(t, num_heads, -1).transpose(0, 1)[None]
 
 
+class PaddedLayer:
+    """A vLLM layer's pieces over padded rows (B, T, D), as the plain models'
+    layers offer them (``AdaptiveCanvasAttention.run_layer`` takes either).
+
+    The values come out of the fused QKV projection (so ``value`` costs the
+    whole projection, not its V third).
+    """
+
+    def __init__(self, block: nn.Module) -> None:
+        self.block, self.layer = block, block.layer
+
+    def _fused(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        b, t, dm = x.shape
+        hq, hkv = self.block.num_heads, self.block.num_kv_heads
+        qkv = self.block.fused_qkv(x.reshape(b * t, dm)).view(b, t, -1)
+        d = qkv.shape[-1] // (hq + 2 * hkv)
+        q, k, v = qkv.split([hq * d, hkv * d, hkv * d], dim=-1)
+        return tuple(
+            y.reshape(b, t, h, d).transpose(1, 2)
+            for y, h in ((q, hq), (k, hkv), (v, hkv))
+        )
+
+    def qkv(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
+        """Post-RoPE q (B, Hq, T, d), k, v (B, Hkv, T, d); cos/sin (B, 1, T, d)."""
+        q, k, v = self._fused(x)
+        return apply_rope(q, cos, sin), apply_rope(k, cos, sin), v
+
+    def value(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, Hkv, T, d) values of x (B, T, D)."""
+        return self._fused(x)[2]
+
+    def attn_proj(self, o: torch.Tensor) -> torch.Tensor:
+        """(B, Hq, T, d) attention output -> (B, T, D) residual update."""
+        b, h, t, d = o.shape
+        return self.block.out_proj(o.transpose(1, 2).reshape(b * t, h * d)).view(
+            b, t, -1
+        )
+
+    def ffn(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, T, D) -> the MLP's residual update (B, T, D)."""
+        b, t, dm = x.shape
+        return self.block.ffn(x.reshape(b * t, dm)).view(b, t, dm)
+
+
 def fused_param_for(
     name: str, fused: dict[str, tuple[str, str | int]]
 ) -> tuple[str, str | int | None]:
@@ -263,9 +307,35 @@ class DiffusionLMBase(nn.Module):
         # Built per call in fp32, as in the plain models: a buffer would be cast.
         inv_freq = rope_inv_freq(self.config.head_dim, self.config.rope_theta, x.device)
         cos, sin = rope_cos_sin(positions[None], inv_freq)  # (1, 1, T, d)
+        if getattr(step, "adaptive", None) is not None:
+            return self._split_forward(x, cos, sin, step)
         for block in self.blocks:
             x = block(x, cos, sin, self._attention)
         return x
+
+    def _split_forward(self, x, cos, sin, step) -> torch.Tensor:
+        """A step with adaptive canvas rows (``SplitStep``): the other rows'
+        tokens go through the blocks as usual, the adaptive rows, padded to
+        (B, W, D), through ``AdaptiveCanvasAttention.run_layer``."""
+        out = torch.empty_like(x)
+        idx = step.plain_index
+        if idx.numel():
+            xp, cp, sp = x[idx], cos[:, :, idx], sin[:, :, idx]
+            self._attention.step = step.plain
+            try:
+                for block in self.blocks:
+                    xp = block(xp, cp, sp, self._attention)
+            finally:
+                self._attention.step = step
+            out[idx] = xp
+        cols = step.adaptive_columns  # (B, W) flat token ids
+        xa = x[cols]
+        ca, sa = cos[0, :, cols].transpose(0, 1), sin[0, :, cols].transpose(0, 1)
+        for block in self.blocks:
+            xa = step.adaptive.run_layer(PaddedLayer(block), xa, ca, sa)
+        for i, n in enumerate(step.adaptive_tokens):
+            out[cols[i, :n]] = xa[i, :n]
+        return out
 
     def compute_logits(self, hidden_states: torch.Tensor) -> torch.Tensor:
         """(N, d_model) hidden states -> fp32 (N, vocab_size) logits on every rank.

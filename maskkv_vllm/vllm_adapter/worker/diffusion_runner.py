@@ -45,6 +45,7 @@ from maskkv_vllm.vllm_adapter.version import require_vllm_version
 from maskkv_vllm.vllm_adapter.worker.diffusion_attention import (
     DiffusionAttention,
     RowPlan,
+    SplitStep,
 )
 
 
@@ -122,8 +123,10 @@ class DiffusionRunnerMixin:
         eviction = self.policies.eviction(
             params.kv_policy, params.kv_budget, seq.generator
         )
-        shifted = getattr(self.get_model().config, "shifted_logits", False)
-        return DiffusionState(seq, eviction, shift=int(shifted))
+        config = self.get_model().config
+        shifted = getattr(config, "shifted_logits", False)
+        group = config.n_heads // config.n_kv_heads
+        return DiffusionState(seq, eviction, shift=int(shifted), group=group)
 
     def _write_canvases(self, scheduler_output: Any) -> list[tuple[str, int, int]]:
         """Put each canvas into the batch; (req_id, first token, count) per row."""
@@ -164,11 +167,13 @@ class DiffusionRunnerMixin:
                 )  # fmt: skip
                 st.kept_lengths = {}
             plans.append(RowPlan(st, start, n))
-        model.set_step_attention(
-            DiffusionAttention(
+        if any(p.state.forward_kind == "adaptive" for p in plans):
+            step = SplitStep(plans, self._store, self.num_layers, self._workspace)
+        else:
+            step = DiffusionAttention(
                 plans, self._store, self.num_layers, None, self._workspace
             )
-        )
+        model.set_step_attention(step)
 
     # -- sampling -----------------------------------------------------------
 
@@ -232,9 +237,10 @@ class DiffusionRunnerMixin:
         sampled, kept = [], {}
         for req_id, start, _ in self._rows:
             st = self.diffusion[req_id]
-            first_step = st.is_full_forward
+            first_step, kind = st.is_full_forward, st.forward_kind
             rows = block_hidden(hidden, start + st.canvas_offset(), st.seq, st.shift)
             st.seq.apply_step(*propose(st.seq, [rows], project))
+            st.seq.note_forward(kind)
             if first_step:
                 kept[st.seq.request_id] = dict(st.kept_lengths)
             sampled.append(st.take_committed())

@@ -114,11 +114,30 @@ class DreamParallelLayer(nn.Module):
         self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, attn: StepAttention
     ) -> torch.Tensor:
         """x: (T, D) replicated on every rank; cos/sin: (1, 1, T, d) -> (T, D)."""
-        qkv = self.self_attn.qkv_proj(self.input_layernorm(x))
         heads = (self.num_heads, self.num_kv_heads)
-        o = attend(self.layer, qkv, *heads, (cos, sin), attn)  # (T, Hq/N * d)
-        x = x + self.self_attn.o_proj(o)
-        return x + self.mlp(self.post_attention_layernorm(x))
+        o = attend(self.layer, self.fused_qkv(x), *heads, (cos, sin), attn)
+        x = x + self.out_proj(o)
+        return x + self.ffn(x)
+
+    @property
+    def qkv_proj(self) -> nn.Module:
+        return self.self_attn.qkv_proj
+
+    def fused_qkv(self, x: torch.Tensor) -> torch.Tensor:
+        """(T, D) -> (T, (Hq + 2 Hkv) * d / N), this rank's heads."""
+        return self.self_attn.qkv_proj(self.input_layernorm(x))
+
+    def norm_in(self, x: torch.Tensor) -> torch.Tensor:
+        """The attention's input norm of x (T, D)."""
+        return self.input_layernorm(x)
+
+    def out_proj(self, o: torch.Tensor) -> torch.Tensor:
+        """(T, Hq/N * d) -> (T, D), all-reduced over the ranks."""
+        return self.self_attn.o_proj(o)
+
+    def ffn(self, x: torch.Tensor) -> torch.Tensor:
+        """The MLP's residual update of x (T, D)."""
+        return self.mlp(self.post_attention_layernorm(x))
 
 
 class _Decoder(nn.Module):

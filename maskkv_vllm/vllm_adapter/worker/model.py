@@ -123,12 +123,27 @@ class LLaDAParallelBlock(nn.Module):
         attn: StepAttention,
     ) -> torch.Tensor:
         """x: (T, D) replicated on every rank; cos/sin: (1, 1, T, d) -> (T, D)."""
-        qkv = self.qkv_proj(self.attn_norm(x))  # (T, (Hq + 2 Hkv) * d / N)
         heads = (self.num_heads, self.num_kv_heads)
-        o = attend(self.layer, qkv, *heads, (cos, sin), attn)  # (T, Hq/N * d)
-        x = x + self.attn_out(o)  # all-reduced over the ranks
+        o = attend(self.layer, self.fused_qkv(x), *heads, (cos, sin), attn)
+        x = x + self.out_proj(o)
+        return x + self.ffn(x)
+
+    def fused_qkv(self, x: torch.Tensor) -> torch.Tensor:
+        """(T, D) -> (T, (Hq + 2 Hkv) * d / N), this rank's heads."""
+        return self.qkv_proj(self.attn_norm(x))
+
+    def norm_in(self, x: torch.Tensor) -> torch.Tensor:
+        """The attention's input norm of x (T, D)."""
+        return self.attn_norm(x)
+
+    def out_proj(self, o: torch.Tensor) -> torch.Tensor:
+        """(T, Hq/N * d) -> (T, D), all-reduced over the ranks."""
+        return self.attn_out(o)
+
+    def ffn(self, x: torch.Tensor) -> torch.Tensor:
+        """The SwiGLU's residual update of x (T, D)."""
         gate, up = self.gate_up_proj(self.ff_norm(x)).chunk(2, dim=-1)
-        return x + self.ff_out(F.silu(gate) * up)
+        return self.ff_out(F.silu(gate) * up)
 
 
 class _Transformer(nn.Module):
