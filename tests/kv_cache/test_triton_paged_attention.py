@@ -24,7 +24,7 @@ def test_triton_kernel_under_the_interpreter_matches_torch():
         timeout=600,
     )
     assert done.returncode == 0, done.stdout + done.stderr
-    assert done.stdout.count("max abs error") == 4
+    assert done.stdout.count("max abs error") == 5
 
 
 @pytest.mark.gpu
