@@ -40,6 +40,7 @@ def test_dry_run_runs_every_check_and_reports(tmp_path):
     assert lines["bench"].startswith("PASS bench: "), lines["bench"]
     assert lines["canvas"].startswith("PASS canvas: "), lines["canvas"]
     assert "mean step dual/none" in lines["canvas"]
+    assert "adaptive (ratio 1) = none tokens" in lines["canvas"]
     # Without CUDA every GPU-marked test is skipped, and says why.
     assert lines["gpu-tests"].startswith(("SKIP gpu-tests: ", "PASS gpu-tests: "))
     assert "needs a CUDA GPU" in lines["gpu-tests"] or "PASS" in lines["gpu-tests"]
