@@ -112,7 +112,7 @@ class EngineConfig:
     """Budget B of evicting requests that do not choose one (with kv_policy "full"
     it is the default of requests that choose an evicting policy)."""
     canvas_cache: str = "none"
-    """Canvas cache of requests that do not choose one ("none" or "dual")."""
+    """Canvas cache of requests that do not choose one (``CANVAS_CACHES``)."""
     served_model_name: str | None = None
     """Name reported by /v1/models; default the model path."""
     cache: CacheConfig = CacheConfig(cache_mode="paged")

@@ -46,7 +46,8 @@ class EngineArgs:
     cache_mode: str = "paged"
     """Prompt KV: paged pool (evicting policies need it), dense prefix, none."""
     canvas_cache: str = "none"
-    """Canvas cache of requests that choose none: none (exact) or dual."""
+    """Canvas cache of requests that choose none: none (exact), dual,
+    dual_refresh (full cache only) or adaptive."""
     prompt_refresh_interval: int | None = None
     """Recompute the prompt KV every this many steps (None: never)."""
     kv_cache_memory: int | str | None = machine_defaults.AUTO
