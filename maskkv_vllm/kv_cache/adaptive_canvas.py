@@ -32,6 +32,7 @@ import torch
 import torch.nn.functional as F
 
 from maskkv_vllm.kv_cache.page_store import PageStore
+from maskkv_vllm.kv_cache.page_table_tensors import stack_tables
 from maskkv_vllm.kv_cache.paged_attention import Workspace, paged_attention
 
 RowPages = Callable[[int], tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
@@ -204,8 +205,6 @@ class AdaptiveCanvasAttention:
     def _tables(self, pages):
         """Page tables and lengths that cover prompt entries and canvas K/V (not
         the cached outputs after them)."""
-        from maskkv_vllm.kv_cache.page_table_tensors import stack_tables
-
         tables, lens = stack_tables([(t, n) for _, t, n in pages])
         outputs = [
             s.shape[1] - r.canvas_len

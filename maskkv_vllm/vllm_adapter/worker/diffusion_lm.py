@@ -22,6 +22,7 @@ from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from maskkv_vllm.models.attention import dense_attention
@@ -67,8 +68,10 @@ class PaddedLayer:
     """A vLLM layer's pieces over padded rows (B, T, D), as the plain models'
     layers offer them (``AdaptiveCanvasAttention.run_layer`` takes either).
 
-    The values come out of the fused QKV projection (so ``value`` costs the
-    whole projection, not its V third).
+    ``value`` multiplies by the V rows of the fused QKV weight alone where the
+    layer keeps that weight as a plain (out, in) matrix (CUDA; one rank: the
+    adaptive cache runs without tensor parallelism); where a platform has
+    repacked it (vLLM's CPU GEMMs may), by the whole projection.
     """
 
     def __init__(self, block: nn.Module) -> None:
@@ -92,7 +95,20 @@ class PaddedLayer:
 
     def value(self, x: torch.Tensor) -> torch.Tensor:
         """(B, Hkv, T, d) values of x (B, T, D)."""
-        return self._fused(x)[2]
+        b, t, dm = x.shape
+        hq, hkv = self.block.num_heads, self.block.num_kv_heads
+        proj = self.block.qkv_proj
+        w = getattr(proj, "weight", None)
+        if w is None or w.dim() != 2 or w.shape[1] != dm or w.shape[0] % (hq + 2 * hkv):
+            return self._fused(x)[2]
+        d = w.shape[0] // (hq + 2 * hkv)
+        bias = getattr(proj, "bias", None)
+        rows = slice((hq + hkv) * d, None)
+        v = F.linear(
+            self.block.norm_in(x.reshape(b * t, dm)), w[rows],
+            None if bias is None else bias[rows],
+        )  # fmt: skip
+        return v.view(b, t, hkv, d).transpose(1, 2)
 
     def attn_proj(self, o: torch.Tensor) -> torch.Tensor:
         """(B, Hq, T, d) attention output -> (B, T, D) residual update."""
