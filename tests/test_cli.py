@@ -94,6 +94,21 @@ def test_generate_paged_reports_the_pool(tmp_path, monkeypatch, capsys):
     assert rc == 2 and "memory size 'lots'" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("canvas", ["dual", "adaptive"])
+def test_generate_sizes_its_pool_for_the_canvas_cache(
+    tmp_path, monkeypatch, capsys, canvas
+):
+    # The auto pool holds the prompts' pages and what each head keeps for the
+    # canvas cache: 3 + 16 x 2 = 35 entries (adaptive) -> 3 pages per (layer,
+    # head) of the 2 x 4 heads.
+    monkeypatch.setenv("MASKKV_CACHE", str(tmp_path))
+    argv = ["generate", "hi", "--gen-length", "16", "--block-length", "8",
+            "--steps", "16", "--canvas-cache", canvas]  # fmt: skip
+    assert main(argv) == 0
+    pages = {"dual": 8, "adaptive": 24}[canvas]
+    assert f"prompt KV: {pages} pages" in capsys.readouterr().out
+
+
 def test_vllm_serve_without_vllm_says_how_to_install_it(capsys):
     import importlib.util
 

@@ -66,7 +66,7 @@ def prompt_ids(args: argparse.Namespace, tok) -> list[list[int]]:
 def one_shot_llm(args: argparse.Namespace, params: SamplingParams):
     """The LLM of ``maskkv generate`` and the prompts' token ids: with
     ``--kv-cache-memory auto`` its pool holds what these prompts need with the full
-    cache, not a server's 1 GiB."""
+    cache (and their canvas cache), not a server's 1 GiB."""
     import dataclasses
 
     from maskkv_vllm.engine.llm import LLM
@@ -87,7 +87,12 @@ def one_shot_llm(args: argparse.Namespace, params: SamplingParams):
     ids = prompt_ids(args, tok)
     if engine_args.cache_mode == "paged" and engine_args.kv_cache_memory is None:
         c, rows = model.config, params.num_rows
-        pages = sum(-(-len(p) // engine_args.page_size) for p in ids)
+        # Each head also keeps its canvas cache's entries after the prompt's.
+        canvas = params.canvas_cache or engine_args.canvas_cache
+        extra = dataclasses.replace(params, canvas_cache=canvas).canvas_entries(
+            c.n_heads // c.n_kv_heads
+        )
+        pages = sum(-(-(len(p) + extra) // engine_args.page_size) for p in ids)
         total = 1 + rows * c.n_layers * c.n_kv_heads * pages  # + the null page
         engine_args = dataclasses.replace(engine_args, num_pages=total)
     config = engine_args.create_engine_config()
