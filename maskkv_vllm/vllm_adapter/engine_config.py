@@ -75,6 +75,7 @@ def engine_changes(vllm_config: Any, platform: Any = None) -> list[str]:
     if platform is None:
         from vllm.platforms import current_platform as platform
     changes = []
+    note_engine(vllm_config)
     sched = vllm_config.scheduler_config
     if sched.scheduler_cls is None or _is_vllm_default(sched.scheduler_cls):
         sched.scheduler_cls = SCHEDULER_CLS
@@ -124,6 +125,25 @@ def engine_changes(vllm_config: Any, platform: Any = None) -> list[str]:
         sched.max_num_scheduled_tokens = model.max_model_len
         changes.append(f"max_num_scheduled_tokens = {model.max_model_len}")
     return changes
+
+
+def note_engine(vllm_config: Any) -> None:
+    """Give the front-end check (``validation.ENGINE``) the engine's shape, and
+    refuse an engine default it cannot run (``params.check_engine_fit``).
+
+    Raises:
+        ValueError: ``additional_config["maskkv"]`` asks for what this engine
+            cannot run, at startup rather than at the first request.
+    """
+    from maskkv_vllm.sampling_params import SamplingParams
+    from maskkv_vllm.vllm_adapter.entrypoints import validation
+    from maskkv_vllm.vllm_adapter.params import AdapterConfig, check_engine_fit
+
+    tp = getattr(vllm_config.parallel_config, "tensor_parallel_size", 1)
+    validation.ENGINE["tensor_parallel_size"] = tp
+    additional = getattr(vllm_config, "additional_config", None)
+    adapter = AdapterConfig.from_additional_config(additional)
+    check_engine_fit(SamplingParams(canvas_cache=adapter.canvas_cache), tp)
 
 
 def dtype_line(model_config: Any) -> str:

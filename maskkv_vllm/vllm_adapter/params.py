@@ -134,6 +134,20 @@ def request_only_params(
     return params
 
 
+def check_engine_fit(params: SamplingParams, tensor_parallel_size: int) -> None:
+    """Refuse what the engine's shape cannot run: the adaptive canvas cache
+    keeps each canvas row's whole output, so it runs on one rank only.
+
+    Raises:
+        ValueError: naming the option and the engine's tensor-parallel size.
+    """
+    if params.canvas_cache == "adaptive" and tensor_parallel_size > 1:
+        raise ValueError(
+            "canvas_cache='adaptive' caches each canvas row's whole output and "
+            f"runs on one rank; tensor_parallel_size={tensor_parallel_size}"
+        )
+
+
 def _raw_request_args(extra_args: dict[str, Any]) -> dict[str, Any]:
     nested = extra_args.get(CONFIG_KEY)
     if nested is not None and not isinstance(nested, dict):

@@ -165,3 +165,31 @@ def test_eviction_keeps_what_one_rank_keeps(
     assert scheduler.freed[req_id] == scheduler.reserved[req_id] - held > 0
     assert scheduler.frees[0] == NUM_BLOCKS - 1 - held
     assert scheduler.frees[-1] == NUM_BLOCKS - 1
+
+
+def test_the_adaptive_canvas_cache_is_refused_up_front_under_tensor_parallelism(
+    tp_llm,
+):
+    # A row's cached outputs are whole hidden vectors; a rank's pages hold its
+    # own KV heads. The front-end check refuses it before the engine core sees
+    # it (a raise there would take the engine down), and the engine serves on.
+    params = SamplingParams(gen_length=16, block_length=8, steps=8)
+    adaptive = SamplingParams(
+        gen_length=16, block_length=8, steps=8, canvas_cache="adaptive"
+    )
+    from vllm.exceptions import VLLMValidationError
+
+    with pytest.raises(VLLMValidationError, match="tensor_parallel_size=2"):
+        generate(tp_llm, [HELLO], adaptive)
+    assert len(generate(tp_llm, [HELLO], params)[0].token_ids) > 0
+
+
+def test_an_adaptive_engine_default_is_refused_at_startup(vllm_tiny_dir):
+    from vllm.engine.arg_utils import EngineArgs
+
+    args = EngineArgs(
+        model=str(vllm_tiny_dir), dtype="float32", tensor_parallel_size=TP,
+        additional_config={"maskkv": {"canvas_cache": "adaptive"}},
+    )  # fmt: skip
+    with pytest.raises(ValueError, match="tensor_parallel_size=2"):
+        args.create_engine_config()

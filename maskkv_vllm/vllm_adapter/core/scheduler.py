@@ -43,6 +43,7 @@ from maskkv_vllm.vllm_adapter.params import (
     CONFIG_KEY,
     FLAT_PREFIX,
     AdapterConfig,
+    check_engine_fit,
     request_params,
 )
 from maskkv_vllm.vllm_adapter.version import require_vllm_version
@@ -113,11 +114,9 @@ class MaskKVDiffusionScheduler(Scheduler):
         sp.extra_args = extra
         canvas = [self.mask_token_id] * params.gen_length
         m = request.num_prompt_tokens
-        if params.canvas_cache == "adaptive" and self.tp_size > 1:
-            raise ValueError(
-                "canvas_cache='adaptive' caches each canvas row's whole output "
-                f"and runs on one rank; tensor_parallel_size={self.tp_size}"
-            )
+        # The front end refuses it first (validation); here for a request that
+        # bypassed it, as the pool check below.
+        check_engine_fit(params, self.tp_size)
         # free_blocks off (a baseline): every request holds its whole prompt.
         name = params.kv_policy if self.adapter_config.free_blocks else "full"
         blocks = reserved_blocks(

@@ -10,7 +10,9 @@ itself). ``api.make_llm`` and ``serve.main`` add it with
 
 What it cannot check: the engine's default ``kv_policy``/``kv_budget``
 (``--additional-config``) are not visible to a classmethod, so "an evicting
-policy with no budget anywhere" is still refused in the engine core.
+policy with no budget anywhere" is still refused in the engine core. The
+engine's tensor-parallel size it reads from ``ENGINE``, which the config hook
+(``engine_config.engine_changes``) fills in the process that validates.
 """
 
 from __future__ import annotations
@@ -22,7 +24,11 @@ from vllm.exceptions import VLLMValidationError
 from vllm.v1.sample.logits_processor import BatchUpdate, LogitsProcessor
 
 from maskkv_vllm.openai_api.options import APIError, check_neutral
-from maskkv_vllm.vllm_adapter.params import FLAT_PREFIX, request_only_params
+from maskkv_vllm.vllm_adapter.params import (
+    FLAT_PREFIX,
+    check_engine_fit,
+    request_only_params,
+)
 from maskkv_vllm.vllm_adapter.qualnames import VALIDATOR_CLS as VALIDATOR_CLS
 
 SAMPLING_FIELDS = (
@@ -45,6 +51,10 @@ the repetition penalty may come from the generation config, so only the HTTP
 check, which sees what the client sent, can judge them."""
 
 
+ENGINE = {"tensor_parallel_size": 1}
+"""What the config hook saw of the engine in this process."""
+
+
 def check_request(sampling_params: Any) -> None:
     """Refuse a request whose MaskKV params our runner would reject.
 
@@ -62,7 +72,8 @@ def check_request(sampling_params: Any) -> None:
         raise VLLMValidationError(err.message, parameter=err.param) from err
     extra = sampling_params.extra_args
     try:
-        request_only_params(extra, sampling_params.max_tokens)
+        params = request_only_params(extra, sampling_params.max_tokens)
+        check_engine_fit(params, ENGINE["tensor_parallel_size"])
     except (ValueError, TypeError) as err:
         given = {k: v for k, v in (extra or {}).items() if k.startswith(FLAT_PREFIX)}
         named = ", ".join(f"{k}={v!r}" for k, v in sorted(given.items()))
