@@ -128,7 +128,7 @@ def engine_changes(vllm_config: Any, platform: Any = None) -> list[str]:
 
 
 def note_engine(vllm_config: Any) -> None:
-    """Give the front-end check (``validation.ENGINE``) the engine's shape, and
+    """Give the front-end check (``params.ENGINE``) the engine's shape, and
     refuse an engine default it cannot run (``params.check_engine_fit``).
 
     Raises:
@@ -136,11 +136,14 @@ def note_engine(vllm_config: Any) -> None:
             cannot run, at startup rather than at the first request.
     """
     from maskkv_vllm.sampling_params import SamplingParams
-    from maskkv_vllm.vllm_adapter.entrypoints import validation
-    from maskkv_vllm.vllm_adapter.params import AdapterConfig, check_engine_fit
+    from maskkv_vllm.vllm_adapter.params import (
+        ENGINE,
+        AdapterConfig,
+        check_engine_fit,
+    )
 
     tp = getattr(vllm_config.parallel_config, "tensor_parallel_size", 1)
-    validation.ENGINE["tensor_parallel_size"] = tp
+    ENGINE["tensor_parallel_size"] = tp
     additional = getattr(vllm_config, "additional_config", None)
     adapter = AdapterConfig.from_additional_config(additional)
     check_engine_fit(SamplingParams(canvas_cache=adapter.canvas_cache), tp)

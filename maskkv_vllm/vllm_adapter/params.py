@@ -134,6 +134,11 @@ def request_only_params(
     return params
 
 
+ENGINE = {"tensor_parallel_size": 1}
+"""What the config hook (``engine_config.note_engine``) saw of the engine in
+this process, for the front-end check (``validation.check_request``)."""
+
+
 def check_engine_fit(params: SamplingParams, tensor_parallel_size: int) -> None:
     """Refuse what the engine's shape cannot run: the adaptive canvas cache
     keeps each canvas row's whole output, so it runs on one rank only.

@@ -11,8 +11,8 @@ itself). ``api.make_llm`` and ``serve.main`` add it with
 What it cannot check: the engine's default ``kv_policy``/``kv_budget``
 (``--additional-config``) are not visible to a classmethod, so "an evicting
 policy with no budget anywhere" is still refused in the engine core. The
-engine's tensor-parallel size it reads from ``ENGINE``, which the config hook
-(``engine_config.engine_changes``) fills in the process that validates.
+engine's tensor-parallel size it reads from ``params.ENGINE``, which the config
+hook (``engine_config.note_engine``) fills in the process that validates.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from vllm.v1.sample.logits_processor import BatchUpdate, LogitsProcessor
 
 from maskkv_vllm.openai_api.options import APIError, check_neutral
 from maskkv_vllm.vllm_adapter.params import (
+    ENGINE,
     FLAT_PREFIX,
     check_engine_fit,
     request_only_params,
@@ -49,10 +50,6 @@ the model's generation config: refused here too, for the offline ``LLM`` and a
 server without the HTTP check (``http_options``). Temperature, top-p/k, min-p and
 the repetition penalty may come from the generation config, so only the HTTP
 check, which sees what the client sent, can judge them."""
-
-
-ENGINE = {"tensor_parallel_size": 1}
-"""What the config hook saw of the engine in this process."""
 
 
 def check_request(sampling_params: Any) -> None:
