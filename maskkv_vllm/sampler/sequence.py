@@ -118,6 +118,14 @@ class DiffusionSequence:
         age = self.canvas_age
         return age is None or age >= self.params.canvas_refresh_interval
 
+    @property
+    def canvas_rows_recomputed(self) -> int:
+        """Canvas rows each layer recomputes in the next "adaptive" step: all
+        of them at a refresh, else ``params.canvas_selected``."""
+        if self.canvas_refresh_due:
+            return self.params.gen_length
+        return self.params.canvas_selected
+
     def note_forward(self, kind: str) -> None:
         """Age the adaptive canvas cache after this step's forward of ``kind``
         ("adaptive" steps count; any other forward leaves nothing cached)."""

@@ -84,13 +84,6 @@ class DiffusionState:
         """What this row caches after its prompt entries (``canvas_span``)."""
         return canvas_span(self.seq.params, self.seq.block_start, self.group)
 
-    def canvas_selected(self) -> int:
-        """Canvas rows each layer recomputes in this "adaptive" step."""
-        seq = self.seq
-        if seq.canvas_refresh_due:
-            return seq.params.gen_length
-        return seq.params.canvas_selected
-
     def next_step_tokens(self) -> int:
         """Tokens its next step forwards (what the scheduler schedules): the
         block inside a block of the dual canvas cache, prompt and canvas at a

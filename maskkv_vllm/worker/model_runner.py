@@ -327,13 +327,9 @@ class ModelRunner:
             self._after_step(s)
 
     def _adaptive_attention(self, rows, keys):
-        """Rows of the adaptive canvas cache: all canvas rows at a refresh, else
-        the request's ``canvas_selected``."""
+        """Rows of the adaptive canvas cache (``canvas_rows_recomputed``)."""
         lens = [s.params.gen_length for s, _ in rows]
-        selected = [
-            n if s.canvas_refresh_due else s.params.canvas_selected
-            for (s, _), n in zip(rows, lens, strict=True)
-        ]
+        selected = [s.canvas_rows_recomputed for s, _ in rows]
         return self.prompt_cache.adaptive_attention(keys, lens, selected, self.shift)
 
     def _cached_rows(self, kind: str, rows) -> tuple[list[int], list[torch.Tensor]]:

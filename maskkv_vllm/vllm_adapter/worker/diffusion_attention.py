@@ -256,7 +256,7 @@ class SplitStep:
         self.adaptive_columns = cols.to(device)
         rows = [
             AdaptiveRow(
-                p.state.seq.params.gen_length, p.state.canvas_selected(),
+                p.state.seq.params.gen_length, p.state.seq.canvas_rows_recomputed,
                 _row_pages(p.state.pages),
             )
             for p in ours
