@@ -185,22 +185,21 @@ class AdaptiveCanvasAttention:
     def _write_kv(self, chosen, pages, k, v, values) -> None:
         """Every canvas row's fresh V (their value vectors were recomputed) and
         the chosen rows' fresh K, into the region, before the attention reads it."""
-        kv_rows = self.store.k_cache.view(-1, self.head_dim)
-        v_rows = self.store.v_cache.view(-1, self.head_dim)
+        d = self.head_dim
+        v_rows = self.store.v_cache.view(-1, d)
         for i, (c, (slots, _, _)) in enumerate(zip(chosen, pages, strict=True)):
-            n = c.numel()
-            own = slice(self.shift, self.shift + n)
+            own = slice(self.shift, self.shift + c.numel())
             if values is not None:
                 canvas = self.rows[i].canvas_len
                 all_v = values[i, :, self.shift : self.shift + canvas]
-                v_rows[slots[:, :canvas].flatten()] = all_v.reshape(
-                    -1, self.head_dim
-                ).to(v_rows.dtype)
-            kv_slots = slots[:, c].flatten()
-            kv_rows[kv_slots] = (
-                k[i, :, own].reshape(-1, self.head_dim).to(kv_rows.dtype)
+                v_rows[slots[:, :canvas].flatten()] = all_v.reshape(-1, d).to(
+                    v_rows.dtype
+                )
+            self.store.write(
+                slots[:, c].flatten(),
+                k[i, :, own].reshape(-1, d),
+                v[i, :, own].reshape(-1, d),
             )
-            v_rows[kv_slots] = v[i, :, own].reshape(-1, self.head_dim).to(v_rows.dtype)
 
     def _tables(self, pages):
         """Page tables and lengths that cover prompt entries and canvas K/V (not
@@ -216,12 +215,15 @@ class AdaptiveCanvasAttention:
 
     def _cached_outputs(self, pages, x) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, T, D) attention and MLP outputs of every canvas row from the
-        region (zero at the query-only and padding columns)."""
+        region (zero at the query-only and padding columns, and for a row that
+        recomputes every canvas row, whose outputs are all fresh)."""
         attn, mlp = torch.zeros_like(x), torch.zeros_like(x)
         k_rows = self.store.k_cache.view(-1, self.head_dim)
         v_rows = self.store.v_cache.view(-1, self.head_dim)
         for i, (slots, _, _) in enumerate(pages):
             n = self.rows[i].canvas_len
+            if self.rows[i].selected >= n:
+                continue
             out = slots[:, n:]
             cols = slice(self.shift, self.shift + n)
             attn[i, cols] = entries_to_outputs(k_rows[out], n).to(x.dtype)
