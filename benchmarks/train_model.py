@@ -29,7 +29,8 @@ same) scored 0.85 before any step and 0.93 after 1250 steps at 1024-2048 tokens.
 
 Stages are gated on held-out accuracy: training stays at a prompt length until ``kv``
 answers on held-out prompts (LLaDA's sampler, up to the first EOS) reach
-``--threshold``, then doubles the length, up
+``--threshold`` (every task of ``--gate-tasks`` does, when given: a ``vt`` curriculum
+stays at a short length until the hops are learnt), then doubles the length, up
 to ``--final-length``. Several ``--seeds`` are tried for ``--probe-steps`` at the first
 stage and the one that left the plateau (per-digit ~40% = a digit of a random
 record) is kept. ``vt`` joins the mix from ``--vt-from`` tokens when
@@ -204,6 +205,11 @@ def next_length(length: int, accuracy: float, threshold: float, final: int) -> i
     if accuracy < threshold or length >= final:
         return length
     return min(2 * length, final)
+
+
+def gate_accuracy(entry: dict, tasks: list[str]) -> float:
+    """The worst answer accuracy of the gated ``tasks`` a check ran (kv always runs)."""
+    return min(entry[t]["answer"] for t in tasks if t in entry)
 
 
 def pick_task(u: float, vt: float, needle: float) -> str:
@@ -611,7 +617,7 @@ def probe(args, tok, start: float) -> tuple[Run, list[dict]]:
         entry = run.check((time.monotonic() - start) / 60, loss)
         entries.append(entry)
         runs.append((entry["kv"]["answer"], entry["kv"]["digit"], -seed, run))
-        if entry["kv"]["answer"] >= args.threshold:
+        if gate_accuracy(entry, args.gate_tasks) >= args.threshold:
             break  # this one has left the plateau: no need to try more
     best = max(runs, key=lambda r: r[:3])[3]
     print(f"probe: keeping seed {best.seed}", flush=True)
@@ -651,7 +657,7 @@ def train(args) -> Run:
             done = "minutes"
         if run.step % args.eval_every and not done:
             continue
-        acc = run.check(minutes, loss)["kv"]["answer"]
+        acc = gate_accuracy(run.check(minutes, loss), args.gate_tasks)
         final = run.length >= args.final_length
         if final and acc >= args.final_threshold:
             done = "final threshold"
@@ -706,6 +712,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add("--start-length", type=int, default=32, help="first stage's prompt tokens")
     add("--final-length", type=int, default=2048, help="last stage's prompt tokens")
     add("--threshold", type=float, default=0.9, help="kv answers right to double")
+    add("--gate-tasks", nargs="+", choices=["kv", "needle", "vt"], default=["kv"],
+        help="tasks whose answers must all pass --threshold to double")  # fmt: skip
     add("--final-threshold", type=float, default=0.95, help="stop at the last stage")
     add("--eval-every", type=int, default=100)
     add("--eval-samples", type=int, default=64, help="held-out prompts per check")

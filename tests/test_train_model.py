@@ -221,3 +221,11 @@ def test_sampled_answers_are_what_the_engine_answers():
     params = tm.SamplingParams(gen_length=8, block_length=8, steps=8)
     want = [out.token_ids for out in llm.generate(prompts, params)]
     assert tm.sampled_answers(llm.engine.model, prompts) == want
+
+
+def test_gate_takes_the_worst_gated_task_that_ran():
+    entry = {"kv": {"answer": 0.95}, "vt": {"answer": 0.40}}
+    assert tm.gate_accuracy(entry, ["kv"]) == 0.95
+    assert tm.gate_accuracy(entry, ["kv", "vt"]) == 0.40
+    # needle did not run at this check: it cannot hold the gate
+    assert tm.gate_accuracy(entry, ["kv", "needle"]) == 0.95
