@@ -413,3 +413,40 @@ def test_a_canvas_that_fills_max_model_len_exactly_runs(llm, embedded):
     params = SamplingParams(gen_length=16, block_length=8, steps=8)
     prompt = [256] + [65] * 495
     assert _ours(llm, [prompt], params) == _reference(embedded, [prompt], params)
+
+
+def test_a_request_above_the_whole_pool_is_refused_and_the_engine_lives_on(
+    llm, embedded, scheduler
+):
+    # M = 256 with an adaptive canvas of L = 256: 256 + 256 * (1 + group) entries
+    # per head, more than the 39 usable blocks hold. vLLM's engine core does not
+    # catch a raise in the scheduler's add_request (it died of it); the request
+    # is now finished with an error naming the reservation.
+    huge = SamplingParams(
+        gen_length=256, block_length=32, steps=8, canvas_cache="adaptive"
+    )
+    with pytest.raises(ValueError, match=r"prompt 0 was refused: .* KV blocks .*"
+                       r"but the pool holds 39"):  # fmt: skip
+        generate(llm, [[256] + [65] * 255], huge)
+    assert not scheduler.refused and not scheduler.requests
+    free = scheduler.kv_cache_manager.block_pool.get_num_free_blocks()
+    assert free == NUM_BLOCKS - 1
+    params = SamplingParams(gen_length=16, block_length=8, steps=8)
+    assert _ours(llm, [HELLO], params) == _reference(embedded, [HELLO], params)
+
+
+def test_a_refused_request_in_a_batch_leaves_the_others_running(llm, scheduler):
+    from maskkv_vllm.vllm_adapter.entrypoints.api import vllm_sampling_params
+
+    huge = SamplingParams(
+        gen_length=256, block_length=32, steps=8, canvas_cache="adaptive"
+    )
+    small = SamplingParams(gen_length=16, block_length=8, steps=8)
+    vp = [vllm_sampling_params(p, (257, 260)) for p in (small, huge, small)]
+    prompts = [HELLO, [256] + [65] * 255, LONG]
+    outs = llm.generate([{"prompt_token_ids": p} for p in prompts], vp, use_tqdm=False)
+    reasons = [o.outputs[0].finish_reason for o in outs]
+    assert reasons[1] == "error" and "pool holds 39" in outs[1].outputs[0].stop_reason
+    assert reasons[0] != "error" and reasons[2] != "error"
+    assert len(outs[0].outputs[0].token_ids) > 0
+    assert scheduler.kv_cache_manager.block_pool.get_num_free_blocks() == 39

@@ -15,6 +15,12 @@
   to the blocks its kept head-pages fill (``release_unused_blocks``), which go
   back to vLLM's ``BlockPool`` at once.
 - a preempted request gets its bound again and restarts from step 0.
+- a request ``_attach_canvas`` refuses (params the front end could not judge: the
+  engine's default policy with no budget anywhere, a reservation above the whole
+  pool) never enters a queue: vLLM's engine core does not catch an exception from
+  ``add_request``, which would take the engine down with every running request.
+  It is finished at the next step with ``finish_reason`` "error" and the refusal
+  in ``stop_reason`` (the OpenAI server answers 500), and logged with its reason.
 - ``_update_request_with_output``: the runner reports each block's tokens when
   the block is committed; vLLM streams them, the request's token list stays at
   M + L until the last block, when the answer is appended whole and it finishes
@@ -32,6 +38,7 @@ import logging
 from typing import Any
 
 from vllm.v1.core.sched.scheduler import Scheduler
+from vllm.v1.engine import EngineCoreOutput, EngineCoreOutputs
 from vllm.v1.request import Request, RequestStatus
 
 from maskkv_vllm.eviction.policy_set import PolicySet
@@ -90,6 +97,8 @@ class MaskKVDiffusionScheduler(Scheduler):
         """req_id -> canvas entries each head keeps after its prompt's (dual)."""
         self.replay: dict[str, int] = {}
         """req_id -> streamed tokens a preempted request will commit again."""
+        self.refused: dict[str, Request] = {}
+        """req_id -> a refused request, finished with an error at the next step."""
 
     def _pool_manager(self) -> MaskKVBlockManager:
         managers = self.kv_cache_manager.coordinator.single_type_managers
@@ -102,8 +111,39 @@ class MaskKVDiffusionScheduler(Scheduler):
 
     def add_request(self, request: Request) -> None:
         if request.request_id not in self.requests:
-            self._attach_canvas(request)
+            try:
+                self._attach_canvas(request)
+            except ValueError as e:
+                self._refuse(request, str(e))
+                return
         super().add_request(request)
+
+    def _refuse(self, request: Request, reason: str) -> None:
+        logger.warning("maskkv: refused request %s: %s", request.request_id, reason)
+        request.status = RequestStatus.FINISHED_ERROR
+        request.stop_reason = reason
+        self.refused[request.request_id] = request
+
+    def get_num_unfinished_requests(self) -> int:
+        # A refused request keeps the engine stepping until its error is sent.
+        return super().get_num_unfinished_requests() + len(self.refused)
+
+    def _send_refusals(self, outputs: dict[int, EngineCoreOutputs]) -> None:
+        for req_id, request in self.refused.items():
+            eco = outputs.setdefault(request.client_index, EngineCoreOutputs())
+            eco.outputs.append(
+                EngineCoreOutput(
+                    request_id=req_id,
+                    new_token_ids=[],
+                    finish_reason=request.get_finished_reason(),
+                    stop_reason=request.stop_reason,
+                    trace_headers=request.trace_headers,
+                )
+            )
+            if self.finished_req_ids_dict is not None:
+                finished = set(eco.finished_requests or ())
+                eco.finished_requests = finished | {req_id}
+        self.refused.clear()
 
     def _attach_canvas(self, request: Request) -> None:
         sp = request.sampling_params
@@ -145,6 +185,7 @@ class MaskKVDiffusionScheduler(Scheduler):
         canvas = getattr(model_runner_output, "maskkv_canvas_tokens", None) or {}
         rows = getattr(model_runner_output, "maskkv_step_tokens", None) or {}
         outputs = super().update_from_output(scheduler_output, model_runner_output)
+        self._send_refusals(outputs)
         for req_id in scheduler_output.num_scheduled_tokens:
             request = self.requests.get(req_id)
             if request is None or request.is_finished():

@@ -46,7 +46,8 @@ class VllmOutput:
         prompt_token_ids: the prompt without its canvas.
         token_ids: the answer, cut before the first stop id.
         text: ``token_ids`` decoded (special tokens skipped).
-        finish_reason: "stop" or "length".
+        finish_reason: "stop" or "length" (a request the engine refused raises
+            in ``generate`` instead).
     """
 
     prompt_token_ids: list[int]
@@ -132,6 +133,9 @@ def generate(
     check_lengths([len(p) for p in ids], params.gen_length, llm)
     inputs = [{"prompt_token_ids": p} for p in ids]
     outs = llm.generate(inputs, vllm_params, use_tqdm=use_tqdm)
+    for i, out in enumerate(outs):
+        if out.outputs[0].finish_reason == "error":
+            raise ValueError(f"prompt {i} was refused: {out.outputs[0].stop_reason}")
     return [_to_output(o, stops, llm) for o in outs]
 
 
