@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import platform
 import tempfile
@@ -30,6 +31,14 @@ def main(argv: list[str] | None = None) -> None:
              "beside ours) at --peer-lens",
     )  # fmt: skip
     p.add_argument("--peer-lens", type=int, nargs="+", default=[256, 1024, 4096])
+    p.add_argument(
+        "--prompt-lens", type=int, nargs="+",
+        help="prompt lengths of the step-time rows (default: maskkv bench's)",
+    )  # fmt: skip
+    p.add_argument(
+        "--pool", help="the step-time rows' page pool (default: maskkv bench's; "
+        "the six labels hold three full prompts at once)",
+    )  # fmt: skip
     p.add_argument("--skip-canvas", action="store_true", help="no step-time rows")
     p.add_argument(
         "--decode-heavy", action="store_true",
@@ -38,6 +47,10 @@ def main(argv: list[str] | None = None) -> None:
     )  # fmt: skip
     args = p.parse_args(argv)
     cfg = suite.QUICK if args.quick else suite.BenchConfig()
+    if args.prompt_lens:
+        cfg = dataclasses.replace(cfg, canvas_prompt_lens=tuple(args.prompt_lens))
+    if args.pool:
+        cfg = dataclasses.replace(cfg, pool=args.pool)
     lens = [*cfg.canvas_prompt_lens, *(args.peer_lens if args.peer_fast_dllm else [])]
     if args.decode_heavy:
         lens.append(cfg.decode_prompt)
