@@ -59,6 +59,7 @@ import copy
 import json
 import math
 import random
+import re
 import time
 from pathlib import Path
 
@@ -192,11 +193,49 @@ def dream_state_from_llada(
     return out
 
 
+LAYER_INDEX = re.compile(r"\.(?:layers|blocks)\.(\d+)\.")
+ZERO_WHEN_GROWN = ("self_attn.o_proj.weight", "mlp.down_proj.weight",
+                   "attn_out.weight", "ff_out.weight")  # fmt: skip
+"""A layer's writes to the residual stream (Dream's names, then LLaDA's)."""
+
+
+def grown_state(state: dict, model: LLaDAModel | DreamModel) -> dict:
+    """A shallower checkpoint in a deeper model: its layers stay first, and each
+    added layer keeps its fresh init but writes nothing to the residual stream
+    (attention and MLP output projections zero), so the deeper model computes
+    what the checkpoint computed until training moves the new layers.
+
+    Raises:
+        ValueError: ``state`` is not a prefix of ``model``'s layers (other names
+            or shapes, or more layers).
+    """
+    out = {}
+    for name, tensor in model.state_dict().items():
+        if name in state:
+            if state[name].shape != tensor.shape:
+                raise ValueError(f"--init tensor {name} is {tuple(state[name].shape)}"
+                                 f", the model's {tuple(tensor.shape)}")  # fmt: skip
+            out[name] = state[name]
+        elif LAYER_INDEX.search(name) is None:
+            raise ValueError(f"--init has no tensor {name}")
+        else:
+            zero = name.endswith(ZERO_WHEN_GROWN)
+            out[name] = torch.zeros_like(tensor) if zero else tensor.clone()
+    extra = sorted(state.keys() - out.keys())
+    if extra:
+        raise ValueError(f"--init tensors the model lacks: {extra[:3]}")
+    return out
+
+
 def load_init(model: LLaDAModel | DreamModel, path: str) -> None:
-    """Load ``--init``'s weights: same architecture, or LLaDA into Dream."""
+    """Load ``--init``'s weights: same architecture, or LLaDA into Dream, into as
+    many layers or more (``grown_state``)."""
     state = load_model(path).state_dict()
-    if state.keys() != model.state_dict().keys() and isinstance(model, DreamModel):
+    llada = any(k.startswith("model.transformer.") for k in state)
+    if isinstance(model, DreamModel) and llada:
         state = dream_state_from_llada(state, model)
+    if state.keys() != model.state_dict().keys():
+        state = grown_state(state, model)
     model.load_state_dict(state)
 
 

@@ -198,3 +198,41 @@ def test_record_columns_are_key_colon_digits_and_semicolon():
     # BOS k1 : 4 5 6 ; k2 : 7 8 9 ; ? k2   (ids stand in for words)
     prompt = [0, 21, 6, 14, 15, 16, 7, 22, 6, 17, 18, 19, 7, 8, 22]
     assert wp.record_columns(prompt) == [7, 8, 9, 10, 11, 12]
+
+
+@pytest.mark.parametrize(("src", "arch"), [("dream", "dream"), ("llada", "dream"),
+                                           ("llada", "llada")])  # fmt: skip
+def test_a_deeper_model_grown_from_init_computes_what_the_init_computed(
+    tmp_path, tok, src, arch
+):
+    built = micro(tok, src)  # 1 layer
+    tm.save(built, built.config, tok, tmp_path / "init", {})
+    shallow = tm.load_model(str(tmp_path / "init")).float()  # as saved (bf16)
+    argv = ["--out", "unused", *MICRO, "--arch", arch, "--init",
+            str(tmp_path / "init")]  # fmt: skip
+    argv[argv.index("--layers") + 1] = "3"
+    deep, _ = tm.build(tm.parse_args(argv), tok, seed=1)
+    assert len(deep.blocks) == 3
+    ids, positions, key_mask, *_ = kv_batch(tok, shallow.config)
+    attn = DenseAttention(key_mask)
+    with torch.no_grad():
+        want = shallow.logits(shallow(ids, positions, attn))
+        got = deep.logits(deep(ids, positions, attn))
+    torch.testing.assert_close(got, want)
+    # the added layers are fresh, apart from their zeroed output projections
+    grown = {k: v for k, v in deep.state_dict().items() if tm.LAYER_INDEX.search(k)
+             and int(tm.LAYER_INDEX.search(k).group(1)) >= 1}  # fmt: skip
+    zeroed = {k for k, v in grown.items() if not v.any()}
+    assert zeroed and all(k.endswith(tm.ZERO_WHEN_GROWN) or k.endswith(".bias")
+                          for k in zeroed)  # fmt: skip
+
+
+def test_an_init_wider_than_the_model_is_named(tmp_path, tok):
+    wide = micro(tok, "dream")
+    tm.save(wide, wide.config, tok, tmp_path / "init", {})
+    argv = ["--out", "unused", *MICRO, "--arch", "dream", "--init",
+            str(tmp_path / "init")]  # fmt: skip
+    argv[argv.index("--mlp") + 1] = "64"
+    argv[argv.index("--layers") + 1] = "2"
+    with pytest.raises(ValueError, match=r"--init tensor .*mlp.* is \(32, 32\)"):
+        tm.build(tm.parse_args(argv), tok, seed=0)
