@@ -88,7 +88,10 @@ T_MIN = 0.2
 PRETRAIN_EPS = 1e-3
 """LLaDA pretraining's smallest masking ratio: p = eps + (1 - eps) t, t ~ U(0, 1)."""
 EVAL_SEED = 777_000  # held-out prompts: a generator stream training never draws from
-TASK_SEED = {"kv": 0, "vt": 1, "needle": 2}
+TASK_SEED = {"kv": 0, "vt": 1, "needle": 2, "multi": 3}
+TRAIN_QUERIES = (GEN_LENGTH + 1) // 4
+"""Keys a trained ``multi`` prompt asks for: answers ``d d d ; d d d`` fill the
+canvas (4 words a key, less the last ``;``)."""
 MODELS = {"llada": LLaDAModel, "dream": DreamModel}
 
 # LLaDA tensor names (after ``model.transformer.blocks.N.``) -> Dream's.
@@ -251,11 +254,21 @@ def gate_accuracy(entry: dict, tasks: list[str]) -> float:
     return min(entry[t]["answer"] for t in tasks if t in entry)
 
 
-def pick_task(u: float, vt: float, needle: float) -> str:
-    """The task of one sequence from a uniform draw ``u``: vt, needle, else kv."""
+def pick_task(u: float, vt: float, needle: float, multi: float = 0.0) -> str:
+    """The task of one sequence from a uniform draw ``u``: vt, needle, multi,
+    else kv."""
     if u < vt:
         return "vt"
-    return "needle" if u < vt + needle else "kv"
+    if u < vt + needle:
+        return "needle"
+    return "multi" if u < vt + needle + multi else "kv"
+
+
+def trained_tasks(args, vt: bool) -> list[str]:
+    """The tasks a check scores: kv, then each one trained (vt once it joined)."""
+    extra = [("needle", args.needle_fraction > 0), ("vt", vt and args.vt_fraction > 0),
+             ("multi", args.multi_fraction > 0)]  # fmt: skip
+    return ["kv"] + [task for task, on in extra if on]
 
 
 def lr_at(step: int, lr: float, warmup: int) -> float:
@@ -342,19 +355,21 @@ def recall_queries(
     Returns:
         the words, and the indices of the inserted value words (the targets).
     """
-    *body, mark, final = prompt.split()
-    known = facts([*body, mark, final])
+    words = prompt.split()
+    q = len(words) - 1 - words[::-1].index("?")  # the final question (multi: keys)
+    body, question = words[:q], words[q:]
+    known = facts(words)
     targets = []
     for name in rng.choices(sorted(known), k=count):
         body += ["?", name] + ([":"] if rng.random() < colon else [])
         targets += range(len(body), len(body) + len(known[name]))
         body += [*known[name], ";"]
-    return [*body, mark, final], targets
+    return [*body, *question], targets
 
 
 def prompt_targets(rng, tok, task: str, length: int, recall: int, colon: float = 0.0):
     """Prompt ids, EOS-padded answer ids and the recall-digit slots of one sample."""
-    s = make_sample(rng, task, length)
+    s = make_sample(rng, task, length, TRAIN_QUERIES)
     words, slots = recall_queries(rng, s.prompt, recall, colon)
     prompt = tok.encode(" ".join(words)).ids
     answer = tok.encode(s.answer, add_special_tokens=False).ids
@@ -576,8 +591,8 @@ class Run:
     def tasks(self) -> list[str]:
         a = self.args
         vt = a.vt_fraction if self.length >= a.vt_from else 0.0
-        return [pick_task(self.rng.random(), vt, a.needle_fraction)
-                for _ in range(a.batch)]  # fmt: skip
+        return [pick_task(self.rng.random(), vt, a.needle_fraction,
+                          a.multi_fraction) for _ in range(a.batch)]  # fmt: skip
 
     def train_step(self) -> float:
         self.step += 1
@@ -620,7 +635,7 @@ class Run:
         entry = {"seed": self.seed, "step": self.step, "minutes": round(minutes, 2),
                  "length": self.length, "loss": round(loss, 4)}  # fmt: skip
         vt = a.vt_fraction > 0 and self.length >= a.vt_from
-        for task in ["kv"] + ["needle"] * (a.needle_fraction > 0) + ["vt"] * vt:
+        for task in trained_tasks(a, vt):
             entry[task] = evaluate(
                 self.model, self.tok, self.config, task, self.length, n
             )
@@ -709,8 +724,9 @@ def train(args) -> Run:
     lengths = sorted({args.start_length, *args.report_lengths})
     meta = meta_for(args, run, probes, done)
     meta["final"] = final_scores(
-        run, lengths, args.final_samples, ["kv", "vt", "needle"]
-    )
+        run, lengths, args.final_samples,
+        ["kv", "vt", "needle"] + ["multi"] * (args.multi_fraction > 0),
+    )  # fmt: skip
     meta["minutes"] = round((time.monotonic() - start) / 60, 2)
     save(run.model, run.config, tok, out, meta)
     return run
@@ -751,7 +767,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add("--start-length", type=int, default=32, help="first stage's prompt tokens")
     add("--final-length", type=int, default=2048, help="last stage's prompt tokens")
     add("--threshold", type=float, default=0.9, help="kv answers right to double")
-    add("--gate-tasks", nargs="+", choices=["kv", "needle", "vt"], default=["kv"],
+    add(
+        "--multi-fraction",
+        type=float,
+        default=0.0,
+        help=f"share of multi sequences ({TRAIN_QUERIES} keys asked in one canvas)",
+    )
+    add("--gate-tasks", nargs="+", choices=list(TASK_SEED), default=["kv"],
         help="tasks whose answers must all pass --threshold to double")  # fmt: skip
     add("--final-threshold", type=float, default=0.95, help="stop at the last stage")
     add("--eval-every", type=int, default=100)

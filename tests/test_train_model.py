@@ -229,3 +229,44 @@ def test_gate_takes_the_worst_gated_task_that_ran():
     assert tm.gate_accuracy(entry, ["kv", "vt"]) == 0.40
     # needle did not run at this check: it cannot hold the gate
     assert tm.gate_accuracy(entry, ["kv", "needle"]) == 0.95
+
+
+@pytest.mark.parametrize(
+    ("u", "want"),
+    [(0.05, "vt"), (0.15, "needle"), (0.25, "multi"), (0.35, "kv")],
+)
+def test_pick_task_order_vt_needle_multi_then_kv(u, want):
+    assert tm.pick_task(u, vt=0.1, needle=0.1, multi=0.1) == want
+
+
+def test_recall_queries_go_before_a_multi_question_whole():
+    prompt = "k001 : 1 2 3 ; k002 : 4 5 6 ; ? k002 ; k001"
+    words, slots = tm.recall_queries(random.Random(0), prompt, 1)
+    assert words[-4:] == ["?", "k002", ";", "k001"]
+    assert words[:12] == prompt.split()[:12]
+    inserted = words[12:-4]
+    assert inserted[0] == "?" and inserted[-1] == ";" and len(inserted) == 6
+    assert [words[j] for j in slots] == inserted[2:5]
+
+
+def test_a_multi_row_asks_two_keys_and_fills_the_canvas(tok):
+    prompt, answer, _ = tm.prompt_targets(random.Random(3), tok, "multi", 64, 0)
+    words = tok.decode(prompt).split()
+    assert words[-4] == "?" and words[-2] == ";"
+    eos = tok.token_to_id("<|endoftext|>")
+    assert len(answer) == tm.GEN_LENGTH and answer[-1] == eos
+    assert tok.decode(answer[:7]).split()[3] == ";"  # d d d ; d d d
+
+
+def test_a_multi_run_checks_and_scores_multi(tmp_path):
+    out = tmp_path / "ck"
+    argv = ["--out", str(out), *MICRO, "--batch", "2", "--seeds", "0",
+            "--eval-every", "2", "--steps", "2", "--multi-fraction", "0.5",
+            "--start-length", "32", "--final-length", "32", "--eval-samples", "2",
+            "--final-samples", "2", "--report-lengths", "32", "--gate-tasks", "kv",
+            "multi", "--prior-pairs", "1", "2"]  # fmt: skip
+    tm.main(argv)
+    meta = json.loads((out / "training.json").read_text())
+    assert set(meta["history"][-1]) >= {"kv", "multi"}
+    assert "needle" not in meta["history"][-1]
+    assert set(meta["final"]) == {"kv", "vt", "needle", "multi"}
