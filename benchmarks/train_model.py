@@ -67,6 +67,7 @@ import torch
 import torch.nn.functional as F
 
 from maskkv_vllm.evaluation.synthetic import (
+    VT_HOPS,
     facts,
     make_sample,
     word_tokenizer,
@@ -367,9 +368,12 @@ def recall_queries(
     return [*body, *question], targets
 
 
-def prompt_targets(rng, tok, task: str, length: int, recall: int, colon: float = 0.0):
-    """Prompt ids, EOS-padded answer ids and the recall-digit slots of one sample."""
-    s = make_sample(rng, task, length, TRAIN_QUERIES)
+def prompt_targets(
+    rng, tok, task: str, length: int, recall: int, colon: float = 0.0, hops=VT_HOPS
+):
+    """Prompt ids, EOS-padded answer ids and the recall-digit slots of one sample
+    (``hops``: a ``vt`` chain's hop counts)."""
+    s = make_sample(rng, task, length, TRAIN_QUERIES, tuple(hops))
     words, slots = recall_queries(rng, s.prompt, recall, colon)
     prompt = tok.encode(" ".join(words)).ids
     answer = tok.encode(s.answer, add_special_tokens=False).ids
@@ -387,6 +391,7 @@ def make_batch(
     colon: float = 0.0,
     gen: torch.Generator | None = None,
     pretrain: float = 0.0,
+    hops=VT_HOPS,
 ):
     """Left-padded rows (prompt + answer), their positions, key mask and targets.
 
@@ -401,7 +406,8 @@ def make_batch(
         ids, positions, target: (B, T) int; key_mask, masked: (B, T) bool;
         weight: (B, T) loss weights (1/t on the canvas, 1 on recall values).
     """
-    samples = [prompt_targets(rng, tok, task, length, recall, colon) for task in tasks]
+    samples = [prompt_targets(rng, tok, task, length, recall, colon, hops)
+               for task in tasks]  # fmt: skip
     width = max(len(p) for p, _, _ in samples)
     ids = torch.tensor(
         [[config.pad_token_id] * (width - len(p)) + p + a for p, a, _ in samples]
@@ -609,6 +615,7 @@ class Run:
             self.args.recall_colon,
             self.gen,
             self.args.pretrain_fraction,
+            self.args.vt_hops,
         )
         blind = None
         if self.args.blind_prompt > 0:  # drawn only then: the stream stays otherwise
@@ -767,6 +774,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add("--start-length", type=int, default=32, help="first stage's prompt tokens")
     add("--final-length", type=int, default=2048, help="last stage's prompt tokens")
     add("--threshold", type=float, default=0.9, help="kv answers right to double")
+    add(
+        "--vt-hops",
+        type=int,
+        nargs="+",
+        default=list(VT_HOPS),
+        help="hop counts of the training vt chains (checks keep the task's own)",
+    )
     add(
         "--multi-fraction",
         type=float,

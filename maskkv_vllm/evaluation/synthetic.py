@@ -32,6 +32,8 @@ NUM_KEYS = 512
 NUM_VARS = 64
 NUM_CHAINS = 2
 MAX_NEEDLES = 4
+VT_HOPS = (2, 3)
+"""Hops of a ``vt`` chain (one drawn per chain): 3 to 4 lookups in a row."""
 PUNCT = [":", ";", "?", "="]
 DIGITS = [str(d) for d in range(10)]
 KEYS = [f"k{i:03d}" for i in range(NUM_KEYS)]
@@ -78,9 +80,11 @@ def _record(rng: random.Random, key: str) -> tuple[str, str]:
     return f"{key} : {digits} ;", digits
 
 
-def _chain(rng: random.Random, names: list[str], start: str) -> list[str]:
-    """``xA = d ;`` then 2 or 3 hops ``xB = xA ;`` over ``names``."""
-    hops = rng.choice([2, 3])
+def _chain(
+    rng: random.Random, names: list[str], start: str, hops: tuple[int, ...] = VT_HOPS
+) -> list[str]:
+    """``xA = d ;`` then one of ``hops`` hops ``xB = xA ;`` over ``names``."""
+    hops = rng.choice(hops)
     chain = [f"{names[0]} = {start} ;"]
     return chain + [f"{names[j + 1]} = {names[j]} ;" for j in range(hops)]
 
@@ -94,11 +98,18 @@ def _hide(rng: random.Random, parts: list[str], chains: list[list[str]]) -> None
 
 
 def make_sample(
-    rng: random.Random, task: str, num_tokens: int, queries: int = MULTI_QUERIES
+    rng: random.Random,
+    task: str,
+    num_tokens: int,
+    queries: int = MULTI_QUERIES,
+    hops: tuple[int, ...] = VT_HOPS,
 ) -> Sample:
-    """One sample whose prompt is about ``num_tokens`` tokens long."""
+    """One sample whose prompt is about ``num_tokens`` tokens long (``hops``: the
+    hop counts a ``vt`` chain draws from, a training curriculum's knob)."""
     if task not in ALL_TASKS:
         raise ValueError(f"task={task!r} is not one of {ALL_TASKS}")
+    if not hops or not set(hops) <= set(range(1, 4)):
+        raise ValueError(f"hops={hops!r} must be drawn from 1, 2 and 3")
     if task == "needle":
         return _needle_sample(rng, num_tokens)
     if task in HARD_TASKS:
@@ -114,7 +125,8 @@ def make_sample(
         names = rng.sample(VARS, 4 * NUM_CHAINS)
         starts = rng.sample(DIGITS, NUM_CHAINS)
         chains = [
-            _chain(rng, names[4 * c : 4 * c + 4], starts[c]) for c in range(NUM_CHAINS)
+            _chain(rng, names[4 * c : 4 * c + 4], starts[c], hops)
+            for c in range(NUM_CHAINS)
         ]
         # Drop the records the statements' tokens (4 each) displace, keeping at least 1.
         del parts[max(1, n - 4 * sum(map(len, chains)) // 6) :]

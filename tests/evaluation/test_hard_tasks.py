@@ -60,3 +60,27 @@ def test_eval_takes_tasks_absolute_budgets_and_a_block(tmp_path, capsys):
     assert code == 0
     table = capsys.readouterr().out
     assert "B=1" in table and "B=16" in table and "multi" in table
+
+
+def test_vt_hops_set_the_chain_length_and_default_to_two_or_three():
+    def hops_of(sample):  # statements "xB = xA ;" of the queried chain, counted back
+        known = dict(
+            (w[0], w[2])
+            for w in (sample.prompt.split()[i : i + 3]
+                      for i in range(len(sample.prompt.split()) - 2))
+            if w[1] == "=" and w[0].startswith("x")
+        )  # fmt: skip
+        var, n = sample.prompt.split()[-1], 0
+        while known[var].startswith("x"):
+            var, n = known[var], n + 1
+        assert known[var] == sample.answer
+        return n
+
+    rng = random.Random(0)
+    assert {hops_of(make_sample(rng, "vt", 120, hops=(1,))) for _ in range(20)} == {1}
+    assert {hops_of(make_sample(rng, "vt", 120)) for _ in range(40)} == {2, 3}
+
+
+def test_vt_hops_outside_one_to_three_are_named():
+    with pytest.raises(ValueError, match=r"hops=\(4,\)"):
+        make_sample(random.Random(0), "vt", 120, hops=(4,))
