@@ -511,12 +511,15 @@ def sampled_answers(model, prompts: list[list[int]]) -> list[list[int]]:
 
 
 @torch.no_grad()
-def evaluate(model, tok, config, task: str, length: int, n: int, batch: int = 16):
+def evaluate(
+    model, tok, config, task: str, length: int, n: int, batch: int = 16, hops=VT_HOPS
+):
     """Held-out accuracy: ``exact`` and ``digit`` of one argmax over all-masked
     slots (the whole canvas, EOS padding included), ``answer`` of the sampler's
     answer up to its first EOS (the gate: what the evaluation scores)."""
     rng = random.Random(EVAL_SEED + length + TASK_SEED[task])
-    samples = [prompt_targets(rng, tok, task, length, 0)[:2] for _ in range(n)]
+    samples = [prompt_targets(rng, tok, task, length, 0, 0.0, hops)[:2]
+               for _ in range(n)]  # fmt: skip
     exact = digits = total = 0
     model.eval()
     eos = config.eos_token_id
@@ -646,6 +649,11 @@ class Run:
             entry[task] = evaluate(
                 self.model, self.tok, self.config, task, self.length, n
             )
+        if vt and tuple(a.vt_hops) != VT_HOPS:  # the curriculum's own chains too
+            entry["vt_trained_hops"] = evaluate(
+                self.model, self.tok, self.config, "vt", self.length, n,
+                hops=a.vt_hops,
+            )  # fmt: skip
         self.history.append(entry)
         print(json.dumps(entry), flush=True)
         return entry
