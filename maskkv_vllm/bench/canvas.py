@@ -135,3 +135,38 @@ def adaptive_report(rows: list[dict]) -> list[str]:
             cells += [f"{ms:>{width}.2f}", f"{ratio:>5.2f}", f"{agree:>5.2f}"]
         lines.append(" | ".join(cells))
     return lines
+
+
+def plot(rows: list[dict], path) -> None:
+    """ms per step against prompt length, one panel per (gen, block) shape, a line
+    per label (full cache and MaskKV, each with none, dual and adaptive)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import matplotlib.ticker
+
+    shapes = sorted({(r["gen"], r["block"]) for r in rows}, reverse=True)
+    fig, axes = plt.subplots(1, len(shapes), figsize=(6 * len(shapes), 4.2))
+    for ax, (gen, block) in zip(
+        axes if len(shapes) > 1 else [axes], shapes, strict=True
+    ):
+        mine = sorted(
+            (r for r in rows if (r["gen"], r["block"]) == (gen, block)),
+            key=lambda r: r["prompt_len"],
+        )
+        for label, policy, _ in LABELS:
+            key = f"{label}_step_ms"
+            pts = [(r["prompt_len"], r[key]) for r in mine if key in r]
+            style = "-" if policy == "full" else "--"
+            ax.plot(*zip(*pts, strict=True), style, marker="o", label=label)
+        ax.set(xscale="log", yscale="log", xlabel="prompt tokens",
+               ylabel="ms / step (mean after the first)",
+               title=f"canvas cache, gen {gen} / block {block}")  # fmt: skip
+        lengths = sorted({r["prompt_len"] for r in mine})
+        ax.set_xticks(lengths, [str(m) for m in lengths])
+        ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -41,11 +41,18 @@ def main(argv: list[str] | None = None) -> None:
     )  # fmt: skip
     p.add_argument("--skip-canvas", action="store_true", help="no step-time rows")
     p.add_argument(
+        "--from", dest="sources", type=Path, nargs="+",
+        help="measure nothing: report and plot the rows of these earlier --out files",
+    )  # fmt: skip
+    p.add_argument("--plot", type=Path, help="PNG of the step-time rows")
+    p.add_argument(
         "--decode-heavy", action="store_true",
         help="also the engine's decode-heavy workload: full + none, MaskKV + none, "
              "MaskKV + dual (tokens/s)",
     )  # fmt: skip
     args = p.parse_args(argv)
+    if args.sources:
+        return report_saved(args.sources, args.out, args.plot)
     cfg = suite.QUICK if args.quick else suite.BenchConfig()
     if args.prompt_lens:
         cfg = dataclasses.replace(cfg, canvas_prompt_lens=tuple(args.prompt_lens))
@@ -92,6 +99,21 @@ def main(argv: list[str] | None = None) -> None:
     print("\n".join(lines))
     if args.out:
         args.out.write_text(json.dumps(result, indent=2))
+    if args.plot and "rows" in result:
+        canvas.plot(result["rows"], args.plot)
+
+
+def report_saved(sources: list[Path], out: Path | None, png: Path | None) -> None:
+    """The step-time rows of earlier runs, in one table (and plot) by shape and
+    prompt length; each row's ratios were measured within its own run."""
+    rows = [r for src in sources for r in json.loads(src.read_text())["rows"]]
+    rows.sort(key=lambda r: (-r["gen"], r["prompt_len"]))
+    print("\n".join(canvas.report(rows)))
+    if out:
+        out.write_text(json.dumps({"sources": [str(s) for s in sources],
+                                   "rows": rows}, indent=2))  # fmt: skip
+    if png:
+        canvas.plot(rows, png)
 
 
 def decode_lines(cfg, d: dict) -> list[str]:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from maskkv_vllm.bench import canvas
+import json
+
+from maskkv_vllm.bench import canvas, canvas_run
 
 
 def row(gen, block, m, full, maskkv):
@@ -53,3 +55,27 @@ def test_every_policy_runs_every_canvas_cache():
         "full_none", "full_dual", "full_adaptive",
         "maskkv_none", "maskkv_dual", "maskkv_adaptive",
     ]  # fmt: skip
+
+
+def test_earlier_runs_merge_into_one_table_and_plot(tmp_path, capsys):
+    a, b = tmp_path / "a.json", tmp_path / "b.json"
+    a.write_text(
+        json.dumps(
+            {
+                "rows": [
+                    row(32, 8, 256, (10.0, 5.0), (8.0, 4.0)),
+                    row(256, 32, 256, (40.0, 10.0), (20.0, 5.0)),
+                ]
+            }
+        )
+    )
+    b.write_text(json.dumps({"rows": [row(256, 32, 8192, (400.0, 96.0),
+                                          (20.0, 6.0))]}))  # fmt: skip
+    out, png = tmp_path / "all.json", tmp_path / "all.png"
+    canvas_run.main(["--from", str(a), str(b), "--out", str(out), "--plot", str(png)])
+    rows = json.loads(out.read_text())["rows"]
+    assert [(r["gen"], r["prompt_len"]) for r in rows] == [
+        (256, 256), (256, 8192), (32, 256)
+    ]  # fmt: skip
+    assert " 256/32 |   8192 |    400.00 |     96.00 |  0.24" in capsys.readouterr().out
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
