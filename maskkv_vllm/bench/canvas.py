@@ -83,6 +83,41 @@ def _row(sampler, tok, m, gen, block, sp, device, repeats) -> dict:
     return row
 
 
+def refresh_agreement(sampler, tok, lengths, shapes, device) -> list[dict]:
+    """Share of plain ``dual``'s greedy answer tokens equal to ``dual_refresh``'s,
+    full cache. ``dual_refresh`` (the prompt recomputed at each block boundary) is
+    Fast-dLLM's schedule and gives their tokens (the peer lane), so it is the
+    oracle plain ``dual`` is measured against.
+
+    Args:
+        sampler: a paged ``ModelRunner``.
+        shapes: (gen_length, block_length) pairs.
+    """
+    rows = []
+    for gen, block in shapes:
+        for m in lengths:
+            prompt = english_ids(tok, m)
+            canvases = []
+            for cache in ("dual", "dual_refresh"):
+                sp = shape_params(gen, block, "full", 0, cache)
+                seq = sampler.make_sequence(0, prompt, sp)
+                step_times(sampler, seq, device)
+                canvases.append(seq.canvas.tolist())
+            same = sum(a == b for a, b in zip(*canvases, strict=True))
+            rows.append({"prompt_len": m, "gen": gen, "block": block,
+                         "dual_vs_refresh": same / gen})  # fmt: skip
+    return rows
+
+
+def refresh_report(rows: list[dict]) -> list[str]:
+    lines = ["plain dual vs dual_refresh (Fast-dLLM's schedule), full cache, greedy: "
+             "share of equal answer tokens"]  # fmt: skip
+    for r in rows:
+        lines.append(f"  gen {r['gen']} / block {r['block']}, prompt "
+                     f"{r['prompt_len']}: {r['dual_vs_refresh']:.2f}")  # fmt: skip
+    return lines
+
+
 def targets(rows: list[dict]) -> list[tuple[str, float, str]]:
     """(what, measured, target): a dual step <= 1/4 of a none step at the
     longest canvas shape, worst prompt length, full cache and MaskKV."""

@@ -46,6 +46,10 @@ def main(argv: list[str] | None = None) -> None:
     )  # fmt: skip
     p.add_argument("--plot", type=Path, help="PNG of the step-time rows")
     p.add_argument(
+        "--refresh-agreement", action="store_true",
+        help="also plain dual's tokens against dual_refresh's (the oracle)",
+    )  # fmt: skip
+    p.add_argument(
         "--decode-heavy", action="store_true",
         help="also the engine's decode-heavy workload: full + none, MaskKV + none, "
              "MaskKV + dual (tokens/s)",
@@ -82,6 +86,13 @@ def main(argv: list[str] | None = None) -> None:
             lines += [
                 f"  {w}: {v:.2f} (target {t})" for w, v, t in canvas.targets(rows)
             ]
+        if args.refresh_agreement:
+            agree = canvas.refresh_agreement(
+                figures.sampler_for(model, tok, "paged", cfg.pool), tok,
+                cfg.canvas_prompt_lens, cfg.canvas_shapes, cfg.device,
+            )  # fmt: skip
+            result["refresh_agreement"] = agree
+            lines += ["", *canvas.refresh_report(agree)]
         if args.decode_heavy:
             d = figures.throughput(
                 model, tok, cfg.decode_requests, cfg.decode_prompt, cfg.decode_gen,

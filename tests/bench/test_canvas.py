@@ -79,3 +79,26 @@ def test_earlier_runs_merge_into_one_table_and_plot(tmp_path, capsys):
     ]  # fmt: skip
     assert " 256/32 |   8192 |    400.00 |     96.00 |  0.24" in capsys.readouterr().out
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_one_layer_dual_equals_its_oracle_and_two_layers_are_measured(tmp_path):
+    # With one layer a canvas row's K/V depend on its own token only, so plain
+    # dual is exact and equals dual_refresh.
+    from maskkv_vllm.bench import figures
+    from maskkv_vllm.bench.common import ModelSize, bench_checkpoint
+    from maskkv_vllm.models.loader import load_checkpoint
+
+    got = {}
+    for layers in (1, 2):
+        ckpt = bench_checkpoint(ModelSize(layers, 2, 32), 128, tmp_path / str(layers))
+        model, tok = load_checkpoint(ckpt, "float32", "cpu")
+        sampler = figures.sampler_for(model, tok, "paged", "8MiB")
+        rows = canvas.refresh_agreement(sampler, tok, [40], [(16, 4)], "cpu")
+        got[layers] = rows[0]["dual_vs_refresh"]
+        assert rows[0]["prompt_len"] == 40 and (rows[0]["gen"], rows[0]["block"]) == (
+            16, 4
+        )  # fmt: skip
+    assert got[1] == 1.0
+    # this seeded two-layer model's plain dual drifts from its oracle (15 of 16
+    # tokens equal): the measurement compares two different schedules
+    assert got[2] == 15 / 16
