@@ -55,8 +55,9 @@ def add_sweep_args(ev: argparse.ArgumentParser) -> None:
         help="budgets as fractions of the prompt",
     )
     ev.add_argument(
-        "--policies", nargs="+", default=list(POLICIES), help="policies compared"
-    )
+        "--policies", nargs="*", default=list(POLICIES),
+        help="policies compared (none named: the full cache alone)",
+    )  # fmt: skip
     add_task_args(ev)
 
 
@@ -83,6 +84,22 @@ def add_task_args(ev: argparse.ArgumentParser) -> None:
     )  # fmt: skip
 
 
+def check_policies(canvas_cache: str, policies: list[str]) -> None:
+    """Refuse, before any prompt runs, a sweep the canvas cache cannot run."""
+    from maskkv_vllm.eviction.registry import check_policy_name, policy_evicts
+
+    for name in policies:
+        check_policy_name(name)
+    evicting = [p for p in policies if policy_evicts(p)]
+    if canvas_cache == "dual_refresh" and evicting:
+        raise SystemExit(
+            "maskkv eval: --canvas-cache dual_refresh recomputes the full prompt at "
+            f"every block boundary, so only the full cache runs with it; --policies "
+            f"{' '.join(evicting)} evict (name none of them, or use --canvas-cache "
+            "dual)"
+        )
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
@@ -90,8 +107,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from maskkv_vllm.engine.llm_engine import LLMEngine
     from maskkv_vllm.evaluation import harness
 
-    out_dir = results_dir(args.out_dir, "eval", args.force)
     config = EngineArgs.from_cli_args(args).create_engine_config()
+    check_policies(config.canvas_cache, args.policies)
+    out_dir = results_dir(args.out_dir, "eval", args.force)
     llm = LLM.from_engine(LLMEngine(config))
     for b in args.budgets:
         if b < 1:

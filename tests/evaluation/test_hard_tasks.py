@@ -84,3 +84,36 @@ def test_vt_hops_set_the_chain_length_and_default_to_two_or_three():
 def test_vt_hops_outside_one_to_three_are_named():
     with pytest.raises(ValueError, match=r"hops=\(4,\)"):
         make_sample(random.Random(0), "vt", 120, hops=(4,))
+
+
+def test_eval_refuses_evicting_policies_with_dual_refresh_before_any_prompt(
+    tmp_path, monkeypatch
+):
+    from maskkv_vllm.cli import main
+    from maskkv_vllm.evaluation import harness
+
+    def never(*a, **k):
+        raise AssertionError("no prompt may run")
+
+    monkeypatch.setattr(harness, "evaluate", never)
+    argv = ["eval", "--model", "retrieval", "--canvas-cache", "dual_refresh",
+            "--policies", "maskkv", "full", "snapkv", "--device", "cpu",
+            "--out-dir", str(tmp_path / "ev")]  # fmt: skip
+    with pytest.raises(SystemExit, match=r"--canvas-cache dual_refresh .*"
+                       r"--policies maskkv snapkv evict"):  # fmt: skip
+        main(argv)
+    assert not (tmp_path / "ev").exists()
+
+
+def test_eval_with_no_policy_named_scores_the_full_cache_alone(tmp_path, capsys):
+    from maskkv_vllm.cli import main
+
+    code = main(
+        ["eval", "--model", "retrieval", "--canvas-cache", "dual_refresh",
+         "--block-length", "2", "--tasks", "kv", "--samples", "2",
+         "--prompt-tokens", "64", "--policies", "--solved-at", "0",
+         "--device", "cpu", "--out-dir", str(tmp_path / "ev")]
+    )  # fmt: skip
+    assert code == 0
+    assert "full cache accuracy" in capsys.readouterr().out
+    assert (tmp_path / "ev" / "eval.json").exists()
