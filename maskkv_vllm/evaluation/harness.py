@@ -197,10 +197,13 @@ def format_table(result: EvalResult) -> str:
             if skipped
             else []
         ),
-        "accuracy [95% Wilson interval] (retention vs full cache)",
-        head,
-        "-" * len(head),
     ]
+    if result.accuracy:  # no policy named: the full cache's line alone
+        lines += [
+            "accuracy [95% Wilson interval] (retention vs full cache)",
+            head,
+            "-" * len(head),
+        ]
     for policy, accs in result.accuracy.items():
         cells = []
         for f in fr:

@@ -115,5 +115,6 @@ def test_eval_with_no_policy_named_scores_the_full_cache_alone(tmp_path, capsys)
          "--device", "cpu", "--out-dir", str(tmp_path / "ev")]
     )  # fmt: skip
     assert code == 0
-    assert "full cache accuracy" in capsys.readouterr().out
+    table = capsys.readouterr().out
+    assert "full cache accuracy" in table and "retention" not in table
     assert (tmp_path / "ev" / "eval.json").exists()
