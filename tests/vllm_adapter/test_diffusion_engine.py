@@ -429,6 +429,7 @@ def test_a_request_above_the_whole_pool_is_refused_and_the_engine_lives_on(
                        r"but the pool holds 39"):  # fmt: skip
         generate(llm, [[256] + [65] * 255], huge)
     assert not scheduler.refused and not scheduler.requests
+    assert not scheduler.reserved and not scheduler.prompt_lens  # nothing held
     free = scheduler.kv_cache_manager.block_pool.get_num_free_blocks()
     assert free == NUM_BLOCKS - 1
     params = SamplingParams(gen_length=16, block_length=8, steps=8)
