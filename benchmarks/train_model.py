@@ -67,6 +67,7 @@ import torch
 import torch.nn.functional as F
 
 from maskkv_vllm.evaluation.synthetic import (
+    NUM_CHAINS,
     VT_HOPS,
     facts,
     make_sample,
@@ -369,11 +370,18 @@ def recall_queries(
 
 
 def prompt_targets(
-    rng, tok, task: str, length: int, recall: int, colon: float = 0.0, hops=VT_HOPS
+    rng,
+    tok,
+    task: str,
+    length: int,
+    recall: int,
+    colon: float = 0.0,
+    hops=VT_HOPS,
+    chains: int = NUM_CHAINS,
 ):
     """Prompt ids, EOS-padded answer ids and the recall-digit slots of one sample
-    (``hops``: a ``vt`` chain's hop counts)."""
-    s = make_sample(rng, task, length, TRAIN_QUERIES, tuple(hops))
+    (``hops``, ``chains``: a ``vt`` prompt's hop counts and chains)."""
+    s = make_sample(rng, task, length, TRAIN_QUERIES, tuple(hops), chains)
     words, slots = recall_queries(rng, s.prompt, recall, colon)
     prompt = tok.encode(" ".join(words)).ids
     answer = tok.encode(s.answer, add_special_tokens=False).ids
@@ -392,6 +400,7 @@ def make_batch(
     gen: torch.Generator | None = None,
     pretrain: float = 0.0,
     hops=VT_HOPS,
+    chains: int = NUM_CHAINS,
 ):
     """Left-padded rows (prompt + answer), their positions, key mask and targets.
 
@@ -406,7 +415,7 @@ def make_batch(
         ids, positions, target: (B, T) int; key_mask, masked: (B, T) bool;
         weight: (B, T) loss weights (1/t on the canvas, 1 on recall values).
     """
-    samples = [prompt_targets(rng, tok, task, length, recall, colon, hops)
+    samples = [prompt_targets(rng, tok, task, length, recall, colon, hops, chains)
                for task in tasks]  # fmt: skip
     width = max(len(p) for p, _, _ in samples)
     ids = torch.tensor(
@@ -512,13 +521,21 @@ def sampled_answers(model, prompts: list[list[int]]) -> list[list[int]]:
 
 @torch.no_grad()
 def evaluate(
-    model, tok, config, task: str, length: int, n: int, batch: int = 16, hops=VT_HOPS
+    model,
+    tok,
+    config,
+    task: str,
+    length: int,
+    n: int,
+    batch: int = 16,
+    hops=VT_HOPS,
+    chains: int = NUM_CHAINS,
 ):
     """Held-out accuracy: ``exact`` and ``digit`` of one argmax over all-masked
     slots (the whole canvas, EOS padding included), ``answer`` of the sampler's
     answer up to its first EOS (the gate: what the evaluation scores)."""
     rng = random.Random(EVAL_SEED + length + TASK_SEED[task])
-    samples = [prompt_targets(rng, tok, task, length, 0, 0.0, hops)[:2]
+    samples = [prompt_targets(rng, tok, task, length, 0, 0.0, hops, chains)[:2]
                for _ in range(n)]  # fmt: skip
     exact = digits = total = 0
     model.eval()
@@ -619,6 +636,7 @@ class Run:
             self.gen,
             self.args.pretrain_fraction,
             self.args.vt_hops,
+            self.args.vt_chains,
         )
         blind = None
         if self.args.blind_prompt > 0:  # drawn only then: the stream stays otherwise
@@ -649,10 +667,13 @@ class Run:
             entry[task] = evaluate(
                 self.model, self.tok, self.config, task, self.length, n
             )
-        if vt and tuple(a.vt_hops) != VT_HOPS:  # the curriculum's own chains too
-            entry["vt_trained_hops"] = evaluate(
+        if vt and (tuple(a.vt_hops), a.vt_chains) != (
+            VT_HOPS,
+            NUM_CHAINS,
+        ):  # the curriculum's own prompts too
+            entry["vt_trained"] = evaluate(
                 self.model, self.tok, self.config, "vt", self.length, n,
-                hops=a.vt_hops,
+                hops=a.vt_hops, chains=a.vt_chains,
             )  # fmt: skip
         self.history.append(entry)
         print(json.dumps(entry), flush=True)
@@ -782,6 +803,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add("--start-length", type=int, default=32, help="first stage's prompt tokens")
     add("--final-length", type=int, default=2048, help="last stage's prompt tokens")
     add("--threshold", type=float, default=0.9, help="kv answers right to double")
+    add(
+        "--vt-chains",
+        type=int,
+        default=NUM_CHAINS,
+        help="chains in a training vt prompt (checks keep the task's own)",
+    )
     add(
         "--vt-hops",
         type=int,

@@ -276,9 +276,10 @@ def test_a_hop_curriculum_checks_its_own_chains_beside_the_task_s(tmp_path):
     out = tmp_path / "ck"
     argv = ["--out", str(out), *MICRO, "--batch", "2", "--seeds", "0",
             "--eval-every", "2", "--steps", "2", "--vt-fraction", "0.5",
-            "--vt-from", "32", "--vt-hops", "1", "--start-length", "48",
+            "--vt-from", "32", "--vt-hops", "1", "--vt-chains", "3",
+            "--start-length", "48",
             "--final-length", "48", "--eval-samples", "2", "--final-samples", "2",
             "--report-lengths", "48", "--prior-pairs", "1", "2"]  # fmt: skip
     tm.main(argv)
     entry = json.loads((out / "training.json").read_text())["history"][-1]
-    assert {"kv", "vt", "vt_trained_hops"} <= entry.keys()
+    assert {"kv", "vt", "vt_trained"} <= entry.keys()

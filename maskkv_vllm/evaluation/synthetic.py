@@ -103,13 +103,17 @@ def make_sample(
     num_tokens: int,
     queries: int = MULTI_QUERIES,
     hops: tuple[int, ...] = VT_HOPS,
+    chains: int = NUM_CHAINS,
 ) -> Sample:
     """One sample whose prompt is about ``num_tokens`` tokens long (``hops``: the
-    hop counts a ``vt`` chain draws from, a training curriculum's knob)."""
+    hop counts a ``vt`` chain draws from; ``chains``: the ``vt`` chains, the
+    queried one and its distractors; both a training curriculum's knobs)."""
     if task not in ALL_TASKS:
         raise ValueError(f"task={task!r} is not one of {ALL_TASKS}")
     if not hops or not set(hops) <= set(range(1, 4)):
         raise ValueError(f"hops={hops!r} must be drawn from 1, 2 and 3")
+    if not 1 <= chains <= len(DIGITS):
+        raise ValueError(f"chains={chains} must be within [1, {len(DIGITS)}]")
     if task == "needle":
         return _needle_sample(rng, num_tokens)
     if task in HARD_TASKS:
@@ -122,11 +126,11 @@ def make_sample(
         i = rng.randrange(n)
         query, answer = keys[i], records[i][1]
     else:
-        names = rng.sample(VARS, 4 * NUM_CHAINS)
-        starts = rng.sample(DIGITS, NUM_CHAINS)
+        names = rng.sample(VARS, 4 * chains)
+        starts = rng.sample(DIGITS, chains)
         chains = [
             _chain(rng, names[4 * c : 4 * c + 4], starts[c], hops)
-            for c in range(NUM_CHAINS)
+            for c in range(chains)
         ]
         # Drop the records the statements' tokens (4 each) displace, keeping at least 1.
         del parts[max(1, n - 4 * sum(map(len, chains)) // 6) :]

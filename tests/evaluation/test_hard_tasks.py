@@ -118,3 +118,13 @@ def test_eval_with_no_policy_named_scores_the_full_cache_alone(tmp_path, capsys)
     table = capsys.readouterr().out
     assert "full cache accuracy" in table and "retention" not in table
     assert (tmp_path / "ev" / "eval.json").exists()
+
+
+def test_vt_chains_set_the_distractors():
+    s = make_sample(random.Random(0), "vt", 200, hops=(1,), chains=5)
+    words = s.prompt.split()
+    starts = [words[i + 2] for i in range(len(words) - 2)
+              if words[i + 1] == "=" and words[i + 2].isdigit()]  # fmt: skip
+    assert len(starts) == len(set(starts)) == 5 and s.answer in starts
+    with pytest.raises(ValueError, match=r"chains=11 must be within \[1, 10\]"):
+        make_sample(random.Random(0), "vt", 200, chains=11)
