@@ -236,3 +236,18 @@ def test_an_init_wider_than_the_model_is_named(tmp_path, tok):
     argv[argv.index("--layers") + 1] = "2"
     with pytest.raises(ValueError, match=r"--init tensor .*mlp.* is \(32, 32\)"):
         tm.build(tm.parse_args(argv), tok, seed=0)
+
+
+def test_vt_answers_sorts_every_answer_into_one_class(tmp_path, tok):
+    import vt_answers
+
+    assert vt_answers.chain_starts("x01 = 4 ; x02 = x01 ; x03 = 7 ; ? x02") == [
+        "4",
+        "7",
+    ]
+    model = micro(tok, "dream")
+    tm.save(model, model.config, tok, tmp_path / "m", {})
+    row = vt_answers.main([str(tmp_path / "m"), "--length", "48", "--hops", "1",
+                           "--chains", "3", "--samples", "5"])  # fmt: skip
+    assert row["right"] + row["other_start"] + row["neither"] == 5
+    assert (row["hops"], row["chains"]) == ([1], 3)
