@@ -91,6 +91,8 @@ PRETRAIN_EPS = 1e-3
 """LLaDA pretraining's smallest masking ratio: p = eps + (1 - eps) t, t ~ U(0, 1)."""
 EVAL_SEED = 777_000  # held-out prompts: a generator stream training never draws from
 TASK_SEED = {"kv": 0, "vt": 1, "needle": 2, "multi": 3}
+DEFAULT_VT = (VT_HOPS, NUM_CHAINS)
+"""(hop counts, chains) of a ``vt`` prompt: the task's own, which checks score."""
 TRAIN_QUERIES = (GEN_LENGTH + 1) // 4
 """Keys a trained ``multi`` prompt asks for: answers ``d d d ; d d d`` fill the
 canvas (4 words a key, less the last ``;``)."""
@@ -273,6 +275,11 @@ def trained_tasks(args, vt: bool) -> list[str]:
     return ["kv"] + [task for task, on in extra if on]
 
 
+def vt_of(args) -> tuple[tuple[int, ...], int]:
+    """The training ``vt`` prompts' (hop counts, chains)."""
+    return tuple(args.vt_hops), args.vt_chains
+
+
 def lr_at(step: int, lr: float, warmup: int) -> float:
     """Linear warm-up over ``warmup`` steps, then constant."""
     return lr * min(1.0, step / max(1, warmup))
@@ -376,11 +383,11 @@ def prompt_targets(
     length: int,
     recall: int,
     colon: float = 0.0,
-    hops=VT_HOPS,
-    chains: int = NUM_CHAINS,
+    vt=DEFAULT_VT,
 ):
     """Prompt ids, EOS-padded answer ids and the recall-digit slots of one sample
-    (``hops``, ``chains``: a ``vt`` prompt's hop counts and chains)."""
+    (``vt``: a ``vt`` prompt's hop counts and chains)."""
+    hops, chains = vt
     s = make_sample(rng, task, length, TRAIN_QUERIES, tuple(hops), chains)
     words, slots = recall_queries(rng, s.prompt, recall, colon)
     prompt = tok.encode(" ".join(words)).ids
@@ -399,8 +406,7 @@ def make_batch(
     colon: float = 0.0,
     gen: torch.Generator | None = None,
     pretrain: float = 0.0,
-    hops=VT_HOPS,
-    chains: int = NUM_CHAINS,
+    vt=DEFAULT_VT,
 ):
     """Left-padded rows (prompt + answer), their positions, key mask and targets.
 
@@ -415,7 +421,7 @@ def make_batch(
         ids, positions, target: (B, T) int; key_mask, masked: (B, T) bool;
         weight: (B, T) loss weights (1/t on the canvas, 1 on recall values).
     """
-    samples = [prompt_targets(rng, tok, task, length, recall, colon, hops, chains)
+    samples = [prompt_targets(rng, tok, task, length, recall, colon, vt)
                for task in tasks]  # fmt: skip
     width = max(len(p) for p, _, _ in samples)
     ids = torch.tensor(
@@ -528,14 +534,13 @@ def evaluate(
     length: int,
     n: int,
     batch: int = 16,
-    hops=VT_HOPS,
-    chains: int = NUM_CHAINS,
+    vt=DEFAULT_VT,
 ):
     """Held-out accuracy: ``exact`` and ``digit`` of one argmax over all-masked
     slots (the whole canvas, EOS padding included), ``answer`` of the sampler's
     answer up to its first EOS (the gate: what the evaluation scores)."""
     rng = random.Random(EVAL_SEED + length + TASK_SEED[task])
-    samples = [prompt_targets(rng, tok, task, length, 0, 0.0, hops, chains)[:2]
+    samples = [prompt_targets(rng, tok, task, length, 0, 0.0, vt)[:2]
                for _ in range(n)]  # fmt: skip
     exact = digits = total = 0
     model.eval()
@@ -635,8 +640,7 @@ class Run:
             self.args.recall_colon,
             self.gen,
             self.args.pretrain_fraction,
-            self.args.vt_hops,
-            self.args.vt_chains,
+            vt_of(self.args),
         )
         blind = None
         if self.args.blind_prompt > 0:  # drawn only then: the stream stays otherwise
@@ -667,14 +671,10 @@ class Run:
             entry[task] = evaluate(
                 self.model, self.tok, self.config, task, self.length, n
             )
-        if vt and (tuple(a.vt_hops), a.vt_chains) != (
-            VT_HOPS,
-            NUM_CHAINS,
-        ):  # the curriculum's own prompts too
+        if vt and vt_of(a) != DEFAULT_VT:  # the curriculum's own prompts too
             entry["vt_trained"] = evaluate(
-                self.model, self.tok, self.config, "vt", self.length, n,
-                hops=a.vt_hops, chains=a.vt_chains,
-            )  # fmt: skip
+                self.model, self.tok, self.config, "vt", self.length, n, vt=vt_of(a)
+            )
         self.history.append(entry)
         print(json.dumps(entry), flush=True)
         return entry

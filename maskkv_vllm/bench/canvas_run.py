@@ -75,9 +75,13 @@ def main(argv: list[str] | None = None) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         ckpt = bench_checkpoint(cfg.model, longest + 64, tmp)
         model, tok = load_checkpoint(ckpt, "float32", cfg.device)
+        # one cfg.pool-sized pool for the step-time rows and the agreement,
+        # released before the workloads that build their own
+        steps = not args.skip_canvas or args.refresh_agreement
+        sampler = figures.sampler_for(model, tok, "paged", cfg.pool) if steps else None
         if not args.skip_canvas:
             rows = canvas.canvas_step_time(
-                figures.sampler_for(model, tok, "paged", cfg.pool), tok,
+                sampler, tok,
                 cfg.canvas_prompt_lens, cfg.canvas_shapes, cfg.budget, cfg.device,
                 args.repeats,
             )  # fmt: skip
@@ -88,11 +92,12 @@ def main(argv: list[str] | None = None) -> None:
             ]
         if args.refresh_agreement:
             agree = canvas.refresh_agreement(
-                figures.sampler_for(model, tok, "paged", cfg.pool), tok,
+                sampler, tok,
                 cfg.canvas_prompt_lens, cfg.canvas_shapes, cfg.device,
             )  # fmt: skip
             result["refresh_agreement"] = agree
             lines += ["", *canvas.refresh_report(agree)]
+        del sampler
         if args.decode_heavy:
             d = figures.throughput(
                 model, tok, cfg.decode_requests, cfg.decode_prompt, cfg.decode_gen,
