@@ -190,3 +190,31 @@ def test_plain_vllm_llm_under_cuda_defaults_serves_dream_s_samplers(
         # One engine step per denoising step of the two requests run together.
         assert len(scheduled) == params.steps and 0 not in scheduled, scheduled
     del llm
+
+
+def test_a_refused_request_under_cuda_defaults_leaves_the_engine_serving(
+    cuda_defaults, vllm_tiny_dir
+):
+    """A reservation above the whole pool is refused by itself (finish_reason
+    "error"), with CUDA's settings too, and the next request runs."""
+    from vllm import LLM
+
+    llm = LLM(
+        model=str(vllm_tiny_dir), dtype="float32", max_model_len=512, seed=0,
+        num_gpu_blocks_override=40,
+    )  # fmt: skip
+    core = llm.llm_engine.engine_core.engine_core
+    assert core.vllm_config.scheduler_config.async_scheduling is False
+    huge = SamplingParams(
+        gen_length=256, block_length=32, steps=8, canvas_cache="adaptive"
+    )
+    with pytest.raises(ValueError, match=r"needs 48 KV blocks .* pool holds 39"):
+        generate(llm, [[256] + [65] * 255], huge)
+    assert not core.scheduler.requests and not core.scheduler.reserved
+    params = SamplingParams(gen_length=16, block_length=8, steps=8)
+    embedded = EmbeddedLLM(str(vllm_tiny_dir), kv_policy="full", dtype="float32")
+    ref = embedded.generate(["Hello"], params, use_tqdm=False)
+    assert generate(llm, ["Hello"], params)[0].token_ids == ref[0].token_ids
+    free = core.scheduler.kv_cache_manager.block_pool.get_num_free_blocks()
+    assert free == 39
+    del llm
