@@ -69,6 +69,7 @@ import torch.nn.functional as F
 from maskkv_vllm.evaluation.synthetic import (
     NUM_CHAINS,
     VT_HOPS,
+    Sample,
     facts,
     make_sample,
     word_tokenizer,
@@ -91,8 +92,9 @@ PRETRAIN_EPS = 1e-3
 """LLaDA pretraining's smallest masking ratio: p = eps + (1 - eps) t, t ~ U(0, 1)."""
 EVAL_SEED = 777_000  # held-out prompts: a generator stream training never draws from
 TASK_SEED = {"kv": 0, "vt": 1, "needle": 2, "multi": 3}
-DEFAULT_VT = (VT_HOPS, NUM_CHAINS)
-"""(hop counts, chains) of a ``vt`` prompt: the task's own, which checks score."""
+DEFAULT_VT = (VT_HOPS, NUM_CHAINS, 0.0)
+"""(hop counts, chains, direct share) of a ``vt`` prompt: the task's own, which
+checks score (no direct questions)."""
 TRAIN_QUERIES = (GEN_LENGTH + 1) // 4
 """Keys a trained ``multi`` prompt asks for: answers ``d d d ; d d d`` fill the
 canvas (4 words a key, less the last ``;``)."""
@@ -275,9 +277,24 @@ def trained_tasks(args, vt: bool) -> list[str]:
     return ["kv"] + [task for task, on in extra if on]
 
 
-def vt_of(args) -> tuple[tuple[int, ...], int]:
-    """The training ``vt`` prompts' (hop counts, chains)."""
-    return tuple(args.vt_hops), args.vt_chains
+def vt_of(args) -> tuple[tuple[int, ...], int, float]:
+    """The training ``vt`` prompts' (hop counts, chains, direct share)."""
+    return tuple(args.vt_hops), args.vt_chains, args.vt_direct
+
+
+def direct_question(rng: random.Random, sample: Sample) -> Sample:
+    """``sample`` (a ``vt`` prompt) asking one statement's own right-hand side.
+
+    The final ``? xC`` becomes ``? xB =`` for a statement ``xB = xA ;`` drawn from
+    every chain, answered ``xA`` (a digit for a chain's first statement): one lookup,
+    the first hop of a chain, rewarded alone. The trailing ``=`` tells it from the
+    resolved question.
+    """
+    words = sample.prompt.split()
+    q = len(words) - 1 - words[::-1].index("?")
+    stated = [(words[i], words[i + 2]) for i in range(q - 2) if words[i + 1] == "="]
+    name, value = rng.choice(stated)
+    return Sample(sample.task, " ".join([*words[:q], "?", name, "="]), value)
 
 
 def lr_at(step: int, lr: float, warmup: int) -> float:
@@ -386,9 +403,11 @@ def prompt_targets(
     vt=DEFAULT_VT,
 ):
     """Prompt ids, EOS-padded answer ids and the recall-digit slots of one sample
-    (``vt``: a ``vt`` prompt's hop counts and chains)."""
-    hops, chains = vt
+    (``vt``: a ``vt`` prompt's hop counts, chains and share of direct questions)."""
+    hops, chains, direct = vt
     s = make_sample(rng, task, length, TRAIN_QUERIES, tuple(hops), chains)
+    if task == "vt" and direct > 0 and rng.random() < direct:  # drawn only then
+        s = direct_question(rng, s)
     words, slots = recall_queries(rng, s.prompt, recall, colon)
     prompt = tok.encode(" ".join(words)).ids
     answer = tok.encode(s.answer, add_special_tokens=False).ids
@@ -671,10 +690,15 @@ class Run:
             entry[task] = evaluate(
                 self.model, self.tok, self.config, task, self.length, n
             )
-        if vt and vt_of(a) != DEFAULT_VT:  # the curriculum's own prompts too
-            entry["vt_trained"] = evaluate(
-                self.model, self.tok, self.config, "vt", self.length, n, vt=vt_of(a)
-            )
+        hops, chains, direct = vt_of(a)
+        runs = [("vt_trained", vt and (hops, chains) != DEFAULT_VT[:2], 0.0),
+                ("vt_direct", vt and direct > 0, 1.0)]  # fmt: skip
+        for name, on, share in runs:  # the curriculum's own prompts; the first hop
+            if on:
+                entry[name] = evaluate(
+                    self.model, self.tok, self.config, "vt", self.length, n,
+                    vt=(hops, chains, share),
+                )  # fmt: skip
         self.history.append(entry)
         print(json.dumps(entry), flush=True)
         return entry
@@ -816,6 +840,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=list(VT_HOPS),
         help="hop counts of the training vt chains (checks keep the task's own)",
     )
+    add("--vt-direct", type=float, default=0.0,
+        help="share of training vt questions asking one statement's own right-hand "
+             "side (? xB = answered xA: the first hop alone)")  # fmt: skip
     add(
         "--multi-fraction",
         type=float,

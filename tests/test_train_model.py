@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from maskkv_vllm.evaluation.synthetic import word_tokenizer
+from maskkv_vllm.evaluation.synthetic import Sample, word_tokenizer
 from maskkv_vllm.models.loader import load_checkpoint
 from maskkv_vllm.models.rope import rope_cos_sin, rope_inv_freq
 
@@ -283,3 +283,38 @@ def test_a_hop_curriculum_checks_its_own_chains_beside_the_task_s(tmp_path):
     tm.main(argv)
     entry = json.loads((out / "training.json").read_text())["history"][-1]
     assert {"kv", "vt", "vt_trained"} <= entry.keys()
+
+
+def test_a_direct_question_asks_one_statement_s_own_right_hand_side():
+    s = Sample("vt", "k001 : 1 2 3 ; x05 = 7 ; x09 = x05 ; x02 = 4 ; ? x09", "7")
+    seen = {tm.direct_question(random.Random(seed), s) for seed in range(40)}
+    assert seen == {
+        Sample("vt", "k001 : 1 2 3 ; x05 = 7 ; x09 = x05 ; x02 = 4 ; ? x05 =", "7"),
+        Sample("vt", "k001 : 1 2 3 ; x05 = 7 ; x09 = x05 ; x02 = 4 ; ? x09 =", "x05"),
+        Sample("vt", "k001 : 1 2 3 ; x05 = 7 ; x09 = x05 ; x02 = 4 ; ? x02 =", "4"),
+    }
+
+
+def test_direct_share_turns_vt_rows_only_and_leaves_other_streams_alone(tok):
+    def rows(task, vt):
+        rng = random.Random(3)
+        return [tm.prompt_targets(rng, tok, task, 48, 2, 0.0, vt) for _ in range(6)]
+
+    eq = tok.token_to_id("=")
+    direct = rows("vt", ((1,), 2, 1.0))
+    assert all(p[-1] == eq for p, _, _ in direct)
+    assert all(p[-1] != eq for p, _, _ in rows("vt", ((1,), 2, 0.0)))
+    assert rows("kv", ((1,), 2, 1.0)) == rows("kv", ((1,), 2, 0.0))
+
+
+def test_a_direct_curriculum_checks_the_first_hop_alone(tmp_path):
+    out = tmp_path / "ck"
+    argv = ["--out", str(out), *MICRO, "--batch", "2", "--seeds", "0",
+            "--eval-every", "2", "--steps", "2", "--vt-fraction", "0.5",
+            "--vt-from", "32", "--vt-hops", "1", "--vt-direct", "0.5",
+            "--start-length", "48",
+            "--final-length", "48", "--eval-samples", "2", "--final-samples", "2",
+            "--report-lengths", "48", "--prior-pairs", "1", "2"]  # fmt: skip
+    tm.main(argv)
+    entry = json.loads((out / "training.json").read_text())["history"][-1]
+    assert {"kv", "vt", "vt_trained", "vt_direct"} <= entry.keys()
