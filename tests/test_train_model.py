@@ -272,17 +272,27 @@ def test_a_multi_run_checks_and_scores_multi(tmp_path):
     assert set(meta["final"]) == {"kv", "vt", "needle", "multi"}
 
 
-def test_a_hop_curriculum_checks_its_own_chains_beside_the_task_s(tmp_path):
+@pytest.mark.parametrize(
+    ("extra", "checked"),
+    [
+        (["--vt-chains", "3"], {"kv", "vt", "vt_trained"}),
+        (["--vt-direct", "0.5"], {"kv", "vt", "vt_trained", "vt_direct"}),
+    ],
+)
+def test_a_hop_curriculum_checks_its_own_chains_beside_the_task_s(
+    tmp_path, extra, checked
+):
     out = tmp_path / "ck"
     argv = ["--out", str(out), *MICRO, "--batch", "2", "--seeds", "0",
             "--eval-every", "2", "--steps", "2", "--vt-fraction", "0.5",
-            "--vt-from", "32", "--vt-hops", "1", "--vt-chains", "3",
+            "--vt-from", "32", "--vt-hops", "1", *extra,
             "--start-length", "48",
             "--final-length", "48", "--eval-samples", "2", "--final-samples", "2",
             "--report-lengths", "48", "--prior-pairs", "1", "2"]  # fmt: skip
     tm.main(argv)
     entry = json.loads((out / "training.json").read_text())["history"][-1]
-    assert {"kv", "vt", "vt_trained"} <= entry.keys()
+    assert checked <= entry.keys()
+    assert ("vt_direct" in entry) == ("vt_direct" in checked)
 
 
 def test_a_direct_question_asks_one_statement_s_own_right_hand_side():
@@ -305,16 +315,3 @@ def test_direct_share_turns_vt_rows_only_and_leaves_other_streams_alone(tok):
     assert all(p[-1] == eq for p, _, _ in direct)
     assert all(p[-1] != eq for p, _, _ in rows("vt", ((1,), 2, 0.0)))
     assert rows("kv", ((1,), 2, 1.0)) == rows("kv", ((1,), 2, 0.0))
-
-
-def test_a_direct_curriculum_checks_the_first_hop_alone(tmp_path):
-    out = tmp_path / "ck"
-    argv = ["--out", str(out), *MICRO, "--batch", "2", "--seeds", "0",
-            "--eval-every", "2", "--steps", "2", "--vt-fraction", "0.5",
-            "--vt-from", "32", "--vt-hops", "1", "--vt-direct", "0.5",
-            "--start-length", "48",
-            "--final-length", "48", "--eval-samples", "2", "--final-samples", "2",
-            "--report-lengths", "48", "--prior-pairs", "1", "2"]  # fmt: skip
-    tm.main(argv)
-    entry = json.loads((out / "training.json").read_text())["history"][-1]
-    assert {"kv", "vt", "vt_trained", "vt_direct"} <= entry.keys()
