@@ -141,14 +141,18 @@ def decode_lines(cfg, d: dict) -> list[str]:
     ]
     for label, v in d.items():
         lines.append(
-            f"  {label}: {v['tokens_per_s']:.2f} tok/s, {v['seconds']:.0f} s, "
+            f"  {label}: {v['tokens_per_s']:.2f} tok/s, {v['seconds']:.0f} s "
+            f"({v['prompt_step_seconds']:.0f} s in steps that forwarded a prompt; "
+            f"{v['decode_tokens_per_s']:.2f} tok/s in the rest), "
             f"peak {v['peak_running']} running"
         )
-    dual = d["maskkv_dual"]["tokens_per_s"]
-    lines.append(
-        f"  MaskKV + dual / full + none: {dual / d['full']['tokens_per_s']:.2f}x; "
-        f"MaskKV + dual / MaskKV + none: {dual / d['maskkv']['tokens_per_s']:.2f}x"
-    )
+    for key, what in (("tokens_per_s", "end to end"),
+                      ("decode_tokens_per_s", "outside prompt steps")):  # fmt: skip
+        dual = d["maskkv_dual"][key]
+        lines.append(
+            f"  {what}: MaskKV + dual / full + none: {dual / d['full'][key]:.2f}x; "
+            f"MaskKV + dual / MaskKV + none: {dual / d['maskkv'][key]:.2f}x"
+        )
     return lines
 
 

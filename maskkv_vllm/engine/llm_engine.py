@@ -174,7 +174,7 @@ class LLMEngine:
         except Exception as e:  # noqa: BLE001 (find the request that fails)
             return failed + self._isolate(running, prefilling, steps_before, e)
         outputs = [out for r in running if (out := self._progress(r, r in prefilling))]
-        self.metrics.record_step(time.perf_counter() - start)
+        self.metrics.record_step(time.perf_counter() - start, bool(prefilling))
         return failed + outputs
 
     def _start(self, r: Request) -> RequestOutput | None:

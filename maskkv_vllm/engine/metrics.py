@@ -20,12 +20,16 @@ class EngineMetrics:
     """Prompt (layer, head, token) entries dropped by eviction, all requests."""
     generated_tokens: int = 0
     step_seconds_sum: float = 0.0
+    prompt_step_seconds_sum: float = 0.0
+    """Seconds of the steps that forwarded some request's prompt (its step 0 or a
+    prompt refresh), whatever else they ran: a workload's prefill share."""
     step_bucket_counts: list[int] = field(
         default_factory=lambda: [0] * (len(STEP_BUCKETS) + 1)
     )
     """Non-cumulative counts per bucket of STEP_BUCKETS, the last for +Inf."""
 
-    def record_step(self, seconds: float) -> None:
+    def record_step(self, seconds: float, prompt_forward: bool = False) -> None:
         self.num_steps += 1
         self.step_seconds_sum += seconds
+        self.prompt_step_seconds_sum += seconds if prompt_forward else 0.0
         self.step_bucket_counts[bisect.bisect_left(STEP_BUCKETS, seconds)] += 1

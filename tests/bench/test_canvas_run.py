@@ -27,3 +27,27 @@ def test_refresh_agreement_compares_plain_dual_with_the_oracle(tmp_path, capsys)
     ]  # fmt: skip
     assert all(0.0 <= r["dual_vs_refresh"] <= 1.0 for r in rows)
     assert "gen 32 / block 8, prompt 24:" in capsys.readouterr().out
+
+
+def test_decode_lines_split_the_prompt_steps_off():
+    cfg = canvas_run.suite.QUICK
+    d = {
+        label: {"tokens_per_s": tps, "seconds": s, "prompt_step_seconds": p,
+                "decode_tokens_per_s": dtps, "peak_running": peak}
+        for label, tps, s, p, dtps, peak in [
+            ("full", 2.0, 100, 20, 2.5, 2),
+            ("maskkv", 5.0, 40, 10, 20 / 3, 8),
+            ("maskkv_dual", 10.0, 20, 10, 20.0, 8),
+        ]
+    }  # fmt: skip
+    lines = canvas_run.decode_lines(cfg, d)
+    assert lines[3] == (
+        "  maskkv_dual: 10.00 tok/s, 20 s (10 s in steps that forwarded a prompt; "
+        "20.00 tok/s in the rest), peak 8 running"
+    )
+    assert lines[4:] == [
+        "  end to end: MaskKV + dual / full + none: 5.00x; "
+        "MaskKV + dual / MaskKV + none: 2.00x",
+        "  outside prompt steps: MaskKV + dual / full + none: 8.00x; "
+        "MaskKV + dual / MaskKV + none: 3.00x",
+    ]

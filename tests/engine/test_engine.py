@@ -309,3 +309,29 @@ def test_kv_stats_of_a_request_that_finishes_in_its_first_step(tiny):
     assert r.stats.evicted_kv_entries == 2 * 4 * m - r.stats.kept_kv_entries
     assert r.stats.num_pages >= 8
     assert eng.kv_cache_manager.num_free_pages == 4000 - 1
+
+
+@pytest.mark.parametrize(("refresh", "prompt_steps"), [(None, 1), (4, 4)])
+def test_metrics_time_the_steps_that_forward_a_prompt(
+    tiny, monkeypatch, refresh, prompt_steps
+):
+    # Each step lasts one tick of a fake clock: the prompt's share is a step count.
+    import itertools
+    import types
+
+    from maskkv_vllm.engine import llm_engine
+
+    ticks = itertools.count()
+    clock = types.SimpleNamespace(
+        perf_counter=lambda: next(ticks) / 2, monotonic=llm_engine.time.monotonic
+    )
+    monkeypatch.setattr(llm_engine, "time", clock)
+    model, tok = tiny
+    cache = CacheConfig("paged", page_size=16, num_pages=4000,
+                        prompt_refresh_interval=refresh)  # fmt: skip
+    eng = LLMEngine(EngineConfig(cache=cache), model, tok)
+    run_all(eng, ["The quick brown fox"], P)
+    m = eng.metrics
+    assert m.num_steps == 16
+    assert m.step_seconds_sum == 8.0
+    assert m.prompt_step_seconds_sum == prompt_steps / 2
