@@ -66,6 +66,11 @@ class EvalResult:
     """Budget B (entries per head per layer) used for each fraction."""
     solved_at: float = 0.0
     """Tasks whose full-cache accuracy is below this were not scored."""
+    full_answers: list[str] = field(default_factory=list)
+    """The full cache's answer text per scored sample, in sample order."""
+    answers: dict[str, dict[float, list[str]]] = field(default_factory=dict)
+    """Each (policy, budget fraction)'s answer texts, as ``full_answers``: what
+    two runs' token agreement is measured on (``evaluation/agreement.py``)."""
 
     @property
     def solved_tasks(self) -> list[str]:
@@ -89,7 +94,12 @@ class EvalResult:
                 p: {str(f): a for f, a in accs.items()}
                 for p, accs in self.accuracy.items()
             },
-        }
+            "answers": {
+                "full": self.full_answers,
+                **{p: {str(f): a for f, a in by.items()}
+                   for p, by in self.answers.items()},
+            },
+        }  # fmt: skip
 
 
 def wilson_interval(accuracy: float, n: int, z: float = 1.96) -> tuple[float, float]:
@@ -115,9 +125,17 @@ def canvas_params(
     return {"gen_length": gen_length, "block_length": block, "steps": gen_length}
 
 
-def score(llm: LLM, samples: list[Sample], params: SamplingParams) -> list[bool]:
+def answer_texts(llm: LLM, samples: list[Sample], params: SamplingParams) -> list[str]:
     outs = llm.generate([s.prompt for s in samples], params, use_tqdm=False)
-    return [exact_match(o.text, s.answer) for o, s in zip(outs, samples, strict=True)]
+    return [o.text for o in outs]
+
+
+def hits_of(texts: list[str], samples: list[Sample]) -> list[bool]:
+    return [exact_match(t, s.answer) for t, s in zip(texts, samples, strict=True)]
+
+
+def score(llm: LLM, samples: list[Sample], params: SamplingParams) -> list[bool]:
+    return hits_of(answer_texts(llm, samples, params), samples)
 
 
 def evaluate(
@@ -147,13 +165,14 @@ def evaluate(
         raise ValueError(f"solved_at={solved_at} must be within [0, 1]")
     samples = make_samples(HELD_OUT_SEED, num_samples, prompt_tokens, tasks, queries)
     base = canvas_params(samples, gen_length, block_length)
-    full = score(llm, samples, SamplingParams(**base, kv_policy="full"))
+    full_texts = answer_texts(llm, samples, SamplingParams(**base, kv_policy="full"))
+    full = hits_of(full_texts, samples)
     per_task = {}
     for task in sorted({s.task for s in samples}):
         hits = [h for h, s in zip(full, samples, strict=True) if s.task == task]
         per_task[task] = sum(hits) / len(hits)
-    pairs = [(s, h) for s, h in zip(samples, full, strict=True)
-             if per_task[s.task] >= solved_at]  # fmt: skip
+    kept = [i for i, s in enumerate(samples) if per_task[s.task] >= solved_at]
+    pairs = [(samples[i], full[i]) for i in kept]
     if not pairs:
         raise ValueError(
             f"the full cache solves no task at solved_at={solved_at} "
@@ -162,18 +181,21 @@ def evaluate(
     samples = [s for s, _ in pairs]
     full_accuracy = sum(h for _, h in pairs) / len(pairs)
     result = EvalResult(
-        prompt_tokens, len(samples), full_accuracy, per_task, solved_at=solved_at
-    )
+        prompt_tokens, len(samples), full_accuracy, per_task, solved_at=solved_at,
+        full_answers=[full_texts[i] for i in kept],
+    )  # fmt: skip
     for fraction in fractions:
         result.budgets[fraction] = max(1, round(fraction * prompt_tokens))
     for policy in policies:
-        result.accuracy[policy] = {}
+        result.accuracy[policy], result.answers[policy] = {}, {}
         for fraction in fractions:
             params = SamplingParams(
                 **base, kv_policy=policy, kv_budget=result.budgets[fraction]
             )
-            hits = score(llm, samples, params)
+            texts = answer_texts(llm, samples, params)
+            hits = hits_of(texts, samples)
             result.accuracy[policy][fraction] = sum(hits) / len(hits)
+            result.answers[policy][fraction] = texts
             if progress is not None:
                 progress.update(1)
     return result

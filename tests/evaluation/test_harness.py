@@ -163,3 +163,16 @@ def test_evaluate_refuses_when_the_full_cache_solves_nothing():
         harness.evaluate(oracle, 3, 64, ("snapkv",), (0.25,))
     with pytest.raises(ValueError, match="solved_at=1.5 must be within"):
         harness.evaluate(oracle, 3, 64, solved_at=1.5)
+
+
+def test_the_answers_of_the_scored_samples_are_kept_in_sample_order():
+    samples = make_samples(harness.HELD_OUT_SEED, 6, 64)
+    result = harness.evaluate(Oracle(samples), 6, 64, ("snapkv",), (0.25,))
+    scored = [s for s in samples if s.task != "vt"]
+    assert result.full_answers == [s.answer for s in scored]
+    assert result.answers == {
+        "snapkv": {0.25: [s.answer if s.task == "kv" else "x" for s in scored]}
+    }
+    data = result.to_json()["answers"]
+    assert data["full"] == result.full_answers
+    assert data["snapkv"] == {"0.25": result.answers["snapkv"][0.25]}
