@@ -61,6 +61,7 @@ import math
 import random
 import re
 import time
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -92,13 +93,41 @@ PRETRAIN_EPS = 1e-3
 """LLaDA pretraining's smallest masking ratio: p = eps + (1 - eps) t, t ~ U(0, 1)."""
 EVAL_SEED = 777_000  # held-out prompts: a generator stream training never draws from
 TASK_SEED = {"kv": 0, "vt": 1, "needle": 2, "multi": 3}
-DEFAULT_VT = (VT_HOPS, NUM_CHAINS, 0.0)
-"""(hop counts, chains, direct share) of a ``vt`` prompt: the task's own, which
-checks score (no direct questions)."""
 TRAIN_QUERIES = (GEN_LENGTH + 1) // 4
 """Keys a trained ``multi`` prompt asks for: answers ``d d d ; d d d`` fill the
 canvas (4 words a key, less the last ``;``)."""
 MODELS = {"llada": LLaDAModel, "dream": DreamModel}
+DIRECT_FORMS = ("suffix", "prefix")
+
+
+@dataclass(frozen=True)
+class VtPrompts:
+    """How training draws a ``vt`` prompt: a curriculum's knobs."""
+
+    hops: tuple[int, ...] = VT_HOPS
+    """Hop counts a chain draws from."""
+    chains: int = NUM_CHAINS
+    """Chains a prompt hides, the queried one and its distractors."""
+    direct: float = 0.0
+    """Share of questions asking one statement's own right-hand side."""
+    direct_form: str = "suffix"
+    """Where a direct question's ``=`` goes: after the name or before it."""
+
+    def __post_init__(self) -> None:
+        if self.direct_form not in DIRECT_FORMS:
+            raise ValueError(
+                f"direct_form={self.direct_form!r} is not one of {DIRECT_FORMS}"
+            )
+
+    def sample(self, rng: random.Random, length: int) -> Sample:
+        s = make_sample(rng, "vt", length, TRAIN_QUERIES, self.hops, self.chains)
+        if self.direct > 0 and rng.random() < self.direct:  # drawn only then
+            s = direct_question(rng, s, self.direct_form)
+        return s
+
+
+DEFAULT_VT = VtPrompts()
+"""The task's own ``vt`` prompts, which checks score."""
 
 # LLaDA tensor names (after ``model.transformer.blocks.N.``) -> Dream's.
 LLADA_TO_DREAM_BLOCK = {
@@ -277,24 +306,27 @@ def trained_tasks(args, vt: bool) -> list[str]:
     return ["kv"] + [task for task, on in extra if on]
 
 
-def vt_of(args) -> tuple[tuple[int, ...], int, float]:
-    """The training ``vt`` prompts' (hop counts, chains, direct share)."""
-    return tuple(args.vt_hops), args.vt_chains, args.vt_direct
+def vt_of(args) -> VtPrompts:
+    """The training ``vt`` prompts."""
+    return VtPrompts(tuple(args.vt_hops), args.vt_chains, args.vt_direct,
+                     args.vt_direct_form)  # fmt: skip
 
 
-def direct_question(rng: random.Random, sample: Sample) -> Sample:
+def direct_question(rng: random.Random, sample: Sample, form: str = "suffix") -> Sample:
     """``sample`` (a ``vt`` prompt) asking one statement's own right-hand side.
 
-    The final ``? xC`` becomes ``? xB =`` for a statement ``xB = xA ;`` drawn from
-    every chain, answered ``xA`` (a digit for a chain's first statement): one lookup,
-    the first hop of a chain, rewarded alone. The trailing ``=`` tells it from the
-    resolved question.
+    The final ``? xC`` becomes ``? xB =`` (``form`` "suffix") or ``? = xB``
+    ("prefix": the question ends on the name, as a resolved one does) for a
+    statement ``xB = xA ;`` drawn from every chain, answered ``xA`` (a digit for a
+    chain's first statement): one lookup, the first hop of a chain, rewarded alone.
+    The ``=`` tells it from the resolved question.
     """
     words = sample.prompt.split()
     q = len(words) - 1 - words[::-1].index("?")
     stated = [(words[i], words[i + 2]) for i in range(q - 2) if words[i + 1] == "="]
     name, value = rng.choice(stated)
-    return Sample(sample.task, " ".join([*words[:q], "?", name, "="]), value)
+    ask = [name, "="] if form == "suffix" else ["=", name]
+    return Sample(sample.task, " ".join([*words[:q], "?", *ask]), value)
 
 
 def lr_at(step: int, lr: float, warmup: int) -> float:
@@ -384,7 +416,7 @@ def recall_queries(
     words = prompt.split()
     q = len(words) - 1 - words[::-1].index("?")  # the final question (multi: keys)
     body, question = words[:q], words[q:]
-    known = facts(words)
+    known = facts(body)  # a direct question's "? = xB" states nothing
     targets = []
     for name in rng.choices(sorted(known), k=count):
         body += ["?", name] + ([":"] if rng.random() < colon else [])
@@ -403,11 +435,11 @@ def prompt_targets(
     vt=DEFAULT_VT,
 ):
     """Prompt ids, EOS-padded answer ids and the recall-digit slots of one sample
-    (``vt``: a ``vt`` prompt's hop counts, chains and share of direct questions)."""
-    hops, chains, direct = vt
-    s = make_sample(rng, task, length, TRAIN_QUERIES, tuple(hops), chains)
-    if task == "vt" and direct > 0 and rng.random() < direct:  # drawn only then
-        s = direct_question(rng, s)
+    (``vt``: how a ``vt`` prompt is drawn)."""
+    if task == "vt":
+        s = vt.sample(rng, length)
+    else:
+        s = make_sample(rng, task, length, TRAIN_QUERIES)
     words, slots = recall_queries(rng, s.prompt, recall, colon)
     prompt = tok.encode(" ".join(words)).ids
     answer = tok.encode(s.answer, add_special_tokens=False).ids
@@ -690,14 +722,17 @@ class Run:
             entry[task] = evaluate(
                 self.model, self.tok, self.config, task, self.length, n
             )
-        hops, chains, direct = vt_of(a)
-        runs = [("vt_trained", vt and (hops, chains) != DEFAULT_VT[:2], 0.0),
-                ("vt_direct", vt and direct > 0, 1.0)]  # fmt: skip
-        for name, on, share in runs:  # the curriculum's own prompts; the first hop
+        own = vt_of(a)
+        curriculum = (own.hops, own.chains) != (DEFAULT_VT.hops, DEFAULT_VT.chains)
+        runs = [
+            ("vt_trained", vt and curriculum, replace(own, direct=0.0)),
+            ("vt_direct", vt and own.direct > 0, replace(own, direct=1.0)),
+        ]
+        for name, on, prompts in runs:  # the curriculum's own chains; the first hop
             if on:
                 entry[name] = evaluate(
                     self.model, self.tok, self.config, "vt", self.length, n,
-                    vt=(hops, chains, share),
+                    vt=prompts,
                 )  # fmt: skip
         self.history.append(entry)
         print(json.dumps(entry), flush=True)
@@ -843,6 +878,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add("--vt-direct", type=float, default=0.0,
         help="share of training vt questions asking one statement's own right-hand "
              "side (? xB = answered xA: the first hop alone)")  # fmt: skip
+    add("--vt-direct-form", choices=DIRECT_FORMS, default="suffix",
+        help="a direct question: ? xB = (suffix) or ? = xB (prefix)")  # fmt: skip
     add(
         "--multi-fraction",
         type=float,

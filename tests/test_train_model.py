@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import random
+import sys
 from pathlib import Path
 
 import pytest
@@ -17,6 +18,7 @@ from maskkv_vllm.models.rope import rope_cos_sin, rope_inv_freq
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "train_model.py"
 spec = importlib.util.spec_from_file_location("train_model", SCRIPT)
 tm = importlib.util.module_from_spec(spec)
+sys.modules["train_model"] = tm  # its dataclasses resolve their module by name
 spec.loader.exec_module(tm)
 
 # 1 layer, 2 heads of 16: builds and trains in milliseconds.
@@ -277,6 +279,10 @@ def test_a_multi_run_checks_and_scores_multi(tmp_path):
     [
         (["--vt-chains", "3"], {"kv", "vt", "vt_trained"}),
         (["--vt-direct", "0.5"], {"kv", "vt", "vt_trained", "vt_direct"}),
+        (
+            ["--vt-direct", "0.5", "--vt-direct-form", "prefix"],
+            {"kv", "vt", "vt_trained", "vt_direct"},
+        ),  # fmt: skip
     ],
 )
 def test_a_hop_curriculum_checks_its_own_chains_beside_the_task_s(
@@ -311,7 +317,23 @@ def test_direct_share_turns_vt_rows_only_and_leaves_other_streams_alone(tok):
         return [tm.prompt_targets(rng, tok, task, 48, 2, 0.0, vt) for _ in range(6)]
 
     eq = tok.token_to_id("=")
-    direct = rows("vt", ((1,), 2, 1.0))
-    assert all(p[-1] == eq for p, _, _ in direct)
-    assert all(p[-1] != eq for p, _, _ in rows("vt", ((1,), 2, 0.0)))
-    assert rows("kv", ((1,), 2, 1.0)) == rows("kv", ((1,), 2, 0.0))
+    suffix = rows("vt", tm.VtPrompts((1,), 2, 1.0))
+    assert all(p[-1] == eq for p, _, _ in suffix)
+    prefix = rows("vt", tm.VtPrompts((1,), 2, 1.0, "prefix"))
+    assert all(p[-2] == eq and p[-3] == tok.token_to_id("?") for p, _, _ in prefix)
+    # the recall queries never ask "?" (what "? = xB" would state to ``facts``)
+    assert all(tok.decode(p).count("? ?") == 0 for p, _, _ in prefix)
+    assert all(p[-1] != eq for p, _, _ in rows("vt", tm.VtPrompts((1,), 2, 0.0)))
+    assert rows("kv", tm.VtPrompts((1,), 2, 1.0)) == rows("kv", tm.VtPrompts((1,), 2))
+
+
+def test_vt_prompts_refuse_an_unknown_direct_form():
+    with pytest.raises(ValueError, match="direct_form='middle' is not one of"):
+        tm.VtPrompts(direct_form="middle")
+
+
+def test_a_prefix_direct_question_ends_on_the_name():
+    s = Sample("vt", "x05 = 7 ; x09 = x05 ; ? x09", "7")
+    got = tm.direct_question(random.Random(1), s, "prefix")
+    assert got.prompt.startswith("x05 = 7 ; x09 = x05 ; ? = ")
+    assert (got.prompt.split()[-1], got.answer) in {("x05", "7"), ("x09", "x05")}
