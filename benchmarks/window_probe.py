@@ -98,10 +98,34 @@ def record_columns(prompt: list[int]) -> list[int]:
     return list(range(at, at + 6))
 
 
+def statement_at(prompt: list[int], name: int, eq: int) -> int:
+    """Where the statement ``name = ... ;`` starts (the name's first use as a
+    left-hand side)."""
+    return next(j for j in range(len(prompt) - 3) if prompt[j : j + 2] == [name, eq])
+
+
+def vt_spans(prompt: list[int], eq: int) -> dict[str, list[int]]:
+    """A ``vt`` prompt's two first lookups: ``hop1``, the queried name's statement
+    ``xB = xA ;`` (4 columns), and ``hop2``, the statement ``xA = ... ;`` its
+    right-hand side names."""
+    first = statement_at(prompt, prompt[-1], eq)
+    second = statement_at(prompt, prompt[first + 2], eq)
+    return {
+        "hop1": list(range(first, first + 4)),
+        "hop2": list(range(second, second + 4)),
+    }
+
+
+def spans_of(task: str, prompt: list[int], eq: int) -> dict[str, list[int]]:
+    """The prompt columns a task's answer is looked up from, by name."""
+    return vt_spans(prompt, eq) if task == "vt" else {"record": record_columns(prompt)}
+
+
 @torch.no_grad()
-def span_shares(model, prompt: list[int]) -> dict:
+def span_shares(model, prompt: list[int], spans: dict[str, list[int]]) -> dict:
     """Per layer and group: per head, the share of the group's attention on the
-    canvas (its mask tokens) and on the queried record's 6 columns, for one prompt.
+    canvas (its mask tokens) and on each of ``spans`` (the queried record's 6
+    columns for kv and needle, ``vt_spans`` for vt), for one prompt.
 
     A prompt query can read the answer off the mask tokens, which retrieve, and so
     need no record of its own; or it can find the record by a column beside the
@@ -109,16 +133,14 @@ def span_shares(model, prompt: list[int]) -> dict:
     SnapKV's pooling (kernel 7) would keep with the digits.
     """
     m, length, shift = len(prompt), tm.GEN_LENGTH, tm.shift_of(model.config)
-    cols = record_columns(prompt)
     out = {}
     for layer, (q, k) in sorted(record(model, prompt).items()):
         out[layer] = {}
         for group in GROUPS:
             rows = q[:, voter_rows(group, m, length, shift)]
             votes = column_attention_sums(rows, k, m) / rows.shape[1]  # (Hq, M)
-            out[layer][group] = {
-                "canvas": (1 - votes.sum(dim=1)).tolist(),
-                "record": votes[:, cols].sum(dim=1).tolist(),
+            out[layer][group] = {"canvas": (1 - votes.sum(dim=1)).tolist()} | {
+                name: votes[:, cols].sum(dim=1).tolist() for name, cols in spans.items()
             }
     return out
 
@@ -163,11 +185,11 @@ def summarise(per_prompt: list[dict]) -> dict:
 
 
 def summarise_spans(per_prompt: list[dict]) -> dict:
-    """Per layer, span ("canvas", "record") and group: the head whose mean share
-    is highest, and that share."""
+    """Per layer, span ("canvas" and the task's spans) and group: the head whose
+    mean share is highest, and that share."""
     out = {}
     for layer in per_prompt[0]:
-        out[layer] = {span: {} for span in ("canvas", "record")}
+        out[layer] = {span: {} for span in per_prompt[0][layer][GROUPS[0]]}
         for group in GROUPS:
             for span, cells in out[layer].items():
                 shares = [p[layer][group][span] for p in per_prompt]
@@ -179,45 +201,45 @@ def summarise_spans(per_prompt: list[dict]) -> dict:
     return out
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="retrieval")
     ap.add_argument("--prompt-tokens", type=int, default=1024)
     ap.add_argument("--samples", type=int, default=32, help="prompts per task")
-    ap.add_argument("--tasks", nargs="+", default=["kv", "needle"])
+    ap.add_argument("--tasks", nargs="+", default=["kv", "needle"],
+                    choices=["kv", "needle", "vt"])  # fmt: skip
+    ap.add_argument("--vt-hops", type=int, nargs="+", default=list(tm.VT_HOPS),
+                    help="hop counts of the vt prompts")  # fmt: skip
     ap.add_argument("--out", type=Path, default=None, help="also write JSON here")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     model = load_model(resolve_model(args.model)).float().eval()
     tok, n = word_tokenizer(), args.prompt_tokens
+    eq = tok.token_to_id("=")
     shift = tm.shift_of(model.config)
     report = {"model": args.model, "model_type": type(model).__name__,
               "shifted_logits": bool(shift), "prompt_tokens": n,
               "samples": args.samples}  # fmt: skip
     print(f"{type(model).__name__}, logits shifted: {bool(shift)}")
+    vt = tm.VtPrompts(tuple(args.vt_hops))
     for task in args.tasks:
         rng = random.Random(tm.EVAL_SEED + n + tm.TASK_SEED[task])
-        prompts = [
-            tm.prompt_targets(rng, tok, task, n, 0)[0] for _ in range(args.samples)
-        ]
-        summary = summarise([probe_prompt(model, p) for p in prompts])
+        prompts = [tm.prompt_targets(rng, tok, task, n, 0, vt=vt)[0]
+                   for _ in range(args.samples)]  # fmt: skip
         m = statistics.fmean(len(p) for p in prompts)
-        uniform = 3 / (m + tm.GEN_LENGTH)
-        report[task] = {"uniform_share": uniform, "prompt_len": m, "layers": summary}
-        print(f"{task}: {args.samples} held-out prompts of ~{m:.0f} tokens, canvas "
-              f"{tm.GEN_LENGTH} masks; share of attention on the answer's 3 digits "
-              f"(best head; uniform {uniform:.4f}), median worst-digit rank "
-              f"of {m:.0f}:")  # fmt: skip
-        for layer, groups in summary.items():
-            cells = [
-                f"{g} {s['share']:.3f} (h{s['head']}, rank {s['worst_digit_rank']:g})"
-                for g, s in groups.items()
-            ]
-            print(f"  layer {layer}: " + "; ".join(cells))
-        spans = summarise_spans([span_shares(model, p) for p in prompts])
+        report[task] = {"prompt_len": m}
+        if task != "vt":  # the digit probe: an answer copied from one record
+            report[task] |= digit_report(model, task, prompts, m, args.samples)
+        spans = summarise_spans(
+            [span_shares(model, p, spans_of(task, p, eq)) for p in prompts]
+        )
         report[task]["span_shares"] = spans
+        what = ("the queried name's statement (hop1) and the one its right-hand side "
+                f"names (hop2), hops {args.vt_hops}" if task == "vt"
+                else "the queried record's 6 columns (key : d d d ;)")  # fmt: skip
         print(f"{task}: share of attention on the canvas's {tm.GEN_LENGTH} mask "
-              "tokens, and on the queried record's 6 columns (key : d d d ;; uniform "
-              f"{6 / (m + tm.GEN_LENGTH):.4f}), the head with the most:")  # fmt: skip
+              f"tokens, and on {what} (uniform {6 / (m + tm.GEN_LENGTH):.4f} for 6 "
+              f"columns, {4 / (m + tm.GEN_LENGTH):.4f} for 4), the head with the "
+              "most:")  # fmt: skip
         for layer, by_span in spans.items():
             for span, groups in by_span.items():
                 cells = [f"{g} {s['share']:.3f} (h{s['head']})"
@@ -225,6 +247,24 @@ def main() -> None:
                 print(f"  layer {layer} {span}: " + "; ".join(cells))
     if args.out:
         args.out.write_text(json.dumps(report, indent=2) + "\n")
+    return report
+
+
+def digit_report(model, task: str, prompts: list[list[int]], m: float, n: int) -> dict:
+    """The share of each group's attention on the answer's 3 digits, printed."""
+    summary = summarise([probe_prompt(model, p) for p in prompts])
+    uniform = 3 / (m + tm.GEN_LENGTH)
+    print(f"{task}: {n} held-out prompts of ~{m:.0f} tokens, canvas "
+          f"{tm.GEN_LENGTH} masks; share of attention on the answer's 3 digits "
+          f"(best head; uniform {uniform:.4f}), median worst-digit rank "
+          f"of {m:.0f}:")  # fmt: skip
+    for layer, groups in summary.items():
+        cells = [
+            f"{g} {s['share']:.3f} (h{s['head']}, rank {s['worst_digit_rank']:g})"
+            for g, s in groups.items()
+        ]
+        print(f"  layer {layer}: " + "; ".join(cells))
+    return {"uniform_share": uniform, "layers": summary}
 
 
 if __name__ == "__main__":

@@ -55,3 +55,30 @@ def test_on_the_shipped_model_only_the_mask_queries_find_the_answer():
     assert layer1["window"]["share"] < 0.05 and layer1["query"]["share"] < 0.05
     for group in wp.GROUPS:
         assert 1 <= layer1[group]["worst_digit_rank"] <= len(min(prompts, key=len))
+
+
+def test_vt_spans_are_the_queried_statement_and_the_one_it_names():
+    # BOS x1 = 4 ; x2 = x1 ; k1 : 5 6 7 ; x3 = 9 ; ? x2   (ids stand in for words)
+    X1, X2, X3, EQ, SEMI = 31, 32, 33, 5, 7
+    prompt = [0, X1, EQ, 14, SEMI, X2, EQ, X1, SEMI, 21, 6, 15, 16, 17, SEMI,
+              X3, EQ, 19, SEMI, 8, X2]  # fmt: skip
+    assert wp.vt_spans(prompt, EQ) == {"hop1": [5, 6, 7, 8], "hop2": [1, 2, 3, 4]}
+    assert wp.spans_of("vt", prompt, EQ)["hop1"] == [5, 6, 7, 8]
+
+
+def test_the_vt_probe_reports_each_hop_per_layer_and_group(tmp_path):
+    ckpt, out = tmp_path / "ck", tmp_path / "probe.json"
+    wp.tm.main(["--out", str(ckpt), "--layers", "2", "--heads", "2", "--head-dim",
+                "16", "--mlp", "32", "--batch", "2", "--seeds", "0", "--steps", "1",
+                "--start-length", "32", "--final-length", "32", "--eval-samples",
+                "1", "--final-samples", "1", "--report-lengths", "32",
+                "--prior-pairs", "1", "2"])  # fmt: skip
+    report = wp.main(["--model", str(ckpt), "--prompt-tokens", "64",
+                      "--samples", "2", "--tasks", "vt", "--vt-hops", "1",
+                      "--out", str(out)])  # fmt: skip
+    spans = report["vt"]["span_shares"]
+    assert set(spans) == {0, 1}  # the checkpoint's two layers
+    assert set(spans[0]) == {"canvas", "hop1", "hop2"}
+    assert set(spans[0]["hop1"]) == set(wp.GROUPS)
+    assert all(0 <= c["share"] <= 1 for s in spans[0].values() for c in s.values())
+    assert "uniform_share" not in report["vt"] and out.is_file()
