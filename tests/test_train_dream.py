@@ -187,7 +187,8 @@ def test_span_shares_of_uniform_attention_are_the_span_fractions(tok):
         torch.nn.init.zeros_(block.self_attn.q_proj.bias)
     prompt = tm.prompt_targets(random.Random(tm.EVAL_SEED), tok, "kv", 64, 0)[0]
     m, length = len(prompt), tm.GEN_LENGTH
-    got = wp.summarise_spans([wp.span_shares(model, prompt)])[0]
+    spans = {"record": wp.record_columns(prompt)}
+    got = wp.summarise_spans([wp.span_shares(model, prompt, spans)])[0]
     for span, size in [("canvas", length), ("record", 6)]:
         assert got[span].keys() == set(wp.GROUPS)
         for cell in got[span].values():
