@@ -312,6 +312,12 @@ def vt_of(args) -> VtPrompts:
                      args.vt_direct_form)  # fmt: skip
 
 
+def final_question(words: list[str]) -> int:
+    """Where the prompt's final question starts: its last ``?`` (a ``multi``
+    question goes on with all its keys)."""
+    return len(words) - 1 - words[::-1].index("?")
+
+
 def direct_question(rng: random.Random, sample: Sample, form: str = "suffix") -> Sample:
     """``sample`` (a ``vt`` prompt) asking one statement's own right-hand side.
 
@@ -322,7 +328,7 @@ def direct_question(rng: random.Random, sample: Sample, form: str = "suffix") ->
     The ``=`` tells it from the resolved question.
     """
     words = sample.prompt.split()
-    q = len(words) - 1 - words[::-1].index("?")
+    q = final_question(words)
     stated = [(words[i], words[i + 2]) for i in range(q - 2) if words[i + 1] == "="]
     name, value = rng.choice(stated)
     ask = [name, "="] if form == "suffix" else ["=", name]
@@ -414,7 +420,7 @@ def recall_queries(
         the words, and the indices of the inserted value words (the targets).
     """
     words = prompt.split()
-    q = len(words) - 1 - words[::-1].index("?")  # the final question (multi: keys)
+    q = final_question(words)
     body, question = words[:q], words[q:]
     known = facts(body)  # a direct question's "? = xB" states nothing
     targets = []

@@ -20,11 +20,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import train_model as tm  # noqa: E402
 
-from maskkv_vllm.evaluation.synthetic import (  # noqa: E402
-    NUM_CHAINS,
-    make_sample,
-    word_tokenizer,
-)
+from maskkv_vllm.evaluation.synthetic import NUM_CHAINS, word_tokenizer  # noqa: E402
 
 SEED = 123
 
@@ -41,8 +37,8 @@ def classify(model, length: int, hops: tuple[int, ...], chains: int, n: int) -> 
     """Counts of ``right`` / ``other_start`` / ``neither`` over ``n`` prompts."""
     tok = word_tokenizer()
     rng = random.Random(SEED)
-    samples = [make_sample(rng, "vt", length, hops=hops, chains=chains)
-               for _ in range(n)]  # fmt: skip
+    prompts = tm.VtPrompts(hops, chains)
+    samples = [prompts.sample(rng, length) for _ in range(n)]
     answers = tm.sampled_answers(model, [tok.encode(s.prompt).ids for s in samples])
     out = {"right": 0, "other_start": 0, "neither": 0}
     for s, a in zip(samples, answers, strict=True):

@@ -172,14 +172,13 @@ def evaluate(
         hits = [h for h, s in zip(full, samples, strict=True) if s.task == task]
         per_task[task] = sum(hits) / len(hits)
     kept = [i for i, s in enumerate(samples) if per_task[s.task] >= solved_at]
-    pairs = [(samples[i], full[i]) for i in kept]
-    if not pairs:
+    if not kept:
         raise ValueError(
             f"the full cache solves no task at solved_at={solved_at} "
             f"({', '.join(f'{t} {a:.2f}' for t, a in per_task.items())})"
         )
-    samples = [s for s, _ in pairs]
-    full_accuracy = sum(h for _, h in pairs) / len(pairs)
+    samples = [samples[i] for i in kept]
+    full_accuracy = sum(full[i] for i in kept) / len(kept)
     result = EvalResult(
         prompt_tokens, len(samples), full_accuracy, per_task, solved_at=solved_at,
         full_answers=[full_texts[i] for i in kept],
