@@ -93,9 +93,6 @@ PRETRAIN_EPS = 1e-3
 """LLaDA pretraining's smallest masking ratio: p = eps + (1 - eps) t, t ~ U(0, 1)."""
 EVAL_SEED = 777_000  # held-out prompts: a generator stream training never draws from
 TASK_SEED = {"kv": 0, "vt": 1, "needle": 2, "multi": 3}
-TRAIN_QUERIES = (GEN_LENGTH + 1) // 4
-"""Keys a trained ``multi`` prompt asks for: answers ``d d d ; d d d`` fill the
-canvas (4 words a key, less the last ``;``)."""
 MODELS = {"llada": LLaDAModel, "dream": DreamModel}
 DIRECT_FORMS = ("suffix", "prefix")
 
@@ -120,7 +117,7 @@ class VtPrompts:
             )
 
     def sample(self, rng: random.Random, length: int) -> Sample:
-        s = make_sample(rng, "vt", length, TRAIN_QUERIES, self.hops, self.chains)
+        s = make_sample(rng, "vt", length, 1, self.hops, self.chains)
         if self.direct > 0 and rng.random() < self.direct:  # drawn only then
             s = direct_question(rng, s, self.direct_form)
         return s
@@ -128,6 +125,43 @@ class VtPrompts:
 
 DEFAULT_VT = VtPrompts()
 """The task's own ``vt`` prompts, which checks score."""
+
+
+@dataclass(frozen=True)
+class Canvas:
+    """The answer side of a training row: its slots and what ``multi`` asks."""
+
+    length: int = GEN_LENGTH
+    """Answer slots; every answer is padded with EOS to this many."""
+    multi_keys: tuple[int, int] | None = None
+    """Fewest and most keys a ``multi`` prompt asks, drawn uniformly (None: as
+    many as fill the canvas, every time)."""
+
+    def __post_init__(self) -> None:
+        if self.length < 4:
+            raise ValueError(f"canvas length={self.length} must be >= 4 (kv's "
+                             "3 digits and an EOS)")  # fmt: skip
+        lo, hi = self.multi_keys or (1, self.full)
+        if not 1 <= lo <= hi <= self.full:
+            raise ValueError(
+                f"multi_keys={self.multi_keys!r} must be 1 <= fewest <= most <= "
+                f"{self.full} (the keys whose answers fill {self.length} slots)"
+            )
+
+    @property
+    def full(self) -> int:
+        """Keys whose answers (``d d d ;`` each, less the last ``;``) fit."""
+        return (self.length + 1) // 4
+
+    def keys(self, rng: random.Random) -> int:
+        """Keys one ``multi`` prompt asks."""
+        if self.multi_keys is None:
+            return self.full
+        lo, hi = self.multi_keys
+        return lo if lo == hi else rng.randint(lo, hi)  # drawn only for a range
+
+
+DEFAULT_CANVAS = Canvas()
 
 # LLaDA tensor names (after ``model.transformer.blocks.N.``) -> Dream's.
 LLADA_TO_DREAM_BLOCK = {
@@ -312,6 +346,14 @@ def vt_of(args) -> VtPrompts:
                      args.vt_direct_form)  # fmt: skip
 
 
+def canvas_of(args) -> Canvas:
+    """The training canvas."""
+    keys = args.multi_keys
+    if keys is not None and len(keys) > 2:
+        raise ValueError(f"--multi-keys {keys} takes N, or the fewest and most")
+    return Canvas(args.gen_length, None if keys is None else (keys[0], keys[-1]))
+
+
 def final_question(words: list[str]) -> int:
     """Where the prompt's final question starts: its last ``?`` (a ``multi``
     question goes on with all its keys)."""
@@ -439,18 +481,22 @@ def prompt_targets(
     recall: int,
     colon: float = 0.0,
     vt=DEFAULT_VT,
+    canvas=DEFAULT_CANVAS,
 ):
     """Prompt ids, EOS-padded answer ids and the recall-digit slots of one sample
-    (``vt``: how a ``vt`` prompt is drawn)."""
+    (``vt``: how a ``vt`` prompt is drawn; ``canvas``: the answer's slots and the
+    keys a ``multi`` prompt asks)."""
     if task == "vt":
         s = vt.sample(rng, length)
+    elif task == "multi":
+        s = make_sample(rng, task, length, canvas.keys(rng))
     else:
-        s = make_sample(rng, task, length, TRAIN_QUERIES)
+        s = make_sample(rng, task, length)
     words, slots = recall_queries(rng, s.prompt, recall, colon)
     prompt = tok.encode(" ".join(words)).ids
     answer = tok.encode(s.answer, add_special_tokens=False).ids
-    eos = tok.token_to_id("<|endoftext|>")
-    return prompt, (answer + [eos] * GEN_LENGTH)[:GEN_LENGTH], [1 + j for j in slots]
+    eos, n = tok.token_to_id("<|endoftext|>"), canvas.length
+    return prompt, (answer + [eos] * n)[:n], [1 + j for j in slots]
 
 
 def make_batch(
@@ -464,6 +510,7 @@ def make_batch(
     gen: torch.Generator | None = None,
     pretrain: float = 0.0,
     vt=DEFAULT_VT,
+    canvas=DEFAULT_CANVAS,
 ):
     """Left-padded rows (prompt + answer), their positions, key mask and targets.
 
@@ -478,14 +525,14 @@ def make_batch(
         ids, positions, target: (B, T) int; key_mask, masked: (B, T) bool;
         weight: (B, T) loss weights (1/t on the canvas, 1 on recall values).
     """
-    samples = [prompt_targets(rng, tok, task, length, recall, colon, vt)
+    samples = [prompt_targets(rng, tok, task, length, recall, colon, vt, canvas)
                for task in tasks]  # fmt: skip
     width = max(len(p) for p, _, _ in samples)
     ids = torch.tensor(
         [[config.pad_token_id] * (width - len(p)) + p + a for p, a, _ in samples]
     )
     offset = torch.tensor([width - len(p) for p, _, _ in samples])[:, None]
-    col = torch.arange(width + GEN_LENGTH)
+    col = torch.arange(width + canvas.length)
     positions = (col - offset).clamp_min(0)
     key_mask = col >= offset
     is_recall = torch.zeros_like(ids, dtype=torch.bool)
@@ -507,7 +554,7 @@ def make_batch(
         whole[:, -1] |= ~whole.any(dim=1)  # at least one masked token per row
         real = key_mask.sum(dim=1, keepdim=True)
         masked = torch.where(rows, whole, masked)
-        weight = torch.where(rows, GEN_LENGTH / (p * real), weight)
+        weight = torch.where(rows, canvas.length / (p * real), weight)
     noisy = torch.where(masked, torch.full_like(ids, config.mask_token_id), ids)
     return noisy, positions, key_mask, ids, masked, weight
 
@@ -517,13 +564,16 @@ class BlindPromptAttention:
 
     Args:
         key_mask: (B, T) bool, True for real tokens.
-        blind: (B,) bool, the rows whose prompt (the first T - GEN_LENGTH columns)
+        blind: (B,) bool, the rows whose prompt (the first T - gen_length columns)
             does not attend to the canvas.
+        gen_length: the canvas, the last columns.
     """
 
-    def __init__(self, key_mask: torch.Tensor, blind: torch.Tensor) -> None:
+    def __init__(
+        self, key_mask: torch.Tensor, blind: torch.Tensor, gen_length: int = GEN_LENGTH
+    ) -> None:
         col = torch.arange(key_mask.shape[1])
-        is_canvas = col >= key_mask.shape[1] - GEN_LENGTH
+        is_canvas = col >= key_mask.shape[1] - gen_length
         hidden = blind[:, None, None] & ~is_canvas[:, None] & is_canvas  # (B, Tq, Tk)
         self.mask = (key_mask[:, None, :] & ~hidden)[:, None]  # (B, 1, Tq, Tk)
 
@@ -533,8 +583,12 @@ class BlindPromptAttention:
         )
 
 
-def loss_fn(model, ids, positions, key_mask, target, masked, weight, blind=None):
-    """LLaDA's SFT loss: weighted (1/t on the canvas) cross-entropy of masked slots.
+def loss_fn(
+    model, ids, positions, key_mask, target, masked, weight, blind=None,
+    gen_length=GEN_LENGTH,
+):  # fmt: skip
+    """LLaDA's SFT loss: weighted (1/t on the canvas) cross-entropy of masked slots,
+    per canvas slot (``gen_length`` of them a row).
 
     For a shifted model (Dream) the token at i is read from output i - 1; a masked
     first real token (no real token before it) is not scored. ``blind``: (B,) bool,
@@ -542,7 +596,7 @@ def loss_fn(model, ids, positions, key_mask, target, masked, weight, blind=None)
     """
     attn = DenseAttention(key_mask)
     if blind is not None:
-        attn = BlindPromptAttention(key_mask, blind)
+        attn = BlindPromptAttention(key_mask, blind, gen_length)
     hidden = model(ids, positions, attn)
     if shift_of(model.config):
         hidden = hidden[:, :-1]  # output i - 1 predicts token i
@@ -550,34 +604,38 @@ def loss_fn(model, ids, positions, key_mask, target, masked, weight, blind=None)
         masked = masked[:, 1:] & key_mask[:, :-1]
     logits = model.logits(hidden[masked])
     ce = F.cross_entropy(logits, target[masked], reduction="none")
-    return (ce * weight[masked]).sum() / (masked.shape[0] * GEN_LENGTH)
+    return (ce * weight[masked]).sum() / (masked.shape[0] * gen_length)
 
 
 @torch.no_grad()
-def predict_answers(model, config, prompts: list[list[int]]) -> torch.Tensor:
+def predict_answers(
+    model, config, prompts: list[list[int]], gen_length: int = GEN_LENGTH
+) -> torch.Tensor:
     """One parallel argmax over all-masked answer slots of left-padded prompts.
 
     Returns:
-        (len(prompts), GEN_LENGTH) predicted ids.
+        (len(prompts), gen_length) predicted ids.
     """
     width = max(len(p) for p in prompts)
     pad, m = config.pad_token_id, config.mask_token_id
-    rows = [[pad] * (width - len(p)) + p + [m] * GEN_LENGTH for p in prompts]
+    rows = [[pad] * (width - len(p)) + p + [m] * gen_length for p in prompts]
     ids = torch.tensor(rows)
     offset = torch.tensor([width - len(p) for p in prompts])[:, None]
-    col = torch.arange(width + GEN_LENGTH)
+    col = torch.arange(width + gen_length)
     hidden = model(ids, (col - offset).clamp_min(0), DenseAttention(col >= offset))
     first = width - shift_of(config)  # Dream reads slot j from output j - 1
-    return model.logits(hidden[:, first : first + GEN_LENGTH]).argmax(-1)
+    return model.logits(hidden[:, first : first + gen_length]).argmax(-1)
 
 
-def sampled_answers(model, prompts: list[list[int]]) -> list[list[int]]:
+def sampled_answers(
+    model, prompts: list[list[int]], gen_length: int = GEN_LENGTH
+) -> list[list[int]]:
     """Each prompt's answer as LLaDA's sampler gives it (low-confidence
-    remasking, one token per step, one block of ``GEN_LENGTH``), up to its first
+    remasking, one token per step, one block of ``gen_length``), up to its first
     EOS: what ``maskkv eval`` scores."""
     runner = ModelRunner(model, max_num_seqs=16, early_stop=False)
     params = SamplingParams(
-        gen_length=GEN_LENGTH, block_length=GEN_LENGTH, steps=GEN_LENGTH
+        gen_length=gen_length, block_length=gen_length, steps=gen_length
     )
     return [out.token_ids for out in runner.generate(prompts, params)]
 
@@ -592,24 +650,25 @@ def evaluate(
     n: int,
     batch: int = 16,
     vt=DEFAULT_VT,
+    canvas=DEFAULT_CANVAS,
 ):
     """Held-out accuracy: ``exact`` and ``digit`` of one argmax over all-masked
     slots (the whole canvas, EOS padding included), ``answer`` of the sampler's
     answer up to its first EOS (the gate: what the evaluation scores)."""
     rng = random.Random(EVAL_SEED + length + TASK_SEED[task])
-    samples = [prompt_targets(rng, tok, task, length, 0, 0.0, vt)[:2]
+    samples = [prompt_targets(rng, tok, task, length, 0, 0.0, vt, canvas)[:2]
                for _ in range(n)]  # fmt: skip
     exact = digits = total = 0
     model.eval()
     eos = config.eos_token_id
-    answers = sampled_answers(model, [p for p, _ in samples])
+    answers = sampled_answers(model, [p for p, _ in samples], canvas.length)
     answer = sum(
         got == [t for t in want if t != eos]
         for got, (_, want) in zip(answers, samples, strict=True)
     )
     for i in range(0, n, batch):
         rows = samples[i : i + batch]
-        pred = predict_answers(model, config, [p for p, _ in rows])
+        pred = predict_answers(model, config, [p for p, _ in rows], canvas.length)
         want = torch.tensor([a for _, a in rows])
         exact += (pred == want).all(dim=1).sum().item()
         is_digit = want != config.eos_token_id
@@ -669,6 +728,7 @@ class Run:
 
     def __init__(self, args, tok, seed: int) -> None:
         self.args, self.tok, self.seed = args, tok, seed
+        self.canvas = canvas_of(args)
         self.model, self.opt = build(args, tok, seed)
         self.config = self.model.config
         self.rng = random.Random(seed)
@@ -698,13 +758,14 @@ class Run:
             self.gen,
             self.args.pretrain_fraction,
             vt_of(self.args),
+            self.canvas,
         )
         blind = None
         if self.args.blind_prompt > 0:  # drawn only then: the stream stays otherwise
             blind = (
                 torch.rand(len(batch[0]), generator=self.gen) < self.args.blind_prompt
             )
-        loss = loss_fn(self.model, *batch, blind)
+        loss = loss_fn(self.model, *batch, blind, self.canvas.length)
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         if self.args.prior and self.step <= self.args.freeze_prior:
@@ -726,8 +787,9 @@ class Run:
         vt = a.vt_fraction > 0 and self.length >= a.vt_from
         for task in trained_tasks(a, vt):
             entry[task] = evaluate(
-                self.model, self.tok, self.config, task, self.length, n
-            )
+                self.model, self.tok, self.config, task, self.length, n,
+                canvas=self.canvas,
+            )  # fmt: skip
         own = vt_of(a)
         curriculum = (own.hops, own.chains) != (DEFAULT_VT.hops, DEFAULT_VT.chains)
         runs = [
@@ -738,7 +800,7 @@ class Run:
             if on:
                 entry[name] = evaluate(
                     self.model, self.tok, self.config, "vt", self.length, n,
-                    vt=prompts,
+                    vt=prompts, canvas=self.canvas,
                 )  # fmt: skip
         self.history.append(entry)
         print(json.dumps(entry), flush=True)
@@ -750,7 +812,9 @@ def final_scores(run: Run, lengths: list[int], n: int, tasks: list[str]) -> dict
     out = {}
     for task in tasks:
         out[task] = {
-            str(n_tok): evaluate(run.model, run.tok, run.config, task, n_tok, n)
+            str(n_tok): evaluate(
+                run.model, run.tok, run.config, task, n_tok, n, canvas=run.canvas
+            )  # fmt: skip
             for n_tok in lengths
         }
         print(f"final {task}: {json.dumps(out[task])}", flush=True)
@@ -890,8 +954,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--multi-fraction",
         type=float,
         default=0.0,
-        help=f"share of multi sequences ({TRAIN_QUERIES} keys asked in one canvas)",
+        help="share of multi sequences (several keys asked in one canvas)",
     )
+    add("--gen-length", type=int, default=GEN_LENGTH,
+        help="answer slots of a row (the answer EOS-padded to it); a multi "
+             "prompt asks as many keys as fill it")  # fmt: skip
+    add("--multi-keys", type=int, nargs="+", default=None, metavar="N",
+        help="keys a multi prompt asks: N, or the fewest and most (drawn "
+             "uniformly); default: as many as fill --gen-length")  # fmt: skip
     add("--gate-tasks", nargs="+", choices=list(TASK_SEED), default=["kv"],
         help="tasks whose answers must all pass --threshold to double")  # fmt: skip
     add("--final-threshold", type=float, default=0.95, help="stop at the last stage")

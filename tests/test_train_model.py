@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import random
+import re
 import sys
 from pathlib import Path
 
@@ -207,7 +208,7 @@ def test_the_gate_is_the_samplers_answer_up_to_its_eos(tok, monkeypatch):
         for _ in range(4)
     ]
     given = [digits[0], digits[1], digits[2] + digits[2][-1:], []]
-    monkeypatch.setattr(tm, "sampled_answers", lambda model, prompts: given)
+    monkeypatch.setattr(tm, "sampled_answers", lambda model, prompts, n: given)
     scores = tm.evaluate(model, tok, model.config, "kv", 32, 4)
     assert scores["answer"] == 0.5
 
@@ -272,6 +273,90 @@ def test_a_multi_run_checks_and_scores_multi(tmp_path):
     assert set(meta["history"][-1]) >= {"kv", "multi"}
     assert "needle" not in meta["history"][-1]
     assert set(meta["final"]) == {"kv", "vt", "needle", "multi"}
+
+
+@pytest.mark.parametrize(
+    ("length", "keys", "bad"),
+    [(3, None, "length=3"), (16, (0, 2), "multi_keys=(0, 2)"),
+     (16, (3, 2), "multi_keys=(3, 2)"), (16, (1, 5), "<= 4")],
+)  # fmt: skip
+def test_a_bad_canvas_is_refused_by_value(length, keys, bad):
+    with pytest.raises(ValueError, match=re.escape(bad)):
+        tm.Canvas(length, keys)
+
+
+def test_three_multi_keys_are_refused():
+    args = tm.parse_args(["--out", "unused", "--multi-keys", "1", "2", "3"])
+    with pytest.raises(ValueError, match=re.escape("--multi-keys [1, 2, 3]")):
+        tm.canvas_of(args)
+
+
+def test_a_longer_canvas_pads_every_answer_and_multi_fills_it(tok):
+    eos = tok.token_to_id("<|endoftext|>")
+    canvas = tm.Canvas(16)  # 4 keys: 15 words and one EOS
+    _, answer, _ = tm.prompt_targets(
+        random.Random(3), tok, "multi", 96, 0, canvas=canvas
+    )
+    assert len(answer) == 16 and answer[-1] == eos and eos not in answer[:15]
+    _, answer, _ = tm.prompt_targets(random.Random(3), tok, "kv", 96, 0, canvas=canvas)
+    assert answer[3:] == [eos] * 13
+
+
+def test_multi_keys_draw_from_the_range(tok):
+    eos = tok.token_to_id("<|endoftext|>")
+    canvas, rng = tm.Canvas(16, (1, 4)), random.Random(0)
+    keys = set()
+    for _ in range(40):
+        prompt, answer, _ = tm.prompt_targets(rng, tok, "multi", 96, 0, canvas=canvas)
+        words = [t for t in answer if t != eos]
+        asked = (len(words) + 1) // 4
+        question = tok.decode(prompt).split()
+        assert (
+            len(question) - 1 - question[::-1].index("?") == len(question) - 2 * asked
+        )
+        assert len(answer) == 16
+        keys.add(asked)
+    assert keys == {1, 2, 3, 4}
+    # One N draws nothing: the stream is the fixed-count one.
+    a, b = random.Random(7), random.Random(7)
+    tm.prompt_targets(a, tok, "multi", 96, 0, canvas=tm.Canvas(16, (2, 2)))
+    tm.prompt_targets(b, tok, "multi", 96, 0, canvas=tm.Canvas(8))
+    assert a.random() == b.random()
+
+
+def test_a_longer_canvas_batches_blinds_and_scores_its_own_slots(tok):
+    model = micro_model(tok, prior=False)
+    canvas = tm.Canvas(16)
+    batch = tm.make_batch(random.Random(0), tok, model.config, ["kv", "multi"], 48,
+                          2, 0.0, torch.Generator().manual_seed(0), 0.0,
+                          canvas=canvas)  # fmt: skip
+    noisy, _, key_mask, _, masked, _ = batch
+    width = noisy.shape[1] - 16
+    assert key_mask[:, width:].all() and masked[:, width:].any(dim=1).all()
+    blind = torch.tensor([True, False])
+    attn = tm.BlindPromptAttention(key_mask, blind, 16)
+    assert not attn.mask[0, 0, width - 1, width:].any()  # prompt sees no canvas
+    assert attn.mask[0, 0, width, width:].all()  # the canvas sees itself
+    assert attn.mask[1, 0, width - 1, width:].all()
+    assert torch.isfinite(tm.loss_fn(model, *batch, blind, 16))
+    loss, half = (tm.loss_fn(model, *batch, None, n) for n in (16, 32))
+    assert half.item() == pytest.approx(loss.item() / 2)  # per canvas slot
+    pred = tm.predict_answers(model, model.config, [[1, 5, 6]], 16)
+    assert pred.shape == (1, 16)
+
+
+def test_a_long_canvas_run_checks_multi_on_its_canvas(tmp_path):
+    out = tmp_path / "ck"
+    argv = ["--out", str(out), *MICRO, "--batch", "2", "--seeds", "0",
+            "--eval-every", "2", "--steps", "2", "--multi-fraction", "0.5",
+            "--gen-length", "16", "--multi-keys", "1", "4",
+            "--start-length", "48", "--final-length", "48", "--eval-samples", "2",
+            "--final-samples", "2", "--report-lengths", "48", "--gate-tasks", "kv",
+            "multi", "--prior-pairs", "1", "2"]  # fmt: skip
+    tm.main(argv)
+    meta = json.loads((out / "training.json").read_text())
+    assert meta["args"]["gen_length"] == 16 and meta["args"]["multi_keys"] == [1, 4]
+    assert {"kv", "multi"} <= meta["history"][-1].keys()
 
 
 @pytest.mark.parametrize(
