@@ -82,6 +82,11 @@ def add_task_args(ev: argparse.ArgumentParser) -> None:
         "--block-length", type=int,
         help="diffusion block (default: one block, the whole canvas)",
     )  # fmt: skip
+    ev.add_argument(
+        "--gen-length", type=int,
+        help="answer slots (default: the longest answer and its EOS, in whole "
+             "blocks)",
+    )  # fmt: skip
 
 
 def check_policies(canvas_cache: str, policies: list[str]) -> None:
@@ -129,6 +134,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
                 tasks=tuple(args.tasks),
                 queries=args.queries,
                 block_length=args.block_length,
+                gen_length=args.gen_length,
             )
     except BaseException:
         if not any(out_dir.iterdir()):

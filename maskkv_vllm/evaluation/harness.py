@@ -71,6 +71,8 @@ class EvalResult:
     answers: dict[str, dict[float, list[str]]] = field(default_factory=dict)
     """Each (policy, budget fraction)'s answer texts, as ``full_answers``: what
     two runs' token agreement is measured on (``evaluation/agreement.py``)."""
+    canvas: dict[str, int] = field(default_factory=dict)
+    """The answer canvas every row ran: gen_length, block_length and steps."""
 
     @property
     def solved_tasks(self) -> list[str]:
@@ -89,6 +91,7 @@ class EvalResult:
             "solved_tasks": self.solved_tasks,
             "full_accuracy": self.full_accuracy,
             "per_task_full": self.per_task_full,
+            "canvas": self.canvas,
             "budgets": {str(f): b for f, b in self.budgets.items()},
             "accuracy": {
                 p: {str(f): a for f, a in accs.items()}
@@ -116,12 +119,27 @@ def wilson_interval(accuracy: float, n: int, z: float = 1.96) -> tuple[float, fl
 def canvas_params(
     samples: list[Sample], gen_length: int | None, block_length: int | None
 ) -> dict[str, int]:
-    """gen_length, block_length and steps (one token a step) for ``samples``."""
+    """gen_length, block_length and steps (one token a step) for ``samples``.
+
+    Raises:
+        ValueError: a given ``gen_length`` too short for the longest answer and
+            its EOS, or not whole blocks.
+    """
+    need = max(len(s.answer.split()) for s in samples) + 1
     if gen_length is None:
-        gen_length = max(8, max(len(s.answer.split()) for s in samples) + 1)
+        gen_length = max(8, need)
         if block_length is not None:
             gen_length = -(-gen_length // block_length) * block_length
+    elif gen_length < need:
+        raise ValueError(
+            f"gen_length={gen_length} cannot hold the longest answer "
+            f"({need - 1} words and its EOS)"
+        )
     block = gen_length if block_length is None else block_length
+    if gen_length % block:
+        raise ValueError(
+            f"gen_length={gen_length} is not whole blocks of block_length={block}"
+        )
     return {"gen_length": gen_length, "block_length": block, "steps": gen_length}
 
 
@@ -181,7 +199,7 @@ def evaluate(
     full_accuracy = sum(full[i] for i in kept) / len(kept)
     result = EvalResult(
         prompt_tokens, len(samples), full_accuracy, per_task, solved_at=solved_at,
-        full_answers=[full_texts[i] for i in kept],
+        full_answers=[full_texts[i] for i in kept], canvas=base,
     )  # fmt: skip
     for fraction in fractions:
         result.budgets[fraction] = max(1, round(fraction * prompt_tokens))

@@ -3,6 +3,7 @@ several diffusion blocks), the question first, and budgets down to B = 1."""
 
 from __future__ import annotations
 
+import json
 import random
 
 import pytest
@@ -40,6 +41,18 @@ def test_the_canvas_holds_the_longest_answer_in_whole_blocks():
     }  # fmt: skip
 
 
+def test_a_given_canvas_is_kept_or_refused_by_value():
+    samples = make_samples(0, 4, 80, ("kv", "multi"), queries=4)  # 15 words
+    assert canvas_params(samples, 64, 8) == {
+        "gen_length": 64, "block_length": 8, "steps": 64,
+    }  # fmt: skip
+    with pytest.raises(ValueError, match=r"gen_length=15 cannot hold .*\(15 words"):
+        canvas_params(samples, 15, None)
+    with pytest.raises(ValueError, match="gen_length=20 is not whole blocks of "
+                       "block_length=8"):  # fmt: skip
+        canvas_params(samples, 20, 8)
+
+
 def test_a_bad_task_or_query_count_is_named():
     with pytest.raises(ValueError, match="task='many' is not one of"):
         make_sample(random.Random(0), "many", 80)
@@ -53,13 +66,16 @@ def test_eval_takes_tasks_absolute_budgets_and_a_block(tmp_path, capsys):
     out = tmp_path / "ev"
     code = main(
         ["eval", "--model", "retrieval", "--tasks", "kv", "multi", "--queries", "2",
-         "--block-length", "4", "--samples", "2", "--prompt-tokens", "64",
-         "--policies", "maskkv", "--fractions", "0.25", "--budgets", "1",
-         "--solved-at", "0", "--device", "cpu", "--out-dir", str(out)]
+         "--block-length", "4", "--gen-length", "12", "--samples", "2",
+         "--prompt-tokens", "64", "--policies", "maskkv", "--fractions", "0.25",
+         "--budgets", "1", "--solved-at", "0", "--device", "cpu",
+         "--out-dir", str(out)]
     )  # fmt: skip
     assert code == 0
     table = capsys.readouterr().out
     assert "B=1" in table and "B=16" in table and "multi" in table
+    canvas = json.loads((out / "eval.json").read_text())["canvas"]
+    assert canvas == {"gen_length": 12, "block_length": 4, "steps": 12}
 
 
 def test_vt_hops_set_the_chain_length_and_default_to_two_or_three():
