@@ -30,6 +30,9 @@ def agreement(a: dict, b: dict) -> dict[str, dict]:
     for key in ("prompt_tokens", "num_samples", "solved_tasks"):
         if a[key] != b[key]:
             raise ValueError(f"the runs differ in {key}: {a[key]!r} vs {b[key]!r}")
+    for key in ("drawn", "canvas"):  # recorded since 2026-12-07; compared if both
+        if key in a and key in b and a[key] != b[key]:
+            raise ValueError(f"the runs differ in {key}: {a[key]!r} vs {b[key]!r}")
     if "answers" not in a or "answers" not in b:
         raise ValueError("a run has no answers (eval.json from before they were kept)")
     rows = {"full": (a["answers"]["full"], b["answers"]["full"])}

@@ -73,6 +73,9 @@ class EvalResult:
     two runs' token agreement is measured on (``evaluation/agreement.py``)."""
     canvas: dict[str, int] = field(default_factory=dict)
     """The answer canvas every row ran: gen_length, block_length and steps."""
+    drawn: dict = field(default_factory=dict)
+    """What ``make_samples`` drew (samples, tasks, queries; with the prompt length
+    and ``HELD_OUT_SEED``, enough to draw the same samples again)."""
 
     @property
     def solved_tasks(self) -> list[str]:
@@ -92,6 +95,7 @@ class EvalResult:
             "full_accuracy": self.full_accuracy,
             "per_task_full": self.per_task_full,
             "canvas": self.canvas,
+            "drawn": self.drawn,
             "budgets": {str(f): b for f, b in self.budgets.items()},
             "accuracy": {
                 p: {str(f): a for f, a in accs.items()}
@@ -200,6 +204,7 @@ def evaluate(
     result = EvalResult(
         prompt_tokens, len(samples), full_accuracy, per_task, solved_at=solved_at,
         full_answers=[full_texts[i] for i in kept], canvas=base,
+        drawn={"samples": num_samples, "tasks": list(tasks), "queries": queries},
     )  # fmt: skip
     for fraction in fractions:
         result.budgets[fraction] = max(1, round(fraction * prompt_tokens))

@@ -36,12 +36,17 @@ def test_agreement_per_row_both_runs_answered():
     [
         ({"prompt_tokens": 256}, "differ in prompt_tokens: 128 vs 256"),
         ({"solved_tasks": ["kv"]}, r"differ in solved_tasks: \['multi'\] vs \['kv'\]"),
+        ({"drawn": {"queries": 4}}, r"differ in drawn: \{'queries': 2\} vs"),
+        ({"canvas": {"gen_length": 16}}, "differ in canvas: "),
     ],
 )
 def test_runs_over_other_samples_are_refused(over, match):
-    a = run(["1 2 3"], ["1 2 3"])
+    a = run(["1 2 3"], ["1 2 3"], drawn={"queries": 2}, canvas={"gen_length": 8})
+    same = run(["1 2 3"], ["1 2 3"], drawn={"queries": 2}, canvas={"gen_length": 8})
+    agreement.agreement(a, same)
+    agreement.agreement(a, run(["1 2 3"], ["1 2 3"]))  # an older run records neither
     with pytest.raises(ValueError, match=match):
-        agreement.agreement(a, run(["1 2 3"], ["1 2 3"], **over))
+        agreement.agreement(a, {**same, **over})
 
 
 def test_a_run_without_answers_is_refused():

@@ -8,6 +8,7 @@ import random
 
 import pytest
 
+from maskkv_vllm.evaluation import by_block
 from maskkv_vllm.evaluation.harness import canvas_params
 from maskkv_vllm.evaluation.synthetic import facts, make_sample, make_samples
 
@@ -74,8 +75,13 @@ def test_eval_takes_tasks_absolute_budgets_and_a_block(tmp_path, capsys):
     assert code == 0
     table = capsys.readouterr().out
     assert "B=1" in table and "B=16" in table and "multi" in table
-    canvas = json.loads((out / "eval.json").read_text())["canvas"]
-    assert canvas == {"gen_length": 12, "block_length": 4, "steps": 12}
+    run = json.loads((out / "eval.json").read_text())
+    assert run["canvas"] == {"gen_length": 12, "block_length": 4, "steps": 12}
+    assert run["drawn"] == {"samples": 2, "tasks": ["kv", "multi"], "queries": 2}
+    # The samples drawn again are those scored: one multi of 2 keys, in blocks 0-1.
+    rows = by_block.by_block(run)
+    assert [asked for _, asked in rows["full"]] == [1, 1, 0]
+    assert rows.keys() == {"full", "maskkv@0.25", "maskkv@0.015625"}
 
 
 def test_vt_hops_set_the_chain_length_and_default_to_two_or_three():
