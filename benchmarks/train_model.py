@@ -69,6 +69,7 @@ import torch.nn.functional as F
 
 from maskkv_vllm.evaluation.synthetic import (
     NUM_CHAINS,
+    VARS,
     VT_HOPS,
     Sample,
     facts,
@@ -125,6 +126,44 @@ class VtPrompts:
 
 DEFAULT_VT = VtPrompts()
 """The task's own ``vt`` prompts, which checks score."""
+
+
+@dataclass(frozen=True)
+class KvPrompts:
+    """How training draws a ``kv`` prompt."""
+
+    var_keys: float = 0.0
+    """Share of prompts whose records are keyed by ``vt``'s variable names
+    (``x17 : d d d ;``), so that the lookup by a key's name is learnt on the names
+    ``vt`` asks by too."""
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.var_keys <= 1.0:
+            raise ValueError(f"var_keys={self.var_keys} must be within [0, 1]")
+
+    def sample(self, rng: random.Random, length: int) -> Sample:
+        s = make_sample(rng, "kv", length)
+        if self.var_keys > 0 and rng.random() < self.var_keys:  # drawn only then
+            s = var_keyed(rng, s)
+        return s
+
+
+DEFAULT_KV = KvPrompts()
+"""The task's own ``kv`` prompts, which checks score."""
+
+
+def var_keyed(rng: random.Random, sample: Sample) -> Sample:
+    """``sample`` (a ``kv`` prompt) with its records' keys renamed to distinct
+    variable names, as many records as there are names (the rest keep theirs); the
+    final question's key is always renamed."""
+    words = sample.prompt.split()
+    keys = [w for i, w in enumerate(words[:-2]) if words[i + 1] == ":"]
+    asked = words[-1]
+    others = [k for k in keys if k != asked]
+    renamed = [asked, *rng.sample(others, min(len(others), len(VARS) - 1))]
+    names = dict(zip(renamed, rng.sample(VARS, len(renamed)), strict=True))
+    prompt = " ".join(names.get(w, w) for w in words)
+    return Sample(sample.task, prompt, sample.answer)
 
 
 @dataclass(frozen=True)
@@ -482,12 +521,15 @@ def prompt_targets(
     colon: float = 0.0,
     vt=DEFAULT_VT,
     canvas=DEFAULT_CANVAS,
+    kv=DEFAULT_KV,
 ):
     """Prompt ids, EOS-padded answer ids and the recall-digit slots of one sample
-    (``vt``: how a ``vt`` prompt is drawn; ``canvas``: the answer's slots and the
-    keys a ``multi`` prompt asks)."""
+    (``vt``, ``kv``: how a ``vt`` or ``kv`` prompt is drawn; ``canvas``: the
+    answer's slots and the keys a ``multi`` prompt asks)."""
     if task == "vt":
         s = vt.sample(rng, length)
+    elif task == "kv":
+        s = kv.sample(rng, length)
     elif task == "multi":
         s = make_sample(rng, task, length, canvas.keys(rng))
     else:
@@ -511,6 +553,7 @@ def make_batch(
     pretrain: float = 0.0,
     vt=DEFAULT_VT,
     canvas=DEFAULT_CANVAS,
+    kv=DEFAULT_KV,
 ):
     """Left-padded rows (prompt + answer), their positions, key mask and targets.
 
@@ -525,7 +568,7 @@ def make_batch(
         ids, positions, target: (B, T) int; key_mask, masked: (B, T) bool;
         weight: (B, T) loss weights (1/t on the canvas, 1 on recall values).
     """
-    samples = [prompt_targets(rng, tok, task, length, recall, colon, vt, canvas)
+    samples = [prompt_targets(rng, tok, task, length, recall, colon, vt, canvas, kv)
                for task in tasks]  # fmt: skip
     width = max(len(p) for p, _, _ in samples)
     ids = torch.tensor(
@@ -651,12 +694,13 @@ def evaluate(
     batch: int = 16,
     vt=DEFAULT_VT,
     canvas=DEFAULT_CANVAS,
+    kv=DEFAULT_KV,
 ):
     """Held-out accuracy: ``exact`` and ``digit`` of one argmax over all-masked
     slots (the whole canvas, EOS padding included), ``answer`` of the sampler's
     answer up to its first EOS (the gate: what the evaluation scores)."""
     rng = random.Random(EVAL_SEED + length + TASK_SEED[task])
-    samples = [prompt_targets(rng, tok, task, length, 0, 0.0, vt, canvas)[:2]
+    samples = [prompt_targets(rng, tok, task, length, 0, 0.0, vt, canvas, kv)[:2]
                for _ in range(n)]  # fmt: skip
     exact = digits = total = 0
     model.eval()
@@ -759,6 +803,7 @@ class Run:
             self.args.pretrain_fraction,
             vt_of(self.args),
             self.canvas,
+            KvPrompts(self.args.kv_var_keys),
         )
         blind = None
         if self.args.blind_prompt > 0:  # drawn only then: the stream stays otherwise
@@ -802,6 +847,11 @@ class Run:
                     self.model, self.tok, self.config, "vt", self.length, n,
                     vt=prompts, canvas=self.canvas,
                 )  # fmt: skip
+        if a.kv_var_keys > 0:  # the lookup by a variable's name, in kv's layout
+            entry["kv_var"] = evaluate(
+                self.model, self.tok, self.config, "kv", self.length, n,
+                canvas=self.canvas, kv=KvPrompts(1.0),
+            )  # fmt: skip
         self.history.append(entry)
         print(json.dumps(entry), flush=True)
         return entry
@@ -980,6 +1030,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
              "dream the last prompt token must then find the answer's first "
              "token in the prompt)")  # fmt: skip
     add("--vt-from", type=int, default=256, help="vt joins from this stage length")
+    add("--kv-var-keys", type=float, default=0.0,
+        help="share of kv prompts whose records are keyed by vt's variable names "
+             "(checked as kv_var)")  # fmt: skip
     add("--init", default=None, help="continue from this checkpoint")
     return ap.parse_args(argv)
 

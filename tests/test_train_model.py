@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from maskkv_vllm.evaluation.synthetic import Sample, word_tokenizer
+from maskkv_vllm.evaluation.synthetic import Sample, facts, word_tokenizer
 from maskkv_vllm.models.loader import load_checkpoint
 from maskkv_vllm.models.rope import rope_cos_sin, rope_inv_freq
 
@@ -422,3 +422,36 @@ def test_a_prefix_direct_question_ends_on_the_name():
     got = tm.direct_question(random.Random(1), s, "prefix")
     assert got.prompt.startswith("x05 = 7 ; x09 = x05 ; ? = ")
     assert (got.prompt.split()[-1], got.answer) in {("x05", "7"), ("x09", "x05")}
+
+
+def test_var_keyed_kv_renames_keys_to_distinct_variables_and_keeps_the_answer():
+    s = tm.var_keyed(random.Random(0), tm.make_sample(random.Random(1), "kv", 96))
+    words = s.prompt.split()
+    keys = [w for i, w in enumerate(words[:-2]) if words[i + 1] == ":"]
+    assert all(k.startswith("x") for k in keys) and len(set(keys)) == len(keys)
+    assert " ".join(facts(words)[words[-1]]) == s.answer and words[-1] in keys
+
+
+def test_var_keyed_kv_renames_as_many_records_as_there_are_names():
+    s = tm.var_keyed(random.Random(0), tm.make_sample(random.Random(1), "kv", 600))
+    words = s.prompt.split()
+    keys = [w for i, w in enumerate(words[:-2]) if words[i + 1] == ":"]
+    assert sum(k.startswith("x") for k in keys) == 64 and words[-1].startswith("x")
+    assert " ".join(facts(words)[words[-1]]) == s.answer
+
+
+def test_a_bad_var_key_share_is_named():
+    with pytest.raises(ValueError, match=r"var_keys=1.5 must be within \[0, 1\]"):
+        tm.KvPrompts(1.5)
+
+
+def test_a_var_keyed_run_checks_the_lookup_by_variable_name(tmp_path):
+    out = tmp_path / "ck"
+    argv = ["--out", str(out), *MICRO, "--batch", "2", "--seeds", "0",
+            "--eval-every", "2", "--steps", "2", "--kv-var-keys", "0.5",
+            "--start-length", "48", "--final-length", "48", "--eval-samples", "2",
+            "--final-samples", "2", "--report-lengths", "48",
+            "--prior-pairs", "1", "2"]  # fmt: skip
+    tm.main(argv)
+    entry = json.loads((out / "training.json").read_text())["history"][-1]
+    assert {"kv", "kv_var"} <= entry.keys()
