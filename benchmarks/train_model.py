@@ -110,8 +110,15 @@ class VtPrompts:
     """Share of questions asking one statement's own right-hand side."""
     direct_form: str = "suffix"
     """Where a direct question's ``=`` goes: after the name or before it."""
+    recall_direct: float = 0.0
+    """Share of recall queries on a stated variable that ask its own right-hand
+    side (``? xB = xA ;``, one lookup in the statement layout) instead of its
+    resolved digit."""
 
     def __post_init__(self) -> None:
+        for name in ("direct", "recall_direct"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"{name}={getattr(self, name)} must be within [0, 1]")
         if self.direct_form not in DIRECT_FORMS:
             raise ValueError(
                 f"direct_form={self.direct_form!r} is not one of {DIRECT_FORMS}"
@@ -382,7 +389,7 @@ def trained_tasks(args, vt: bool) -> list[str]:
 def vt_of(args) -> VtPrompts:
     """The training ``vt`` prompts."""
     return VtPrompts(tuple(args.vt_hops), args.vt_chains, args.vt_direct,
-                     args.vt_direct_form)  # fmt: skip
+                     args.vt_direct_form, args.vt_recall_direct)  # fmt: skip
 
 
 def canvas_of(args) -> Canvas:
@@ -485,7 +492,11 @@ def add_local_prior(
 
 
 def recall_queries(
-    rng: random.Random, prompt: str, count: int, colon: float = 0.0
+    rng: random.Random,
+    prompt: str,
+    count: int,
+    colon: float = 0.0,
+    direct: float = 0.0,
 ) -> tuple[list[str], list[int]]:
     """The prompt's words with ``count`` answered recall queries before its final query.
 
@@ -495,7 +506,9 @@ def recall_queries(
     cannot be found by elimination (the one record nobody asked about). The values
     are always masked in training, so asking the final name gives nothing away. With
     probability ``colon`` a query is written like a record (``? name : value ;``), so
-    its value slots sit where the record's digits do relative to the name.
+    its value slots sit where the record's digits do relative to the name. With
+    probability ``direct`` a query on a stated variable asks its own right-hand
+    side, written like its statement (``? xB = xA ;``).
 
     Returns:
         the words, and the indices of the inserted value words (the targets).
@@ -504,11 +517,19 @@ def recall_queries(
     q = final_question(words)
     body, question = words[:q], words[q:]
     known = facts(body)  # a direct question's "? = xB" states nothing
+    stated = {body[i]: body[i + 2] for i in range(len(body) - 2) if body[i + 1] == "="}
     targets = []
     for name in rng.choices(sorted(known), k=count):
-        body += ["?", name] + ([":"] if rng.random() < colon else [])
-        targets += range(len(body), len(body) + len(known[name]))
-        body += [*known[name], ";"]
+        colon_form = rng.random() < colon
+        # drawn only then: runs without it keep their data stream
+        if direct > 0 and name in stated and rng.random() < direct:
+            body += ["?", name, "="]
+            value = [stated[name]]
+        else:
+            body += ["?", name] + ([":"] if colon_form else [])
+            value = known[name]
+        targets += range(len(body), len(body) + len(value))
+        body += [*value, ";"]
     return [*body, *question], targets
 
 
@@ -534,7 +555,8 @@ def prompt_targets(
         s = make_sample(rng, task, length, canvas.keys(rng))
     else:
         s = make_sample(rng, task, length)
-    words, slots = recall_queries(rng, s.prompt, recall, colon)
+    direct = vt.recall_direct if task == "vt" else 0.0
+    words, slots = recall_queries(rng, s.prompt, recall, colon, direct)
     prompt = tok.encode(" ".join(words)).ids
     answer = tok.encode(s.answer, add_special_tokens=False).ids
     eos, n = tok.token_to_id("<|endoftext|>"), canvas.length
@@ -839,7 +861,11 @@ class Run:
         curriculum = (own.hops, own.chains) != (DEFAULT_VT.hops, DEFAULT_VT.chains)
         runs = [
             ("vt_trained", vt and curriculum, replace(own, direct=0.0)),
-            ("vt_direct", vt and own.direct > 0, replace(own, direct=1.0)),
+            (
+                "vt_direct",
+                vt and own.direct + own.recall_direct > 0,
+                replace(own, direct=1.0),
+            ),
         ]
         for name, on, prompts in runs:  # the curriculum's own chains; the first hop
             if on:
@@ -998,6 +1024,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add("--vt-direct", type=float, default=0.0,
         help="share of training vt questions asking one statement's own right-hand "
              "side (? xB = answered xA: the first hop alone)")  # fmt: skip
+    add("--vt-recall-direct", type=float, default=0.0,
+        help="share of a vt prompt's recall queries on a variable that ask its own "
+             "right-hand side (? xB = xA ;) instead of its resolved digit")  # fmt: skip
     add("--vt-direct-form", choices=DIRECT_FORMS, default="suffix",
         help="a direct question: ? xB = (suffix) or ? = xB (prefix)")  # fmt: skip
     add(

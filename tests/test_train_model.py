@@ -455,3 +455,27 @@ def test_a_var_keyed_run_checks_the_lookup_by_variable_name(tmp_path):
     tm.main(argv)
     entry = json.loads((out / "training.json").read_text())["history"][-1]
     assert {"kv", "kv_var"} <= entry.keys()
+
+
+def test_direct_recall_asks_a_variable_s_own_right_hand_side():
+    prompt = "x01 = 7 ; k002 : 4 5 6 ; x02 = x01 ; ? x02"
+    words, slots = tm.recall_queries(random.Random(0), prompt, 4, direct=1.0)
+    assert " ".join(words[14:]) == (
+        "? x02 = x01 ; ? x02 = x01 ; ? x01 = 7 ; ? k002 4 5 6 ; ? x02"
+    )  # a record's key is asked as before
+    assert [words[j] for j in slots] == ["x01", "x01", "7", "4", "5", "6"]
+    # Without it the same names are asked their resolved digits.
+    words, slots = tm.recall_queries(random.Random(0), prompt, 4)
+    assert " ".join(words[14:]) == "? x02 7 ; ? x02 7 ; ? x01 7 ; ? k002 4 5 6 ; ? x02"
+
+
+def test_direct_recall_leaves_the_stream_of_runs_without_it():
+    prompt = "x01 = 7 ; k002 : 4 5 6 ; x02 = x01 ; ? x02"
+    a, b = random.Random(4), random.Random(4)
+    assert tm.recall_queries(a, prompt, 5) == tm.recall_queries(b, prompt, 5, 0.0, 0.0)
+    assert a.random() == b.random()
+
+
+def test_a_bad_direct_share_is_named():
+    with pytest.raises(ValueError, match=r"recall_direct=2.0 must be within \[0, 1\]"):
+        tm.VtPrompts(recall_direct=2.0)
