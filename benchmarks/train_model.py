@@ -208,6 +208,7 @@ class Canvas:
 
 
 DEFAULT_CANVAS = Canvas()
+"""The 8-slot canvas every run before ``--gen-length`` trained."""
 
 # LLaDA tensor names (after ``model.transformer.blocks.N.``) -> Dream's.
 LLADA_TO_DREAM_BLOCK = {
