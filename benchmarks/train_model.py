@@ -109,7 +109,8 @@ class VtPrompts:
     direct: float = 0.0
     """Share of questions asking one statement's own right-hand side."""
     direct_form: str = "suffix"
-    """Where a direct question's ``=`` goes: after the name or before it."""
+    """Where a direct question's (and direct recall query's) ``=`` goes: after the
+    name or before it."""
     recall_direct: float = 0.0
     """Share of recall queries on a stated variable that ask its own right-hand
     side (``? xB = xA ;``, one lookup in the statement layout) instead of its
@@ -498,6 +499,7 @@ def recall_queries(
     count: int,
     colon: float = 0.0,
     direct: float = 0.0,
+    direct_form: str = "suffix",
 ) -> tuple[list[str], list[int]]:
     """The prompt's words with ``count`` answered recall queries before its final query.
 
@@ -509,7 +511,9 @@ def recall_queries(
     probability ``colon`` a query is written like a record (``? name : value ;``), so
     its value slots sit where the record's digits do relative to the name. With
     probability ``direct`` a query on a stated variable asks its own right-hand
-    side, written like its statement (``? xB = xA ;``).
+    side, written like its statement (``? xB = xA ;``; ``direct_form`` "prefix":
+    ``? = xB xA ;``, so the name's own output predicts it, as a resolved
+    ``? xB d ;`` query's does).
 
     Returns:
         the words, and the indices of the inserted value words (the targets).
@@ -524,7 +528,7 @@ def recall_queries(
         colon_form = rng.random() < colon
         # drawn only then: runs without it keep their data stream
         if direct > 0 and name in stated and rng.random() < direct:
-            body += ["?", name, "="]
+            body += ["?", name, "="] if direct_form == "suffix" else ["?", "=", name]
             value = [stated[name]]
         else:
             body += ["?", name] + ([":"] if colon_form else [])
@@ -557,7 +561,7 @@ def prompt_targets(
     else:
         s = make_sample(rng, task, length)
     direct = vt.recall_direct if task == "vt" else 0.0
-    words, slots = recall_queries(rng, s.prompt, recall, colon, direct)
+    words, slots = recall_queries(rng, s.prompt, recall, colon, direct, vt.direct_form)
     prompt = tok.encode(" ".join(words)).ids
     answer = tok.encode(s.answer, add_special_tokens=False).ids
     eos, n = tok.token_to_id("<|endoftext|>"), canvas.length

@@ -464,6 +464,12 @@ def test_direct_recall_asks_a_variable_s_own_right_hand_side():
         "? x02 = x01 ; ? x02 = x01 ; ? x01 = 7 ; ? k002 4 5 6 ; ? x02"
     )  # a record's key is asked as before
     assert [words[j] for j in slots] == ["x01", "x01", "7", "4", "5", "6"]
+    # "prefix": the name last, so its own output predicts the right-hand side.
+    words, slots = tm.recall_queries(random.Random(0), prompt, 4, 0.0, 1.0, "prefix")
+    assert " ".join(words[14:]) == (
+        "? = x02 x01 ; ? = x02 x01 ; ? = x01 7 ; ? k002 4 5 6 ; ? x02"
+    )
+    assert [words[j] for j in slots] == ["x01", "x01", "7", "4", "5", "6"]
     # Without it the same names are asked their resolved digits.
     words, slots = tm.recall_queries(random.Random(0), prompt, 4)
     assert " ".join(words[14:]) == "? x02 7 ; ? x02 7 ; ? x01 7 ; ? k002 4 5 6 ; ? x02"
