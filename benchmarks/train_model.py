@@ -36,7 +36,8 @@ stage and the one that left the plateau (per-digit ~40% = a digit of a random
 record) is kept. ``vt`` joins the mix from ``--vt-from`` tokens when
 ``--vt-fraction`` > 0. The checkpoint (official LLaDA tensor names, bf16 safetensors,
 config.json, tokenizer.json) and ``training.json`` (flags, history, final scores) are
-rewritten at every evaluation.
+rewritten at every evaluation; at the last stage only when the gate improves, and
+otherwise into ``OUT-latest``, the weights to resume from.
 
 ``--arch dream`` trains Dream's architecture instead (issue 26, item 2): q/k/v biases
 and shifted logits, the token at position i read from output i - 1, as in the
@@ -937,6 +938,11 @@ def meta_for(args, run: Run, probes: list[dict], done: str = "") -> dict:
             "probes": probes, "history": run.history, "stopped": done}  # fmt: skip
 
 
+def latest_dir(out: Path) -> Path:
+    """Where a final-stage check that is not the best yet writes its weights."""
+    return out.with_name(out.name + "-latest")
+
+
 def train(args) -> Run:
     tok = word_tokenizer()
     start = time.monotonic()
@@ -961,14 +967,17 @@ def train(args) -> Run:
         final = run.length >= args.final_length
         if final and acc >= args.final_threshold:
             done = "final threshold"
+        meta = {**meta_for(args, run, probes, done), "weights_step": run.step}
         if not final or acc >= run.best_final:
             run.best_final = acc if final else run.best_final
-            best = copy.deepcopy(run.model.state_dict())
-            save(run.model, run.config, tok, out, meta_for(args, run, probes, done))
+            best, best_step = copy.deepcopy(run.model.state_dict()), run.step
+            save(run.model, run.config, tok, out, meta)
+        else:  # the weights to resume from (--init) when the best are older
+            save(run.model, run.config, tok, latest_dir(out), meta)
         run.length = next_length(run.length, acc, args.threshold, args.final_length)
     run.model.load_state_dict(best)  # the best final-stage (or latest) weights
     lengths = sorted({args.start_length, *args.report_lengths})
-    meta = meta_for(args, run, probes, done)
+    meta = {**meta_for(args, run, probes, done), "weights_step": best_step}
     meta["final"] = final_scores(
         run, lengths, args.final_samples,
         ["kv", "vt", "needle"] + ["multi"] * (args.multi_fraction > 0),

@@ -485,3 +485,23 @@ def test_direct_recall_leaves_the_stream_of_runs_without_it():
 def test_a_bad_direct_share_is_named():
     with pytest.raises(ValueError, match=r"recall_direct=2.0 must be within \[0, 1\]"):
         tm.VtPrompts(recall_direct=2.0)
+
+
+def test_a_final_check_that_is_not_the_best_writes_the_latest_weights(
+    tmp_path, monkeypatch
+):
+    scores = iter([0.5, 0.2, 0.1])  # the first check stays the best
+    monkeypatch.setattr(tm, "gate_accuracy", lambda entry, tasks: next(scores))
+    out = tmp_path / "ck"
+    argv = ["--out", str(out), *MICRO, "--batch", "2", "--seeds", "0",
+            "--eval-every", "1", "--steps", "3", "--start-length", "32",
+            "--final-length", "32", "--eval-samples", "2", "--final-samples", "2",
+            "--report-lengths", "32", "--prior-pairs", "1", "2"]  # fmt: skip
+    tm.main(argv)
+    latest = json.loads((tmp_path / "ck-latest" / "training.json").read_text())
+    assert latest["step"] == 3 and [h["step"] for h in latest["history"]] == [1, 2, 3]
+    assert load_checkpoint(tmp_path / "ck-latest")[0].config.n_layers == 1
+    best = json.loads((out / "training.json").read_text())
+    # The run stopped at step 3; the weights kept, and scored, are step 1's.
+    assert best["step"] == 3 and best["weights_step"] == 1
+    assert latest["weights_step"] == 3
