@@ -409,6 +409,14 @@ def final_question(words: list[str]) -> int:
     return len(words) - 1 - words[::-1].index("?")
 
 
+def statements(words: list[str]) -> dict[str, str]:
+    """Each stated variable's own right-hand side (``xB = xA`` gives ``xB: xA``), in
+    prompt order; ``synthetic.facts`` resolves them to digits instead."""
+    return {
+        words[i]: words[i + 2] for i in range(len(words) - 2) if words[i + 1] == "="
+    }
+
+
 def direct_question(rng: random.Random, sample: Sample, form: str = "suffix") -> Sample:
     """``sample`` (a ``vt`` prompt) asking one statement's own right-hand side.
 
@@ -420,8 +428,7 @@ def direct_question(rng: random.Random, sample: Sample, form: str = "suffix") ->
     """
     words = sample.prompt.split()
     q = final_question(words)
-    stated = [(words[i], words[i + 2]) for i in range(q - 2) if words[i + 1] == "="]
-    name, value = rng.choice(stated)
+    name, value = rng.choice(list(statements(words[:q]).items()))
     ask = [name, "="] if form == "suffix" else ["=", name]
     return Sample(sample.task, " ".join([*words[:q], "?", *ask]), value)
 
@@ -523,7 +530,7 @@ def recall_queries(
     q = final_question(words)
     body, question = words[:q], words[q:]
     known = facts(body)  # a direct question's "? = xB" states nothing
-    stated = {body[i]: body[i + 2] for i in range(len(body) - 2) if body[i + 1] == "="}
+    stated = statements(body)
     targets = []
     for name in rng.choices(sorted(known), k=count):
         colon_form = rng.random() < colon
@@ -678,6 +685,23 @@ def loss_fn(
     return (ce * weight[masked]).sum() / (masked.shape[0] * gen_length)
 
 
+def all_masked_rows(config, prompts: list[list[int]], gen_length: int = GEN_LENGTH):
+    """Left-padded prompts, each followed by ``gen_length`` mask tokens.
+
+    Returns:
+        ids, positions: (B, width + gen_length) int; key_mask: (B, width +
+        gen_length) bool; width: the longest prompt.
+    """
+    width = max(len(p) for p in prompts)
+    pad, m = config.pad_token_id, config.mask_token_id
+    ids = torch.tensor(
+        [[pad] * (width - len(p)) + p + [m] * gen_length for p in prompts]
+    )
+    offset = torch.tensor([width - len(p) for p in prompts])[:, None]
+    col = torch.arange(width + gen_length)
+    return ids, (col - offset).clamp_min(0), col >= offset, width
+
+
 @torch.no_grad()
 def predict_answers(
     model, config, prompts: list[list[int]], gen_length: int = GEN_LENGTH
@@ -687,13 +711,8 @@ def predict_answers(
     Returns:
         (len(prompts), gen_length) predicted ids.
     """
-    width = max(len(p) for p in prompts)
-    pad, m = config.pad_token_id, config.mask_token_id
-    rows = [[pad] * (width - len(p)) + p + [m] * gen_length for p in prompts]
-    ids = torch.tensor(rows)
-    offset = torch.tensor([width - len(p) for p in prompts])[:, None]
-    col = torch.arange(width + gen_length)
-    hidden = model(ids, (col - offset).clamp_min(0), DenseAttention(col >= offset))
+    ids, positions, key_mask, width = all_masked_rows(config, prompts, gen_length)
+    hidden = model(ids, positions, DenseAttention(key_mask))
     first = width - shift_of(config)  # Dream reads slot j from output j - 1
     return model.logits(hidden[:, first : first + gen_length]).argmax(-1)
 

@@ -38,16 +38,10 @@ def features(model, prompts: list[list[int]], batch: int = 64) -> torch.Tensor:
     grabbed: dict[int, torch.Tensor] = {}
     hooks = [b.register_forward_hook(lambda m, a, o, i=i: grabbed.__setitem__(i, o))
              for i, b in enumerate(model.blocks)]  # fmt: skip
-    c = model.config
     for k in range(0, len(prompts), batch):
         rows = prompts[k : k + batch]
-        width = max(map(len, rows))
-        canvas = [c.mask_token_id] * tm.GEN_LENGTH
-        ids = torch.tensor([[c.pad_token_id] * (width - len(p)) + p + canvas
-                            for p in rows])  # fmt: skip
-        offset = torch.tensor([width - len(p) for p in rows])[:, None]
-        col = torch.arange(ids.shape[1])
-        model(ids, (col - offset).clamp_min(0), DenseAttention(col >= offset))
+        ids, positions, key_mask, width = tm.all_masked_rows(model.config, rows)
+        model(ids, positions, DenseAttention(key_mask))
         for i in range(len(out)):
             out[i].append(grabbed[i][:, width - 1].float())
     for h in hooks:
@@ -89,7 +83,7 @@ def main(argv: list[str] | None = None) -> None:
     for _ in range(args.samples):
         s = vt.sample(rng, args.length)
         w = s.prompt.split()
-        stated = {w[i]: w[i + 2] for i in range(len(w) - 3) if w[i + 1] == "="}
+        stated = tm.statements(w)
         prompts.append(tok.encode(s.prompt).ids)
         name.append(tok.token_to_id(w[-1]))
         mid.append(tok.token_to_id(stated[w[-1]]))
