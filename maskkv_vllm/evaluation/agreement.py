@@ -18,6 +18,15 @@ def word_agreement(a: str, b: str) -> tuple[int, int]:
     return same, max(len(wa), len(wb))
 
 
+def answer_rows(run: dict) -> dict[str, list[str]]:
+    """An eval.json's answer texts per row: ``full``, then ``policy@fraction``."""
+    rows = {"full": run["answers"]["full"]}
+    for policy, by in run["answers"].items():
+        if policy != "full":
+            rows.update({f"{policy}@{f}": texts for f, texts in by.items()})
+    return rows
+
+
 def agreement(a: dict, b: dict) -> dict[str, dict]:
     """Per row both runs answered (``full`` and ``policy@fraction``): ``answers``,
     the share of samples answered identically, and ``words``, the share of answer
@@ -35,13 +44,9 @@ def agreement(a: dict, b: dict) -> dict[str, dict]:
             raise ValueError(f"the runs differ in {key}: {a[key]!r} vs {b[key]!r}")
     if "answers" not in a or "answers" not in b:
         raise ValueError("a run has no answers (eval.json from before they were kept)")
-    rows = {"full": (a["answers"]["full"], b["answers"]["full"])}
-    policies = {p: by for p, by in a["answers"].items() if p != "full"}
-    for policy, by in policies.items():
-        for fraction, texts in by.items():
-            other = b["answers"].get(policy, {}).get(fraction)
-            if other is not None:
-                rows[f"{policy}@{fraction}"] = (texts, other)
+    theirs = answer_rows(b)
+    rows = {name: (texts, theirs[name])
+            for name, texts in answer_rows(a).items() if name in theirs}  # fmt: skip
     out = {}
     for name, (ta, tb) in rows.items():
         same = [word_agreement(x, y) for x, y in zip(ta, tb, strict=True)]

@@ -12,6 +12,7 @@ import argparse
 import json
 from pathlib import Path
 
+from maskkv_vllm.evaluation.agreement import answer_rows
 from maskkv_vllm.evaluation.harness import HELD_OUT_SEED
 from maskkv_vllm.evaluation.synthetic import make_samples
 
@@ -46,12 +47,8 @@ def by_block(run: dict) -> dict[str, list[tuple[int, int]]]:
     if not multi:
         raise ValueError(f"no multi sample was scored (tasks {run['solved_tasks']})")
     blocks = run["canvas"]["gen_length"] // block
-    rows = {"full": run["answers"]["full"]}
-    for policy, by in run["answers"].items():
-        if policy != "full":
-            rows.update({f"{policy}@{f}": texts for f, texts in by.items()})
     out = {}
-    for name, texts in rows.items():
+    for name, texts in answer_rows(run).items():
         tally = [[0, 0] for _ in range(blocks)]
         for i in multi:
             for k, hit in enumerate(key_hits(texts[i], scored[i].answer)):
