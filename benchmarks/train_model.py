@@ -97,6 +97,7 @@ EVAL_SEED = 777_000  # held-out prompts: a generator stream training never draws
 TASK_SEED = {"kv": 0, "vt": 1, "needle": 2, "multi": 3}
 MODELS = {"llada": LLaDAModel, "dream": DreamModel}
 DIRECT_FORMS = ("suffix", "prefix")
+VAR_SET = frozenset(VARS)
 
 
 @dataclass(frozen=True)
@@ -685,6 +686,87 @@ def loss_fn(
     return (ce * weight[masked]).sum() / (masked.shape[0] * gen_length)
 
 
+def first_hop_slots(words: list[str]) -> list[tuple[int, str]]:
+    """Where ``words`` ask a stated variable resolved (``? xB`` not followed by
+    ``=`` or ``:``): the name's index and its statement's own right-hand side
+    (``xA``, or the digit of a chain's first statement), what the first of the
+    question's two lookups must find there."""
+    stated = {k: v for k, v in statements(words).items() if k in VAR_SET}
+    return [
+        (i + 1, stated[words[i + 1]])
+        for i in range(len(words) - 1)
+        if words[i] == "?"
+        and words[i + 1] in stated
+        and (i + 2 == len(words) or words[i + 2] not in ("=", ":"))
+    ]
+
+
+class HopAux:
+    """Deep supervision of a resolved ``vt`` question's first lookup.
+
+    A linear probe (RMS norm, then a vocabulary-wide linear map) on the output of
+    block ``layer`` at each resolved question's name, trained with the model to
+    read the name's right-hand side (``first_hop_slots``): the lookup the name
+    probe found missing there (card entry 25). The head is not saved: the
+    checkpoint is the plain model.
+    """
+
+    def __init__(self, model, tok, layer: int, weight: float) -> None:
+        if not 0 <= layer < len(model.blocks):
+            raise ValueError(
+                f"hop aux layer={layer} is outside the model's blocks "
+                f"[0, {len(model.blocks)})"
+            )
+        if weight <= 0:
+            raise ValueError(f"hop aux weight={weight} must be > 0")
+        self.layer, self.weight, self.tok = layer, weight, tok
+        d, vocab = embedding(model).embedding_dim, embedding(model).num_embeddings
+        self.head = torch.nn.Sequential(
+            torch.nn.RMSNorm(d, elementwise_affine=False), torch.nn.Linear(d, vocab)
+        )
+        self.right = self.seen = 0  # the head's hits on training rows since a check
+
+    def slots(
+        self, noisy: torch.Tensor, target: torch.Tensor
+    ) -> tuple[list[int], list[int], list[int]]:
+        """Rows, columns and right-hand-side ids of the resolved questions in
+        ``target`` (B, T) whose name ``noisy`` (B, T) shows (a pretraining row may
+        mask it)."""
+        rows, cols, ids = [], [], []
+        shown = (noisy == target).tolist()
+        for r, row in enumerate(target.tolist()):
+            words = [self.tok.id_to_token(i) for i in row]
+            for c, rhs in first_hop_slots(words):
+                if shown[r][c]:
+                    rows.append(r), cols.append(c)
+                    ids.append(self.tok.token_to_id(rhs))
+        return rows, cols, ids
+
+    def loss(self, model, batch, blind, gen_length: int) -> torch.Tensor:
+        """``loss_fn`` on ``batch`` plus ``weight`` x the head's cross-entropy."""
+        captured = {}
+        block = model.blocks[self.layer]
+        handle = block.register_forward_hook(lambda m, i, o: captured.update(h=o))
+        try:
+            loss = loss_fn(model, *batch, blind, gen_length)
+        finally:
+            handle.remove()
+        rows, cols, ids = self.slots(batch[0], batch[3])
+        if not rows:
+            return loss
+        logits = self.head(captured["h"][rows, cols])
+        want = torch.tensor(ids)
+        self.right += int((logits.argmax(-1) == want).sum())
+        self.seen += len(ids)
+        return loss + self.weight * F.cross_entropy(logits, want)
+
+    def accuracy(self) -> float:
+        """The head's accuracy on training rows since the last call (then reset)."""
+        acc = self.right / max(1, self.seen)
+        self.right = self.seen = 0
+        return round(acc, 4)
+
+
 def all_masked_rows(config, prompts: list[list[int]], gen_length: int = GEN_LENGTH):
     """Left-padded prompts, each followed by ``gen_length`` mask tokens.
 
@@ -826,6 +908,12 @@ class Run:
         self.gen = torch.Generator().manual_seed(seed)
         self.step, self.length, self.history = 0, args.start_length, []
         self.best_final = -1.0
+        self.hop_aux = None
+        if args.hop_aux > 0:
+            self.hop_aux = HopAux(self.model, tok, args.hop_aux_layer, args.hop_aux)
+            self.opt.add_param_group(
+                {"params": list(self.hop_aux.head.parameters()), "weight_decay": 0.0}
+            )
 
     def tasks(self) -> list[str]:
         a = self.args
@@ -857,7 +945,10 @@ class Run:
             blind = (
                 torch.rand(len(batch[0]), generator=self.gen) < self.args.blind_prompt
             )
-        loss = loss_fn(self.model, *batch, blind, self.canvas.length)
+        if self.hop_aux is None:
+            loss = loss_fn(self.model, *batch, blind, self.canvas.length)
+        else:
+            loss = self.hop_aux.loss(self.model, batch, blind, self.canvas.length)
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         if self.args.prior and self.step <= self.args.freeze_prior:
@@ -868,6 +959,8 @@ class Run:
                 for p in proj.parameters():  # weight, and Dream's bias
                     p.grad[:rows] = 0
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
+        if self.hop_aux is not None:
+            torch.nn.utils.clip_grad_norm_(self.hop_aux.head.parameters(), 1.0)
         self.opt.step()
         return loss.item()
 
@@ -903,6 +996,8 @@ class Run:
                 self.model, self.tok, self.config, "kv", self.length, n,
                 canvas=self.canvas, kv=KvPrompts(1.0),
             )  # fmt: skip
+        if self.hop_aux is not None:  # training rows, not held out
+            entry["hop_aux_train"] = self.hop_aux.accuracy()
         self.history.append(entry)
         print(json.dumps(entry), flush=True)
         return entry
@@ -1095,6 +1190,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add("--kv-var-keys", type=float, default=0.0,
         help="share of kv prompts whose records are keyed by vt's variable names "
              "(checked as kv_var)")  # fmt: skip
+    add("--hop-aux", type=float, default=0.0,
+        help="weight of a probe loss reading a resolved vt question's first hop "
+             "(its name's right-hand side) off block --hop-aux-layer's output at "
+             "the name (0: off; the probe head is not saved)")  # fmt: skip
+    add("--hop-aux-layer", type=int, default=2,
+        help="block (0-based) whose output --hop-aux reads")  # fmt: skip
     add("--init", default=None, help="continue from this checkpoint")
     return ap.parse_args(argv)
 

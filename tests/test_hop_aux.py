@@ -1,0 +1,97 @@
+"""train_model.py --hop-aux: a probe loss on a resolved vt question's first hop."""
+
+from __future__ import annotations
+
+import random
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from maskkv_vllm.evaluation.synthetic import word_tokenizer
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+sys.path.insert(0, str(BENCH))
+import train_model as tm  # noqa: E402
+
+# 3 layers, 2 heads of 16: the probe reads a middle block.
+SMALL = ["--layers", "3", "--heads", "2", "--head-dim", "16", "--mlp", "32"]
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return word_tokenizer()
+
+
+def vt_run(tok, *extra: str):
+    args = tm.parse_args(["--out", "unused", *SMALL, "--arch", "dream", "--seeds",
+                          "0", "--vt-fraction", "1", "--vt-from", "16", "--vt-hops",
+                          "1", "--start-length", "48", *extra])  # fmt: skip
+    return tm.Run(args, tok, 0)
+
+
+def split(text: str) -> list[str]:
+    return text.split()
+
+
+def test_first_hops_are_the_resolved_questions_names_and_their_right_hand_sides():
+    words = split("x01 = 4 ; x02 = x01 ; ? x02 7 ; ? x02 = x01 ; ? = x02 x01 ; ? x02")
+    # The direct forms (`? x02 =`, `? = x02`) ask the first hop itself: not probed.
+    assert tm.first_hop_slots(words) == [(9, "x01"), (23, "x01")]
+    assert tm.first_hop_slots(split("x01 = 4 ; ? x01")) == [(5, "4")]
+    # A var-keyed kv record is not a statement: its name has no first hop.
+    assert tm.first_hop_slots(split("x17 : 1 2 3 ; ? x17")) == []
+
+
+def test_bad_probe_settings_are_named(tok):
+    model = vt_run(tok).model
+    with pytest.raises(ValueError, match=r"layer=3 is outside the model's blocks"):
+        tm.HopAux(model, tok, 3, 1.0)
+    with pytest.raises(ValueError, match=r"weight=0.0 must be > 0"):
+        tm.HopAux(model, tok, 1, 0.0)
+
+
+def test_a_masked_name_is_not_probed(tok):
+    hop = tm.HopAux(vt_run(tok).model, tok, 1, 1.0)
+    words = split("x01 = 4 ; x02 = x01 ; ? x02 ; ? x01")
+    target = torch.tensor([[tok.token_to_id(w) for w in words]] * 2)
+    noisy = target.clone()
+    noisy[1, 9] = 0  # row 1's first question hides its name
+    assert hop.slots(noisy, target) == (
+        [0, 0, 1],
+        [9, 12, 12],
+        [tok.token_to_id("x01"), tok.token_to_id("4"), tok.token_to_id("4")],
+    )
+
+
+def test_the_probe_loss_reaches_its_block_and_those_below_only(tok):
+    run = vt_run(tok)
+    hop = tm.HopAux(run.model, tok, 1, 2.0)
+    batch = tm.make_batch(random.Random(3), tok, run.config, ["vt"] * 4, 48, 2,
+                          gen=torch.Generator().manual_seed(3))  # fmt: skip
+    assert hop.slots(batch[0], batch[3])[0], "the batch asks resolved questions"
+    probe = hop.loss(run.model, batch, None, tm.GEN_LENGTH) - tm.loss_fn(
+        run.model, *batch
+    )
+    assert probe.item() > 0
+    probe.backward()
+
+    def moved(block) -> bool:
+        return any(p.grad is not None and p.grad.abs().sum() > 0
+                   for p in block.parameters())  # fmt: skip
+
+    assert [moved(b) for b in run.model.blocks] == [True, True, False]
+    assert hop.seen > 0
+
+
+def test_a_run_trains_the_probe_head_and_reports_its_training_accuracy(tok):
+    run = vt_run(tok, "--hop-aux", "0.5", "--hop-aux-layer", "1")
+    before = [p.detach().clone() for p in run.hop_aux.head.parameters()]
+    run.train_step()
+    after = list(run.hop_aux.head.parameters())
+    assert any(not torch.equal(a, b) for a, b in zip(after, before, strict=True))
+    assert run.hop_aux.seen > 0
+    assert 0.0 <= run.hop_aux.accuracy() <= 1.0
+    assert run.hop_aux.seen == 0  # reset for the next check
+    assert vt_run(tok).hop_aux is None  # off by default: the stream is unchanged
