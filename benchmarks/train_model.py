@@ -686,85 +686,107 @@ def loss_fn(
     return (ce * weight[masked]).sum() / (masked.shape[0] * gen_length)
 
 
-def first_hop_slots(words: list[str]) -> list[tuple[int, str]]:
+def hop_slots(words: list[str], hops: int = 1) -> list[tuple[int, tuple[str, ...]]]:
     """Where ``words`` ask a stated variable resolved (``? xB`` not followed by
-    ``=`` or ``:``): the name's index and its statement's own right-hand side
-    (``xA``, or the digit of a chain's first statement), what the first of the
-    question's two lookups must find there."""
+    ``=`` or ``:``): the name's index and what its first ``hops`` lookups find
+    there, each the last one's right-hand side (``xC`` -> ``xB``, ``xA``, ``d``; a
+    digit, once reached, stays)."""
     stated = {k: v for k, v in statements(words).items() if k in VAR_SET}
-    return [
-        (i + 1, stated[words[i + 1]])
-        for i in range(len(words) - 1)
-        if words[i] == "?"
-        and words[i + 1] in stated
-        and (i + 2 == len(words) or words[i + 2] not in ("=", ":"))
-    ]
+    out = []
+    for i in range(len(words) - 1):
+        name = words[i + 1]
+        if words[i] != "?" or name not in stated:
+            continue
+        if i + 2 < len(words) and words[i + 2] in ("=", ":"):
+            continue  # a direct question, or a var-keyed kv one
+        found = []
+        for _ in range(hops):
+            name = stated.get(name, name)
+            found.append(name)
+        out.append((i + 1, tuple(found)))
+    return out
 
 
 class HopAux:
-    """Deep supervision of a resolved ``vt`` question's first lookup.
+    """Deep supervision of a resolved ``vt`` question's lookups, one block each.
 
     A linear probe (RMS norm, then a vocabulary-wide linear map) on the output of
-    block ``layer`` at each resolved question's name, trained with the model to
-    read the name's right-hand side (``first_hop_slots``): the lookup the name
-    probe found missing there (card entry 25). The head is not saved: the
-    checkpoint is the plain model.
+    block ``layers[k]`` at each resolved question's name, trained with the model to
+    read what the question's first k + 1 lookups find there (``hop_slots``): the
+    first is the lookup the name probe found missing (card entry 25). The heads are
+    not saved: the checkpoint is the plain model.
     """
 
-    def __init__(self, model, tok, layer: int, weight: float) -> None:
-        if not 0 <= layer < len(model.blocks):
-            raise ValueError(
-                f"hop aux layer={layer} is outside the model's blocks "
-                f"[0, {len(model.blocks)})"
-            )
+    def __init__(self, model, tok, layers: tuple[int, ...], weight: float) -> None:
+        for layer in layers:
+            if not 0 <= layer < len(model.blocks):
+                raise ValueError(
+                    f"hop aux layer={layer} is outside the model's blocks "
+                    f"[0, {len(model.blocks)})"
+                )
+        if list(layers) != sorted(set(layers)) or not layers:
+            raise ValueError(f"hop aux layers={list(layers)} must rise, one per hop")
         if weight <= 0:
             raise ValueError(f"hop aux weight={weight} must be > 0")
-        self.layer, self.weight, self.tok = layer, weight, tok
+        self.layers, self.weight, self.tok = tuple(layers), weight, tok
         d, vocab = embedding(model).embedding_dim, embedding(model).num_embeddings
-        self.head = torch.nn.Sequential(
-            torch.nn.RMSNorm(d, elementwise_affine=False), torch.nn.Linear(d, vocab)
+        self.head = torch.nn.ModuleList(
+            torch.nn.Sequential(
+                torch.nn.RMSNorm(d, elementwise_affine=False),
+                torch.nn.Linear(d, vocab),
+            )
+            for _ in layers
         )
-        self.right = self.seen = 0  # the head's hits on training rows since a check
+        n = len(layers)
+        self.right, self.seen = [0] * n, 0  # per hop, on training rows since a check
 
     def slots(
         self, noisy: torch.Tensor, target: torch.Tensor
-    ) -> tuple[list[int], list[int], list[int]]:
-        """Rows, columns and right-hand-side ids of the resolved questions in
+    ) -> tuple[list[int], list[int], list[list[int]]]:
+        """Rows, columns and per-hop ids (hops x slots) of the resolved questions in
         ``target`` (B, T) whose name ``noisy`` (B, T) shows (a pretraining row may
         mask it)."""
-        rows, cols, ids = [], [], []
+        rows, cols, ids = [], [], [[] for _ in self.layers]
         shown = (noisy == target).tolist()
         for r, row in enumerate(target.tolist()):
             words = [self.tok.id_to_token(i) for i in row]
-            for c, rhs in first_hop_slots(words):
+            for c, found in hop_slots(words, len(self.layers)):
                 if shown[r][c]:
                     rows.append(r), cols.append(c)
-                    ids.append(self.tok.token_to_id(rhs))
+                    for k, w in enumerate(found):
+                        ids[k].append(self.tok.token_to_id(w))
         return rows, cols, ids
 
     def loss(self, model, batch, blind, gen_length: int) -> torch.Tensor:
-        """``loss_fn`` on ``batch`` plus ``weight`` x the head's cross-entropy."""
+        """``loss_fn`` on ``batch`` plus ``weight`` x each hop head's cross-entropy."""
         captured = {}
-        block = model.blocks[self.layer]
-        handle = block.register_forward_hook(lambda m, i, o: captured.update(h=o))
+        handles = [
+            model.blocks[layer].register_forward_hook(
+                lambda m, i, o, layer=layer: captured.update({layer: o})
+            )
+            for layer in self.layers
+        ]
         try:
             loss = loss_fn(model, *batch, blind, gen_length)
         finally:
-            handle.remove()
+            for h in handles:
+                h.remove()
         rows, cols, ids = self.slots(batch[0], batch[3])
         if not rows:
             return loss
-        logits = self.head(captured["h"][rows, cols])
-        want = torch.tensor(ids)
-        self.right += int((logits.argmax(-1) == want).sum())
-        self.seen += len(ids)
-        return loss + self.weight * F.cross_entropy(logits, want)
+        self.seen += len(rows)
+        for k, (layer, head) in enumerate(zip(self.layers, self.head, strict=True)):
+            logits, want = head(captured[layer][rows, cols]), torch.tensor(ids[k])
+            self.right[k] += int((logits.argmax(-1) == want).sum())
+            loss = loss + self.weight * F.cross_entropy(logits, want)
+        return loss
 
-    def accuracy(self) -> float:
-        """The head's accuracy on training rows since the last call (then reset)."""
-        acc = self.right / max(1, self.seen)
-        self.right = self.seen = 0
-        return round(acc, 4)
+    def accuracy(self) -> list[float]:
+        """Each hop head's accuracy on training rows since the last call (then
+        reset)."""
+        acc = [round(r / max(1, self.seen), 4) for r in self.right]
+        self.right, self.seen = [0] * len(self.layers), 0
+        return acc
 
 
 def all_masked_rows(config, prompts: list[list[int]], gen_length: int = GEN_LENGTH):
@@ -910,7 +932,9 @@ class Run:
         self.best_final = -1.0
         self.hop_aux = None
         if args.hop_aux > 0:
-            self.hop_aux = HopAux(self.model, tok, args.hop_aux_layer, args.hop_aux)
+            self.hop_aux = HopAux(
+                self.model, tok, tuple(args.hop_aux_layer), args.hop_aux
+            )
             self.opt.add_param_group(
                 {"params": list(self.hop_aux.head.parameters()), "weight_decay": 0.0}
             )
@@ -1191,11 +1215,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="share of kv prompts whose records are keyed by vt's variable names "
              "(checked as kv_var)")  # fmt: skip
     add("--hop-aux", type=float, default=0.0,
-        help="weight of a probe loss reading a resolved vt question's first hop "
-             "(its name's right-hand side) off block --hop-aux-layer's output at "
-             "the name (0: off; the probe head is not saved)")  # fmt: skip
-    add("--hop-aux-layer", type=int, default=2,
-        help="block (0-based) whose output --hop-aux reads")  # fmt: skip
+        help="weight of probe losses reading a resolved vt question's lookups "
+             "(its name's right-hand side, then that one's, ...) off the blocks "
+             "of --hop-aux-layer at the name (0: off; heads not saved)")  # fmt: skip
+    add("--hop-aux-layer", type=int, nargs="+", default=[2],
+        help="blocks (0-based, rising) whose outputs --hop-aux reads, the k-th "
+             "what the question's first k lookups find")  # fmt: skip
     add("--init", default=None, help="continue from this checkpoint")
     return ap.parse_args(argv)
 
