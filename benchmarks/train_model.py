@@ -1193,8 +1193,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add("--multi-keys", type=int, nargs="+", default=None, metavar="N",
         help="keys a multi prompt asks: N, or the fewest and most (drawn "
              "uniformly); default: as many as fill --gen-length")  # fmt: skip
-    add("--gate-tasks", nargs="+", choices=list(TASK_SEED), default=["kv"],
-        help="tasks whose answers must all pass --threshold to double")  # fmt: skip
+    add("--gate-tasks", nargs="+", choices=[*TASK_SEED, "vt_trained"], default=["kv"],
+        help="tasks whose answers must all pass --threshold to double (vt_trained: "
+             "the curriculum's own vt chains)")  # fmt: skip
     add("--final-threshold", type=float, default=0.95, help="stop at the last stage")
     add("--eval-every", type=int, default=100)
     add("--eval-samples", type=int, default=64, help="held-out prompts per check")

@@ -234,6 +234,13 @@ def test_gate_takes_the_worst_gated_task_that_ran():
     assert tm.gate_accuracy(entry, ["kv", "needle"]) == 0.95
 
 
+def test_a_curriculum_can_gate_on_its_own_vt_chains():
+    args = tm.parse_args(["--out", "unused", "--gate-tasks", "kv", "vt_trained"])
+    entry = {"kv": {"answer": 0.95}, "vt": {"answer": 0.1},
+             "vt_trained": {"answer": 0.85}}  # fmt: skip
+    assert tm.gate_accuracy(entry, args.gate_tasks) == 0.85
+
+
 @pytest.mark.parametrize(
     ("u", "want"),
     [(0.05, "vt"), (0.15, "needle"), (0.25, "multi"), (0.35, "kv")],
