@@ -51,6 +51,11 @@ token can also read the answer off the mask tokens, which retrieve (measured on
 r26d); ``--blind-prompt`` closes that route on a share of the rows: their prompt
 queries see no canvas key, as an autoregressive LLM's last prompt token sees no
 answer slot.
+
+``--hop-aux`` (card entry 25): a probe head per ``--hop-aux-layer`` block, trained with
+the model, reads at each resolved ``vt`` question's name what its first lookups find
+(``hop_slots``); its cross-entropy joins the loss. Deep supervision, training only: the
+heads are not saved, so the checkpoint is the plain model.
 """
 
 from __future__ import annotations
