@@ -734,7 +734,8 @@ class HopAux:
         if weight <= 0:
             raise ValueError(f"hop aux weight={weight} must be > 0")
         self.layers, self.weight, self.tok = tuple(layers), weight, tok
-        d, vocab = embedding(model).embedding_dim, embedding(model).num_embeddings
+        emb = embedding(model)
+        d, vocab = emb.embedding_dim, emb.num_embeddings
         self.head = torch.nn.ModuleList(
             torch.nn.Sequential(
                 torch.nn.RMSNorm(d, elementwise_affine=False),
@@ -742,8 +743,8 @@ class HopAux:
             )
             for _ in layers
         )
-        n = len(layers)
-        self.right, self.seen = [0] * n, 0  # per hop, on training rows since a check
+        # per hop, on training rows since a check
+        self.right, self.seen = [0] * len(layers), 0
 
     def slots(
         self, noisy: torch.Tensor, target: torch.Tensor
