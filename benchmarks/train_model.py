@@ -401,6 +401,12 @@ def vt_of(args) -> VtPrompts:
                      args.vt_direct_form, args.vt_recall_direct)  # fmt: skip
 
 
+def is_curriculum(vt: VtPrompts) -> bool:
+    """Whether ``vt``'s chains differ from the task's own (checks then score them
+    as ``vt_trained`` too)."""
+    return (vt.hops, vt.chains) != (DEFAULT_VT.hops, DEFAULT_VT.chains)
+
+
 def canvas_of(args) -> Canvas:
     """The training canvas."""
     keys = args.multi_keys
@@ -1006,7 +1012,7 @@ class Run:
                 canvas=self.canvas,
             )  # fmt: skip
         own = vt_of(a)
-        curriculum = (own.hops, own.chains) != (DEFAULT_VT.hops, DEFAULT_VT.chains)
+        curriculum = is_curriculum(own)
         runs = [
             ("vt_trained", vt and curriculum, replace(own, direct=0.0)),
             (
@@ -1229,7 +1235,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="blocks (0-based, rising) whose outputs --hop-aux reads, the k-th "
              "what the question's first k lookups find")  # fmt: skip
     add("--init", default=None, help="continue from this checkpoint")
-    return ap.parse_args(argv)
+    a = ap.parse_args(argv)
+    if "vt_trained" in a.gate_tasks and not (
+        a.vt_fraction > 0 and is_curriculum(vt_of(a))
+    ):
+        ap.error(
+            "--gate-tasks vt_trained needs a vt curriculum (--vt-fraction > 0 and "
+            "--vt-hops or --vt-chains other than the task's own); got --vt-fraction "
+            f"{a.vt_fraction}, --vt-hops {a.vt_hops}, --vt-chains {a.vt_chains}"
+        )
+    return a
 
 
 def main(argv: list[str] | None = None) -> Run:

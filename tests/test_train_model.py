@@ -235,10 +235,18 @@ def test_gate_takes_the_worst_gated_task_that_ran():
 
 
 def test_a_curriculum_can_gate_on_its_own_vt_chains():
-    args = tm.parse_args(["--out", "unused", "--gate-tasks", "kv", "vt_trained"])
+    args = tm.parse_args(["--out", "unused", "--gate-tasks", "kv", "vt_trained",
+                          "--vt-fraction", "0.5", "--vt-hops", "1"])  # fmt: skip
     entry = {"kv": {"answer": 0.95}, "vt": {"answer": 0.1},
              "vt_trained": {"answer": 0.85}}  # fmt: skip
     assert tm.gate_accuracy(entry, args.gate_tasks) == 0.85
+
+
+@pytest.mark.parametrize("extra", [[], ["--vt-hops", "1"], ["--vt-fraction", "0.5"]])
+def test_gating_on_vt_trained_without_a_curriculum_is_named(extra, capsys):
+    with pytest.raises(SystemExit):
+        tm.parse_args(["--out", "unused", "--gate-tasks", "vt_trained", *extra])
+    assert "--gate-tasks vt_trained needs a vt curriculum" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(
