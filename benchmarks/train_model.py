@@ -601,6 +601,7 @@ def make_batch(
     vt=DEFAULT_VT,
     canvas=DEFAULT_CANVAS,
     kv=DEFAULT_KV,
+    pretrain_tasks: frozenset[str] | None = None,
 ):
     """Left-padded rows (prompt + answer), their positions, key mask and targets.
 
@@ -609,7 +610,8 @@ def make_batch(
     1/p scaled so that the row's loss is per token of the row (the SFT rows' is per
     canvas slot). Prompt tokens then learn to be predicted from the rest of the
     prompt: a masked record digit from its key's other mentions, as a pretrained LLM's
-    tokens learn to look things up.
+    tokens learn to look things up. Only rows of ``pretrain_tasks`` (None: every
+    task) take it; the draws stay the same, so other rows keep their masks.
 
     Returns:
         ids, positions, target: (B, T) int; key_mask, masked: (B, T) bool;
@@ -639,6 +641,8 @@ def make_batch(
     weight = torch.where(is_recall, torch.ones(()), 1.0 / t)
     if pretrain > 0:  # drawn only then: runs without it keep their data stream
         rows = torch.rand(len(tasks), 1, generator=gen) < pretrain
+        if pretrain_tasks is not None:
+            rows &= torch.tensor([[t in pretrain_tasks] for t in tasks])
         p = PRETRAIN_EPS + (1 - PRETRAIN_EPS) * torch.rand(len(tasks), 1, generator=gen)
         whole = (torch.rand(ids.shape, generator=gen) < p) & key_mask
         whole[:, -1] |= ~whole.any(dim=1)  # at least one masked token per row
@@ -942,6 +946,8 @@ class Run:
         self.gen = torch.Generator().manual_seed(seed)
         self.step, self.length, self.history = 0, args.start_length, []
         self.best_final = -1.0
+        tasks = args.pretrain_tasks
+        self.pretrain_tasks = None if tasks is None else frozenset(tasks)
         self.hop_aux = None
         if args.hop_aux > 0:
             self.hop_aux = HopAux(
@@ -975,6 +981,7 @@ class Run:
             vt_of(self.args),
             self.canvas,
             KvPrompts(self.args.kv_var_keys),
+            self.pretrain_tasks,
         )
         blind = None
         if self.args.blind_prompt > 0:  # drawn only then: the stream stays otherwise
@@ -1083,6 +1090,8 @@ def meta_for(args, run: Run, probes: list[dict], done: str = "") -> dict:
         objective += f"; prompt blind to the canvas on {args.blind_prompt:.0%} of rows"
     if args.pretrain_fraction > 0:
         objective += f" + LLaDA pretraining on {args.pretrain_fraction:.0%} of rows"
+        if args.pretrain_tasks is not None:
+            objective += f" of {', '.join(args.pretrain_tasks)}"
     return {"args": vars(args), "objective": objective,
             "seed": run.seed, "step": run.step, "length": run.length,
             "probes": probes, "history": run.history, "stopped": done}  # fmt: skip
@@ -1219,6 +1228,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add("--pretrain-fraction", type=float, default=0.0,
         help="share of sequences under LLaDA's pretraining objective (random "
              "masking over the whole sequence, prompt included)")  # fmt: skip
+    add("--pretrain-tasks", nargs="+", default=None, choices=list(TASK_SEED),
+        help="tasks whose rows may take the pretraining objective (default: "
+             "every task)")  # fmt: skip
     add("--blind-prompt", type=float, default=0.0,
         help="share of rows whose prompt queries see no canvas key (with --arch "
              "dream the last prompt token must then find the answer's first "

@@ -520,3 +520,33 @@ def test_a_final_check_that_is_not_the_best_writes_the_latest_weights(
     # The run stopped at step 3; the weights kept, and scored, are step 1's.
     assert best["step"] == 3 and best["weights_step"] == 1
     assert latest["weights_step"] == 3
+
+
+def test_pretraining_rows_only_of_the_listed_tasks_and_the_same_draws(tok):
+    # --pretrain-tasks: needle rows keep the SFT mask, kv rows the same
+    # pretraining mask as with every task allowed (the stream is not shifted).
+    args = tm.parse_args(["--out", "unused", *MICRO])
+    config = tm.make_config(args, tok)
+    tasks = ["kv", "needle"] * 4
+
+    def batch(allowed):
+        return tm.make_batch(random.Random(0), tok, config, tasks, 64, 0,
+                             gen=torch.Generator().manual_seed(3), pretrain=1.0,
+                             pretrain_tasks=allowed)  # fmt: skip
+
+    every, kv_only = batch(None), batch(frozenset({"kv"}))
+    width = every[0].shape[1] - tm.GEN_LENGTH
+    masked_every, masked_kv = every[4], kv_only[4]
+    for row, task in enumerate(tasks):
+        assert masked_every[row, :width].any()  # pretraining masks the prompt
+        if task == "kv":
+            assert torch.equal(masked_kv[row], masked_every[row])
+            assert torch.equal(kv_only[5][row], every[5][row])
+        else:
+            assert not masked_kv[row, :width].any()  # SFT: the prompt stays visible
+            assert masked_kv[row, width:].any()
+    assert tm.parse_args(["--out", "x"]).pretrain_tasks is None
+    assert tm.parse_args(["--out", "x", "--pretrain-tasks", "kv", "vt"]
+                         ).pretrain_tasks == ["kv", "vt"]  # fmt: skip
+    with pytest.raises(SystemExit):
+        tm.parse_args(["--out", "x", "--pretrain-tasks", "needles"])
