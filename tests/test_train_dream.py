@@ -252,3 +252,31 @@ def test_vt_answers_sorts_every_answer_into_one_class(tmp_path, tok):
                            "--chains", "3", "--samples", "5"])  # fmt: skip
     assert row["right"] + row["other_start"] + row["neither"] == 5
     assert (row["hops"], row["chains"]) == ([1], 3)
+
+
+def test_canvas_eos_counts_the_stop_and_what_replaces_it(tmp_path, tok):
+    import canvas_eos
+
+    model = micro(tok, "dream")
+    tm.save(model, model.config, tok, tmp_path / "m", {})
+    row = canvas_eos.main([str(tmp_path / "m"), "--length", "48", "--samples", "4"])
+    # needle answers 3 digits, then EOS to the end of the 8-slot canvas
+    assert row["eos_slots"] == [0.0, 0.0, 0.0, 1.0, 1.0, 1.0, 1.0, 1.0]
+    vocab = model.config.vocab_size
+
+    def always(word_id):
+        def logits(hidden):
+            out = torch.zeros(*hidden.shape[:2], vocab)
+            out[..., word_id] = 50.0
+            return out
+
+        return logits
+
+    model.logits = always(model.config.eos_token_id)
+    stats = canvas_eos.slot_stats(model, "needle", 48, 4)
+    assert stats["argmax_eos"][3:] == [1.0] * 5 and stats["p_eos"][3:] == [1.0] * 5
+    assert stats["filler"] == [0.0] * 8
+    model.logits = always(tok.token_to_id("x07"))  # a needle filler word
+    stats = canvas_eos.slot_stats(model, "needle", 48, 4)
+    assert stats["argmax_eos"] == [0.0] * 8 and stats["p_eos"] == [0.0] * 8
+    assert stats["filler"][3:] == [1.0] * 5
