@@ -7,8 +7,11 @@ multinomial logistic regression reads off ``xA`` (the first lookup's result) and
 probe's own check). If ``xA`` is readable at some layer and ``d`` is not, the first
 lookup happens and the second does not.
 
+With ``--hops H`` (chains of H hops: ``? xC`` needs ``xC``'s right-hand side,
+then that one's, ... H + 1 lookups to the digit), one column per lookup.
+
 Usage: ``python benchmarks/results/training_issue26/name_probe.py CKPT [--length 128]
-[--samples 2048]``.
+[--samples 2048] [--hops 1]``.
 """
 
 from __future__ import annotations
@@ -70,35 +73,48 @@ def classes(ids: list[int]) -> torch.Tensor:
     return torch.tensor([index[v] for v in ids])
 
 
+def lookups(words: list[str]) -> list[str]:
+    """The final question's name, then what each lookup finds, to the digit."""
+    stated, seq = tm.statements(words), [words[-1]]
+    while seq[-1] in stated:
+        seq.append(stated[seq[-1]])
+    return seq
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("model")
     ap.add_argument("--length", type=int, default=128)
     ap.add_argument("--samples", type=int, default=2048)
+    ap.add_argument("--hops", type=int, default=1, choices=[1, 2, 3])
     args = ap.parse_args(argv)
     torch.manual_seed(0)
     tok, model = word_tokenizer(), load_model(args.model)
-    rng, vt = random.Random(SEED), tm.VtPrompts((1,), 2)
-    prompts, name, mid, end = [], [], [], []
+    rng, vt = random.Random(SEED), tm.VtPrompts((args.hops,), 2)
+    prompts, columns = [], [[] for _ in range(args.hops + 2)]
     for _ in range(args.samples):
         s = vt.sample(rng, args.length)
-        w = s.prompt.split()
-        stated = tm.statements(w)
+        seq = lookups(s.prompt.split())
+        assert seq[-1] == s.answer and len(seq) == len(columns)
         prompts.append(tok.encode(s.prompt).ids)
-        name.append(tok.token_to_id(w[-1]))
-        mid.append(tok.token_to_id(stated[w[-1]]))
-        end.append(tok.token_to_id(s.answer))
+        for column, word in zip(columns, seq, strict=True):
+            column.append(tok.token_to_id(word))
     x = features(model, prompts)
     train = args.samples * 3 // 4
-    targets = [classes(t) for t in (name, mid, end)]
+    targets = [classes(t) for t in columns]
     base = max(torch.bincount(y[train:]).max().item() for y in targets)
-    print(f"{args.model}: {args.samples} one-hop vt prompts of ~{args.length} tokens, "
+    hops = "one-hop" if args.hops == 1 else f"{args.hops}-hop"
+    print(f"{args.model}: {args.samples} {hops} vt prompts of ~{args.length} tokens, "
           f"probe fit on {train}, held-out accuracy (majority class at most "
           f"{base / (args.samples - train):.3f})")  # fmt: skip
-    print("layer | xB (the name) | xA (first lookup) | d (answer)")
+    names = ["xB (the name)", "xA (first lookup)"] if args.hops == 1 else [
+        "the name", *(f"lookup {k}" for k in range(1, args.hops + 1))]  # fmt: skip
+    names.append("d (answer)")
+    print(" | ".join(["layer", *names]))
     for layer in range(x.shape[0]):
-        n, a, d = (probe_accuracy(x[layer], y, train) for y in targets)
-        print(f"{layer:>5} | {n:>13.3f} | {a:>17.3f} | {d:>10.3f}")
+        accs = [probe_accuracy(x[layer], y, train) for y in targets]
+        cells = [f"{a:>{len(n)}.3f}" for a, n in zip(accs, names, strict=True)]
+        print(" | ".join([f"{layer:>5}", *cells]))
 
 
 if __name__ == "__main__":
