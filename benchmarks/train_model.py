@@ -602,6 +602,7 @@ def make_batch(
     canvas=DEFAULT_CANVAS,
     kv=DEFAULT_KV,
     pretrain_tasks: frozenset[str] | None = None,
+    recall_free: float = 0.0,
 ):
     """Left-padded rows (prompt + answer), their positions, key mask and targets.
 
@@ -611,14 +612,18 @@ def make_batch(
     canvas slot). Prompt tokens then learn to be predicted from the rest of the
     prompt: a masked record digit from its key's other mentions, as a pretrained LLM's
     tokens learn to look things up. Only rows of ``pretrain_tasks`` (None: every
-    task) take it; the draws stay the same, so other rows keep their masks.
+    task) take it; the draws stay the same, so other rows keep their masks. A row's
+    prompt gets no recall query with probability ``recall_free``, as held-out prompts.
 
     Returns:
         ids, positions, target: (B, T) int; key_mask, masked: (B, T) bool;
         weight: (B, T) loss weights (1/t on the canvas, 1 on recall values).
     """
-    samples = [prompt_targets(rng, tok, task, length, recall, colon, vt, canvas, kv)
-               for task in tasks]  # fmt: skip
+    counts = [recall] * len(tasks)
+    if recall_free > 0:  # drawn only then: runs without it keep their data stream
+        counts = [0 if rng.random() < recall_free else recall for _ in tasks]
+    samples = [prompt_targets(rng, tok, task, length, n, colon, vt, canvas, kv)
+               for task, n in zip(tasks, counts, strict=True)]  # fmt: skip
     width = max(len(p) for p, _, _ in samples)
     ids = torch.tensor(
         [[config.pad_token_id] * (width - len(p)) + p + a for p, a, _ in samples]
@@ -982,6 +987,7 @@ class Run:
             self.canvas,
             KvPrompts(self.args.kv_var_keys),
             self.pretrain_tasks,
+            self.args.recall_free,
         )
         blind = None
         if self.args.blind_prompt > 0:  # drawn only then: the stream stays otherwise
@@ -1163,6 +1169,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add("--warmup", type=int, default=100, help="linear warm-up steps")
     add("--batch", type=int, default=16, help="sequences per step")
     add("--recall", type=int, default=8, help="recall queries per prompt")
+    add("--recall-free", type=float, default=0.0,
+        help="share of prompts with no recall query, as the checks' and maskkv "
+             "eval's prompts")  # fmt: skip
     add("--prior", action=argparse.BooleanOptionalAction, default=True,
         help="local-attention prior in block 0 at init")  # fmt: skip
     add("--prior-pairs", type=int, nargs="+", default=[0, 1, 2, 3, 4, 5],
@@ -1248,6 +1257,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
              "what the question's first k lookups find")  # fmt: skip
     add("--init", default=None, help="continue from this checkpoint")
     a = ap.parse_args(argv)
+    if not 0.0 <= a.recall_free <= 1.0:
+        ap.error(f"--recall-free {a.recall_free} must be within [0, 1]")
     if "vt_trained" in a.gate_tasks and not (
         a.vt_fraction > 0 and is_curriculum(vt_of(a))
     ):

@@ -550,3 +550,33 @@ def test_pretraining_rows_only_of_the_listed_tasks_and_the_same_draws(tok):
                          ).pretrain_tasks == ["kv", "vt"]  # fmt: skip
     with pytest.raises(SystemExit):
         tm.parse_args(["--out", "x", "--pretrain-tasks", "needles"])
+
+
+def test_recall_free_rows_have_the_held_out_prompt_layout(tok):
+    # --recall-free: held-out prompts have no recall query; a share of training
+    # rows too. Off, the batch is the default one bit for bit.
+    args = tm.parse_args(["--out", "unused", *MICRO])
+    config = tm.make_config(args, tok)
+    tasks = ["needle"] * 8
+
+    def batch(free):
+        return tm.make_batch(random.Random(0), tok, config, tasks, 64, 4,
+                             gen=torch.Generator().manual_seed(3),
+                             recall_free=free)  # fmt: skip
+
+    plain = tm.make_batch(random.Random(0), tok, config, tasks, 64, 4,
+                          gen=torch.Generator().manual_seed(3))  # fmt: skip
+    assert all(torch.equal(a, b) for a, b in zip(plain, batch(0.0), strict=True))
+    ask = tok.token_to_id("?")
+    noisy, _, _, target, masked, _ = batch(1.0)
+    width = noisy.shape[1] - tm.GEN_LENGTH
+    assert not masked[:, :width].any()  # no recall digit to mask
+    assert ((target[:, :width] == ask).sum(dim=1) == 1).all()  # the final question
+    noisy, _, _, target, masked, _ = batch(0.5)
+    width = noisy.shape[1] - tm.GEN_LENGTH
+    asks = (target[:, :width] == ask).sum(dim=1).tolist()
+    assert set(asks) == {1, 5}  # 4 queries + the final question, or the final alone
+    assert [n == 1 for n in asks] == (~masked[:, :width].any(dim=1)).tolist()
+    for bad in ("-0.1", "1.5"):
+        with pytest.raises(SystemExit):
+            tm.parse_args(["--out", "x", "--recall-free", bad])
