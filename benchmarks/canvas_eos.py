@@ -2,8 +2,9 @@
 all-masked canvas says EOS where the answer is EOS, and what it says instead.
 
 Usage: ``python benchmarks/canvas_eos.py CKPT [--task needle] [--length 512]
-[--samples 64]``. Held-out prompts of the training script's checks (the same
-seed); one JSON row: per slot, the share of prompts whose target there is EOS
+[--samples 64] [--recall 0]``. Held-out prompts of the training script's checks (the
+same seed; ``--recall N``: with N recall queries, digits masked, as training rows
+have them); one JSON row: per slot, the share of prompts whose target there is EOS
 (``eos_slots``), the mean EOS probability over them (``p_eos``), the share of them
 answered EOS (``argmax_eos``) and, of the rest, the share answered with a filler
 word or ``;`` (``filler``: needle's filler is ``x00 ... x10 ;``).
@@ -26,11 +27,16 @@ from maskkv_vllm.evaluation.synthetic import FILLER, word_tokenizer  # noqa: E40
 
 
 @torch.no_grad()
-def slot_stats(model, task: str, length: int, n: int) -> dict:
+def slot_stats(model, task: str, length: int, n: int, recall: int = 0) -> dict:
     """Per-slot lists (``GEN_LENGTH`` long) of the module docstring's shares."""
     tok, config = word_tokenizer(), model.config
     rng = random.Random(tm.EVAL_SEED + length + tm.TASK_SEED[task])
-    rows = [tm.prompt_targets(rng, tok, task, length, 0)[:2] for _ in range(n)]
+    rows = []
+    for _ in range(n):
+        prompt, answer, slots = tm.prompt_targets(rng, tok, task, length, recall)
+        for j in slots:
+            prompt[j] = config.mask_token_id
+        rows.append((prompt, answer))
     ids, positions, key_mask, width = tm.all_masked_rows(config, [p for p, _ in rows])
     hidden = model(ids, positions, tm.DenseAttention(key_mask))
     first = width - tm.shift_of(config)  # Dream reads slot j from output j - 1
@@ -60,12 +66,13 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--task", default="needle", choices=["kv", "vt", "needle"])
     ap.add_argument("--length", type=int, default=512, help="prompt tokens")
     ap.add_argument("--samples", type=int, default=64)
+    ap.add_argument("--recall", type=int, default=0, help="masked recall queries")
     a = ap.parse_args(argv)
     torch.set_num_threads(1)
     model = tm.load_model(a.checkpoint).float().eval()
-    stats = slot_stats(model, a.task, a.length, a.samples)
+    stats = slot_stats(model, a.task, a.length, a.samples, a.recall)
     row = {"checkpoint": a.checkpoint, "task": a.task, "length": a.length,
-           "samples": a.samples, **stats}  # fmt: skip
+           "samples": a.samples, "recall": a.recall, **stats}  # fmt: skip
     print(json.dumps(row))
     return row
 

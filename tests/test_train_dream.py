@@ -280,3 +280,16 @@ def test_canvas_eos_counts_the_stop_and_what_replaces_it(tmp_path, tok):
     stats = canvas_eos.slot_stats(model, "needle", 48, 4)
     assert stats["argmax_eos"] == [0.0] * 8 and stats["p_eos"] == [0.0] * 8
     assert stats["filler"][3:] == [1.0] * 5
+    # --recall: the training layout, recall digits masked in the prompt
+    forward = model.forward
+    prompts = []
+
+    def spy(ids, *rest):
+        prompts.append(ids)
+        return forward(ids, *rest)
+
+    model.forward = spy
+    canvas_eos.slot_stats(model, "needle", 48, 4, recall=2)
+    width = prompts[0].shape[1] - tm.GEN_LENGTH
+    in_prompt = (prompts[0][:, :width] == model.config.mask_token_id).sum(dim=1)
+    assert (in_prompt == 6).all()  # 2 queries x 3 digits per prompt
