@@ -56,6 +56,11 @@ answer slot.
 the model, reads at each resolved ``vt`` question's name what its first lookups find
 (``hop_slots``); its cross-entropy joins the loss. Deep supervision, training only: the
 heads are not saved, so the checkpoint is the plain model.
+
+Held-out prompts carry no recall query, training prompts ``--recall`` of them;
+``--recall-free`` lays a share of the training prompts out as held-out ones. Without
+it ``needle``'s answer stopped at EOS on 97-100% of 512-token prompts laid out as in
+training and on 2-22% laid out as held out, on the same weights (card entry 35).
 """
 
 from __future__ import annotations
