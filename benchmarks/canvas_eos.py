@@ -26,7 +26,6 @@ import train_model as tm  # noqa: E402
 from maskkv_vllm.evaluation.synthetic import FILLER, word_tokenizer  # noqa: E402
 
 
-@torch.no_grad()
 def slot_stats(model, task: str, length: int, n: int, recall: int = 0) -> dict:
     """Per-slot lists (``GEN_LENGTH`` long) of the module docstring's shares."""
     tok, config = word_tokenizer(), model.config
@@ -37,10 +36,7 @@ def slot_stats(model, task: str, length: int, n: int, recall: int = 0) -> dict:
         for j in slots:
             prompt[j] = config.mask_token_id
         rows.append((prompt, answer))
-    ids, positions, key_mask, width = tm.all_masked_rows(config, [p for p, _ in rows])
-    hidden = model(ids, positions, tm.DenseAttention(key_mask))
-    first = width - tm.shift_of(config)  # Dream reads slot j from output j - 1
-    probs = model.logits(hidden[:, first : first + tm.GEN_LENGTH]).float().softmax(-1)
+    probs = tm.canvas_logits(model, config, [p for p, _ in rows]).float().softmax(-1)
     eos = config.eos_token_id
     filler = torch.tensor([tok.token_to_id(w) for w in FILLER.split()])
     want = torch.tensor([a for _, a in rows])  # (n, GEN_LENGTH)

@@ -72,6 +72,7 @@ import math
 import random
 import re
 import time
+from collections.abc import Collection
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -606,7 +607,7 @@ def make_batch(
     vt=DEFAULT_VT,
     canvas=DEFAULT_CANVAS,
     kv=DEFAULT_KV,
-    pretrain_tasks: frozenset[str] | None = None,
+    pretrain_tasks: Collection[str] | None = None,
     recall_free: float = 0.0,
 ):
     """Left-padded rows (prompt + answer), their positions, key mask and targets.
@@ -833,6 +834,20 @@ def all_masked_rows(config, prompts: list[list[int]], gen_length: int = GEN_LENG
 
 
 @torch.no_grad()
+def canvas_logits(
+    model, config, prompts: list[list[int]], gen_length: int = GEN_LENGTH
+) -> torch.Tensor:
+    """One forward over left-padded prompts, each followed by all-masked answer slots.
+
+    Returns:
+        (len(prompts), gen_length, vocab) logits of the answer slots.
+    """
+    ids, positions, key_mask, width = all_masked_rows(config, prompts, gen_length)
+    hidden = model(ids, positions, DenseAttention(key_mask))
+    first = width - shift_of(config)  # Dream reads slot j from output j - 1
+    return model.logits(hidden[:, first : first + gen_length])
+
+
 def predict_answers(
     model, config, prompts: list[list[int]], gen_length: int = GEN_LENGTH
 ) -> torch.Tensor:
@@ -841,10 +856,7 @@ def predict_answers(
     Returns:
         (len(prompts), gen_length) predicted ids.
     """
-    ids, positions, key_mask, width = all_masked_rows(config, prompts, gen_length)
-    hidden = model(ids, positions, DenseAttention(key_mask))
-    first = width - shift_of(config)  # Dream reads slot j from output j - 1
-    return model.logits(hidden[:, first : first + gen_length]).argmax(-1)
+    return canvas_logits(model, config, prompts, gen_length).argmax(-1)
 
 
 def sampled_answers(
@@ -956,8 +968,6 @@ class Run:
         self.gen = torch.Generator().manual_seed(seed)
         self.step, self.length, self.history = 0, args.start_length, []
         self.best_final = -1.0
-        tasks = args.pretrain_tasks
-        self.pretrain_tasks = None if tasks is None else frozenset(tasks)
         self.hop_aux = None
         if args.hop_aux > 0:
             self.hop_aux = HopAux(
@@ -991,7 +1001,7 @@ class Run:
             vt_of(self.args),
             self.canvas,
             KvPrompts(self.args.kv_var_keys),
-            self.pretrain_tasks,
+            self.args.pretrain_tasks,
             self.args.recall_free,
         )
         blind = None
