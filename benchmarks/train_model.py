@@ -712,24 +712,34 @@ def loss_fn(
     return (ce * weight[masked]).sum() / (masked.shape[0] * gen_length)
 
 
-def hop_slots(words: list[str], hops: int = 1) -> list[tuple[int, tuple[str, ...]]]:
+def hop_slots(
+    words: list[str], hops: int = 1, records: bool = False
+) -> list[tuple[int, tuple[str, ...]]]:
     """Where ``words`` ask a stated variable resolved (``? xB`` not followed by
     ``=`` or ``:``): the name's index and what its first ``hops`` lookups find
     there, each the last one's right-hand side (``xC`` -> ``xB``, ``xA``, ``d``; a
-    digit, once reached, stays)."""
+    digit, once reached, stays). ``records`` adds each statement's right-hand name
+    (the ``xB`` of ``xC = xB ;``) and its lookups, in index order: the chain
+    resolved in place, so a question needs one lookup of its own statement."""
     stated = {k: v for k, v in statements(words).items() if k in VAR_SET}
     out = []
     for i in range(len(words) - 1):
         name = words[i + 1]
-        if words[i] != "?" or name not in stated:
+        if records and words[i] == "=" and i > 0 and words[i - 1] in stated:
+            if i > 1 and words[i - 2] == "?":
+                continue  # a direct question's answer
+            at = i + 1  # a statement's right-hand side
+        elif words[i] != "?" or (i + 2 < len(words) and words[i + 2] in ("=", ":")):
+            continue  # not a question, a direct one, or a var-keyed kv one
+        else:
+            at = i + 1
+        if name not in stated:
             continue
-        if i + 2 < len(words) and words[i + 2] in ("=", ":"):
-            continue  # a direct question, or a var-keyed kv one
         found = []
         for _ in range(hops):
             name = stated.get(name, name)
             found.append(name)
-        out.append((i + 1, tuple(found)))
+        out.append((at, tuple(found)))
     return out
 
 
@@ -739,11 +749,20 @@ class HopAux:
     A linear probe (RMS norm, then a vocabulary-wide linear map) on the output of
     block ``layers[k]`` at each resolved question's name, trained with the model to
     read what the question's first k + 1 lookups find there (``hop_slots``): the
-    first is the lookup the name probe found missing (card entry 25). The heads are
-    not saved: the checkpoint is the plain model.
+    first is the lookup the name probe found missing (card entry 25). With
+    ``records`` the same heads also read each statement's right-hand name for its
+    lookups (card entry 40). The heads are not saved: the checkpoint is the plain
+    model.
     """
 
-    def __init__(self, model, tok, layers: tuple[int, ...], weight: float) -> None:
+    def __init__(
+        self,
+        model,
+        tok,
+        layers: tuple[int, ...],
+        weight: float,
+        records: bool = False,
+    ) -> None:
         for layer in layers:
             if not 0 <= layer < len(model.blocks):
                 raise ValueError(
@@ -755,6 +774,7 @@ class HopAux:
         if weight <= 0:
             raise ValueError(f"hop aux weight={weight} must be > 0")
         self.layers, self.weight, self.tok = tuple(layers), weight, tok
+        self.records = records
         emb = embedding(model)
         d, vocab = emb.embedding_dim, emb.num_embeddings
         self.head = torch.nn.ModuleList(
@@ -777,7 +797,7 @@ class HopAux:
         shown = (noisy == target).tolist()
         for r, row in enumerate(target.tolist()):
             words = [self.tok.id_to_token(i) for i in row]
-            for c, found in hop_slots(words, len(self.layers)):
+            for c, found in hop_slots(words, len(self.layers), self.records):
                 if shown[r][c]:
                     rows.append(r), cols.append(c)
                     for k, w in enumerate(found):
@@ -971,7 +991,11 @@ class Run:
         self.hop_aux = None
         if args.hop_aux > 0:
             self.hop_aux = HopAux(
-                self.model, tok, tuple(args.hop_aux_layer), args.hop_aux
+                self.model,
+                tok,
+                tuple(args.hop_aux_layer),
+                args.hop_aux,
+                args.hop_aux_records,
             )
             self.opt.add_param_group(
                 {"params": list(self.hop_aux.head.parameters()), "weight_decay": 0.0}
@@ -1267,6 +1291,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="weight of probe losses reading a resolved vt question's lookups "
              "(its name's right-hand side, then that one's, ...) off the blocks "
              "of --hop-aux-layer at the name (0: off; heads not saved)")  # fmt: skip
+    add("--hop-aux-records", action="store_true",
+        help="--hop-aux also reads each statement's right-hand name (xB in "
+             "xC = xB ;) for its lookups: the chain resolved in place")  # fmt: skip
     add("--hop-aux-layer", type=int, nargs="+", default=[2],
         help="blocks (0-based, rising) whose outputs --hop-aux reads, the k-th "
              "what the question's first k lookups find")  # fmt: skip
@@ -1274,6 +1301,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     a = ap.parse_args(argv)
     if not 0.0 <= a.recall_free <= 1.0:
         ap.error(f"--recall-free {a.recall_free} must be within [0, 1]")
+    if a.hop_aux_records and a.hop_aux <= 0:
+        ap.error(f"--hop-aux-records needs --hop-aux > 0; got --hop-aux {a.hop_aux}")
     if "vt_trained" in a.gate_tasks and not (
         a.vt_fraction > 0 and is_curriculum(vt_of(a))
     ):

@@ -50,6 +50,37 @@ def test_later_hops_follow_the_chain_and_a_digit_once_reached_stays():
     assert tm.hop_slots(words[:9] + ["?", "x02"], 3) == [(10, ("x01", "4", "4"))]
 
 
+def test_records_add_each_statements_right_hand_name_and_its_lookups():
+    words = split("x01 = 4 ; x02 = x01 ; x03 = x02 ; ? x02 = x01 ; ? x03")
+    # x01's own right-hand side is a digit, and `? x02 = x01` is a direct question.
+    assert tm.hop_slots(words, 2, records=True) == [
+        (6, ("4", "4")),
+        (10, ("x01", "4")),
+        (18, ("x02", "x01")),
+    ]
+    assert tm.hop_slots(words, 2) == [(18, ("x02", "x01"))]
+
+
+def test_record_slots_reach_the_probe_only_where_shown(tok):
+    run = vt_run(tok, "--hop-aux", "1", "--hop-aux-layer", "1", "--hop-aux-records")
+    ids = [tok.token_to_id(w) for w in split("x01 = 4 ; x02 = x01 ; ? x02")]
+    target = torch.tensor([ids])
+    noisy = target.clone()
+    # x02's statement resolves in place to 4; the question's first lookup is x01.
+    assert run.hop_aux.slots(noisy, target) == ([0, 0], [6, 9], [[
+        tok.token_to_id("4"), tok.token_to_id("x01")]])  # fmt: skip
+    noisy[0, 6] = run.config.mask_token_id  # a pretraining row masked it
+    assert run.hop_aux.slots(noisy, target)[1] == [9]
+
+
+def test_records_without_the_probe_loss_are_an_error(capsys):
+    with pytest.raises(SystemExit):
+        tm.parse_args(["--out", "unused", "--hop-aux-records"])
+    assert "--hop-aux-records needs --hop-aux > 0; got --hop-aux 0.0" in (
+        capsys.readouterr().err
+    )
+
+
 def test_bad_probe_settings_are_named(tok):
     model = vt_run(tok).model
     with pytest.raises(ValueError, match=r"layer=3 is outside the model's blocks"):
