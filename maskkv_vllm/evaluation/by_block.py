@@ -13,8 +13,7 @@ import json
 from pathlib import Path
 
 from maskkv_vllm.evaluation.agreement import answer_rows
-from maskkv_vllm.evaluation.harness import HELD_OUT_SEED
-from maskkv_vllm.evaluation.synthetic import make_samples
+from maskkv_vllm.evaluation.harness import scored_samples
 
 
 def key_hits(answer: str, want: str) -> list[bool]:
@@ -33,16 +32,8 @@ def by_block(run: dict) -> dict[str, list[tuple[int, int]]]:
         ValueError: eval.json records no ``drawn`` or ``canvas``, or scored no
             ``multi`` sample.
     """
-    if "drawn" not in run or "canvas" not in run:
-        raise ValueError("eval.json records no drawn samples or canvas (a run from "
-                         "before 2026-12-07): run maskkv eval again")  # fmt: skip
-    drawn, block = run["drawn"], run["canvas"]["block_length"]
-    samples = make_samples(HELD_OUT_SEED, drawn["samples"], run["prompt_tokens"],
-                           tuple(drawn["tasks"]), drawn["queries"])  # fmt: skip
-    scored = [s for s in samples if s.task in run["solved_tasks"]]
-    if len(scored) != run["num_samples"]:
-        raise ValueError(f"drew {len(scored)} scored samples, eval.json scored "
-                         f"{run['num_samples']}")  # fmt: skip
+    scored = scored_samples(run)
+    block = run["canvas"]["block_length"]
     multi = [i for i, s in enumerate(scored) if s.task == "multi"]
     if not multi:
         raise ValueError(f"no multi sample was scored (tasks {run['solved_tasks']})")

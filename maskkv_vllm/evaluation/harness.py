@@ -109,6 +109,27 @@ class EvalResult:
         }  # fmt: skip
 
 
+def scored_samples(run: dict) -> list[Sample]:
+    """The samples an eval.json scored, in its answer order, drawn again from what
+    it records.
+
+    Raises:
+        ValueError: eval.json records no ``drawn`` or ``canvas``, or the draw
+            does not give as many scored samples as it scored.
+    """
+    if "drawn" not in run or "canvas" not in run:
+        raise ValueError("eval.json records no drawn samples or canvas (a run from "
+                         "before 2026-12-07): run maskkv eval again")  # fmt: skip
+    drawn = run["drawn"]
+    samples = make_samples(HELD_OUT_SEED, drawn["samples"], run["prompt_tokens"],
+                           tuple(drawn["tasks"]), drawn["queries"])  # fmt: skip
+    scored = [s for s in samples if s.task in run["solved_tasks"]]
+    if len(scored) != run["num_samples"]:
+        raise ValueError(f"drew {len(scored)} scored samples, eval.json scored "
+                         f"{run['num_samples']}")  # fmt: skip
+    return scored
+
+
 def wilson_interval(accuracy: float, n: int, z: float = 1.96) -> tuple[float, float]:
     """95% Wilson score interval of a proportion measured on ``n`` samples (sound at
     0% and 100%, unlike the normal approximation)."""
