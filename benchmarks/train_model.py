@@ -728,18 +728,15 @@ def hop_slots(
         if records and words[i] == "=" and i > 0 and words[i - 1] in stated:
             if i > 1 and words[i - 2] == "?":
                 continue  # a direct question's answer
-            at = i + 1  # a statement's right-hand side
         elif words[i] != "?" or (i + 2 < len(words) and words[i + 2] in ("=", ":")):
             continue  # not a question, a direct one, or a var-keyed kv one
-        else:
-            at = i + 1
         if name not in stated:
             continue
         found = []
         for _ in range(hops):
             name = stated.get(name, name)
             found.append(name)
-        out.append((at, tuple(found)))
+        out.append((i + 1, tuple(found)))
     return out
 
 

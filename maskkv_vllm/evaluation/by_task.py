@@ -13,8 +13,7 @@ import json
 from pathlib import Path
 
 from maskkv_vllm.evaluation.agreement import answer_rows
-from maskkv_vllm.evaluation.harness import scored_samples
-from maskkv_vllm.evaluation.synthetic import exact_match
+from maskkv_vllm.evaluation.harness import hits_of, scored_samples
 
 
 def by_task(run: dict) -> dict[str, dict[str, tuple[int, int]]]:
@@ -29,9 +28,9 @@ def by_task(run: dict) -> dict[str, dict[str, tuple[int, int]]]:
     out = {}
     for name, texts in answer_rows(run).items():
         tally = {task: [0, 0] for task in run["solved_tasks"]}
-        for text, sample in zip(texts, scored, strict=True):
+        for hit, sample in zip(hits_of(texts, scored), scored, strict=True):
             cell = tally[sample.task]
-            cell[0] += exact_match(text, sample.answer)
+            cell[0] += hit
             cell[1] += 1
         out[name] = {task: tuple(c) for task, c in tally.items()}
     return out
