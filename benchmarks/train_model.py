@@ -52,6 +52,12 @@ r26d); ``--blind-prompt`` closes that route on a share of the rows: their prompt
 queries see no canvas key, as an autoregressive LLM's last prompt token sees no
 answer slot.
 
+``--blind-canvas`` is its mirror, for either architecture: on a share of the rows
+the canvas sees only itself and the prompt's last ``CANVAS_WINDOW`` tokens (SnapKV's
+window), so those tokens must look the answer up and the mask tokens read it off
+them; on the other rows the mask tokens may still look it up themselves. Meant to
+train a model where both retrieve, between the two extremes measured so far.
+
 ``--hop-aux`` (card entry 25): a probe head per ``--hop-aux-layer`` block, trained with
 the model, reads at each resolved ``vt`` question's name what its first lookups find
 (``hop_slots``); its cross-entropy joins the loss. Deep supervision, training only: the
@@ -664,22 +670,42 @@ def make_batch(
     return noisy, positions, key_mask, ids, masked, weight
 
 
-class BlindPromptAttention:
-    """Dense attention in which the prompt queries of some rows see no canvas key.
+CANVAS_WINDOW = 32
+"""Prompt tokens a blind canvas still sees (``--blind-canvas``): SnapKV's window."""
+
+
+class BlindAttention:
+    """Dense attention in which the prompt queries of some rows see no canvas key
+    (``--blind-prompt``), and the canvas queries of some rows see only the
+    prompt's last ``window`` keys (``--blind-canvas``).
 
     Args:
         key_mask: (B, T) bool, True for real tokens.
         blind: (B,) bool, the rows whose prompt (the first T - gen_length columns)
-            does not attend to the canvas.
+            does not attend to the canvas; None: no row.
         gen_length: the canvas, the last columns.
+        canvas_blind: (B,) bool, the rows whose canvas attends only to itself and
+            the prompt's last ``window`` columns (prompts are left-padded, so
+            those are its last tokens); None: no row.
     """
 
     def __init__(
-        self, key_mask: torch.Tensor, blind: torch.Tensor, gen_length: int = GEN_LENGTH
+        self,
+        key_mask: torch.Tensor,
+        blind: torch.Tensor | None,
+        gen_length: int = GEN_LENGTH,
+        canvas_blind: torch.Tensor | None = None,
+        window: int = CANVAS_WINDOW,
     ) -> None:
-        col = torch.arange(key_mask.shape[1])
-        is_canvas = col >= key_mask.shape[1] - gen_length
+        rows, width = key_mask.shape
+        col = torch.arange(width)
+        is_canvas = col >= width - gen_length
+        far = col < width - gen_length - window  # prompt keys a blind canvas misses
+        none = torch.zeros(rows, dtype=torch.bool)
+        blind = none if blind is None else blind
+        canvas_blind = none if canvas_blind is None else canvas_blind
         hidden = blind[:, None, None] & ~is_canvas[:, None] & is_canvas  # (B, Tq, Tk)
+        hidden |= canvas_blind[:, None, None] & is_canvas[:, None] & far
         self.mask = (key_mask[:, None, :] & ~hidden)[:, None]  # (B, 1, Tq, Tk)
 
     def __call__(self, layer, q, k, v):
@@ -690,18 +716,20 @@ class BlindPromptAttention:
 
 def loss_fn(
     model, ids, positions, key_mask, target, masked, weight, blind=None,
-    gen_length=GEN_LENGTH,
+    gen_length=GEN_LENGTH, canvas_blind=None,
 ):  # fmt: skip
     """LLaDA's SFT loss: weighted (1/t on the canvas) cross-entropy of masked slots,
     per canvas slot (``gen_length`` of them a row).
 
     For a shifted model (Dream) the token at i is read from output i - 1; a masked
     first real token (no real token before it) is not scored. ``blind``: (B,) bool,
-    rows whose prompt queries see no canvas key (``BlindPromptAttention``).
+    rows whose prompt queries see no canvas key; ``canvas_blind``: (B,) bool, rows
+    whose canvas sees only the prompt's last ``CANVAS_WINDOW`` tokens
+    (``BlindAttention``).
     """
     attn = DenseAttention(key_mask)
-    if blind is not None:
-        attn = BlindPromptAttention(key_mask, blind, gen_length)
+    if blind is not None or canvas_blind is not None:
+        attn = BlindAttention(key_mask, blind, gen_length, canvas_blind)
     hidden = model(ids, positions, attn)
     if shift_of(model.config):
         hidden = hidden[:, :-1]  # output i - 1 predicts token i
@@ -801,7 +829,9 @@ class HopAux:
                         ids[k].append(self.tok.token_to_id(w))
         return rows, cols, ids
 
-    def loss(self, model, batch, blind, gen_length: int) -> torch.Tensor:
+    def loss(
+        self, model, batch, blind, gen_length: int, canvas_blind=None
+    ) -> torch.Tensor:
         """``loss_fn`` on ``batch`` plus ``weight`` x each hop head's cross-entropy."""
         captured = {}
         handles = [
@@ -811,7 +841,7 @@ class HopAux:
             for layer in self.layers
         ]
         try:
-            loss = loss_fn(model, *batch, blind, gen_length)
+            loss = loss_fn(model, *batch, blind, gen_length, canvas_blind)
         finally:
             for h in handles:
                 h.remove()
@@ -1025,15 +1055,17 @@ class Run:
             self.args.pretrain_tasks,
             self.args.recall_free,
         )
-        blind = None
+        blind = canvas_blind = None
+        rows = len(batch[0])
         if self.args.blind_prompt > 0:  # drawn only then: the stream stays otherwise
-            blind = (
-                torch.rand(len(batch[0]), generator=self.gen) < self.args.blind_prompt
-            )
+            blind = torch.rand(rows, generator=self.gen) < self.args.blind_prompt
+        if self.args.blind_canvas > 0:
+            canvas_blind = torch.rand(rows, generator=self.gen) < self.args.blind_canvas
+        slots = self.canvas.length
         if self.hop_aux is None:
-            loss = loss_fn(self.model, *batch, blind, self.canvas.length)
+            loss = loss_fn(self.model, *batch, blind, slots, canvas_blind)
         else:
-            loss = self.hop_aux.loss(self.model, batch, blind, self.canvas.length)
+            loss = self.hop_aux.loss(self.model, batch, blind, slots, canvas_blind)
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         if self.args.prior and self.step <= self.args.freeze_prior:
@@ -1130,6 +1162,9 @@ def meta_for(args, run: Run, probes: list[dict], done: str = "") -> dict:
         objective = "Dream (shifted logits): " + objective
     if args.blind_prompt > 0:
         objective += f"; prompt blind to the canvas on {args.blind_prompt:.0%} of rows"
+    if args.blind_canvas > 0:
+        objective += (f"; canvas blind to all but the prompt's last {CANVAS_WINDOW} "
+                      f"tokens on {args.blind_canvas:.0%} of rows")  # fmt: skip
     if args.pretrain_fraction > 0:
         objective += f" + LLaDA pretraining on {args.pretrain_fraction:.0%} of rows"
         if args.pretrain_tasks is not None:
@@ -1280,6 +1315,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="share of rows whose prompt queries see no canvas key (with --arch "
              "dream the last prompt token must then find the answer's first "
              "token in the prompt)")  # fmt: skip
+    add("--blind-canvas", type=float, default=0.0,
+        help=f"share of rows whose canvas queries see only the prompt's last "
+             f"{CANVAS_WINDOW} tokens (SnapKV's window), so those tokens must "
+             "look the answer up for it")  # fmt: skip
     add("--vt-from", type=int, default=256, help="vt joins from this stage length")
     add("--kv-var-keys", type=float, default=0.0,
         help="share of kv prompts whose records are keyed by vt's variable names "
@@ -1298,6 +1337,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     a = ap.parse_args(argv)
     if not 0.0 <= a.recall_free <= 1.0:
         ap.error(f"--recall-free {a.recall_free} must be within [0, 1]")
+    for flag in ("blind_prompt", "blind_canvas"):
+        if not 0.0 <= getattr(a, flag) <= 1.0:
+            ap.error(f"--{flag.replace('_', '-')} {getattr(a, flag)} must be within "
+                     "[0, 1]")  # fmt: skip
     if a.hop_aux_records and a.hop_aux <= 0:
         ap.error(f"--hop-aux-records needs --hop-aux > 0; got --hop-aux {a.hop_aux}")
     if "vt_trained" in a.gate_tasks and not (

@@ -169,7 +169,7 @@ def test_blind_rows_prompt_outputs_ignore_the_canvas(tok):
     other[:, -tm.GEN_LENGTH :] = tok.token_to_id("7")  # another canvas
     width = ids.shape[1] - tm.GEN_LENGTH
     with torch.no_grad():
-        a, b = (model(x, positions, tm.BlindPromptAttention(key_mask, blind))
+        a, b = (model(x, positions, tm.BlindAttention(key_mask, blind))
                 for x in (ids, other))  # fmt: skip
         dense = model(ids, positions, DenseAttention(key_mask))
     same = (a[:, :width] - b[:, :width]).abs().amax(dim=(1, 2)) == 0

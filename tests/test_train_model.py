@@ -349,7 +349,7 @@ def test_a_longer_canvas_batches_blinds_and_scores_its_own_slots(tok):
     width = noisy.shape[1] - 16
     assert key_mask[:, width:].all() and masked[:, width:].any(dim=1).all()
     blind = torch.tensor([True, False])
-    attn = tm.BlindPromptAttention(key_mask, blind, 16)
+    attn = tm.BlindAttention(key_mask, blind, 16)
     assert not attn.mask[0, 0, width - 1, width:].any()  # prompt sees no canvas
     assert attn.mask[0, 0, width, width:].all()  # the canvas sees itself
     assert attn.mask[1, 0, width - 1, width:].all()
@@ -460,14 +460,21 @@ def test_a_bad_var_key_share_is_named():
         tm.KvPrompts(1.5)
 
 
+def micro_run(out: Path, *extra: str, length: int = 48):
+    """Two steps of a micro model at ``length`` tokens into ``out``, with ``extra``
+    flags; one check."""
+    n = str(length)
+    argv = ["--out", str(out), *MICRO, "--batch", "2", "--seeds", "0",
+            "--eval-every", "2", "--steps", "2", *extra,
+            "--start-length", n, "--final-length", n, "--eval-samples", "2",
+            "--final-samples", "2", "--report-lengths", n,
+            "--prior-pairs", "1", "2"]  # fmt: skip
+    return tm.main(argv)
+
+
 def test_a_var_keyed_run_checks_the_lookup_by_variable_name(tmp_path):
     out = tmp_path / "ck"
-    argv = ["--out", str(out), *MICRO, "--batch", "2", "--seeds", "0",
-            "--eval-every", "2", "--steps", "2", "--kv-var-keys", "0.5",
-            "--start-length", "48", "--final-length", "48", "--eval-samples", "2",
-            "--final-samples", "2", "--report-lengths", "48",
-            "--prior-pairs", "1", "2"]  # fmt: skip
-    tm.main(argv)
+    micro_run(out, "--kv-var-keys", "0.5")
     entry = json.loads((out / "training.json").read_text())["history"][-1]
     assert {"kv", "kv_var"} <= entry.keys()
 
