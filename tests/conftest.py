@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from maskkv_vllm.evaluation.synthetic import word_tokenizer
 from maskkv_vllm.models.loader import load_checkpoint
 from maskkv_vllm.models.tiny import write_tiny_checkpoint
 
@@ -44,6 +45,12 @@ def _peak_bytes(fn) -> int:
 def peak_bytes():
     """``peak_bytes(fn) -> int``: peak CPU bytes allocated while ``fn()`` runs."""
     return _peak_bytes
+
+
+@pytest.fixture(scope="session")
+def tok():
+    """The synthetic tasks' word tokenizer (what ``train_model`` trains with)."""
+    return word_tokenizer()
 
 
 @pytest.fixture(scope="session")

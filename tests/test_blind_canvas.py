@@ -8,14 +8,8 @@ import json
 import pytest
 import torch
 
-from maskkv_vllm.evaluation.synthetic import word_tokenizer
 from maskkv_vllm.models.attention import DenseAttention
 from tests.test_train_model import micro_model, micro_run, tm
-
-
-@pytest.fixture(scope="module")
-def tok():
-    return word_tokenizer()
 
 
 def test_a_blind_canvas_sees_itself_and_the_prompts_last_window_only():

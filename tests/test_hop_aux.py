@@ -9,19 +9,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from maskkv_vllm.evaluation.synthetic import word_tokenizer
-
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
 sys.path.insert(0, str(BENCH))
 import train_model as tm  # noqa: E402
 
 # 3 layers, 2 heads of 16: the probe reads a middle block.
 SMALL = ["--layers", "3", "--heads", "2", "--head-dim", "16", "--mlp", "32"]
-
-
-@pytest.fixture(scope="module")
-def tok():
-    return word_tokenizer()
 
 
 def vt_run(tok, *extra: str):

@@ -12,7 +12,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from maskkv_vllm.evaluation.synthetic import word_tokenizer
 from maskkv_vllm.models.attention import DenseAttention
 from maskkv_vllm.models.dream import DreamModel
 from maskkv_vllm.models.llada import LLaDAModel
@@ -25,11 +24,6 @@ import window_probe as wp  # noqa: E402
 
 # 1 layer, 2 heads of 16: builds and trains in milliseconds.
 MICRO = ["--layers", "1", "--heads", "2", "--head-dim", "16", "--mlp", "32"]
-
-
-@pytest.fixture(scope="module")
-def tok():
-    return word_tokenizer()
 
 
 def micro(tok, arch: str, *extra: str):

@@ -26,11 +26,6 @@ spec.loader.exec_module(tm)
 MICRO = ["--layers", "1", "--heads", "2", "--head-dim", "16", "--mlp", "32"]
 
 
-@pytest.fixture(scope="module")
-def tok():
-    return word_tokenizer()
-
-
 def micro_model(tok, prior: bool):
     args = tm.parse_args(["--out", "unused", *MICRO, "--no-prior"])
     model, _ = tm.build(args, tok, seed=0)
