@@ -130,6 +130,28 @@ def eos_given(want: list[int], mask: int, eos: int) -> list[int]:
     return [t if t == eos else mask for t in want]
 
 
+def word_accuracy(
+    model, samples: list[tuple[list[int], list[int]]], keep: int | None = None
+) -> list[float | None]:
+    """One forward per (prompt, answer) of ``samples`` with the answer's EOS
+    padding given (and slot ``keep``'s true word, when given), the other words
+    masked: how often each word slot's argmax is right (None for ``keep``), over
+    the answers with a word there. Word slots are the first answer's."""
+    config = model.config
+    eos, mask = config.eos_token_id, config.mask_token_id
+    words = [j for j, t in enumerate(samples[0][1]) if t != eos]
+    hits: dict[int, list[bool]] = {j: [] for j in words if j != keep}
+    for prompt, want in samples:
+        canvas = eos_given(want, mask, eos)
+        if keep is not None:
+            canvas[keep] = want[keep]
+        got = argmax_given(model, prompt, canvas)
+        for j, row in hits.items():
+            if want[j] != eos:
+                row.append(got[j] == want[j])
+    return [None if j == keep else sum(hits[j]) / max(1, len(hits[j])) for j in words]
+
+
 def summarise(traces: list[Trace], wants: list[list[int]], eos: int) -> dict:
     """Counts over prompts (``one_shot``: the whole first argmax right, EOS padding
     included, as ``train_model``'s ``exact``; ``sampler``: the answer up to its
@@ -185,13 +207,13 @@ def main(argv: list[str] | None = None) -> None:
         f"  right: one-shot argmax {got['one_shot']}, sampler {got['sampler']}; "
         f"one-shot only {got['one_shot_only']}, sampler only {got['sampler_only']}"
     )
-    mask, eos = model.config.mask_token_id, model.config.eos_token_id
-    given = [argmax_given(model, p, eos_given(w, mask, eos)) for p, w in samples]
-    pairs = list(zip(given, (w for _, w in samples), strict=True))
-    words = [[g[j] == w[j] for g, w in pairs if w[j] != eos] for j in range(gen)]
-    right = [sum(hits) / len(hits) for hits in words if hits]
-    print("  one forward with the answer's EOS slots given and its words masked, "
-          "right per word slot: " + ", ".join(f"{r:.2f}" for r in right))  # fmt: skip
+    words = [j for j, t in enumerate(samples[0][1]) if t != model.config.eos_token_id]
+    for keep in [None, *words]:
+        right = word_accuracy(model, samples, keep)
+        shown = ", ".join("-" if r is None else f"{r:.2f}" for r in right)
+        given = "" if keep is None else f" and word slot {keep}'s true word"
+        print(f"  one forward with the answer's EOS slots{given} given, the other "
+              f"words masked; right per word slot: {shown}")  # fmt: skip
     print(
         "  slot: mean commit step (0 = first), mean confidence at commit, "
         "changed from the first argmax, right at first -> at the end"

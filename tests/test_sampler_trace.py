@@ -96,6 +96,23 @@ def test_a_given_canvas_is_read_as_the_sampler_s_first_forward(tok):
     assert st.eos_given([7, 8, 1, 1], mask, 1) == [mask, mask, 1, 1]
 
 
+def test_word_accuracy_gives_the_eos_slots_and_one_true_word(tok, monkeypatch):
+    seen = []
+
+    def argmax(model, prompt, canvas):
+        seen.append(canvas)
+        return [7, 0, 9, 1]  # right, wrong, right, EOS
+
+    monkeypatch.setattr(st, "argmax_given", argmax)
+    samples = [([0], [7, 8, 9, 1]), ([0], [7, 8, 9, 1])]
+    model = tm.build(tm.parse_args(["--out", "unused", *MICRO]), tok, seed=0)[0]
+    m = model.config.mask_token_id
+    assert st.word_accuracy(model, samples) == [1.0, 0.0, 1.0]
+    assert seen[0] == [m, m, m, 1]
+    assert st.word_accuracy(model, samples, keep=1) == [1.0, None, 1.0]
+    assert seen[-1] == [m, 8, m, 1]
+
+
 def test_an_unknown_cache_is_refused_by_name(tok):
     args = tm.parse_args(["--out", "unused", *MICRO])
     model = tm.build(args, tok, seed=0)[0].eval()
