@@ -10,7 +10,9 @@ eval`` runs it (one block, one slot committed a step, the most confident masked 
 temperature 0). This replays that sampler one forward at a time and records,
 per prompt, which slot each step commits, its confidence, and whether the
 committed token is the first forward's argmax. Summed per slot, it says which
-slots change after the first step and how sure the model was of them.
+slots change after the first step and how sure the model was of them. Beside it,
+one forward with the answer's EOS padding given, then with one word slot's true
+word given as well: how each given slot moves the other words' lookup.
 
 ``--cache prompt`` (default) keeps the prompt's K/V from the first forward, as the
 engine's prompt cache does for ``maskkv eval``: later steps recompute the canvas
@@ -160,9 +162,8 @@ def summarise(traces: list[Trace], wants: list[list[int]], eos: int) -> dict:
     argmax, and how often the first argmax and the committed token are right."""
     n, g = len(traces), len(wants[0])
     pairs_tw = list(zip(traces, wants, strict=True))
-    one_shot = [t.first == w for t, w in zip(traces, wants, strict=True)]
-    sampled = [upto_eos(t.final, eos) == upto_eos(w, eos)
-               for t, w in zip(traces, wants, strict=True)]  # fmt: skip
+    one_shot = [t.first == w for t, w in pairs_tw]
+    sampled = [upto_eos(t.final, eos) == upto_eos(w, eos) for t, w in pairs_tw]
     slots = []
     for j in range(g):
         steps = [t.order.index(j) for t in traces]
