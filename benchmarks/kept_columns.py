@@ -53,14 +53,17 @@ class Recording:
 
 
 class RecordingSet(PolicySet):
-    """The engine's policies, each wrapped in ``Recording``."""
+    """The engine's policies, each evicting one wrapped in ``Recording``."""
+
+    def __init__(self, config: MaskKVConfig, num_layers: int) -> None:
+        super().__init__(config, num_layers)
+        self.recorders: dict[str, Recording] = {}
 
     def get(self, name: str | None):
         policy = super().get(name)
         if not policy.evicts:
             return policy
-        wrapped = self._policies.setdefault(f"recording:{name}", Recording(policy))
-        return wrapped
+        return self.recorders.setdefault(name, Recording(policy))
 
 
 def shares(prompt: list[int], kept: list[set[int]]) -> tuple[float, float, float]:
@@ -79,6 +82,8 @@ def shares(prompt: list[int], kept: list[set[int]]) -> tuple[float, float, float
 def run(model, samples, policy: str, budget: int) -> tuple[int, dict[int, list]]:
     """Right answers, and per layer the mean of ``shares`` over the prompts."""
     policies = RecordingSet(MaskKVConfig(), model.config.n_layers)
+    if not isinstance(policies.get(policy), Recording):
+        raise ValueError(f"policy={policy!r} keeps the whole prompt: nothing to record")
     runner = ModelRunner(model, cache_config=CacheConfig(cache_mode="paged"),
                          policies=policies, early_stop=False)  # fmt: skip
     params = SamplingParams(gen_length=8, block_length=8, steps=8,
@@ -86,7 +91,7 @@ def run(model, samples, policy: str, budget: int) -> tuple[int, dict[int, list]]
     eos, right = model.config.eos_token_id, 0
     per_layer: dict[int, list] = {}
     for prompt, want in samples:
-        recorder = policies.get(policy)
+        recorder = policies.recorders[policy]
         recorder.kept.clear()
         [out] = runner.generate([prompt], params)
         right += out.token_ids == [t for t in want if t != eos]

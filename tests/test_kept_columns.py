@@ -6,6 +6,8 @@ import random
 import sys
 from pathlib import Path
 
+import pytest
+
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
 sys.path.insert(0, str(BENCH))
 import kept_columns as kc  # noqa: E402
@@ -18,6 +20,12 @@ from maskkv_vllm.sampling_params import SamplingParams  # noqa: E402
 from maskkv_vllm.worker.model_runner import ModelRunner  # noqa: E402
 
 MICRO = ["--layers", "2", "--heads", "2", "--head-dim", "16", "--mlp", "32"]
+
+
+def test_the_full_cache_is_refused_by_name(tok):
+    model = tm.build(tm.parse_args(["--out", "unused", *MICRO]), tok, seed=0)[0]
+    with pytest.raises(ValueError, match="policy='full' keeps the whole prompt"):
+        kc.run(model, [([0, 7, 8], [1])], "full", 4)
 
 
 def test_shares_of_heads_keeping_the_key_the_digits_and_the_record():
@@ -54,7 +62,7 @@ def test_recording_keeps_what_the_policy_keeps(tok):
         prompts = [p for p, _ in samples]
         outs[name] = [o.token_ids for o in runner.generate(prompts, params)]
         if name == "recording":
-            kept = policies.get("snapkv").kept
+            kept = policies.recorders["snapkv"].kept
             assert sorted(layer for layer, _, _ in kept) == [0, 0, 1, 1]
             assert all(len(s) == 40 for _, _, heads in kept for s in heads)
             assert sorted(m for _, m, _ in kept) == sorted(len(p) for p in prompts) * 2
